@@ -1,0 +1,359 @@
+//! An index directory: build one, open one, search it.
+//!
+//! ```text
+//!  OUT/
+//!    disk.index   header sector + node records      (format-spec/index.md)
+//!    pq.bin       PQ codebook + codes, checksummed  (format-spec/pq.md)
+//!    build.json   how it was built (informational, not read by search)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::data::{ElemType, Vectors};
+use crate::error::{Error, Result};
+use crate::io::{AlignedBuf, FileReader, SectorReader, SectorRequest};
+use crate::layout::{self, IndexHeader, SectorGeometry, SECTOR};
+use crate::metric::{Element, Metric};
+use crate::pq::{PqCodebook, PqParams};
+use crate::progress::Progress;
+use crate::search::{BeamSearch, Hit, SearchParams, SearchStats};
+use crate::vamana::{self, VamanaParams};
+
+pub const INDEX_FILE: &str = "disk.index";
+pub const PQ_FILE: &str = "pq.bin";
+pub const BUILD_INFO_FILE: &str = "build.json";
+
+/// Everything `build` needs besides the data.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct BuildParams {
+    pub metric: Metric,
+    pub vamana: VamanaParams,
+    #[serde(skip)]
+    pub pq: PqParams,
+}
+
+/// What a build did and how long each stage took.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildReport {
+    pub num_points: usize,
+    pub dim: usize,
+    pub elem: ElemType,
+    pub metric: Metric,
+    pub max_degree: usize,
+    pub build_list: usize,
+    pub alpha: f32,
+    pub pq_bytes: usize,
+    pub mean_degree: f64,
+    pub medoid: u32,
+    pub index_bytes: u64,
+    pub pq_file_bytes: u64,
+    pub pq_seconds: f64,
+    pub graph_seconds: f64,
+    pub write_seconds: f64,
+}
+
+/// Builds an index over `data` into directory `out` (created if missing).
+pub fn build_index<T: Element>(
+    data: Vectors<'_, T>,
+    params: &BuildParams,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<BuildReport> {
+    params.vamana.validate()?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+
+    let t = Instant::now();
+    let pq = PqCodebook::train(data, params.metric, &params.pq, progress)?;
+    let codes = pq.encode_all(data, progress);
+    let pq_seconds = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let graph = vamana::build(data, params.metric, &params.vamana, progress)?;
+    let graph_seconds = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let header = IndexHeader {
+        elem: T::TYPE,
+        metric: params.metric,
+        dim: data.dim() as u32,
+        max_degree: params.vamana.max_degree as u32,
+        num_points: data.len() as u64,
+        medoid: graph.medoid() as u64,
+        pq_bytes: pq.num_chunks() as u32,
+        build_list: params.vamana.build_list as u32,
+        alpha: params.vamana.alpha,
+    };
+    let index_bytes = layout::write_index(&out.join(INDEX_FILE), &header, data, &graph, progress)?;
+    let pq_file_bytes = layout::write_pq(&out.join(PQ_FILE), &pq, &codes)?;
+    let report = BuildReport {
+        num_points: data.len(),
+        dim: data.dim(),
+        elem: T::TYPE,
+        metric: params.metric,
+        max_degree: params.vamana.max_degree,
+        build_list: params.vamana.build_list,
+        alpha: params.vamana.alpha,
+        pq_bytes: pq.num_chunks(),
+        mean_degree: graph.mean_degree(),
+        medoid: graph.medoid(),
+        index_bytes,
+        pq_file_bytes,
+        pq_seconds,
+        graph_seconds,
+        write_seconds: t.elapsed().as_secs_f64(),
+    };
+    let info = out.join(BUILD_INFO_FILE);
+    let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
+    std::fs::write(&info, json).map_err(|e| Error::io(&info, e))?;
+    Ok(report)
+}
+
+/// How to open an index for search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Read node sectors with `O_DIRECT` (the default): numbers then measure
+    /// the device. `false` goes through the page cache.
+    pub direct_io: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { direct_io: true }
+    }
+}
+
+/// An open index: header and PQ data in RAM, node sectors on disk.
+pub struct DiskIndex {
+    dir: PathBuf,
+    header: IndexHeader,
+    geometry: SectorGeometry,
+    pq: PqCodebook,
+    codes: Vec<u8>,
+    reader: Box<dyn SectorReader>,
+}
+
+impl std::fmt::Debug for DiskIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskIndex")
+            .field("dir", &self.dir)
+            .field("header", &self.header)
+            .field("reader", &self.reader.name())
+            .finish()
+    }
+}
+
+impl DiskIndex {
+    /// Opens `dir`, validating the header and the PQ file against each other.
+    pub fn open(dir: impl AsRef<Path>, opts: OpenOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        let path = dir.join(INDEX_FILE);
+        let reader = FileReader::open(&path, opts.direct_io)?;
+        Self::open_with_reader(dir, Box::new(reader))
+    }
+
+    /// Opens `dir` but reads node sectors through `reader`.
+    pub fn open_with_reader(dir: impl AsRef<Path>, reader: Box<dyn SectorReader>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let path = dir.join(INDEX_FILE);
+        let file_len = std::fs::metadata(&path)
+            .map_err(|e| Error::io(&path, e))?
+            .len();
+        let mut buf = AlignedBuf::new(SECTOR);
+        if file_len < SECTOR as u64 {
+            return Err(Error::format(
+                &path,
+                layout::FormatError::Truncated {
+                    what: "header sector",
+                    offset: 0,
+                    end: SECTOR as u64,
+                    file_len,
+                },
+            ));
+        }
+        reader
+            .read(&mut [SectorRequest {
+                sector: 0,
+                buf: buf.as_mut_slice(),
+            }])
+            .map_err(|e| Error::io(&path, e))?;
+        let header =
+            IndexHeader::parse(buf.as_slice(), file_len).map_err(|e| Error::format(&path, e))?;
+
+        let pq_path = dir.join(PQ_FILE);
+        let pqf = layout::read_pq(&pq_path)?;
+        let mismatch = |field: &'static str, value: u64, want: u64| {
+            Error::format(
+                &pq_path,
+                layout::FormatError::Invalid {
+                    field,
+                    value,
+                    why: format!("{} says {want}", path.display()),
+                },
+            )
+        };
+        let m = pqf.codebook.num_chunks();
+        if pqf.codebook.dim() != header.dim as usize {
+            return Err(mismatch(
+                "dimension",
+                pqf.codebook.dim() as u64,
+                header.dim.into(),
+            ));
+        }
+        if pqf.codebook.metric() != header.metric {
+            return Err(mismatch(
+                "metric",
+                pqf.codebook.metric().code().into(),
+                header.metric.code().into(),
+            ));
+        }
+        if (pqf.codes.len() / m) as u64 != header.num_points {
+            return Err(mismatch(
+                "point count",
+                (pqf.codes.len() / m) as u64,
+                header.num_points,
+            ));
+        }
+        Ok(DiskIndex {
+            geometry: SectorGeometry::new(&header),
+            dir,
+            header,
+            pq: pqf.codebook,
+            codes: pqf.codes,
+            reader,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn header(&self) -> &IndexHeader {
+        &self.header
+    }
+    pub fn len(&self) -> usize {
+        self.header.num_points as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.header.num_points == 0
+    }
+    pub fn dim(&self) -> usize {
+        self.header.dim as usize
+    }
+    pub fn metric(&self) -> Metric {
+        self.header.metric
+    }
+    pub fn elem(&self) -> ElemType {
+        self.header.elem
+    }
+    pub fn io_backend(&self) -> &'static str {
+        self.reader.name()
+    }
+    pub fn geometry(&self) -> &SectorGeometry {
+        &self.geometry
+    }
+    pub fn pq(&self) -> &PqCodebook {
+        &self.pq
+    }
+    pub fn codes(&self) -> &[u8] {
+        &self.codes
+    }
+    /// Bytes of RAM the index holds: PQ codes and codebook.
+    pub fn memory_bytes(&self) -> usize {
+        self.codes.len() + 4 * (self.pq.pivots.len() + self.pq.center.len())
+    }
+
+    /// Checks a query's length and type against the index.
+    pub fn check_query<T: Element>(&self, what: &str, query: &[T]) -> Result<()> {
+        if T::TYPE != self.header.elem {
+            return Err(Error::ElementMismatch {
+                what: what.to_string(),
+                expected: self.header.elem.name(),
+                got: T::TYPE.name(),
+            });
+        }
+        if query.len() != self.dim() {
+            return Err(Error::DimensionMismatch {
+                what: what.to_string(),
+                expected: self.dim(),
+                got: query.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Searches synchronously: each round's W reads go to the reader together.
+    pub fn search<T: Element>(
+        &self,
+        scratch: &mut SearchScratch<T>,
+        query: &[T],
+        params: SearchParams,
+    ) -> Result<(Vec<Hit>, SearchStats)> {
+        params.validate()?;
+        self.check_query("query", query)?;
+        if self.is_empty() {
+            return Ok((Vec::new(), SearchStats::default()));
+        }
+        let node_bytes = self.geometry.node_read_bytes();
+        while scratch.buffers.len() < params.beam {
+            scratch.buffers.push(AlignedBuf::new(node_bytes));
+        }
+        let m = self.pq.num_chunks();
+        let s = &mut scratch.search;
+        s.start(
+            &self.pq,
+            &self.codes,
+            self.header.medoid as u32,
+            query,
+            params,
+        );
+        let path = self.dir.join(INDEX_FILE);
+        loop {
+            let batch: Vec<u32> = s.next_batch().to_vec();
+            if batch.is_empty() {
+                break;
+            }
+            let mut reqs: Vec<SectorRequest<'_>> = batch
+                .iter()
+                .zip(scratch.buffers.iter_mut())
+                .map(|(&id, buf)| {
+                    let loc = self.geometry.locate(id);
+                    SectorRequest {
+                        sector: loc.sector,
+                        buf: &mut buf.as_mut_slice()[..loc.sectors * SECTOR],
+                    }
+                })
+                .collect();
+            s.stats.ios += reqs
+                .iter()
+                .map(|r| (r.buf.len() / SECTOR) as u32)
+                .sum::<u32>();
+            self.reader
+                .read(&mut reqs)
+                .map_err(|e| Error::io(&path, e))?;
+            drop(reqs);
+            for (&id, buf) in batch.iter().zip(scratch.buffers.iter()) {
+                let rec = self
+                    .geometry
+                    .decode(id, buf.as_slice())
+                    .map_err(|e| Error::format(&path, e))?;
+                s.visit(id, &rec, &self.codes, m)?;
+            }
+        }
+        Ok((s.finish(), s.stats))
+    }
+}
+
+/// Per-thread memory for [`DiskIndex::search`]: reuse it across queries.
+pub struct SearchScratch<T: Element> {
+    search: BeamSearch<T>,
+    buffers: Vec<AlignedBuf>,
+}
+
+impl<T: Element> Default for SearchScratch<T> {
+    fn default() -> Self {
+        SearchScratch {
+            search: BeamSearch::new(),
+            buffers: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Sector 0 of `disk.index`. Spec: `format-spec/index.md`, "Header".
+
+use zerocopy::little_endian::{F32, U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::{FormatError, SECTOR};
+use crate::data::ElemType;
+use crate::metric::Metric;
+
+pub const INDEX_MAGIC: [u8; 8] = *b"SHRDANN\0";
+pub const MAJOR_VERSION: u16 = 1;
+pub const MINOR_VERSION: u16 = 0;
+/// Bytes of sector 0 the header uses; the rest of the sector is zero.
+pub const HEADER_BYTES: usize = 128;
+
+/// The index header, exactly as stored (little-endian, no implicit padding).
+/// See `format-spec/index.md` for the meaning and checks of every field.
+#[derive(
+    Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct RawHeader {
+    pub magic: [u8; 8],
+    pub major: U16,
+    pub minor: U16,
+    pub elem: u8,
+    pub metric: u8,
+    pub reserved0: [u8; 2],
+    pub dim: U32,
+    pub max_degree: U32,
+    pub num_points: U64,
+    pub medoid: U64,
+    pub record_bytes: U32,
+    pub records_per_sector: U32,
+    pub sectors_per_record: U32,
+    pub sector_size: U32,
+    pub num_sectors: U64,
+    pub pq_bytes: U32,
+    pub build_list: U32,
+    pub alpha: F32,
+    pub reserved1: [u8; 44],
+    pub checksum: U64,
+}
+const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_BYTES);
+
+/// The decoded, validated header.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct IndexHeader {
+    pub elem: ElemType,
+    pub metric: Metric,
+    pub dim: u32,
+    pub max_degree: u32,
+    pub num_points: u64,
+    pub medoid: u64,
+    pub pq_bytes: u32,
+    pub build_list: u32,
+    pub alpha: f32,
+}
+
+impl IndexHeader {
+    /// Bytes of one node record: vector, degree, R neighbour slots.
+    pub fn record_bytes(&self) -> u64 {
+        self.dim as u64 * self.elem.size() as u64 + 4 + 4 * self.max_degree as u64
+    }
+
+    /// Records per sector (≥ 1), or 0 if one record spans several sectors.
+    pub fn records_per_sector(&self) -> u64 {
+        SECTOR as u64 / self.record_bytes()
+    }
+
+    /// Sectors one record occupies when it does not fit in one (else 1).
+    pub fn sectors_per_record(&self) -> u64 {
+        self.record_bytes().div_ceil(SECTOR as u64)
+    }
+
+    /// Total sectors of the file, header included.
+    pub fn num_sectors(&self) -> u64 {
+        let rps = self.records_per_sector();
+        if rps > 0 {
+            1 + self.num_points.div_ceil(rps)
+        } else {
+            1 + self.num_points * self.sectors_per_record()
+        }
+    }
+
+    /// Serializes into a full header sector with its checksum.
+    pub fn to_sector(&self) -> Vec<u8> {
+        let mut raw = RawHeader {
+            magic: INDEX_MAGIC,
+            major: MAJOR_VERSION.into(),
+            minor: MINOR_VERSION.into(),
+            elem: self.elem.code(),
+            metric: self.metric.code(),
+            reserved0: [0; 2],
+            dim: self.dim.into(),
+            max_degree: self.max_degree.into(),
+            num_points: self.num_points.into(),
+            medoid: self.medoid.into(),
+            record_bytes: (self.record_bytes() as u32).into(),
+            records_per_sector: (self.records_per_sector() as u32).into(),
+            sectors_per_record: (self.sectors_per_record() as u32).into(),
+            sector_size: (SECTOR as u32).into(),
+            num_sectors: self.num_sectors().into(),
+            pq_bytes: self.pq_bytes.into(),
+            build_list: self.build_list.into(),
+            alpha: self.alpha.into(),
+            reserved1: [0; 44],
+            checksum: 0.into(),
+        };
+        raw.checksum = checksum(&raw).into();
+        let mut sector = vec![0u8; SECTOR];
+        if let Some(dst) = sector.get_mut(..HEADER_BYTES) {
+            dst.copy_from_slice(raw.as_bytes());
+        }
+        sector
+    }
+
+    /// Parses and validates a header from the first bytes of an index file.
+    /// `file_len` is the file's size, checked against the header's claims.
+    pub fn parse(bytes: &[u8], file_len: u64) -> Result<Self, FormatError> {
+        let raw_bytes = bytes.get(..HEADER_BYTES).ok_or(FormatError::Truncated {
+            what: "header",
+            offset: 0,
+            end: HEADER_BYTES as u64,
+            file_len,
+        })?;
+        let raw = RawHeader::read_from_bytes(raw_bytes).map_err(|_| FormatError::Truncated {
+            what: "header",
+            offset: 0,
+            end: HEADER_BYTES as u64,
+            file_len,
+        })?;
+        if raw.magic != INDEX_MAGIC {
+            return Err(FormatError::BadMagic {
+                what: "index",
+                found: raw.magic.to_vec(),
+            });
+        }
+        if raw.major.get() != MAJOR_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                major: raw.major.get(),
+                minor: raw.minor.get(),
+                supported: MAJOR_VERSION,
+            });
+        }
+        let computed = checksum(&raw);
+        if computed != raw.checksum.get() {
+            return Err(FormatError::ChecksumMismatch {
+                what: "header",
+                stored: raw.checksum.get(),
+                computed,
+            });
+        }
+        let invalid = |field: &'static str, value: u64, why: &str| FormatError::Invalid {
+            field,
+            value,
+            why: why.to_string(),
+        };
+        let elem = ElemType::from_code(raw.elem).ok_or_else(|| {
+            invalid(
+                "element type",
+                raw.elem.into(),
+                "expected 0 (u8), 1 (i8) or 2 (f32)",
+            )
+        })?;
+        let metric = Metric::from_code(raw.metric).ok_or_else(|| {
+            invalid(
+                "metric",
+                raw.metric.into(),
+                "expected 0 (l2), 1 (ip) or 2 (cosine)",
+            )
+        })?;
+        let h = IndexHeader {
+            elem,
+            metric,
+            dim: raw.dim.get(),
+            max_degree: raw.max_degree.get(),
+            num_points: raw.num_points.get(),
+            medoid: raw.medoid.get(),
+            pq_bytes: raw.pq_bytes.get(),
+            build_list: raw.build_list.get(),
+            alpha: raw.alpha.get(),
+        };
+        if h.dim == 0 || h.dim > 65_536 {
+            return Err(invalid("dimension", h.dim.into(), "must be in 1..=65536"));
+        }
+        if h.max_degree == 0 || h.max_degree > 4096 {
+            return Err(invalid(
+                "max degree",
+                h.max_degree.into(),
+                "must be in 1..=4096",
+            ));
+        }
+        if h.num_points > u32::MAX as u64 {
+            return Err(invalid("point count", h.num_points, "node ids are u32"));
+        }
+        if h.num_points > 0 && h.medoid >= h.num_points {
+            return Err(invalid("medoid", h.medoid, "must be below the point count"));
+        }
+        if raw.sector_size.get() as usize != SECTOR {
+            return Err(invalid(
+                "sector size",
+                raw.sector_size.get().into(),
+                "must be 4096",
+            ));
+        }
+        let derived = [
+            (
+                "record bytes",
+                raw.record_bytes.get() as u64,
+                h.record_bytes(),
+            ),
+            (
+                "records per sector",
+                raw.records_per_sector.get() as u64,
+                h.records_per_sector(),
+            ),
+            (
+                "sectors per record",
+                raw.sectors_per_record.get() as u64,
+                h.sectors_per_record(),
+            ),
+            ("sector count", raw.num_sectors.get(), h.num_sectors()),
+        ];
+        for (field, stored, want) in derived {
+            if stored != want {
+                return Err(invalid(
+                    field,
+                    stored,
+                    &format!("the other fields imply {want}"),
+                ));
+            }
+        }
+        let need = h.num_sectors() * SECTOR as u64;
+        if file_len < need {
+            return Err(FormatError::Truncated {
+                what: "node sectors",
+                offset: SECTOR as u64,
+                end: need,
+                file_len,
+            });
+        }
+        Ok(h)
+    }
+}
+
+fn checksum(raw: &RawHeader) -> u64 {
+    let bytes = raw.as_bytes();
+    xxhash_rust::xxh3::xxh3_64(bytes.get(..HEADER_BYTES - 8).unwrap_or(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_header() -> impl Strategy<Value = IndexHeader> {
+        (
+            0u8..3,
+            0u8..3,
+            1u32..2000,
+            1u32..200,
+            1u64..10_000_000,
+            0u32..256,
+            1u32..500,
+            1.0f32..2.0,
+        )
+            .prop_map(|(e, m, dim, r, n, pq, l, alpha)| IndexHeader {
+                elem: ElemType::from_code(e).unwrap(),
+                metric: Metric::from_code(m).unwrap(),
+                dim,
+                max_degree: r,
+                num_points: n,
+                medoid: n / 2,
+                pq_bytes: pq,
+                build_list: l,
+                alpha,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(h in arb_header()) {
+            let sector = h.to_sector();
+            prop_assert_eq!(sector.len(), SECTOR);
+            let len = h.num_sectors() * SECTOR as u64;
+            prop_assert_eq!(IndexHeader::parse(&sector, len).unwrap(), h);
+        }
+
+        /// Any single flipped byte in the used header is rejected, never
+        /// accepted and never a panic.
+        #[test]
+        fn any_corruption_is_rejected(h in arb_header(), at in 0usize..HEADER_BYTES, bit in 0u8..8) {
+            let mut sector = h.to_sector();
+            sector[at] ^= 1 << bit;
+            let len = h.num_sectors() * SECTOR as u64;
+            prop_assert!(IndexHeader::parse(&sector, len).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300), len in any::<u64>()) {
+            let _ = IndexHeader::parse(&bytes, len);
+        }
+    }
+
+    #[test]
+    fn each_rejection_says_why() {
+        let h = IndexHeader {
+            elem: ElemType::U8,
+            metric: Metric::L2,
+            dim: 128,
+            max_degree: 64,
+            num_points: 1000,
+            medoid: 3,
+            pq_bytes: 32,
+            build_list: 100,
+            alpha: 1.2,
+        };
+        let len = h.num_sectors() * SECTOR as u64;
+        let s = h.to_sector();
+        let mut bad = s.clone();
+        bad[0] = b'X';
+        assert!(matches!(
+            IndexHeader::parse(&bad, len),
+            Err(FormatError::BadMagic { .. })
+        ));
+        let mut bad = s.clone();
+        bad[8] = 2;
+        assert!(matches!(
+            IndexHeader::parse(&bad, len),
+            Err(FormatError::UnsupportedVersion { major: 2, .. })
+        ));
+        let mut bad = s.clone();
+        bad[16] ^= 1;
+        assert!(matches!(
+            IndexHeader::parse(&bad, len),
+            Err(FormatError::ChecksumMismatch { .. })
+        ));
+        assert!(matches!(
+            IndexHeader::parse(&s, len - 1),
+            Err(FormatError::Truncated { .. })
+        ));
+        assert!(matches!(
+            IndexHeader::parse(&s[..100], len),
+            Err(FormatError::Truncated { .. })
+        ));
+        // A header whose checksum is right but whose fields disagree.
+        let mut raw = RawHeader::read_from_bytes(&s[..HEADER_BYTES]).unwrap();
+        raw.record_bytes = 999.into();
+        raw.checksum = checksum(&raw).into();
+        let msg = IndexHeader::parse(raw.as_bytes(), len)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("record bytes = 999"), "{msg}");
+    }
+}

@@ -1,0 +1,79 @@
+//! Writes `disk.index`: header sector, then node records packed into sectors.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use super::node::{encode_record, SectorGeometry};
+use super::{IndexHeader, SECTOR};
+use crate::data::Vectors;
+use crate::error::{Error, Result};
+use crate::metric::Element;
+use crate::progress::Progress;
+use crate::vamana::Graph;
+
+/// Writes the index file for `data` and `graph`; returns its size in bytes.
+/// The file is fsynced before this returns.
+pub fn write_index<T: Element>(
+    path: &Path,
+    header: &IndexHeader,
+    data: Vectors<'_, T>,
+    graph: &Graph,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    if data.len() as u64 != header.num_points || graph.len() != data.len() {
+        return Err(Error::InvalidParameter(format!(
+            "header says {} points, data has {}, graph has {}",
+            header.num_points,
+            data.len(),
+            graph.len()
+        )));
+    }
+    let io = |e| Error::io(path, e);
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
+    out.write_all(&header.to_sector()).map_err(io)?;
+    let g = SectorGeometry::new(header);
+    let rps = g.records_per_sector;
+    let mut written = 1u64;
+    progress.stage("writing disk index", data.len() as u64);
+    if rps > 0 {
+        let mut sector = vec![0u8; SECTOR];
+        for first in (0..data.len()).step_by(rps) {
+            sector.fill(0);
+            let last = (first + rps).min(data.len());
+            for (slot, node) in (first..last).enumerate() {
+                let at = slot * g.record_bytes;
+                let rec = sector.get_mut(at..at + g.record_bytes).unwrap_or(&mut []);
+                encode_record(
+                    bytemuck::cast_slice(data.row(node)),
+                    graph.neighbors(node),
+                    g.max_degree,
+                    rec,
+                );
+            }
+            out.write_all(&sector).map_err(io)?;
+            written += 1;
+            progress.inc((last - first) as u64);
+        }
+    } else {
+        let mut block = vec![0u8; g.sectors_per_record * SECTOR];
+        for node in 0..data.len() {
+            block.fill(0);
+            let rec = block.get_mut(..g.record_bytes).unwrap_or(&mut []);
+            encode_record(
+                bytemuck::cast_slice(data.row(node)),
+                graph.neighbors(node),
+                g.max_degree,
+                rec,
+            );
+            out.write_all(&block).map_err(io)?;
+            written += g.sectors_per_record as u64;
+            progress.inc(1);
+        }
+    }
+    progress.finish_stage();
+    debug_assert_eq!(written, header.num_sectors());
+    out.flush().map_err(io)?;
+    out.get_ref().sync_all().map_err(io)?;
+    Ok(written * SECTOR as u64)
+}

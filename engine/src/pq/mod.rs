@@ -1,0 +1,28 @@
+//! Product quantization: compressed vectors held in RAM to steer the search.
+//!
+//! ```text
+//!  vector (dim) ──prepare──► f32 (normalized for cosine) ──split──► M chunks
+//!                                                                   │
+//!   chunk m ──nearest of 256 centroids (k-means on a sample)──► code byte m
+//!
+//!  query ──► QueryTable: M × 256 partial distances ──► ADC: Σ_m table[m][code[m]]
+//! ```
+//!
+//! | file | what |
+//! |---|---|
+//! | `train.rs` | k-means++ seeding and Lloyd iterations, per chunk |
+//! | `encode.rs` | [`PqCodebook`]: chunking, centring, encoding, decoding |
+//! | `table.rs` | [`QueryTable`]: asymmetric distance computation (ADC) |
+//!
+//! For L2 the codebook quantizes `x - μ` (μ the sample mean): centring makes
+//! the chunks' centroids spend their precision on the spread of the data, not
+//! on its offset. For inner product the same reconstruction `x ≈ μ + c` is
+//! used, and the table adds `⟨q, μ⟩` back, so an ADC value is exactly the
+//! inner product with the reconstructed vector.
+
+mod encode;
+mod table;
+mod train;
+
+pub use encode::{PqCodebook, PqParams};
+pub use table::QueryTable;

@@ -1,0 +1,262 @@
+//! Beam search over a disk-resident Vamana graph, as a state machine.
+//!
+//! ```text
+//!            ┌──────────── candidate list (≤ L, by PQ distance) ◄─────────┐
+//!            │                                                            │
+//!  next_batch(): the W nearest unexpanded ids ──► caller reads their sectors
+//!                                                            │
+//!  visit(id, record): exact distance of its full vector ──► result pool   │
+//!                     its unvisited neighbours, by PQ distance ───────────┘
+//!  finish(k): the result pool sorted by exact distance, top k
+//! ```
+//!
+//! The search never touches a file: it says which nodes it needs and is fed
+//! their records. A synchronous loop ([`crate::index::DiskIndex::search`])
+//! and an async executor running many searches at once drive the same code.
+
+use rustc_hash::FxHashSet;
+
+use crate::error::{Error, Result};
+use crate::layout::NodeRecord;
+use crate::metric::{Element, Metric};
+use crate::pq::{PqCodebook, QueryTable};
+
+/// Per-query search parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SearchParams {
+    /// Results to return.
+    pub k: usize,
+    /// L: the candidate list size; larger is slower and more accurate.
+    pub list: usize,
+    /// W: nodes read per round; larger means fewer round trips, more IO.
+    pub beam: usize,
+}
+
+impl SearchParams {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidParameter(m));
+        if self.k == 0 {
+            return bad("k must be at least 1".into());
+        }
+        if self.list < self.k {
+            return bad(format!(
+                "list size L = {} must be at least k = {}",
+                self.list, self.k
+            ));
+        }
+        if self.list > 100_000 {
+            return bad(format!(
+                "list size L = {} is above the limit of 100000",
+                self.list
+            ));
+        }
+        if self.beam == 0 || self.beam > 128 {
+            return bad(format!(
+                "beam width W must be in 1..=128, got {}",
+                self.beam
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What one query cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SearchStats {
+    /// Sectors read from the device.
+    pub ios: u32,
+    /// Rounds of reads (each up to W nodes).
+    pub hops: u32,
+    /// Nodes whose full record was examined.
+    pub visited_nodes: u32,
+    /// PQ distance evaluations.
+    pub pq_distances: u32,
+}
+
+/// One search result.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Hit {
+    pub id: u32,
+    pub distance: f32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    dist: f32,
+    id: u32,
+    expanded: bool,
+}
+
+/// The reusable state of one search; keep one per thread (or per in-flight
+/// query) and call [`BeamSearch::start`] for each query.
+pub struct BeamSearch<T: Element> {
+    metric: Metric,
+    params: SearchParams,
+    query: Vec<T>,
+    table: QueryTable,
+    candidates: Vec<Candidate>,
+    visited: FxHashSet<u32>,
+    results: Vec<Hit>,
+    batch: Vec<u32>,
+    unpacked: Vec<T>,
+    new_ids: Vec<u32>,
+    new_dists: Vec<f32>,
+    pub stats: SearchStats,
+}
+
+impl<T: Element> Default for BeamSearch<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Element> BeamSearch<T> {
+    pub fn new() -> Self {
+        BeamSearch {
+            metric: Metric::L2,
+            params: SearchParams {
+                k: 10,
+                list: 10,
+                beam: 1,
+            },
+            query: Vec::new(),
+            table: QueryTable::new(),
+            candidates: Vec::new(),
+            visited: FxHashSet::default(),
+            results: Vec::new(),
+            batch: Vec::new(),
+            unpacked: Vec::new(),
+            new_ids: Vec::new(),
+            new_dists: Vec::new(),
+            stats: SearchStats::default(),
+        }
+    }
+
+    /// Begins a search for `query` from `entry`.
+    pub fn start(
+        &mut self,
+        pq: &PqCodebook,
+        codes: &[u8],
+        entry: u32,
+        query: &[T],
+        params: SearchParams,
+    ) {
+        self.metric = pq.metric();
+        self.params = params;
+        self.query.clear();
+        self.query.extend_from_slice(query);
+        self.table.prepare(pq, query);
+        self.candidates.clear();
+        self.visited.clear();
+        self.results.clear();
+        self.batch.clear();
+        self.stats = SearchStats::default();
+        self.visited.insert(entry);
+        let m = pq.num_chunks();
+        let start = entry as usize * m;
+        let dist = codes
+            .get(start..start + m)
+            .map_or(f32::INFINITY, |c| self.table.distance(c));
+        self.stats.pq_distances += 1;
+        self.candidates.push(Candidate {
+            dist,
+            id: entry,
+            expanded: false,
+        });
+    }
+
+    /// The next nodes to read (marked expanded); empty when the search is done.
+    pub fn next_batch(&mut self) -> &[u32] {
+        self.batch.clear();
+        for c in self.candidates.iter_mut() {
+            if self.batch.len() >= self.params.beam {
+                break;
+            }
+            if !c.expanded {
+                c.expanded = true;
+                self.batch.push(c.id);
+            }
+        }
+        if !self.batch.is_empty() {
+            self.stats.hops += 1;
+        }
+        &self.batch
+    }
+
+    /// Feeds the record of a node returned by [`BeamSearch::next_batch`].
+    pub fn visit(
+        &mut self,
+        node: u32,
+        record: &NodeRecord<'_>,
+        codes: &[u8],
+        m: usize,
+    ) -> Result<()> {
+        let vector: &[T] = match bytemuck::try_cast_slice(record.vector) {
+            Ok(v) => v,
+            Err(_) => {
+                // Unaligned (only possible for a hand-made buffer): copy.
+                self.unpacked.clear();
+                self.unpacked.extend(
+                    record
+                        .vector
+                        .chunks_exact(std::mem::size_of::<T>())
+                        .map(bytemuck::pod_read_unaligned::<T>),
+                );
+                &self.unpacked
+            }
+        };
+        if vector.len() != self.query.len() {
+            return Err(Error::DimensionMismatch {
+                what: format!("node {node}'s record"),
+                expected: self.query.len(),
+                got: vector.len(),
+            });
+        }
+        self.results.push(Hit {
+            id: node,
+            distance: self.metric.distance(&self.query, vector),
+        });
+        self.stats.visited_nodes += 1;
+
+        self.new_ids.clear();
+        for nb in record.neighbors() {
+            if self.visited.insert(nb) {
+                self.new_ids.push(nb);
+            }
+        }
+        self.new_dists.clear();
+        self.new_dists.extend(self.new_ids.iter().map(|&id| {
+            let start = id as usize * m;
+            codes
+                .get(start..start + m)
+                .map_or(f32::INFINITY, |c| self.table.distance(c))
+        }));
+        self.stats.pq_distances += self.new_ids.len() as u32;
+        let l = self.params.list;
+        for (&id, &dist) in self.new_ids.iter().zip(&self.new_dists) {
+            if self.candidates.len() >= l && self.candidates.last().is_some_and(|w| dist >= w.dist)
+            {
+                continue;
+            }
+            let pos = self.candidates.partition_point(|c| c.dist < dist);
+            self.candidates.insert(
+                pos,
+                Candidate {
+                    dist,
+                    id,
+                    expanded: false,
+                },
+            );
+            self.candidates.truncate(l);
+        }
+        Ok(())
+    }
+
+    /// The `k` nearest of all visited nodes, by exact distance.
+    pub fn finish(&mut self) -> Vec<Hit> {
+        self.results
+            .sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+        self.results.dedup_by_key(|h| h.id);
+        self.results.iter().take(self.params.k).copied().collect()
+    }
+}

@@ -1,0 +1,391 @@
+//! `bench` and `demo`: recall, QPS, latency and IO per query.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use shardann_engine::data::{recall_at_k, GroundTruth, VectorFile};
+use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
+use shardann_engine::search::{SearchParams, SearchStats};
+use shardann_engine::Element;
+
+use crate::cli::{BenchArgs, DemoArgs, GenArgs, GraphArgs, GroundtruthArgs};
+use crate::search::check_queries;
+use crate::util::{cores, dir_bytes, git_commit, human_bytes, peak_rss_bytes};
+use crate::with_elem;
+
+/// The JSON report of one `bench` invocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub git_commit: String,
+    pub index: String,
+    pub queries: String,
+    pub ground_truth: String,
+    pub num_points: u64,
+    pub num_queries: usize,
+    pub dim: u32,
+    pub elem: String,
+    pub metric: String,
+    pub max_degree: u32,
+    pub build_list: u32,
+    pub alpha: f32,
+    pub pq_bytes: u32,
+    pub index_bytes_on_disk: u64,
+    pub pq_ram_bytes: usize,
+    pub io_backend: String,
+    pub threads: usize,
+    pub cores: usize,
+    pub k: usize,
+    pub beam: usize,
+    pub open_seconds: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub runs: Vec<RunReport>,
+}
+
+/// One list size.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub list: usize,
+    pub beam: usize,
+    pub recall_at_k: f64,
+    pub qps: f64,
+    pub latency_us: Latency,
+    pub mean_ios: f64,
+    pub mean_hops: f64,
+    pub mean_visited: f64,
+    pub wall_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub mean: f64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+struct QueryOutcome {
+    ids: Vec<u32>,
+    micros: f64,
+    stats: SearchStats,
+}
+
+/// Runs every query once with `threads` workers, each one query at a time.
+fn run_queries<T: Element>(
+    idx: &DiskIndex,
+    queries: &VectorFile,
+    params: SearchParams,
+    threads: usize,
+) -> anyhow::Result<(Vec<QueryOutcome>, f64)> {
+    let qv = queries.vectors::<T>()?;
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<QueryOutcome>>> = (0..qv.len()).map(|_| Mutex::new(None)).collect();
+    let start = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    let mut scratch = SearchScratch::<T>::default();
+                    loop {
+                        let qi = next.fetch_add(1, Ordering::Relaxed);
+                        if qi >= qv.len() {
+                            return Ok(());
+                        }
+                        let t = Instant::now();
+                        let (hits, stats) = idx.search(&mut scratch, qv.row(qi), params)?;
+                        let micros = t.elapsed().as_secs_f64() * 1e6;
+                        let ids = hits.iter().map(|h| h.id).collect();
+                        if let Ok(mut slot) = slots[qi].lock() {
+                            *slot = Some(QueryOutcome { ids, micros, stats });
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a search thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let wall = start.elapsed().as_secs_f64();
+    let outcomes = slots
+        .into_iter()
+        .map(|m| m.into_inner().ok().flatten())
+        .collect::<Option<Vec<_>>>()
+        .context("a query produced no result")?;
+    Ok((outcomes, wall))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> {
+    let t = Instant::now();
+    let idx = DiskIndex::open(
+        &a.index,
+        OpenOptions {
+            direct_io: !a.buffered,
+        },
+    )
+    .with_context(|| format!("opening index {}", a.index.display()))?;
+    let open_seconds = t.elapsed().as_secs_f64();
+    let queries = VectorFile::open(&a.queries)?;
+    check_queries(&idx, &queries)?;
+    let gt = GroundTruth::read(&a.gt)?;
+    gt.check_ids(&a.gt, idx.len())?;
+    if gt.nq < queries.len() {
+        bail!(
+            "{} has ground truth for {} queries, but {} has {}",
+            a.gt.display(),
+            gt.nq,
+            a.queries.display(),
+            queries.len()
+        );
+    }
+    if gt.k < a.k {
+        bail!(
+            "{} has {} neighbours per query, fewer than k = {}",
+            a.gt.display(),
+            gt.k,
+            a.k
+        );
+    }
+    if a.list.is_empty() {
+        bail!("--list needs at least one list size");
+    }
+    let threads = if a.threads == 0 { cores() } else { a.threads };
+    let h = *idx.header();
+    writeln!(
+        out,
+        "index {} ({} points, {}-d {}, {}), {} queries, k={}, beam={}, {} threads, io {}",
+        a.index.display(),
+        h.num_points,
+        h.dim,
+        h.elem,
+        h.metric,
+        queries.len(),
+        a.k,
+        a.beam,
+        threads,
+        idx.io_backend()
+    )?;
+    writeln!(
+        out,
+        "{:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7}",
+        "L", "recall@k", "QPS", "mean_us", "p50_us", "p99_us", "ios", "hops"
+    )?;
+    let mut runs = Vec::new();
+    for &list in &a.list {
+        let params = SearchParams {
+            k: a.k,
+            list,
+            beam: a.beam,
+        };
+        params.validate()?;
+        let (outcomes, wall) =
+            with_elem!(idx.elem(), T => run_queries::<T>(&idx, &queries, params, threads)?);
+        let nq = outcomes.len().max(1) as f64;
+        let recall = outcomes
+            .iter()
+            .enumerate()
+            .map(|(qi, o)| recall_at_k(&o.ids, gt.row(qi), a.k))
+            .sum::<f64>()
+            / nq;
+        let mut lat: Vec<f64> = outcomes.iter().map(|o| o.micros).collect();
+        lat.sort_by(f64::total_cmp);
+        let mean = |f: &dyn Fn(&SearchStats) -> u32| {
+            outcomes.iter().map(|o| f(&o.stats) as f64).sum::<f64>() / nq
+        };
+        let run = RunReport {
+            list,
+            beam: a.beam,
+            recall_at_k: recall,
+            qps: outcomes.len() as f64 / wall,
+            latency_us: Latency {
+                mean: lat.iter().sum::<f64>() / nq,
+                p50: percentile(&lat, 50.0),
+                p99: percentile(&lat, 99.0),
+            },
+            mean_ios: mean(&|s| s.ios),
+            mean_hops: mean(&|s| s.hops),
+            mean_visited: mean(&|s| s.visited_nodes),
+            wall_seconds: wall,
+        };
+        writeln!(
+            out,
+            "{:>6} {:>9.4} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8.1} {:>7.1}",
+            run.list,
+            run.recall_at_k,
+            run.qps,
+            run.latency_us.mean,
+            run.latency_us.p50,
+            run.latency_us.p99,
+            run.mean_ios,
+            run.mean_hops
+        )?;
+        runs.push(run);
+    }
+    let report = BenchReport {
+        tool: "shardann",
+        version: env!("CARGO_PKG_VERSION"),
+        git_commit: git_commit(),
+        index: a.index.display().to_string(),
+        queries: a.queries.display().to_string(),
+        ground_truth: a.gt.display().to_string(),
+        num_points: h.num_points,
+        num_queries: queries.len(),
+        dim: h.dim,
+        elem: h.elem.to_string(),
+        metric: h.metric.to_string(),
+        max_degree: h.max_degree,
+        build_list: h.build_list,
+        alpha: h.alpha,
+        pq_bytes: h.pq_bytes,
+        index_bytes_on_disk: dir_bytes(&a.index),
+        pq_ram_bytes: idx.memory_bytes(),
+        io_backend: idx.io_backend().to_string(),
+        threads,
+        cores: cores(),
+        k: a.k,
+        beam: a.beam,
+        open_seconds,
+        peak_rss_bytes: peak_rss_bytes(),
+        runs,
+    };
+    writeln!(
+        out,
+        "index open {:.2}s; {} on disk, {} PQ in RAM; peak RSS {}",
+        open_seconds,
+        human_bytes(report.index_bytes_on_disk),
+        human_bytes(report.pq_ram_bytes as u64),
+        report.peak_rss_bytes.map_or("unknown".into(), human_bytes)
+    )?;
+    if let Some(path) = &a.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(report)
+}
+
+fn exists(p: &Path) -> bool {
+    p.metadata().map(|m| m.len() > 0).unwrap_or(false)
+}
+
+/// gen → groundtruth → build → bench on a sift-like set, reusing what exists.
+pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let dir = a.dir.join(format!("sift-like-{}-seed{}", a.n, a.seed));
+    let base = dir.join("base.u8bin");
+    let query = dir.join("query.u8bin");
+    let gt = dir.join("gt100.bin");
+    let index = dir.join("index");
+    let data_ok = VectorFile::open(&base).is_ok_and(|f| f.len() == a.n)
+        && VectorFile::open(&query).is_ok_and(|f| f.len() == a.queries);
+    if !data_ok {
+        writeln!(
+            out,
+            "[1/4] generating {} sift-like points and {} queries (seed {})",
+            a.n, a.queries, a.seed
+        )?;
+        crate::data::gen(
+            &GenArgs {
+                preset: shardann_engine::synth::Preset::SiftLike,
+                n: a.n,
+                queries: a.queries,
+                seed: a.seed,
+                out: dir.clone(),
+                threads: a.threads,
+            },
+            quiet,
+            out,
+        )?;
+        let _ = std::fs::remove_file(&gt);
+        let _ = std::fs::remove_dir_all(&index);
+    } else {
+        writeln!(out, "[1/4] reusing data in {}", dir.display())?;
+    }
+    if !exists(&gt) {
+        writeln!(out, "[2/4] computing exact ground truth")?;
+        crate::data::groundtruth(
+            &GroundtruthArgs {
+                base: base.clone(),
+                queries: query.clone(),
+                k: 100,
+                metric: shardann_engine::Metric::L2,
+                out: gt.clone(),
+                threads: a.threads,
+            },
+            quiet,
+            out,
+        )?;
+    } else {
+        writeln!(out, "[2/4] reusing ground truth {}", gt.display())?;
+    }
+    if DiskIndex::open(&index, OpenOptions { direct_io: false }).is_err() {
+        writeln!(
+            out,
+            "[3/4] building the index (R=64, L=100, alpha=1.2, 32-byte PQ)"
+        )?;
+        let graph = GraphArgs {
+            max_degree: 64,
+            build_list: 100,
+            alpha: 1.2,
+            pq_bytes: 32,
+            pq_sample: 100_000,
+            seed: 1,
+        };
+        let (r, secs) = crate::build::run_build(
+            &base,
+            shardann_engine::Metric::L2,
+            &graph,
+            &index,
+            a.threads,
+            quiet,
+        )?;
+        writeln!(
+            out,
+            "built in {secs:.1}s: {} on disk, {} PQ in RAM, mean degree {:.1}",
+            human_bytes(r.index_bytes),
+            human_bytes(r.pq_file_bytes),
+            r.mean_degree
+        )?;
+    } else {
+        writeln!(out, "[3/4] reusing index {}", index.display())?;
+    }
+    writeln!(out, "[4/4] benchmarking (O_DIRECT reads, beam 4)")?;
+    let report = bench(
+        &BenchArgs {
+            index,
+            queries: query,
+            gt,
+            k: 10,
+            list: a.list.clone(),
+            beam: 4,
+            threads: a.threads,
+            json: Some(dir.join("bench.json")),
+            buffered: false,
+        },
+        out,
+    )?;
+    if let Some(best) = report.runs.iter().find(|r| r.recall_at_k >= 0.95) {
+        writeln!(
+            out,
+            "recall@10 ≥ 0.95 first reached at L={}: recall {:.4}, {:.0} QPS",
+            best.list, best.recall_at_k, best.qps
+        )?;
+    } else {
+        writeln!(out, "recall@10 stayed below 0.95 at every list size tried")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! `build`.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::Context;
+use shardann_engine::data::VectorFile;
+use shardann_engine::index::{build_index, BuildParams, BuildReport};
+use shardann_engine::pq::PqParams;
+use shardann_engine::vamana::VamanaParams;
+use shardann_engine::Metric;
+
+use crate::cli::{BuildArgs, GraphArgs};
+use crate::progress::Bars;
+use crate::util::{human_bytes, peak_rss_bytes, with_threads};
+use crate::with_elem;
+
+impl GraphArgs {
+    pub fn to_params(&self, metric: Metric) -> BuildParams {
+        BuildParams {
+            metric,
+            vamana: VamanaParams {
+                max_degree: self.max_degree,
+                build_list: self.build_list,
+                alpha: self.alpha,
+                seed: self.seed,
+                ..VamanaParams::default()
+            },
+            pq: PqParams {
+                num_chunks: self.pq_bytes,
+                train_sample: self.pq_sample,
+                seed: self.seed,
+                ..PqParams::default()
+            },
+        }
+    }
+}
+
+/// Builds an index and returns its report and wall time.
+pub fn run_build(
+    base_path: &std::path::Path,
+    metric: Metric,
+    graph: &GraphArgs,
+    out_dir: &std::path::Path,
+    threads: usize,
+    quiet: bool,
+) -> anyhow::Result<(BuildReport, f64)> {
+    let base = VectorFile::open(base_path)?;
+    let params = graph.to_params(metric);
+    let bars = Bars::new(quiet);
+    let t = Instant::now();
+    let report = with_threads(threads, || -> anyhow::Result<_> {
+        with_elem!(base.elem(), T => {
+            Ok(build_index(base.vectors::<T>()?, &params, out_dir, &bars)?)
+        })
+    })?
+    .with_context(|| {
+        format!(
+            "building an index of {} into {}",
+            base_path.display(),
+            out_dir.display()
+        )
+    })?;
+    Ok((report, t.elapsed().as_secs_f64()))
+}
+
+pub fn build(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let (r, secs) = run_build(&a.base, a.metric, &a.graph, &a.out, a.threads, quiet)?;
+    writeln!(
+        out,
+        "built {} ({} points, {}-d {}, {}): R={} L={} alpha={} pq-bytes={}",
+        a.out.display(),
+        r.num_points,
+        r.dim,
+        r.elem,
+        r.metric,
+        r.max_degree,
+        r.build_list,
+        r.alpha,
+        r.pq_bytes
+    )?;
+    writeln!(
+        out,
+        "wall time {secs:.1}s (PQ {:.1}s, graph {:.1}s, write {:.1}s); peak memory {}; index {} on disk + {} PQ in RAM; mean degree {:.1}",
+        r.pq_seconds,
+        r.graph_seconds,
+        r.write_seconds,
+        peak_rss_bytes().map_or("unknown".into(), human_bytes),
+        human_bytes(r.index_bytes),
+        human_bytes(r.pq_file_bytes),
+        r.mean_degree
+    )?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! Argument parsing: raw clap structs, validated by each command.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use shardann_engine::synth::Preset;
+use shardann_engine::Metric;
+
+/// shardann: disk-resident approximate nearest-neighbour search.
+///
+/// A typical session: generate (or download) data, compute exact ground
+/// truth, build an index, then benchmark it:
+///
+///   shardann gen --preset sift-like --n 100000 --queries 1000 --out data/s100k
+///   shardann groundtruth --base data/s100k/base.u8bin --queries data/s100k/query.u8bin --out data/s100k/gt100.bin
+///   shardann build --base data/s100k/base.u8bin --metric l2 --out data/s100k/index
+///   shardann bench --index data/s100k/index --queries data/s100k/query.u8bin --gt data/s100k/gt100.bin
+///
+/// or all of it at once: `shardann demo`.
+#[derive(Debug, Parser)]
+#[command(name = "shardann", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    /// Hide progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Gen(GenArgs),
+    Groundtruth(GroundtruthArgs),
+    Build(BuildArgs),
+    Search(SearchArgs),
+    Bench(BenchArgs),
+    Inspect(InspectArgs),
+    Demo(DemoArgs),
+}
+
+/// Generate a reproducible synthetic data set (base and query files).
+///
+/// The same preset, sizes and seed give the same bytes on any machine.
+/// Queries come from the same distribution as the base but are not base points.
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// sift-like: 128-d u8, clustered, for L2. deep-like: 96-d f32, unit norm, for inner product.
+    #[arg(long, default_value = "sift-like")]
+    pub preset: Preset,
+    /// Number of base points.
+    #[arg(long, default_value_t = 100_000)]
+    pub n: usize,
+    /// Number of queries.
+    #[arg(long, default_value_t = 1_000)]
+    pub queries: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Output directory; gets base.<ext> and query.<ext>.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Threads (0 = all cores). The output does not depend on it.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// Compute exact k nearest neighbours by brute force (the ground truth).
+///
+/// Writes the Big-ANN ground-truth format: u32 nq, u32 k, nq·k u32 ids,
+/// nq·k f32 distances (squared L2 for l2, -⟨q,x⟩ for ip, 1-cos for cosine).
+#[derive(Debug, Args)]
+pub struct GroundtruthArgs {
+    #[arg(long)]
+    pub base: PathBuf,
+    #[arg(long)]
+    pub queries: PathBuf,
+    /// Neighbours per query (at most 1000).
+    #[arg(long, default_value_t = 100)]
+    pub k: usize,
+    #[arg(long, default_value = "l2")]
+    pub metric: Metric,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// Build a disk index (Vamana graph + PQ codes + sector layout) from a vector file.
+///
+/// Memory: the base file is memory-mapped; the build holds the graph
+/// (about n·R·4·1.3 bytes) and the PQ codes (n·pq-bytes).
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Base vectors: .u8bin, .i8bin or .fbin.
+    #[arg(long)]
+    pub base: PathBuf,
+    #[arg(long, default_value = "l2")]
+    pub metric: Metric,
+    /// Output directory (created): disk.index, pq.bin, build.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    /// Threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GraphArgs {
+    /// R: maximum out-degree of the graph. Larger: better recall, bigger index.
+    #[arg(long, default_value_t = 64)]
+    pub max_degree: usize,
+    /// L used while building. Larger: better graph, slower build.
+    #[arg(long, default_value_t = 100)]
+    pub build_list: usize,
+    /// α of the second pass (≥ 1): larger keeps more long-range edges.
+    #[arg(long, default_value_t = 1.2)]
+    pub alpha: f32,
+    /// Bytes per PQ code (1..=dim), held in RAM for every point: M chunks of 256 centroids.
+    #[arg(long, default_value_t = 32)]
+    pub pq_bytes: usize,
+    /// Points sampled to train PQ.
+    #[arg(long, default_value_t = 100_000)]
+    pub pq_sample: usize,
+    /// Seed of the insertion order and PQ training.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Search an index and print the top-k of each query.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Query vectors, same element type and dimension as the index.
+    #[arg(long)]
+    pub queries: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// L: candidate list size (≥ k). Larger: better recall, slower.
+    #[arg(long, default_value_t = 64)]
+    pub list: usize,
+    /// W: nodes read per round trip to the disk.
+    #[arg(long, default_value_t = 4)]
+    pub beam: usize,
+    /// Only the first N queries.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Read through the page cache instead of O_DIRECT.
+    #[arg(long)]
+    pub buffered: bool,
+}
+
+/// Measure recall@k, QPS, latency and IOs per query against ground truth.
+///
+/// One run per list size; results as a table on stdout and, with --json, a
+/// JSON report. Reads use O_DIRECT unless --buffered, so QPS measures the
+/// disk and not the page cache.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long)]
+    pub index: PathBuf,
+    #[arg(long)]
+    pub queries: PathBuf,
+    /// Ground truth (.bin) for the queries.
+    #[arg(long)]
+    pub gt: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Comma-separated list sizes L, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "10,20,40,80,160")]
+    pub list: Vec<usize>,
+    #[arg(long, default_value_t = 4)]
+    pub beam: usize,
+    /// Search threads (0 = all cores). Each thread runs one query at a time.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Read through the page cache instead of O_DIRECT.
+    #[arg(long)]
+    pub buffered: bool,
+}
+
+/// Print an index's header, build parameters and (optionally) one node.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Also decode this node's record.
+    #[arg(long)]
+    pub node: Option<u32>,
+}
+
+/// Generate a sift-like set, build an index, benchmark it: the whole
+/// pipeline on a laptop-sized example. Reuses files from an earlier run.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Working directory for data and index.
+    #[arg(long, default_value = "data/demo")]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 100_000)]
+    pub n: usize,
+    #[arg(long, default_value_t = 1_000)]
+    pub queries: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, value_delimiter = ',', default_value = "10,20,40,80,160")]
+    pub list: Vec<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    let q = cli.quiet;
+    match cli.command {
+        Command::Gen(a) => crate::data::gen(&a, q, out),
+        Command::Groundtruth(a) => crate::data::groundtruth(&a, q, out),
+        Command::Build(a) => crate::build::build(&a, q, out),
+        Command::Search(a) => crate::search::search(&a, out),
+        Command::Bench(a) => crate::bench::bench(&a, out).map(|_| ()),
+        Command::Inspect(a) => crate::inspect::inspect(&a, out),
+        Command::Demo(a) => crate::bench::demo(&a, q, out),
+    }
+}

@@ -1,0 +1,90 @@
+//! `gen` and `groundtruth`.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use shardann_engine::data::VectorFile;
+use shardann_engine::groundtruth::brute_force;
+use shardann_engine::synth::{generate_to_file, Stream};
+
+use crate::cli::{GenArgs, GroundtruthArgs};
+use crate::progress::Bars;
+use crate::util::with_threads;
+use crate::with_elem;
+
+pub fn gen(a: &GenArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    if a.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let ext = a.preset.elem().extension();
+    let bars = Bars::new(quiet);
+    let t = Instant::now();
+    let base = a.out.join(format!("base.{ext}"));
+    let query = a.out.join(format!("query.{ext}"));
+    with_threads(a.threads, || -> anyhow::Result<()> {
+        generate_to_file(a.preset, a.n, a.seed, Stream::Base, &base, &bars)?;
+        if a.queries > 0 {
+            generate_to_file(a.preset, a.queries, a.seed, Stream::Query, &query, &bars)?;
+        }
+        Ok(())
+    })??;
+    writeln!(
+        out,
+        "wrote {} ({} × {}-d {}) and {} ({} queries) in {:.1}s; metric for this preset: {}",
+        base.display(),
+        a.n,
+        a.preset.dim(),
+        a.preset.elem(),
+        query.display(),
+        a.queries,
+        t.elapsed().as_secs_f64(),
+        a.preset.metric()
+    )?;
+    Ok(())
+}
+
+pub fn groundtruth(a: &GroundtruthArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    if a.k == 0 || a.k > 1000 {
+        bail!("--k must be in 1..=1000, got {}", a.k);
+    }
+    let base = VectorFile::open(&a.base)?;
+    let queries = VectorFile::open(&a.queries)?;
+    if base.elem() != queries.elem() {
+        bail!(
+            "{} holds {} values but {} holds {}",
+            a.base.display(),
+            base.elem(),
+            a.queries.display(),
+            queries.elem()
+        );
+    }
+    if base.dim() != queries.dim() {
+        bail!(
+            "dimension mismatch: {} has dimension {}, {} has {}",
+            a.base.display(),
+            base.dim(),
+            a.queries.display(),
+            queries.dim()
+        );
+    }
+    let bars = Bars::new(quiet);
+    let t = Instant::now();
+    let gt = with_threads(a.threads, || -> anyhow::Result<_> {
+        with_elem!(base.elem(), T => {
+            Ok(brute_force(base.vectors::<T>()?, queries.vectors::<T>()?, a.metric, a.k, &bars))
+        })
+    })??;
+    gt.write(&a.out)?;
+    writeln!(
+        out,
+        "wrote {}: {} queries × {} neighbours ({}), {:.1}s",
+        a.out.display(),
+        gt.nq,
+        gt.k,
+        a.metric,
+        t.elapsed().as_secs_f64()
+    )?;
+    Ok(())
+}

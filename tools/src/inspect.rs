@@ -1,0 +1,83 @@
+//! `inspect`: what is in an index directory.
+
+use std::io::Write;
+
+use shardann_engine::index::{DiskIndex, OpenOptions, BUILD_INFO_FILE};
+use shardann_engine::io::{AlignedBuf, SectorRequest};
+
+use crate::cli::InspectArgs;
+use crate::util::{dir_bytes, human_bytes};
+
+pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let idx = DiskIndex::open(&a.index, OpenOptions { direct_io: false })?;
+    let h = idx.header();
+    let g = idx.geometry();
+    writeln!(out, "index      {}", a.index.display())?;
+    writeln!(out, "points     {}", h.num_points)?;
+    writeln!(
+        out,
+        "vectors    {}-d {}, metric {}",
+        h.dim, h.elem, h.metric
+    )?;
+    writeln!(
+        out,
+        "graph      R={} build L={} alpha={} medoid={}",
+        h.max_degree, h.build_list, h.alpha, h.medoid
+    )?;
+    writeln!(
+        out,
+        "layout     record {} B, {} per sector, {} sectors",
+        g.record_bytes,
+        g.records_per_sector,
+        h.num_sectors()
+    )?;
+    writeln!(
+        out,
+        "pq         {} bytes per point, {} in RAM",
+        h.pq_bytes,
+        human_bytes(idx.memory_bytes() as u64)
+    )?;
+    writeln!(out, "on disk    {}", human_bytes(dir_bytes(&a.index)))?;
+    if let Ok(info) = std::fs::read_to_string(a.index.join(BUILD_INFO_FILE)) {
+        writeln!(
+            out,
+            "build.json {}",
+            info.split_whitespace().collect::<Vec<_>>().join(" ")
+        )?;
+    }
+    if let Some(node) = a.node {
+        if node as u64 >= h.num_points {
+            anyhow::bail!(
+                "node {node} out of range: the index has {} points",
+                h.num_points
+            );
+        }
+        let loc = g.locate(node);
+        let mut buf = AlignedBuf::new(g.node_read_bytes());
+        let file = shardann_engine::io::FileReader::open(
+            &a.index.join(shardann_engine::index::INDEX_FILE),
+            false,
+        )?;
+        use shardann_engine::io::SectorReader;
+        file.read(&mut [SectorRequest {
+            sector: loc.sector,
+            buf: &mut buf.as_mut_slice()[..loc.sectors * shardann_engine::layout::SECTOR],
+        }])?;
+        let rec = g.decode(node, buf.as_slice())?;
+        writeln!(
+            out,
+            "node {node}: sector {} offset {}, degree {}",
+            loc.sector,
+            loc.offset,
+            rec.degree()
+        )?;
+        writeln!(
+            out,
+            "  neighbours {:?}",
+            rec.neighbors().collect::<Vec<_>>()
+        )?;
+        let shown: Vec<String> = rec.vector.iter().take(16).map(|b| b.to_string()).collect();
+        writeln!(out, "  vector bytes [{} ...]", shown.join(", "))?;
+    }
+    Ok(())
+}

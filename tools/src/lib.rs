@@ -1,0 +1,31 @@
+//! The `shardann` command line, as a library so tests can call [`run`].
+//!
+//! Results go to the `out` writer (stdout); progress bars and notes go to
+//! stderr and are hidden when stderr is not a terminal.
+
+mod bench;
+mod build;
+mod cli;
+mod data;
+mod inspect;
+mod progress;
+mod search;
+mod util;
+
+use std::ffi::OsString;
+use std::io::Write;
+
+use clap::Parser;
+
+pub use bench::{BenchReport, RunReport};
+pub use cli::Cli;
+
+/// Parses `args` (including the program name) and runs the command.
+pub fn run<I, T>(args: I, out: &mut dyn Write) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = cli::Cli::try_parse_from(args)?;
+    cli::dispatch(cli, out)
+}
