@@ -237,6 +237,7 @@ fn read_header(bytes: &[u8]) -> (u64, u64) {
 }
 
 fn check_size(path: &Path, count: u64, dim: u64, elem: ElemType, actual: u64) -> Result<()> {
+    // count and dim are u32 values, so count·dim·4 cannot overflow a u64.
     let expected = count * dim * elem.size() as u64;
     if expected == actual {
         return Ok(());
@@ -411,14 +412,15 @@ impl GroundTruth {
             ));
         }
         let (nq, k) = read_header(&bytes);
-        let expected = 8 + nq * k * 8;
-        if bytes.len() as u64 != expected {
+        // nq and k are u32 values, so 8 + nq·k·8 can reach 2^67: past u64, not u128.
+        let expected = 8 + nq as u128 * k as u128 * 8;
+        if bytes.len() as u128 != expected {
             return Err(Error::data(
                 path,
                 DataError::GroundTruthSize {
                     nq,
                     k,
-                    expected,
+                    expected: expected.min(u64::MAX as u128) as u64,
                     actual: bytes.len() as u64,
                 },
             ));

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::data::{ElemType, Vectors};
 use crate::error::{Error, Result};
-use crate::io::{AlignedBuf, FileReader, SectorReader, SectorRequest};
+use crate::io::{open_reader, AlignedBuf, IoBackend, SectorReader, SectorRequest};
 use crate::layout::{self, IndexHeader, SectorGeometry, SECTOR};
 use crate::metric::{Element, Metric};
 use crate::pq::{PqCodebook, PqParams};
@@ -115,11 +115,26 @@ pub struct OpenOptions {
     /// Read node sectors with `O_DIRECT` (the default): numbers then measure
     /// the device. `false` goes through the page cache.
     pub direct_io: bool,
+    /// Which reader fetches node sectors.
+    pub io: IoBackend,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { direct_io: true }
+        OpenOptions {
+            direct_io: true,
+            io: IoBackend::Auto,
+        }
+    }
+}
+
+impl OpenOptions {
+    /// Buffered `pread`: for tools that read a few nodes, not for benchmarks.
+    pub fn buffered() -> Self {
+        OpenOptions {
+            direct_io: false,
+            io: IoBackend::Pread,
+        }
     }
 }
 
@@ -148,8 +163,8 @@ impl DiskIndex {
     pub fn open(dir: impl AsRef<Path>, opts: OpenOptions) -> Result<Self> {
         let dir = dir.as_ref();
         let path = dir.join(INDEX_FILE);
-        let reader = FileReader::open(&path, opts.direct_io)?;
-        Self::open_with_reader(dir, Box::new(reader))
+        let reader = open_reader(&path, opts.direct_io, opts.io)?;
+        Self::open_with_reader(dir, reader)
     }
 
     /// Opens `dir` but reads node sectors through `reader`.

@@ -1,14 +1,28 @@
 //! Reading sectors: the seam between the engine and whatever does the IO.
 //!
 //! The search asks for whole sectors by index; a [`SectorReader`] fetches
-//! them. [`FileReader`] does it with `pread`, by default on a file opened
-//! with `O_DIRECT` so that every read goes to the device and a benchmark
-//! measures the disk, not the page cache. The server crate brings its own
-//! io_uring implementation; tests use [`MemReader`].
+//! them. Both file readers open the index with `O_DIRECT` by default, so
+//! every read goes to the device and a benchmark measures the disk, not the
+//! page cache:
+//!
+//! | reader | how | when |
+//! |---|---|---|
+//! | [`UringReader`] | the W reads of a round submitted together to io_uring, awaited together | default where io_uring works |
+//! | [`FileReader`] | one blocking `pread` after another | fallback (io_uring blocked by seccomp or `io_uring_disabled`) |
+//! | [`MemReader`] | copies from a buffer | tests |
+//!
+//! [`open_reader`] with [`IoBackend::Auto`] probes io_uring and falls back to
+//! `pread`, saying so once on stderr. This is the one module of the engine
+//! with `unsafe` code: handing buffers to the kernel.
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use io_uring::{opcode, types, IoUring};
+use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::layout::SECTOR;
@@ -61,6 +75,72 @@ pub trait SectorReader: Send + Sync {
     fn name(&self) -> &'static str;
 }
 
+/// Which file reader to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// io_uring if it can be set up here, else `pread` (with one note on stderr).
+    #[default]
+    Auto,
+    /// io_uring or an error.
+    Uring,
+    /// Blocking `pread`.
+    Pread,
+}
+
+impl std::str::FromStr for IoBackend {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(IoBackend::Auto),
+            "uring" | "io_uring" => Ok(IoBackend::Uring),
+            "pread" => Ok(IoBackend::Pread),
+            _ => Err(format!(
+                "unknown IO backend {s:?}: expected auto, uring or pread"
+            )),
+        }
+    }
+}
+
+fn open_file(path: &Path, direct: bool) -> Result<File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    if direct {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    opts.open(path).map_err(|e| {
+        if direct && e.raw_os_error() == Some(libc::EINVAL) {
+            Error::io(
+                path,
+                std::io::Error::new(
+                    e.kind(),
+                    "this filesystem does not support O_DIRECT; open the index with buffered reads (--buffered)",
+                ),
+            )
+        } else {
+            Error::io(path, e)
+        }
+    })
+}
+
+/// Opens `path` with the requested backend.
+pub fn open_reader(path: &Path, direct: bool, backend: IoBackend) -> Result<Box<dyn SectorReader>> {
+    match backend {
+        IoBackend::Pread => Ok(Box::new(FileReader::open(path, direct)?)),
+        IoBackend::Uring => Ok(Box::new(UringReader::open(path, direct)?)),
+        IoBackend::Auto => {
+            match UringReader::open(path, direct) {
+                Ok(r) => Ok(Box::new(r)),
+                Err(Error::Io { source, .. }) if UringReader::is_unavailable(&source) => {
+                    eprintln!("note: io_uring is not available here ({source}); reading with pread instead");
+                    Ok(Box::new(FileReader::open(path, direct)?))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
 /// `pread`-based reader, `O_DIRECT` by default.
 #[derive(Debug)]
 pub struct FileReader {
@@ -72,25 +152,7 @@ pub struct FileReader {
 impl FileReader {
     /// Opens `path` for sector reads; `direct` asks for `O_DIRECT`.
     pub fn open(path: &Path, direct: bool) -> Result<Self> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.read(true);
-        if direct {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.custom_flags(libc::O_DIRECT);
-        }
-        let file = opts.open(path).map_err(|e| {
-            if direct && e.raw_os_error() == Some(libc::EINVAL) {
-                Error::io(
-                    path,
-                    std::io::Error::new(
-                        e.kind(),
-                        "this filesystem does not support O_DIRECT; open the index with buffered reads (--buffered)",
-                    ),
-                )
-            } else {
-                Error::io(path, e)
-            }
-        })?;
+        let file = open_file(path, direct)?;
         Ok(FileReader {
             file,
             direct,
@@ -116,6 +178,147 @@ impl SectorReader for FileReader {
             "pread-direct"
         } else {
             "pread-buffered"
+        }
+    }
+}
+
+/// io_uring reader: all requests of one call are submitted at once and
+/// awaited together, so a query's W reads are in flight at the same time.
+///
+/// Rings are pooled: a call takes one (creating it if the pool is empty),
+/// so each search thread effectively owns a ring without thread-locals.
+pub struct UringReader {
+    file: File,
+    direct: bool,
+    rings: Mutex<Vec<IoUring>>,
+}
+
+impl std::fmt::Debug for UringReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringReader")
+            .field("direct", &self.direct)
+            .finish()
+    }
+}
+
+/// Submission queue size of each ring: the most reads one call can batch
+/// before it has to submit.
+const RING_ENTRIES: u32 = 64;
+
+impl UringReader {
+    /// Opens `path` and sets up a first ring, which fails where io_uring is
+    /// blocked (seccomp, `kernel.io_uring_disabled`).
+    pub fn open(path: &Path, direct: bool) -> Result<Self> {
+        let file = open_file(path, direct)?;
+        let ring = Self::new_ring().map_err(|e| Error::io(path, e))?;
+        Ok(UringReader {
+            file,
+            direct,
+            rings: Mutex::new(vec![ring]),
+        })
+    }
+
+    fn new_ring() -> std::io::Result<IoUring> {
+        if std::env::var_os("SHARDANN_DISABLE_URING").is_some() {
+            // Lets tests (and operators) exercise the fallback path.
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSYS));
+        }
+        IoUring::new(RING_ENTRIES)
+    }
+
+    /// Does this setup error mean "io_uring is not usable here" (as opposed
+    /// to, say, a missing file)?
+    pub fn is_unavailable(e: &std::io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSYS)
+                | Some(libc::EPERM)
+                | Some(libc::EACCES)
+                | Some(libc::ENOMEM)
+                | Some(libc::EINVAL)
+        )
+    }
+
+    fn read_with(
+        &self,
+        ring: &mut IoUring,
+        requests: &mut [SectorRequest<'_>],
+    ) -> std::io::Result<()> {
+        let fd = types::Fd(self.file.as_raw_fd());
+        let mut first_err: Option<std::io::Error> = None;
+        for chunk in requests.chunks_mut(RING_ENTRIES as usize) {
+            let mut inflight = 0usize;
+            for (i, r) in chunk.iter_mut().enumerate() {
+                let len = u32::try_from(r.buf.len())
+                    .map_err(|_| std::io::Error::other("read too large"))?;
+                let entry = opcode::Read::new(fd, r.buf.as_mut_ptr(), len)
+                    .offset(r.sector * SECTOR as u64)
+                    .build()
+                    .user_data(i as u64);
+                // SAFETY: the buffer is valid for `len` bytes and is borrowed
+                // mutably for this whole call; we do not return (not even on
+                // error) before every submitted read has completed below, so
+                // the kernel never writes into memory we no longer own.
+                // `chunk` has at most RING_ENTRIES entries, so the queue
+                // cannot be full.
+                unsafe {
+                    if ring.submission().push(&entry).is_err() {
+                        break;
+                    }
+                }
+                inflight += 1;
+            }
+            while inflight > 0 {
+                match ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => {
+                        // We can neither wait nor return: the kernel may still
+                        // write into buffers the caller would free. Unwinding
+                        // would free them too, so stop the process.
+                        eprintln!(
+                            "fatal: io_uring wait failed with {inflight} reads in flight: {e}"
+                        );
+                        std::process::abort();
+                    }
+                }
+                for cqe in ring.completion() {
+                    inflight -= 1;
+                    let i = cqe.user_data() as usize;
+                    let want = chunk.get(i).map_or(0, |r| r.buf.len()) as i32;
+                    let res = cqe.result();
+                    if res < 0 {
+                        first_err.get_or_insert(std::io::Error::from_raw_os_error(-res));
+                    } else if res != want {
+                        first_err.get_or_insert(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("short read: {res} of {want} bytes"),
+                        ));
+                    }
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl SectorReader for UringReader {
+    fn read(&self, requests: &mut [SectorRequest<'_>]) -> std::io::Result<()> {
+        let pooled = self.rings.lock().pop();
+        let mut ring = match pooled {
+            Some(r) => r,
+            None => Self::new_ring()?,
+        };
+        let result = self.read_with(&mut ring, requests);
+        self.rings.lock().push(ring);
+        result
+    }
+
+    fn name(&self) -> &'static str {
+        if self.direct {
+            "uring-direct"
+        } else {
+            "uring-buffered"
         }
     }
 }
@@ -169,6 +372,63 @@ mod tests {
             assert!(b.len() >= len && b.len() % SECTOR == 0);
             b.as_mut_slice()[0] = 1;
         }
+    }
+
+    #[test]
+    fn uring_reads_many_sectors_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..100 * SECTOR)
+            .map(|i| (i / SECTOR * 7 + i % 13) as u8)
+            .collect();
+        std::fs::write(&p, &data).unwrap();
+        let r = match UringReader::open(&p, true) {
+            Ok(r) => r,
+            Err(Error::Io { source, .. }) if UringReader::is_unavailable(&source) => {
+                eprintln!("io_uring unavailable here; the pread fallback is tested instead");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        // More requests than ring entries, in scrambled order.
+        let sectors: Vec<u64> = (0..90).map(|i| (i * 37) % 100).collect();
+        let mut bufs: Vec<AlignedBuf> = sectors.iter().map(|_| AlignedBuf::new(SECTOR)).collect();
+        let mut reqs: Vec<SectorRequest<'_>> = sectors
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|(&s, b)| SectorRequest {
+                sector: s,
+                buf: b.as_mut_slice(),
+            })
+            .collect();
+        r.read(&mut reqs).unwrap();
+        drop(reqs);
+        for (&s, b) in sectors.iter().zip(&bufs) {
+            let at = s as usize * SECTOR;
+            assert_eq!(b.as_slice(), &data[at..at + SECTOR], "sector {s}");
+        }
+        let mut past = AlignedBuf::new(SECTOR);
+        assert!(r
+            .read(&mut [SectorRequest {
+                sector: 500,
+                buf: past.as_mut_slice()
+            }])
+            .is_err());
+    }
+
+    #[test]
+    fn unavailability_is_told_apart_from_other_errors() {
+        assert!(UringReader::is_unavailable(
+            &std::io::Error::from_raw_os_error(libc::ENOSYS)
+        ));
+        assert!(UringReader::is_unavailable(
+            &std::io::Error::from_raw_os_error(libc::EPERM)
+        ));
+        assert!(!UringReader::is_unavailable(
+            &std::io::Error::from_raw_os_error(libc::ENOENT)
+        ));
+        let missing = open_reader(Path::new("/nonexistent/disk.index"), false, IoBackend::Auto);
+        assert!(matches!(missing, Err(Error::Io { .. })));
     }
 
     #[test]

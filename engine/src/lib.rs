@@ -28,6 +28,11 @@
 //! [`io::SectorReader`] (or drives [`search::BeamSearch`]) with its own IO.
 #![deny(unsafe_code)]
 
+// The on-disk format is little-endian and vectors are written and read as
+// raw bytes: refuse to build where that would silently be wrong.
+#[cfg(not(target_endian = "little"))]
+compile_error!("shardann's on-disk format is little-endian; big-endian targets are not supported");
+
 pub mod data;
 pub mod error;
 pub mod groundtruth;

@@ -93,7 +93,8 @@ pub trait Element: bytemuck::Pod + Send + Sync + std::fmt::Debug + PartialEq + '
     fn l2sq(a: &[Self], b: &[Self]) -> f32;
     /// Inner product.
     fn dot(a: &[Self], b: &[Self]) -> f32;
-    /// Cosine distance `1 - cos(a, b)`; 0 when either vector is zero.
+    /// Cosine distance `1 - cos(a, b)`: 0 when both vectors are zero, 1 when
+    /// exactly one is.
     fn cos(a: &[Self], b: &[Self]) -> f32;
 }
 

@@ -1,1 +1,56 @@
-fn main() {}
+//! Cross-crate integration tests: the `shardann` CLI (through
+//! `shardann::run`) over generated and real data, the golden v1 index, and
+//! every bad input answered by a clear error.
+
+mod bad_input;
+mod golden;
+mod pipeline;
+
+use std::path::{Path, PathBuf};
+
+/// Runs the CLI in-process; returns stdout or the error's full message.
+pub fn cli(args: &[&str]) -> Result<String, String> {
+    let mut out = Vec::new();
+    let mut argv = vec!["shardann", "--quiet"];
+    argv.extend_from_slice(args);
+    match shardann::run(argv, &mut out) {
+        Ok(()) => Ok(String::from_utf8_lossy(&out).into_owned()),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
+/// Like [`cli`], but a failure fails the test with the message.
+pub fn cli_ok(args: &[&str]) -> String {
+    cli(args).unwrap_or_else(|e| panic!("shardann {args:?} failed: {e}"))
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+/// The workplace's shared data sets (a sibling of the repository).
+pub fn shared_datasets() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets");
+    assert!(
+        root.join("mnist-t10k/base.u8bin").exists(),
+        "expected the shared data sets at {}",
+        root.display()
+    );
+    root
+}
+
+/// Reads a bench JSON report.
+pub fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("bench report")).expect("bench JSON")
+}
+
+/// recall@k of the run with list size `list` in a bench report.
+pub fn recall_at(report: &serde_json::Value, list: u64) -> f64 {
+    report["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .find(|r| r["list"] == list)
+        .and_then(|r| r["recall_at_k"].as_f64())
+        .expect("run with that list size")
+}

@@ -136,6 +136,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         &a.index,
         OpenOptions {
             direct_io: !a.buffered,
+            io: a.io,
         },
     )
     .with_context(|| format!("opening index {}", a.index.display()))?;
@@ -332,7 +333,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
     } else {
         writeln!(out, "[2/4] reusing ground truth {}", gt.display())?;
     }
-    if DiskIndex::open(&index, OpenOptions { direct_io: false }).is_err() {
+    if DiskIndex::open(&index, OpenOptions::buffered()).is_err() {
         writeln!(
             out,
             "[3/4] building the index (R=64, L=100, alpha=1.2, 32-byte PQ)"
@@ -375,6 +376,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             threads: a.threads,
             json: Some(dir.join("bench.json")),
             buffered: false,
+            io: shardann_engine::io::IoBackend::Auto,
         },
         out,
     )?;

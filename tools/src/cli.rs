@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use shardann_engine::io::IoBackend;
 use shardann_engine::synth::Preset;
 use shardann_engine::Metric;
 
@@ -154,6 +155,10 @@ pub struct SearchArgs {
     /// Read through the page cache instead of O_DIRECT.
     #[arg(long)]
     pub buffered: bool,
+    /// IO backend: uring (W reads in flight per query), pread (one at a
+    /// time), or auto (uring if this system allows it, else pread).
+    #[arg(long, default_value = "auto")]
+    pub io: IoBackend,
 }
 
 /// Measure recall@k, QPS, latency and IOs per query against ground truth.
@@ -186,6 +191,10 @@ pub struct BenchArgs {
     /// Read through the page cache instead of O_DIRECT.
     #[arg(long)]
     pub buffered: bool,
+    /// IO backend: uring (W reads in flight per query), pread (one at a
+    /// time), or auto (uring if this system allows it, else pread).
+    #[arg(long, default_value = "auto")]
+    pub io: IoBackend,
 }
 
 /// Print an index's header, build parameters and (optionally) one node.

@@ -9,7 +9,7 @@ use crate::cli::InspectArgs;
 use crate::util::{dir_bytes, human_bytes};
 
 pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let idx = DiskIndex::open(&a.index, OpenOptions { direct_io: false })?;
+    let idx = DiskIndex::open(&a.index, OpenOptions::buffered())?;
     let h = idx.header();
     let g = idx.geometry();
     writeln!(out, "index      {}", a.index.display())?;

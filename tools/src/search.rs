@@ -15,6 +15,7 @@ pub fn search(a: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         &a.index,
         OpenOptions {
             direct_io: !a.buffered,
+            io: a.io,
         },
     )
     .with_context(|| format!("opening index {}", a.index.display()))?;

@@ -48,8 +48,11 @@ pub struct PqFile {
     pub codes: Vec<u8>,
 }
 
-fn body_len(dim: u64, m: u64, n: u64) -> u64 {
-    4 * (m + 1) + 4 * dim + 4 * CENTROIDS as u64 * dim + n * m
+/// Bytes after the header and before the footer; `None` on overflow (a
+/// crafted header must not wrap around and pass the size check).
+fn body_len(dim: u64, m: u64, n: u64) -> Option<u64> {
+    let fixed = 4 * (m + 1) + 4 * dim + 4 * CENTROIDS as u64 * dim;
+    n.checked_mul(m)?.checked_add(fixed)
 }
 
 /// Writes `pq.bin`; returns its size in bytes.
@@ -69,9 +72,8 @@ pub fn write_pq(path: &Path, pq: &PqCodebook, codes: &[u8]) -> Result<u64> {
         num_points: (n as u64).into(),
         reserved2: [0; 24],
     };
-    let mut bytes = Vec::with_capacity(
-        PQ_HEADER_BYTES + body_len(pq.dim as u64, m as u64, n as u64) as usize + 8,
-    );
+    let body = body_len(pq.dim as u64, m as u64, n as u64).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(PQ_HEADER_BYTES + body as usize + 8);
     bytes.extend_from_slice(raw.as_bytes());
     for o in &pq.offsets {
         bytes.extend_from_slice(&o.to_le_bytes());
@@ -152,9 +154,11 @@ pub(crate) fn parse_pq(bytes: &[u8]) -> Result<PqFile, FormatError> {
             "must be 256",
         ));
     }
-    let need = (PQ_HEADER_BYTES as u64)
-        .checked_add(body_len(dim, m, n))
-        .and_then(|x| x.checked_add(8))
+    if n > u32::MAX as u64 {
+        return Err(invalid("point count", n, "node ids are u32"));
+    }
+    let need = body_len(dim, m, n)
+        .and_then(|b| b.checked_add(PQ_HEADER_BYTES as u64 + 8))
         .ok_or_else(|| invalid("point count", n, "file size overflows"))?;
     if file_len != need {
         return Err(truncated(

@@ -5,7 +5,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::train::{kmeans, nearest};
+use super::train::{kmeans, nearest, Transposed};
 use crate::data::Vectors;
 use crate::error::{Error, Result};
 use crate::metric::{normalize, Element, Metric};
@@ -179,9 +179,8 @@ impl PqCodebook {
         let mut sub = Vec::new();
         for (m, out) in code.iter_mut().enumerate() {
             let (lo, hi) = (self.offsets[m] as usize, self.offsets[m + 1] as usize);
-            // Gather chunk m of every centroid contiguously would be faster;
-            // the strided walk below is simple and encoding is not the
-            // bottleneck of a build (the graph is).
+            // The plain row-major search: a reference for the vectorized,
+            // transposed path of `encode_all` (a test checks they agree).
             sub.clear();
             for k in 0..CENTROIDS {
                 sub.extend_from_slice(&self.pivots[k * self.dim + lo..k * self.dim + hi]);
@@ -194,13 +193,19 @@ impl PqCodebook {
     pub fn encode_all<T: Element>(&self, data: Vectors<'_, T>, progress: &dyn Progress) -> Vec<u8> {
         let m = self.num_chunks();
         let mut codes = vec![0u8; data.len() * m];
-        let per_chunk = self.chunk_major();
+        let per_chunk: Vec<Transposed> = self
+            .chunk_major()
+            .iter()
+            .enumerate()
+            .map(|(mm, c)| Transposed::new(c, (self.offsets[mm + 1] - self.offsets[mm]) as usize))
+            .collect();
         progress.stage("PQ encoding", data.len() as u64);
         codes
             .par_chunks_mut(m * 4096)
             .enumerate()
             .for_each(|(block, out)| {
                 let mut scratch = Vec::with_capacity(self.dim);
+                let mut dists = Vec::with_capacity(CENTROIDS);
                 for (i, code) in out.chunks_exact_mut(m).enumerate() {
                     self.prepare(data.row(block * 4096 + i), &mut scratch);
                     scratch
@@ -209,7 +214,7 @@ impl PqCodebook {
                         .for_each(|(x, c)| *x -= c);
                     for (mm, byte) in code.iter_mut().enumerate() {
                         let (lo, hi) = (self.offsets[mm] as usize, self.offsets[mm + 1] as usize);
-                        *byte = nearest(&per_chunk[mm], hi - lo, &scratch[lo..hi]).0 as u8;
+                        *byte = per_chunk[mm].nearest(&scratch[lo..hi], &mut dists).0 as u8;
                     }
                 }
                 progress.inc((out.len() / m) as u64);
@@ -240,7 +245,10 @@ impl PqCodebook {
         for (m, &c) in code.iter().enumerate() {
             let (lo, hi) = (self.offsets[m] as usize, self.offsets[m + 1] as usize);
             let row = &self.pivots[c as usize * self.dim..(c as usize + 1) * self.dim];
-            out[lo..hi].iter_mut().zip(&row[lo..hi]).for_each(|(o, p)| *o += p);
+            out[lo..hi]
+                .iter_mut()
+                .zip(&row[lo..hi])
+                .for_each(|(o, p)| *o += p);
         }
         out
     }

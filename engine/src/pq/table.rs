@@ -67,8 +67,8 @@ impl QueryTable {
         for (row, &c) in self.table.chunks_exact(CENTROIDS).zip(code) {
             sum += row[c as usize];
         }
-        // For cosine the table holds -⟨q̂, x̂⟩ = (1 - cos) - 1: same order as
-        // the exact distance, offset by one, and only the order matters here.
+        // For cosine this is -⟨q̂, x̃⟩ with x̃ = μ + c the reconstruction of the
+        // normalized point: about (1 - cos) - 1. Only the order matters here.
         sum
     }
 

@@ -52,9 +52,11 @@ pub(crate) fn kmeans(data: &[f32], d: usize, k: usize, iters: usize, seed: u64) 
     let mut assign = vec![0u32; n];
     let mut sums = vec![0f64; k * d];
     let mut counts = vec![0usize; k];
+    let mut dists = Vec::with_capacity(k);
     for _ in 0..iters {
+        let t = Transposed::new(&centroids, d);
         for (i, a) in assign.iter_mut().enumerate() {
-            *a = nearest(&centroids, d, row(i)).0 as u32;
+            *a = t.nearest(row(i), &mut dists).0 as u32;
         }
         sums.iter_mut().for_each(|s| *s = 0.0);
         counts.iter_mut().for_each(|c| *c = 0);
@@ -78,6 +80,49 @@ pub(crate) fn kmeans(data: &[f32], d: usize, k: usize, iters: usize, seed: u64) 
         }
     }
     centroids
+}
+
+/// Centroids of one chunk stored dimension-major (`d × k`): the loop over
+/// centroids then runs over contiguous memory and vectorizes (16 lanes with
+/// AVX-512), where the row-major loop over a 4-wide chunk cannot.
+pub(crate) struct Transposed {
+    d: usize,
+    k: usize,
+    cols: Vec<f32>,
+}
+
+impl Transposed {
+    pub fn new(centroids: &[f32], d: usize) -> Self {
+        let k = centroids.len() / d;
+        let mut cols = vec![0f32; d * k];
+        for (c, row) in centroids.chunks_exact(d).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                cols[j * k + c] = v;
+            }
+        }
+        Transposed { d, k, cols }
+    }
+
+    /// Index and squared distance of the centroid nearest `x` (first on ties).
+    #[inline]
+    pub fn nearest(&self, x: &[f32], dists: &mut Vec<f32>) -> (usize, f32) {
+        dists.clear();
+        dists.resize(self.k, 0.0);
+        for (j, col) in self.cols.chunks_exact(self.k).enumerate().take(self.d) {
+            let xj = x[j];
+            for (acc, &c) in dists.iter_mut().zip(col) {
+                let t = xj - c;
+                *acc += t * t;
+            }
+        }
+        let mut best = (0, f32::INFINITY);
+        for (c, &v) in dists.iter().enumerate() {
+            if v < best.1 {
+                best = (c, v);
+            }
+        }
+        best
+    }
 }
 
 /// Index and squared distance of the centroid nearest `x` (first on ties).
@@ -111,6 +156,21 @@ mod tests {
         for c in [[0.0f32, 0.0], [10.0, 10.0], [-10.0, 10.0]] {
             let (_, d) = nearest(&cents, 2, &c);
             assert!(d < 0.1, "no centroid near {c:?}: {cents:?}");
+        }
+    }
+
+    #[test]
+    fn transposed_search_agrees_with_row_major() {
+        let cents: Vec<f32> = (0..256 * 3)
+            .map(|i| ((i * 7919) % 1000) as f32 / 10.0)
+            .collect();
+        let t = Transposed::new(&cents, 3);
+        let mut scratch = Vec::new();
+        for x in [[0.0f32, 0.0, 0.0], [50.0, 20.0, 99.0], [3.3, 77.7, 12.1]] {
+            let (a, da) = nearest(&cents, 3, &x);
+            let (b, db) = t.nearest(&x, &mut scratch);
+            assert_eq!(a, b);
+            assert!((da - db).abs() < 1e-3);
         }
     }
 

@@ -1,0 +1,316 @@
+//! Every bad input gets an error that names the file and the problem,
+//! never a panic and never a wrong answer.
+
+use std::path::Path;
+
+use crate::{cli, cli_ok, p};
+
+fn err(args: &[&str]) -> String {
+    match cli(args) {
+        Ok(out) => panic!("shardann {args:?} should have failed, printed:\n{out}"),
+        Err(e) => e,
+    }
+}
+
+fn assert_mentions(msg: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(
+            msg.contains(n),
+            "error message {msg:?} does not mention {n:?}"
+        );
+    }
+}
+
+/// A small index plus its data, shared by the cases below.
+fn fixture(d: &Path) {
+    cli_ok(&[
+        "gen",
+        "--n",
+        "800",
+        "--queries",
+        "20",
+        "--seed",
+        "2",
+        "--out",
+        p(d),
+    ]);
+    cli_ok(&[
+        "build",
+        "--base",
+        p(&d.join("base.u8bin")),
+        "--out",
+        p(&d.join("index")),
+        "--max-degree",
+        "16",
+        "--pq-bytes",
+        "8",
+    ]);
+    cli_ok(&[
+        "groundtruth",
+        "--base",
+        p(&d.join("base.u8bin")),
+        "--queries",
+        p(&d.join("query.u8bin")),
+        "--k",
+        "10",
+        "--out",
+        p(&d.join("gt.bin")),
+    ]);
+}
+
+#[test]
+fn truncated_vector_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fixture(d);
+    let base = d.join("base.u8bin");
+    let bytes = std::fs::read(&base).unwrap();
+    let cut = d.join("cut.u8bin");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let e = err(&["build", "--base", p(&cut), "--out", p(&d.join("x"))]);
+    assert_mentions(&e, &["cut.u8bin", "truncated", "102400"]);
+    std::fs::write(&cut, &bytes[..5]).unwrap();
+    assert_mentions(
+        &err(&["build", "--base", p(&cut), "--out", p(&d.join("x"))]),
+        &["cut.u8bin", "too short"],
+    );
+    assert_mentions(
+        &err(&[
+            "build",
+            "--base",
+            p(&d.join("missing.u8bin")),
+            "--out",
+            p(&d.join("x")),
+        ]),
+        &["missing.u8bin"],
+    );
+}
+
+#[test]
+fn wrong_element_type_and_dimension() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fixture(d);
+    // The same bytes under a float extension: the size does not fit f32.
+    let as_f32 = d.join("base.fbin");
+    std::fs::copy(d.join("base.u8bin"), &as_f32).unwrap();
+    assert_mentions(
+        &err(&["build", "--base", p(&as_f32), "--out", p(&d.join("x"))]),
+        &["base.fbin", "extension"],
+    );
+    // Queries of another dimension.
+    let other = d.join("other");
+    cli_ok(&[
+        "gen",
+        "--preset",
+        "deep-like",
+        "--n",
+        "10",
+        "--queries",
+        "5",
+        "--out",
+        p(&other),
+    ]);
+    let e = err(&[
+        "bench",
+        "--index",
+        p(&d.join("index")),
+        "--queries",
+        p(&other.join("query.fbin")),
+        "--gt",
+        p(&d.join("gt.bin")),
+    ]);
+    assert_mentions(&e, &["query.fbin", "f32", "u8"]);
+    let small = d.join("small.u8bin");
+    shardann_engine::data::write_vectors(&small, 64, &[1u8; 64 * 3]).unwrap();
+    let e = err(&[
+        "search",
+        "--index",
+        p(&d.join("index")),
+        "--queries",
+        p(&small),
+    ]);
+    assert_mentions(&e, &["dimension mismatch", "small.u8bin", "64", "128"]);
+    let e = err(&[
+        "groundtruth",
+        "--base",
+        p(&d.join("base.u8bin")),
+        "--queries",
+        p(&small),
+        "--out",
+        p(&d.join("g")),
+    ]);
+    assert_mentions(&e, &["dimension mismatch"]);
+}
+
+#[test]
+fn corrupt_index_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fixture(d);
+    let index = d.join("index");
+    let q = d.join("query.u8bin");
+    let search = |idx: &Path| err(&["search", "--index", p(idx), "--queries", p(&q)]);
+
+    let disk = std::fs::read(index.join("disk.index")).unwrap();
+    let pq = std::fs::read(index.join("pq.bin")).unwrap();
+    let broken = d.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    let with = |disk_bytes: &[u8], pq_bytes: &[u8]| {
+        std::fs::write(broken.join("disk.index"), disk_bytes).unwrap();
+        std::fs::write(broken.join("pq.bin"), pq_bytes).unwrap();
+    };
+
+    let mut bad = disk.clone();
+    bad[20] ^= 0x40; // max degree, under the checksum
+    with(&bad, &pq);
+    assert_mentions(&search(&broken), &["disk.index", "checksum mismatch"]);
+
+    let mut bad = disk.clone();
+    bad[..8].copy_from_slice(b"NOTANIDX");
+    with(&bad, &pq);
+    assert_mentions(&search(&broken), &["disk.index", "bad magic"]);
+
+    with(&disk[..disk.len() - 4096], &pq);
+    assert_mentions(&search(&broken), &["disk.index", "truncated"]);
+
+    let mut bad = pq.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    with(&disk, &bad);
+    assert_mentions(&search(&broken), &["pq.bin", "checksum mismatch"]);
+
+    with(&disk, &pq[..pq.len() - 1]);
+    assert_mentions(&search(&broken), &["pq.bin", "truncated"]);
+
+    std::fs::remove_file(broken.join("pq.bin")).unwrap();
+    assert_mentions(&search(&broken), &["pq.bin"]);
+
+    // A corrupt node record: degree beyond R in the medoid's sector.
+    let mut bad = disk.clone();
+    let header = shardann_engine::layout::IndexHeader::parse(&disk, disk.len() as u64).unwrap();
+    let g = shardann_engine::layout::SectorGeometry::new(&header);
+    let loc = g.locate(header.medoid as u32);
+    let at = loc.sector as usize * 4096 + loc.offset + g.vector_bytes;
+    bad[at..at + 4].copy_from_slice(&1000u32.to_le_bytes());
+    with(&bad, &pq);
+    assert_mentions(&search(&broken), &["disk.index", "exceeds R"]);
+}
+
+#[test]
+fn bad_parameters_and_ground_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fixture(d);
+    let (index, q, gt) = (d.join("index"), d.join("query.u8bin"), d.join("gt.bin"));
+    assert_mentions(
+        &err(&[
+            "search",
+            "--index",
+            p(&index),
+            "--queries",
+            p(&q),
+            "--k",
+            "0",
+        ]),
+        &["k must be at least 1"],
+    );
+    assert_mentions(
+        &err(&[
+            "search",
+            "--index",
+            p(&index),
+            "--queries",
+            p(&q),
+            "--k",
+            "20",
+            "--list",
+            "10",
+        ]),
+        &["L = 10", "k = 20"],
+    );
+    assert_mentions(
+        &err(&[
+            "search",
+            "--index",
+            p(&index),
+            "--queries",
+            p(&q),
+            "--beam",
+            "0",
+        ]),
+        &["beam width"],
+    );
+    assert_mentions(
+        &err(&[
+            "bench",
+            "--index",
+            p(&index),
+            "--queries",
+            p(&q),
+            "--gt",
+            p(&gt),
+            "--k",
+            "50",
+        ]),
+        &["gt.bin", "fewer than k = 50"],
+    );
+    let bytes = std::fs::read(&gt).unwrap();
+    std::fs::write(&gt, &bytes[..bytes.len() - 8]).unwrap();
+    assert_mentions(
+        &err(&[
+            "bench",
+            "--index",
+            p(&index),
+            "--queries",
+            p(&q),
+            "--gt",
+            p(&gt),
+        ]),
+        &["gt.bin", "nq = 20, k = 10"],
+    );
+    assert_mentions(
+        &err(&[
+            "build",
+            "--base",
+            p(&d.join("base.u8bin")),
+            "--out",
+            p(&d.join("x")),
+            "--pq-bytes",
+            "500",
+        ]),
+        &["PQ bytes"],
+    );
+    assert_mentions(
+        &err(&[
+            "build",
+            "--base",
+            p(&d.join("base.u8bin")),
+            "--out",
+            p(&d.join("x")),
+            "--alpha",
+            "0.5",
+        ]),
+        &["alpha"],
+    );
+    assert_mentions(
+        &err(&[
+            "build",
+            "--base",
+            p(&d.join("base.u8bin")),
+            "--metric",
+            "hamming",
+            "--out",
+            p(&d.join("x")),
+        ]),
+        &["unknown metric"],
+    );
+    assert_mentions(
+        &err(&["gen", "--preset", "gist-like", "--out", p(d)]),
+        &["unknown preset"],
+    );
+    assert_mentions(
+        &err(&["inspect", "--index", p(&index), "--node", "999999"]),
+        &["out of range"],
+    );
+}

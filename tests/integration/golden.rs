@@ -1,0 +1,140 @@
+//! Golden files: a v1 index committed to git must stay readable and give the
+//! same answers forever. The index is written only if missing (the first run
+//! after a format version is introduced); it is never regenerated. Search
+//! results are compared to a JSON baseline, refreshed with UPDATE_GOLDEN=1.
+
+use std::path::{Path, PathBuf};
+
+use shardann_engine::data::Vectors;
+use shardann_engine::index::{build_index, BuildParams, DiskIndex, OpenOptions, SearchScratch};
+use shardann_engine::io::IoBackend;
+use shardann_engine::pq::PqParams;
+use shardann_engine::progress::NoProgress;
+use shardann_engine::search::SearchParams;
+use shardann_engine::synth::{generate_u8, Stream};
+use shardann_engine::vamana::VamanaParams;
+use shardann_engine::Metric;
+
+const DIM: usize = 16;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
+}
+
+/// 256 × 16 u8 points: the first 16 dims of sift-like rows.
+fn points(stream: Stream, n: usize) -> Vec<u8> {
+    generate_u8(n, 2024, stream)
+        .chunks_exact(128)
+        .flat_map(|r| r[..DIM].to_vec())
+        .collect()
+}
+
+fn write_v1(dir: &Path) {
+    let data = points(Stream::Base, 256);
+    let params = BuildParams {
+        metric: Metric::L2,
+        vamana: VamanaParams {
+            max_degree: 8,
+            build_list: 16,
+            ..Default::default()
+        },
+        pq: PqParams {
+            num_chunks: 4,
+            train_sample: 256,
+            iterations: 6,
+            seed: 1,
+        },
+    };
+    // One thread, so the build is deterministic.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| build_index(Vectors::new(&data[..], DIM), &params, dir, &NoProgress))
+        .unwrap();
+    let _ = std::fs::remove_file(dir.join("build.json"));
+}
+
+fn open(dir: &Path) -> shardann_engine::Result<DiskIndex> {
+    DiskIndex::open(
+        dir,
+        OpenOptions {
+            direct_io: false,
+            io: IoBackend::Pread,
+        },
+    )
+}
+
+#[test]
+fn v1_index_stays_readable_with_the_same_results() {
+    let v1 = golden_dir().join("v1");
+    if !v1.join("disk.index").exists() {
+        std::fs::create_dir_all(&v1).unwrap();
+        write_v1(&v1);
+        eprintln!("wrote the golden v1 index to {}: commit it", v1.display());
+    }
+    let idx = open(&v1).expect("the committed v1 index must open");
+    assert_eq!((idx.len(), idx.dim()), (256, DIM));
+    let queries = points(Stream::Query, 20);
+    let q = Vectors::new(&queries[..], DIM);
+    let mut s = SearchScratch::<u8>::default();
+    let params = SearchParams {
+        k: 5,
+        list: 20,
+        beam: 2,
+    };
+    let results: Vec<Vec<(u32, f32)>> = (0..q.len())
+        .map(|i| {
+            idx.search(&mut s, q.row(i), params)
+                .unwrap()
+                .0
+                .iter()
+                .map(|h| (h.id, h.distance))
+                .collect()
+        })
+        .collect();
+    let baseline = v1.join("results.json");
+    let json = serde_json::to_string_pretty(&results).unwrap();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() || !baseline.exists() {
+        std::fs::write(&baseline, &json).unwrap();
+    }
+    let want: Vec<Vec<(u32, f32)>> =
+        serde_json::from_slice(&std::fs::read(&baseline).unwrap()).unwrap();
+    assert_eq!(
+        results, want,
+        "search results on the v1 golden index changed"
+    );
+    // The exact distances are right, whatever the graph found.
+    for (i, r) in results.iter().enumerate() {
+        let base = points(Stream::Base, 256);
+        for &(id, dist) in r {
+            let want = shardann_engine::metric::scalar::l2sq(
+                q.row(i),
+                &base[id as usize * DIM..(id as usize + 1) * DIM],
+            );
+            assert_eq!(dist as f64, want);
+        }
+    }
+}
+
+#[test]
+fn v1_corrupt_fixture_is_refused() {
+    let corrupt = golden_dir().join("v1_corrupt");
+    if !corrupt.join("disk.index").exists() {
+        let v1 = golden_dir().join("v1");
+        assert!(
+            v1.join("disk.index").exists(),
+            "run the v1 golden test first"
+        );
+        std::fs::create_dir_all(&corrupt).unwrap();
+        let mut disk = std::fs::read(v1.join("disk.index")).unwrap();
+        disk[16] ^= 0xff; // the dimension field, under the header checksum
+        std::fs::write(corrupt.join("disk.index"), disk).unwrap();
+        std::fs::copy(v1.join("pq.bin"), corrupt.join("pq.bin")).unwrap();
+    }
+    let e = open(&corrupt).unwrap_err().to_string();
+    assert!(
+        e.contains("checksum mismatch") && e.contains("disk.index"),
+        "{e}"
+    );
+}

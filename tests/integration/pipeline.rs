@@ -1,0 +1,349 @@
+//! gen → groundtruth → build → search/bench, on generated and real data.
+
+use crate::{cli, cli_ok, p, recall_at, report, shared_datasets};
+
+fn build_and_bench(
+    dir: &std::path::Path,
+    base: &str,
+    queries: &str,
+    gt: &str,
+    metric: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let index = dir.join("index");
+    let mut args = vec![
+        "build",
+        "--base",
+        base,
+        "--metric",
+        metric,
+        "--out",
+        p(&index),
+        "--max-degree",
+        "32",
+        "--build-list",
+        "64",
+        "--pq-bytes",
+        "16",
+    ];
+    args.extend_from_slice(extra);
+    cli_ok(&args);
+    let json = dir.join("bench.json");
+    let table = cli_ok(&[
+        "bench",
+        "--index",
+        p(&index),
+        "--queries",
+        queries,
+        "--gt",
+        gt,
+        "--k",
+        "10",
+        "--list",
+        "10,40,100",
+        "--beam",
+        "4",
+        "--threads",
+        "2",
+        "--json",
+        p(&json),
+    ]);
+    assert!(table.contains("recall@k"), "{table}");
+    report(&json)
+}
+
+#[test]
+fn l2_pipeline_on_generated_data_reaches_recall_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cli_ok(&[
+        "gen",
+        "--preset",
+        "sift-like",
+        "--n",
+        "6000",
+        "--queries",
+        "200",
+        "--seed",
+        "7",
+        "--out",
+        p(d),
+    ]);
+    let (base, query, gt) = (
+        d.join("base.u8bin"),
+        d.join("query.u8bin"),
+        d.join("gt.bin"),
+    );
+    cli_ok(&[
+        "groundtruth",
+        "--base",
+        p(&base),
+        "--queries",
+        p(&query),
+        "--k",
+        "20",
+        "--out",
+        p(&gt),
+    ]);
+    let r = build_and_bench(d, p(&base), p(&query), p(&gt), "l2", &[]);
+    assert!(
+        recall_at(&r, 40) >= 0.95,
+        "recall@10 at L=40: {}",
+        recall_at(&r, 40)
+    );
+    assert!(recall_at(&r, 100) >= recall_at(&r, 10));
+    let run = &r["runs"][1];
+    for key in ["qps", "mean_ios", "mean_hops"] {
+        assert!(run[key].as_f64().unwrap() > 0.0, "{key} in {run}");
+    }
+    assert!(
+        run["latency_us"]["p99"].as_f64().unwrap() >= run["latency_us"]["p50"].as_f64().unwrap()
+    );
+    assert_eq!(r["num_points"], 6000);
+    assert!(
+        r["io_backend"].as_str().unwrap().ends_with("-direct"),
+        "{}",
+        r["io_backend"]
+    );
+}
+
+#[test]
+fn inner_product_pipeline_reaches_recall_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cli_ok(&[
+        "gen",
+        "--preset",
+        "deep-like",
+        "--n",
+        "6000",
+        "--queries",
+        "200",
+        "--seed",
+        "9",
+        "--out",
+        p(d),
+    ]);
+    let (base, query, gt) = (d.join("base.fbin"), d.join("query.fbin"), d.join("gt.bin"));
+    cli_ok(&[
+        "groundtruth",
+        "--base",
+        p(&base),
+        "--queries",
+        p(&query),
+        "--k",
+        "10",
+        "--metric",
+        "ip",
+        "--out",
+        p(&gt),
+    ]);
+    let r = build_and_bench(d, p(&base), p(&query), p(&gt), "ip", &[]);
+    assert!(
+        recall_at(&r, 100) >= 0.95,
+        "ip recall@10 at L=100: {}",
+        recall_at(&r, 100)
+    );
+    assert_eq!(r["metric"], "ip");
+}
+
+#[test]
+fn cosine_pipeline_reaches_recall_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cli_ok(&[
+        "gen",
+        "--preset",
+        "deep-like",
+        "--n",
+        "4000",
+        "--queries",
+        "100",
+        "--seed",
+        "3",
+        "--out",
+        p(d),
+    ]);
+    let (base, query, gt) = (d.join("base.fbin"), d.join("query.fbin"), d.join("gt.bin"));
+    cli_ok(&[
+        "groundtruth",
+        "--base",
+        p(&base),
+        "--queries",
+        p(&query),
+        "--k",
+        "10",
+        "--metric",
+        "cosine",
+        "--out",
+        p(&gt),
+    ]);
+    let r = build_and_bench(d, p(&base), p(&query), p(&gt), "cosine", &[]);
+    assert!(
+        recall_at(&r, 100) >= 0.95,
+        "cosine recall@10 at L=100: {}",
+        recall_at(&r, 100)
+    );
+}
+
+/// Real, non-synthetic, high-dimensional data: MNIST digits with exact
+/// ground truth computed independently of shardann.
+#[test]
+fn mnist_real_data_reaches_recall_floor() {
+    let m = shared_datasets().join("mnist-t10k");
+    let dir = tempfile::tempdir().unwrap();
+    let r = build_and_bench(
+        dir.path(),
+        p(&m.join("base.u8bin")),
+        p(&m.join("query.u8bin")),
+        p(&m.join("gt100.bin")),
+        "l2",
+        &["--pq-sample", "9000"],
+    );
+    assert!(
+        recall_at(&r, 40) >= 0.95,
+        "MNIST recall@10 at L=40: {}",
+        recall_at(&r, 40)
+    );
+    assert_eq!(r["dim"], 784);
+}
+
+/// Our brute force agrees with the independently computed MNIST ground truth.
+#[test]
+fn groundtruth_matches_published_mnist_truth() {
+    let m = shared_datasets().join("mnist-t10k");
+    let dir = tempfile::tempdir().unwrap();
+    let gt = dir.path().join("gt.bin");
+    cli_ok(&[
+        "groundtruth",
+        "--base",
+        p(&m.join("base.u8bin")),
+        "--queries",
+        p(&m.join("query.u8bin")),
+        "--k",
+        "100",
+        "--out",
+        p(&gt),
+    ]);
+    let ours = shardann_engine::data::GroundTruth::read(&gt).unwrap();
+    let theirs = shardann_engine::data::GroundTruth::read(m.join("gt100.bin")).unwrap();
+    assert_eq!((ours.nq, ours.k), (theirs.nq, theirs.k));
+    // Distances must match exactly (integers below 2^24 are exact in f32);
+    // ids may differ only where distances tie.
+    assert_eq!(ours.distances, theirs.distances);
+    let differing = ours
+        .ids
+        .iter()
+        .zip(&theirs.ids)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(differing, 0, "ids differ in {differing} places");
+}
+
+/// Both IO backends and the in-memory reader return the same results.
+#[test]
+fn uring_pread_and_memory_readers_agree() {
+    use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
+    use shardann_engine::io::{IoBackend, MemReader};
+    use shardann_engine::search::SearchParams;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cli_ok(&[
+        "gen",
+        "--n",
+        "3000",
+        "--queries",
+        "50",
+        "--seed",
+        "5",
+        "--out",
+        p(d),
+    ]);
+    let index = d.join("index");
+    cli_ok(&[
+        "build",
+        "--base",
+        p(&d.join("base.u8bin")),
+        "--out",
+        p(&index),
+        "--max-degree",
+        "24",
+        "--pq-bytes",
+        "16",
+    ]);
+    let queries = shardann_engine::data::VectorFile::open(d.join("query.u8bin")).unwrap();
+    let q = queries.vectors::<u8>().unwrap();
+    let params = SearchParams {
+        k: 10,
+        list: 30,
+        beam: 4,
+    };
+    let mut results = Vec::new();
+    for (name, idx) in [
+        (
+            "pread",
+            DiskIndex::open(
+                &index,
+                OpenOptions {
+                    direct_io: true,
+                    io: IoBackend::Pread,
+                },
+            )
+            .unwrap(),
+        ),
+        (
+            "auto",
+            DiskIndex::open(
+                &index,
+                OpenOptions {
+                    direct_io: true,
+                    io: IoBackend::Auto,
+                },
+            )
+            .unwrap(),
+        ),
+        (
+            "memory",
+            DiskIndex::open_with_reader(
+                &index,
+                Box::new(MemReader::load(&index.join("disk.index")).unwrap()),
+            )
+            .unwrap(),
+        ),
+    ] {
+        let mut s = SearchScratch::<u8>::default();
+        let all: Vec<_> = (0..q.len())
+            .map(|i| idx.search(&mut s, q.row(i), params).unwrap())
+            .collect();
+        results.push((name, idx.io_backend(), all));
+    }
+    for (name, backend, r) in &results[1..] {
+        assert_eq!(r, &results[0].2, "{name} ({backend}) differs from pread");
+    }
+    // The search command prints the same for both backends.
+    let a = cli_ok(&[
+        "search",
+        "--index",
+        p(&index),
+        "--queries",
+        p(&d.join("query.u8bin")),
+        "--io",
+        "pread",
+        "--limit",
+        "20",
+    ]);
+    let b = cli_ok(&[
+        "search",
+        "--index",
+        p(&index),
+        "--queries",
+        p(&d.join("query.u8bin")),
+        "--io",
+        "auto",
+        "--limit",
+        "20",
+    ]);
+    assert_eq!(a, b);
+    assert_eq!(a.lines().count(), 20);
+    let _ = cli(&["inspect", "--index", p(&index), "--node", "3"]).unwrap();
+}
