@@ -269,7 +269,7 @@ impl UringReader {
                 inflight += 1;
             }
             while inflight > 0 {
-                match ring.submit_and_wait(1) {
+                match ring.submit_and_wait(inflight) {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                     Err(e) => {

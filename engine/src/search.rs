@@ -224,13 +224,9 @@ impl<T: Element> BeamSearch<T> {
                 self.new_ids.push(nb);
             }
         }
-        self.new_dists.clear();
-        self.new_dists.extend(self.new_ids.iter().map(|&id| {
-            let start = id as usize * m;
-            codes
-                .get(start..start + m)
-                .map_or(f32::INFINITY, |c| self.table.distance(c))
-        }));
+        debug_assert_eq!(m, self.table.num_chunks());
+        self.table
+            .distances(codes, &self.new_ids, &mut self.new_dists);
         self.stats.pq_distances += self.new_ids.len() as u32;
         let l = self.params.list;
         for (&id, &dist) in self.new_ids.iter().zip(&self.new_dists) {

@@ -60,11 +60,18 @@ impl QueryTable {
         self.scratch = q;
     }
 
+    /// Bytes per code this table was prepared for.
+    pub fn num_chunks(&self) -> usize {
+        self.m
+    }
+
     /// The approximate distance of a coded point (`code.len() == M`).
     #[inline]
     pub fn distance(&self, code: &[u8]) -> f32 {
+        // Rows typed as [f32; 256] so that indexing by a u8 needs no bounds check.
+        let rows: &[[f32; CENTROIDS]] = bytemuck::cast_slice(&self.table);
         let mut sum = self.bias;
-        for (row, &c) in self.table.chunks_exact(CENTROIDS).zip(code) {
+        for (row, &c) in rows.iter().zip(code) {
             sum += row[c as usize];
         }
         // For cosine this is -⟨q̂, x̃⟩ with x̃ = μ + c the reconstruction of the
@@ -73,12 +80,26 @@ impl QueryTable {
     }
 
     /// Approximate distances of many points whose codes sit in `codes`
-    /// (`n × M`), for the ids given.
+    /// (`n × M`), for the ids given; an id without a code gets +∞.
+    ///
+    /// The codes of a node's neighbours are scattered over a table far
+    /// larger than the CPU caches, so each is a cache miss. All of them are
+    /// touched first, in a loop of independent loads the CPU overlaps, and
+    /// only then summed: the misses are paid in parallel, not one by one.
+    /// (perf on 1M points: 32% of search CPU was this function before.)
     pub fn distances(&self, codes: &[u8], ids: &[u32], out: &mut Vec<f32>) {
+        let m = self.m;
+        let mut touch = 0u8;
+        for &id in ids {
+            touch ^= codes.get(id as usize * m).copied().unwrap_or(0);
+        }
+        std::hint::black_box(touch);
         out.clear();
         out.extend(ids.iter().map(|&id| {
-            let start = id as usize * self.m;
-            self.distance(&codes[start..start + self.m])
+            let start = id as usize * m;
+            codes
+                .get(start..start + m)
+                .map_or(f32::INFINITY, |c| self.distance(c))
         }));
     }
 }
