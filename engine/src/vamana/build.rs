@@ -237,10 +237,12 @@ impl<T: Element> Builder<'_, T> {
 
     fn insert(&self, p: u32, alpha: f32, s: &mut Scratch) {
         self.greedy_search(self.data.row(p as usize), s);
-        // Pool: everything the search looked at closely, plus current edges.
+        // Pool: the nodes the search expanded, plus current edges. Adding the
+        // unexpanded rest of the final list made no better graph (200K
+        // sift-like: same reads per query at the same recall) and cost 8%
+        // more graph build time.
         s.pool.clear();
         s.pool.extend(s.expanded.iter().copied());
-        s.pool.extend(s.list.iter().map(|&(d, id, _)| (d, id)));
         {
             let current = self.adj[p as usize].lock();
             for &c in current.iter() {

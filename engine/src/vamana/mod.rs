@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   random order of points ──► for each p (in parallel):
-//!        greedy_search(p, L) from the medoid ──► pool = expanded ∪ list ∪ N(p)
+//!        greedy_search(p, L) from the medoid ──► pool = expanded ∪ N(p)
 //!        N(p) = RobustPrune(p, pool, α, R)
 //!        for j in N(p): add p to N(j); if |N(j)| > slack·R: N(j) = RobustPrune(j, N(j) ∪ {p})
 //!   pass 1 with α = 1 (a sparse, navigable skeleton), pass 2 with the given α
