@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::cache::{CacheError, NodeCache};
 use crate::data::{ElemType, Vectors};
 use crate::error::{Error, Result};
 use crate::io::{open_reader, AlignedBuf, IoBackend, SectorReader, SectorRequest};
@@ -117,6 +118,8 @@ pub struct OpenOptions {
     pub direct_io: bool,
     /// Which reader fetches node sectors.
     pub io: IoBackend,
+    /// Nodes to keep in RAM, breadth-first from the medoid (0 = no cache).
+    pub cache_nodes: usize,
 }
 
 impl Default for OpenOptions {
@@ -124,6 +127,7 @@ impl Default for OpenOptions {
         OpenOptions {
             direct_io: true,
             io: IoBackend::Auto,
+            cache_nodes: 0,
         }
     }
 }
@@ -134,6 +138,7 @@ impl OpenOptions {
         OpenOptions {
             direct_io: false,
             io: IoBackend::Pread,
+            cache_nodes: 0,
         }
     }
 }
@@ -146,6 +151,7 @@ pub struct DiskIndex {
     pq: PqCodebook,
     codes: Vec<u8>,
     reader: Box<dyn SectorReader>,
+    cache: NodeCache,
 }
 
 impl std::fmt::Debug for DiskIndex {
@@ -164,7 +170,9 @@ impl DiskIndex {
         let dir = dir.as_ref();
         let path = dir.join(INDEX_FILE);
         let reader = open_reader(&path, opts.direct_io, opts.io)?;
-        Self::open_with_reader(dir, reader)
+        let mut idx = Self::open_with_reader(dir, reader)?;
+        idx.load_cache(opts.cache_nodes)?;
+        Ok(idx)
     }
 
     /// Opens `dir` but reads node sectors through `reader`.
@@ -236,7 +244,34 @@ impl DiskIndex {
             pq: pqf.codebook,
             codes: pqf.codes,
             reader,
+            cache: NodeCache::empty(),
         })
+    }
+
+    /// Fills the node cache with up to `nodes` nodes, breadth-first from the
+    /// medoid (replacing any previous cache; 0 empties it).
+    pub fn load_cache(&mut self, nodes: usize) -> Result<()> {
+        let path = self.dir.join(INDEX_FILE);
+        self.cache = if nodes == 0 || self.is_empty() {
+            NodeCache::empty()
+        } else {
+            NodeCache::load(
+                self.reader.as_ref(),
+                &self.geometry,
+                self.header.medoid as u32,
+                nodes,
+            )
+            .map_err(|e| match e {
+                CacheError::Io(e) => Error::io(&path, e),
+                CacheError::Format(e) => Error::format(&path, e),
+            })?
+        };
+        Ok(())
+    }
+
+    /// The nodes held in RAM.
+    pub fn node_cache(&self) -> &NodeCache {
+        &self.cache
     }
 
     pub fn dir(&self) -> &Path {
@@ -272,9 +307,11 @@ impl DiskIndex {
     pub fn codes(&self) -> &[u8] {
         &self.codes
     }
-    /// Bytes of RAM the index holds: PQ codes and codebook.
+    /// Bytes of RAM the index holds: PQ codes and codebook, node cache.
     pub fn memory_bytes(&self) -> usize {
-        self.codes.len() + 4 * (self.pq.pivots.len() + self.pq.center.len())
+        self.codes.len()
+            + 4 * (self.pq.pivots.len() + self.pq.center.len())
+            + self.cache.memory_bytes()
     }
 
     /// Checks a query's length and type against the index.
@@ -323,9 +360,25 @@ impl DiskIndex {
         );
         let path = self.dir.join(INDEX_FILE);
         loop {
-            let batch: Vec<u32> = s.next_batch().to_vec();
+            let mut batch: Vec<u32> = s.next_batch().to_vec();
             if batch.is_empty() {
                 break;
+            }
+            if !self.cache.is_empty() {
+                let mut misses = Vec::with_capacity(batch.len());
+                for id in batch {
+                    match self.cache.get(id) {
+                        Some(rec) => {
+                            s.stats.cache_hits += 1;
+                            s.visit(id, &rec, &self.codes, m)?;
+                        }
+                        None => misses.push(id),
+                    }
+                }
+                batch = misses;
+                if batch.is_empty() {
+                    continue;
+                }
             }
             let mut reqs: Vec<SectorRequest<'_>> = batch
                 .iter()

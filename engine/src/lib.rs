@@ -33,6 +33,7 @@
 #[cfg(not(target_endian = "little"))]
 compile_error!("shardann's on-disk format is little-endian; big-endian targets are not supported");
 
+pub mod cache;
 pub mod data;
 pub mod error;
 pub mod groundtruth;

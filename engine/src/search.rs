@@ -69,6 +69,8 @@ pub struct SearchStats {
     pub hops: u32,
     /// Nodes whose full record was examined.
     pub visited_nodes: u32,
+    /// Of those, the ones served from the node cache without IO.
+    pub cache_hits: u32,
     /// PQ distance evaluations.
     pub pq_distances: u32,
 }

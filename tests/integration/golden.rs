@@ -61,6 +61,7 @@ fn open(dir: &Path) -> shardann_engine::Result<DiskIndex> {
         OpenOptions {
             direct_io: false,
             io: IoBackend::Pread,
+            cache_nodes: 0,
         },
     )
 }

@@ -287,6 +287,7 @@ fn uring_pread_and_memory_readers_agree() {
                 OpenOptions {
                     direct_io: true,
                     io: IoBackend::Pread,
+                    cache_nodes: 0,
                 },
             )
             .unwrap(),
@@ -298,6 +299,7 @@ fn uring_pread_and_memory_readers_agree() {
                 OpenOptions {
                     direct_io: true,
                     io: IoBackend::Auto,
+                    cache_nodes: 0,
                 },
             )
             .unwrap(),
@@ -319,6 +321,40 @@ fn uring_pread_and_memory_readers_agree() {
     }
     for (name, backend, r) in &results[1..] {
         assert_eq!(r, &results[0].2, "{name} ({backend}) differs from pread");
+    }
+    // A node cache of any size returns the same hits; only IO differs.
+    let no_cache: Vec<Vec<u32>> = results[0]
+        .2
+        .iter()
+        .map(|(hits, _)| hits.iter().map(|h| h.id).collect())
+        .collect();
+    for cache_nodes in [1, 10, 300, 5000] {
+        let opts = OpenOptions {
+            direct_io: true,
+            io: IoBackend::Auto,
+            cache_nodes,
+        };
+        let idx = DiskIndex::open(&index, opts).unwrap();
+        assert_eq!(idx.node_cache().len(), cache_nodes.min(3000));
+        let mut s = SearchScratch::<u8>::default();
+        let (mut ios, mut hits) = (0, 0);
+        for (i, want) in no_cache.iter().enumerate() {
+            let (found, stats) = idx.search(&mut s, q.row(i), params).unwrap();
+            assert_eq!(
+                &found.iter().map(|h| h.id).collect::<Vec<_>>(),
+                want,
+                "cache {cache_nodes}, query {i}"
+            );
+            ios += stats.ios;
+            hits += stats.cache_hits;
+        }
+        let base_ios: u32 = results[0].2.iter().map(|(_, st)| st.ios).sum();
+        assert_eq!(
+            ios + hits,
+            base_ios,
+            "every visited node is read or cached, cache {cache_nodes}"
+        );
+        assert!(hits > 0);
     }
     // The search command prints the same for both backends.
     let a = cli_ok(&[

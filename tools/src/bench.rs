@@ -39,6 +39,9 @@ pub struct BenchReport {
     pub index_bytes_on_disk: u64,
     pub pq_ram_bytes: usize,
     pub io_backend: String,
+    /// Nodes held in the RAM cache, and the bytes they take.
+    pub cache_nodes: usize,
+    pub cache_bytes: usize,
     pub threads: usize,
     pub cores: usize,
     pub k: usize,
@@ -59,6 +62,8 @@ pub struct RunReport {
     pub mean_ios: f64,
     pub mean_hops: f64,
     pub mean_visited: f64,
+    /// Visited nodes served from the node cache, per query.
+    pub mean_cache_hits: f64,
     pub wall_seconds: f64,
 }
 
@@ -137,6 +142,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         OpenOptions {
             direct_io: !a.buffered,
             io: a.io,
+            cache_nodes: a.cache_nodes,
         },
     )
     .with_context(|| format!("opening index {}", a.index.display()))?;
@@ -183,8 +189,8 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
     )?;
     writeln!(
         out,
-        "{:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7}",
-        "L", "recall@k", "QPS", "mean_us", "p50_us", "p99_us", "ios", "hops"
+        "{:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7} {:>7}",
+        "L", "recall@k", "QPS", "mean_us", "p50_us", "p99_us", "ios", "hops", "cached"
     )?;
     let mut runs = Vec::new();
     for &list in &a.list {
@@ -221,11 +227,12 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
             mean_ios: mean(&|s| s.ios),
             mean_hops: mean(&|s| s.hops),
             mean_visited: mean(&|s| s.visited_nodes),
+            mean_cache_hits: mean(&|s| s.cache_hits),
             wall_seconds: wall,
         };
         writeln!(
             out,
-            "{:>6} {:>9.4} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8.1} {:>7.1}",
+            "{:>6} {:>9.4} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8.1} {:>7.1} {:>7.1}",
             run.list,
             run.recall_at_k,
             run.qps,
@@ -233,7 +240,8 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
             run.latency_us.p50,
             run.latency_us.p99,
             run.mean_ios,
-            run.mean_hops
+            run.mean_hops,
+            run.mean_cache_hits
         )?;
         runs.push(run);
     }
@@ -256,6 +264,8 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         index_bytes_on_disk: dir_bytes(&a.index),
         pq_ram_bytes: idx.memory_bytes(),
         io_backend: idx.io_backend().to_string(),
+        cache_nodes: idx.node_cache().len(),
+        cache_bytes: idx.node_cache().memory_bytes(),
         threads,
         cores: cores(),
         k: a.k,
@@ -266,8 +276,9 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
     };
     writeln!(
         out,
-        "index open {:.2}s; {} on disk, {} PQ in RAM; peak RSS {}",
+        "index open {:.2}s (cache {} nodes); {} on disk, {} in RAM (PQ + cache); peak RSS {}",
         open_seconds,
+        report.cache_nodes,
         human_bytes(report.index_bytes_on_disk),
         human_bytes(report.pq_ram_bytes as u64),
         report.peak_rss_bytes.map_or("unknown".into(), human_bytes)
@@ -377,6 +388,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             json: Some(dir.join("bench.json")),
             buffered: false,
             io: shardann_engine::io::IoBackend::Auto,
+            cache_nodes: 0,
         },
         out,
     )?;

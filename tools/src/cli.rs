@@ -159,6 +159,10 @@ pub struct SearchArgs {
     /// time), or auto (uring if this system allows it, else pread).
     #[arg(long, default_value = "auto")]
     pub io: IoBackend,
+    /// Nodes to keep in RAM, breadth-first from the entry point; searches
+    /// read them without IO (about record size × N bytes).
+    #[arg(long, default_value_t = 0)]
+    pub cache_nodes: usize,
 }
 
 /// Measure recall@k, QPS, latency and IOs per query against ground truth.
@@ -195,6 +199,10 @@ pub struct BenchArgs {
     /// time), or auto (uring if this system allows it, else pread).
     #[arg(long, default_value = "auto")]
     pub io: IoBackend,
+    /// Nodes to keep in RAM, breadth-first from the entry point; searches
+    /// read them without IO (about record size × N bytes).
+    #[arg(long, default_value_t = 0)]
+    pub cache_nodes: usize,
 }
 
 /// Print an index's header, build parameters and (optionally) one node.

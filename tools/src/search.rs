@@ -16,6 +16,7 @@ pub fn search(a: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         OpenOptions {
             direct_io: !a.buffered,
             io: a.io,
+            cache_nodes: a.cache_nodes,
         },
     )
     .with_context(|| format!("opening index {}", a.index.display()))?;

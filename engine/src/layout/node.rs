@@ -65,14 +65,27 @@ impl SectorGeometry {
     /// Rejects a degree above R and neighbour ids out of range.
     pub fn decode<'a>(&self, node: u32, sectors: &'a [u8]) -> Result<NodeRecord<'a>, FormatError> {
         let loc = self.locate(node);
-        let corrupt = |why: String| FormatError::CorruptNode {
-            node: node as u64,
-            sector: loc.sector,
-            why,
-        };
         let rec = sectors
             .get(loc.offset..loc.offset + self.record_bytes)
-            .ok_or_else(|| corrupt(format!("record runs past the {} bytes read", sectors.len())))?;
+            .ok_or_else(|| FormatError::CorruptNode {
+                node: node as u64,
+                sector: loc.sector,
+                why: format!("record runs past the {} bytes read", sectors.len()),
+            })?;
+        self.decode_record(node, rec)
+    }
+
+    /// Decodes a record already cut out of its sector (`record_bytes` long).
+    pub fn decode_record<'a>(
+        &self,
+        node: u32,
+        rec: &'a [u8],
+    ) -> Result<NodeRecord<'a>, FormatError> {
+        let corrupt = |why: String| FormatError::CorruptNode {
+            node: node as u64,
+            sector: self.locate(node).sector,
+            why,
+        };
         let (vector, rest) = rec
             .split_at_checked(self.vector_bytes)
             .ok_or_else(|| corrupt("record shorter than its vector".into()))?;
@@ -98,6 +111,12 @@ impl SectorGeometry {
             )));
         }
         Ok(rec)
+    }
+
+    /// The bytes of node `node`'s record within the bytes of its sectors.
+    pub fn record_bytes_of<'a>(&self, node: u32, sectors: &'a [u8]) -> Option<&'a [u8]> {
+        let loc = self.locate(node);
+        sectors.get(loc.offset..loc.offset + self.record_bytes)
     }
 }
 
