@@ -107,20 +107,25 @@ fn l2_pipeline_on_generated_data_reaches_recall_floor() {
     );
 }
 
-#[test]
-fn inner_product_pipeline_reaches_recall_floor() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// Generates a deep-like set and its ground truth under `metric`; returns
+/// the base, query and ground-truth paths.
+fn deep_like(
+    d: &std::path::Path,
+    n: &str,
+    queries: &str,
+    seed: &str,
+    metric: &str,
+) -> [std::path::PathBuf; 3] {
     cli_ok(&[
         "gen",
         "--preset",
         "deep-like",
         "--n",
-        "6000",
+        n,
         "--queries",
-        "200",
+        queries,
         "--seed",
-        "9",
+        seed,
         "--out",
         p(d),
     ]);
@@ -134,11 +139,18 @@ fn inner_product_pipeline_reaches_recall_floor() {
         "--k",
         "10",
         "--metric",
-        "ip",
+        metric,
         "--out",
         p(&gt),
     ]);
-    let r = build_and_bench(d, p(&base), p(&query), p(&gt), "ip", &[]);
+    [base, query, gt]
+}
+
+#[test]
+fn inner_product_pipeline_reaches_recall_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let [base, query, gt] = deep_like(dir.path(), "6000", "200", "9", "ip");
+    let r = build_and_bench(dir.path(), p(&base), p(&query), p(&gt), "ip", &[]);
     assert!(
         recall_at(&r, 100) >= 0.95,
         "ip recall@10 at L=100: {}",
@@ -150,35 +162,8 @@ fn inner_product_pipeline_reaches_recall_floor() {
 #[test]
 fn cosine_pipeline_reaches_recall_floor() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    cli_ok(&[
-        "gen",
-        "--preset",
-        "deep-like",
-        "--n",
-        "4000",
-        "--queries",
-        "100",
-        "--seed",
-        "3",
-        "--out",
-        p(d),
-    ]);
-    let (base, query, gt) = (d.join("base.fbin"), d.join("query.fbin"), d.join("gt.bin"));
-    cli_ok(&[
-        "groundtruth",
-        "--base",
-        p(&base),
-        "--queries",
-        p(&query),
-        "--k",
-        "10",
-        "--metric",
-        "cosine",
-        "--out",
-        p(&gt),
-    ]);
-    let r = build_and_bench(d, p(&base), p(&query), p(&gt), "cosine", &[]);
+    let [base, query, gt] = deep_like(dir.path(), "4000", "100", "3", "cosine");
+    let r = build_and_bench(dir.path(), p(&base), p(&query), p(&gt), "cosine", &[]);
     assert!(
         recall_at(&r, 100) >= 0.95,
         "cosine recall@10 at L=100: {}",

@@ -137,15 +137,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> {
     let t = Instant::now();
-    let idx = DiskIndex::open(
-        &a.index,
-        OpenOptions {
-            direct_io: !a.buffered,
-            io: a.io,
-            cache_nodes: a.cache_nodes,
-        },
-    )
-    .with_context(|| format!("opening index {}", a.index.display()))?;
+    let idx = a.read.open(&a.index)?;
     let open_seconds = t.elapsed().as_secs_f64();
     let queries = VectorFile::open(&a.queries)?;
     check_queries(&idx, &queries)?;
@@ -386,9 +378,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             beam: 4,
             threads: a.threads,
             json: Some(dir.join("bench.json")),
-            buffered: false,
-            io: shardann_engine::io::IoBackend::Auto,
-            cache_nodes: 0,
+            read: crate::cli::ReadArgs::default(),
         },
         out,
     )?;

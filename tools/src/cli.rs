@@ -152,17 +152,8 @@ pub struct SearchArgs {
     /// Print JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Read through the page cache instead of O_DIRECT.
-    #[arg(long)]
-    pub buffered: bool,
-    /// IO backend: uring (W reads in flight per query), pread (one at a
-    /// time), or auto (uring if this system allows it, else pread).
-    #[arg(long, default_value = "auto")]
-    pub io: IoBackend,
-    /// Nodes to keep in RAM, breadth-first from the entry point; searches
-    /// read them without IO (about record size × N bytes).
-    #[arg(long, default_value_t = 0)]
-    pub cache_nodes: usize,
+    #[command(flatten)]
+    pub read: ReadArgs,
 }
 
 /// Measure recall@k, QPS, latency and IOs per query against ground truth.
@@ -192,6 +183,13 @@ pub struct BenchArgs {
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+/// How `search` and `bench` read the index.
+#[derive(Debug, Args, Clone)]
+pub struct ReadArgs {
     /// Read through the page cache instead of O_DIRECT.
     #[arg(long)]
     pub buffered: bool,
@@ -203,6 +201,30 @@ pub struct BenchArgs {
     /// read them without IO (about record size × N bytes).
     #[arg(long, default_value_t = 0)]
     pub cache_nodes: usize,
+}
+
+impl Default for ReadArgs {
+    fn default() -> Self {
+        ReadArgs {
+            buffered: false,
+            io: IoBackend::Auto,
+            cache_nodes: 0,
+        }
+    }
+}
+
+impl ReadArgs {
+    /// Opens the index at `dir` as these flags say.
+    pub fn open(&self, dir: &std::path::Path) -> anyhow::Result<shardann_engine::index::DiskIndex> {
+        use anyhow::Context;
+        let opts = shardann_engine::index::OpenOptions {
+            direct_io: !self.buffered,
+            io: self.io,
+            cache_nodes: self.cache_nodes,
+        };
+        shardann_engine::index::DiskIndex::open(dir, opts)
+            .with_context(|| format!("opening index {}", dir.display()))
+    }
 }
 
 /// Print an index's header, build parameters and (optionally) one node.

@@ -2,24 +2,15 @@
 
 use std::io::Write;
 
-use anyhow::Context;
 use shardann_engine::data::VectorFile;
-use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
+use shardann_engine::index::{DiskIndex, SearchScratch};
 use shardann_engine::search::SearchParams;
 
 use crate::cli::SearchArgs;
 use crate::with_elem;
 
 pub fn search(a: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let idx = DiskIndex::open(
-        &a.index,
-        OpenOptions {
-            direct_io: !a.buffered,
-            io: a.io,
-            cache_nodes: a.cache_nodes,
-        },
-    )
-    .with_context(|| format!("opening index {}", a.index.display()))?;
+    let idx = a.read.open(&a.index)?;
     let queries = VectorFile::open(&a.queries)?;
     check_queries(&idx, &queries)?;
     let params = SearchParams {
