@@ -1,0 +1,169 @@
+//! One search driven by async `O_DIRECT` reads on a glommio executor.
+//!
+//! ```text
+//!  BeamSearch::next_batch() ──► W node ids ──► W × DmaFile::read_at_aligned ─┐
+//!        ▲                                     (in flight together)          │
+//!        └──── BeamSearch::visit(id, record) ◄── SectorGeometry::decode ◄────┘
+//! ```
+//!
+//! The engine's [`BeamSearch`] is a sans-IO state machine: it names the nodes
+//! it needs and is fed their records. [`search_one`] is the async twin of the
+//! engine's synchronous `DiskIndex::search`: the same rounds, the same visit
+//! order, so it returns bit-identical hits. The difference is what happens
+//! while a round's reads are in flight: the engine's loop blocks its thread,
+//! whereas here the task yields and the executor runs other queries, which is
+//! how one core keeps tens of reads queued on the device.
+//!
+//! Nodes in the index's node cache (`DiskIndex::node_cache`, filled when the
+//! index is opened with `OpenOptions::cache_nodes`) are visited from RAM
+//! without a read and counted in `stats.cache_hits`, not `stats.ios`.
+
+use std::path::PathBuf;
+
+use futures::future::join_all;
+use glommio::io::{DmaFile, ReadResult};
+use shardann_engine::index::{DiskIndex, INDEX_FILE};
+use shardann_engine::layout::{NodeLocation, SectorGeometry, SECTOR};
+use shardann_engine::search::{BeamSearch, Hit, SearchParams, SearchStats};
+use shardann_engine::Element;
+
+use crate::error::{Result, ServerError};
+
+/// The node file of `index`: what [`open_index_file`] opens.
+pub fn index_file_path(index: &DiskIndex) -> PathBuf {
+    index.dir().join(INDEX_FILE)
+}
+
+/// Opens `index`'s node file for `O_DIRECT` reads through io_uring.
+///
+/// A [`DmaFile`] belongs to the executor that opened it (it is `!Send`), so
+/// each executor calls this once and shares the file among its tasks.
+/// Must be called from inside a glommio executor.
+pub async fn open_index_file(index: &DiskIndex) -> Result<DmaFile> {
+    let path = index_file_path(index);
+    DmaFile::open(&path)
+        .await
+        .map_err(|e| ServerError::OpenDma {
+            path,
+            source: e.into(),
+        })
+}
+
+/// Why one node read failed, before the path is attached: the path is only
+/// built on the error path, so a successful read allocates nothing extra.
+enum ReadFailure {
+    Io(std::io::Error),
+    Short { got: usize },
+}
+
+/// Reads the sectors holding node `id`'s record.
+async fn read_node(
+    file: &DmaFile,
+    geometry: &SectorGeometry,
+    id: u32,
+) -> (NodeLocation, std::result::Result<ReadResult, ReadFailure>) {
+    let loc = geometry.locate(id);
+    let want = loc.sectors * SECTOR;
+    let read = match file.read_at_aligned(loc.sector * SECTOR as u64, want).await {
+        Ok(bytes) if bytes.len() >= want => Ok(bytes),
+        Ok(bytes) => Err(ReadFailure::Short { got: bytes.len() }),
+        Err(e) => Err(ReadFailure::Io(e.into())),
+    };
+    (loc, read)
+}
+
+/// Searches `index` for `query`, reading node sectors from `file` (opened by
+/// [`open_index_file`] on the current executor).
+///
+/// `scratch` is reused across queries to avoid reallocating the candidate
+/// list and visited set; one per concurrent task. Each round's W reads are
+/// issued together and awaited together, so a query keeps up to W reads in
+/// flight and the executor overlaps them with other tasks' rounds.
+/// `stats.ios` counts sectors read, as the engine's synchronous path does.
+pub async fn search_one<T: Element>(
+    index: &DiskIndex,
+    file: &DmaFile,
+    scratch: &mut BeamSearch<T>,
+    query: &[T],
+    params: SearchParams,
+) -> Result<(Vec<Hit>, SearchStats)> {
+    params.validate()?;
+    index.check_query("query", query)?;
+    if index.is_empty() {
+        return Ok((Vec::new(), SearchStats::default()));
+    }
+    let geometry = index.geometry();
+    let codes = index.codes();
+    let m = index.pq().num_chunks();
+    scratch.start(
+        index.pq(),
+        codes,
+        index.header().medoid as u32,
+        query,
+        params,
+    );
+    // Copied out of the scratch because the records are visited (a mutable
+    // borrow of the scratch) while the batch is still being walked.
+    let mut batch: Vec<u32> = Vec::with_capacity(params.beam);
+    loop {
+        batch.clear();
+        batch.extend_from_slice(scratch.next_batch());
+        if batch.is_empty() {
+            break;
+        }
+        // Nodes held in RAM are visited at once, before any read, exactly as
+        // the synchronous path does; only the misses go to the device.
+        let cache = index.node_cache();
+        if !cache.is_empty() {
+            let mut misses = 0;
+            for i in 0..batch.len() {
+                let id = batch[i];
+                match cache.get(id) {
+                    Some(record) => {
+                        scratch.stats.cache_hits += 1;
+                        scratch.visit(id, &record, codes, m)?;
+                    }
+                    None => {
+                        batch[misses] = id;
+                        misses += 1;
+                    }
+                }
+            }
+            batch.truncate(misses);
+            if batch.is_empty() {
+                continue;
+            }
+        }
+        let reads = join_all(batch.iter().map(|&id| read_node(file, geometry, id))).await;
+        // Visit in batch order, as the synchronous path does: ties in the
+        // candidate list are then broken identically and results match bit
+        // for bit.
+        for (&id, (loc, read)) in batch.iter().zip(reads) {
+            let bytes = read.map_err(|failure| match failure {
+                ReadFailure::Io(source) => ServerError::Read {
+                    path: index_file_path(index),
+                    node: id,
+                    sector: loc.sector,
+                    sectors: loc.sectors,
+                    source,
+                },
+                ReadFailure::Short { got } => ServerError::ShortRead {
+                    path: index_file_path(index),
+                    node: id,
+                    sector: loc.sector,
+                    got,
+                    want: loc.sectors * SECTOR,
+                },
+            })?;
+            scratch.stats.ios += loc.sectors as u32;
+            let record = geometry
+                .decode(id, &bytes)
+                .map_err(|source| ServerError::Corrupt {
+                    path: index_file_path(index),
+                    source,
+                })?;
+            scratch.visit(id, &record, codes, m)?;
+        }
+    }
+    Ok((scratch.finish(), scratch.stats))
+}
