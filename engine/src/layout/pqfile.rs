@@ -201,13 +201,7 @@ pub(crate) fn parse_pq(bytes: &[u8]) -> Result<PqFile, FormatError> {
         ));
     }
     Ok(PqFile {
-        codebook: PqCodebook {
-            metric,
-            dim,
-            offsets,
-            center,
-            pivots,
-        },
+        codebook: PqCodebook::from_parts(metric, dim, offsets, center, pivots),
         codes,
     })
 }

@@ -48,6 +48,10 @@ pub struct PqCodebook {
     pub(crate) center: Vec<f32>,
     /// `CENTROIDS × dim` row-major: row c holds centroid c of every chunk.
     pub(crate) pivots: Vec<f32>,
+    /// The same values `dim × CENTROIDS` (dimension-major), derived from
+    /// `pivots`: building a query's table then runs over 256 contiguous
+    /// floats per dimension, which vectorizes.
+    pub(crate) pivots_by_dim: Vec<f32>,
 }
 
 /// Splits `dim` into `m` contiguous chunks whose sizes differ by at most one.
@@ -139,13 +143,31 @@ impl PqCodebook {
                 pivots[k * dim + lo..k * dim + hi].copy_from_slice(cent);
             }
         }
-        Ok(PqCodebook {
+        Ok(PqCodebook::from_parts(metric, dim, offsets, center, pivots))
+    }
+
+    /// Assembles a codebook from its stored parts (see `format-spec/pq.md`).
+    pub(crate) fn from_parts(
+        metric: Metric,
+        dim: usize,
+        offsets: Vec<u32>,
+        center: Vec<f32>,
+        pivots: Vec<f32>,
+    ) -> Self {
+        let mut pivots_by_dim = vec![0f32; pivots.len()];
+        for (k, row) in pivots.chunks_exact(dim).enumerate() {
+            for (d, &v) in row.iter().enumerate() {
+                pivots_by_dim[d * CENTROIDS + k] = v;
+            }
+        }
+        PqCodebook {
             metric,
             dim,
             offsets,
             center,
             pivots,
-        })
+            pivots_by_dim,
+        }
     }
 
     pub fn metric(&self) -> Metric {

@@ -22,37 +22,43 @@ impl QueryTable {
     /// Fills the table for `query` (reusing this table's memory).
     pub fn prepare<T: Element>(&mut self, pq: &PqCodebook, query: &[T]) {
         let m = pq.num_chunks();
-        let dim = pq.dim;
         self.m = m;
         self.table.clear();
         self.table.resize(m * CENTROIDS, 0.0);
         let mut q = std::mem::take(&mut self.scratch);
         pq.prepare(query, &mut q);
+        // Walk dimensions in order; each adds one term to the 256 entries of
+        // its chunk's row, reading the 256 pivots of that dimension
+        // contiguously (`pivots_by_dim`), so the inner loop vectorizes.
+        let rows: &mut [[f32; CENTROIDS]] = bytemuck::cast_slice_mut(&mut self.table);
+        let by_dim = pq.pivots_by_dim.chunks_exact(CENTROIDS);
         match pq.metric {
             Metric::L2 => {
                 q.iter_mut().zip(&pq.center).for_each(|(x, c)| *x -= c);
                 self.bias = 0.0;
-                for k in 0..CENTROIDS {
-                    let piv = &pq.pivots[k * dim..(k + 1) * dim];
-                    for c in 0..m {
-                        let (lo, hi) = (pq.offsets[c] as usize, pq.offsets[c + 1] as usize);
-                        let s: f32 = q[lo..hi]
-                            .iter()
-                            .zip(&piv[lo..hi])
-                            .map(|(a, b)| (a - b) * (a - b))
-                            .sum();
-                        self.table[c * CENTROIDS + k] = s;
+                let mut d = 0;
+                for (c, row) in rows.iter_mut().enumerate() {
+                    let hi = pq.offsets[c + 1] as usize;
+                    for col in by_dim.clone().take(hi).skip(d) {
+                        let qd = q[d];
+                        for (t, &p) in row.iter_mut().zip(col) {
+                            *t += (qd - p) * (qd - p);
+                        }
+                        d += 1;
                     }
                 }
             }
             Metric::InnerProduct | Metric::Cosine => {
                 self.bias = -q.iter().zip(&pq.center).map(|(a, b)| a * b).sum::<f32>();
-                for k in 0..CENTROIDS {
-                    let piv = &pq.pivots[k * dim..(k + 1) * dim];
-                    for c in 0..m {
-                        let (lo, hi) = (pq.offsets[c] as usize, pq.offsets[c + 1] as usize);
-                        let s: f32 = q[lo..hi].iter().zip(&piv[lo..hi]).map(|(a, b)| a * b).sum();
-                        self.table[c * CENTROIDS + k] = -s;
+                let mut d = 0;
+                for (c, row) in rows.iter_mut().enumerate() {
+                    let hi = pq.offsets[c + 1] as usize;
+                    for col in by_dim.clone().take(hi).skip(d) {
+                        let qd = q[d];
+                        for (t, &p) in row.iter_mut().zip(col) {
+                            *t -= qd * p;
+                        }
+                        d += 1;
                     }
                 }
             }
