@@ -368,3 +368,106 @@ fn uring_pread_and_memory_readers_agree() {
     assert_eq!(a.lines().count(), 20);
     let _ = cli(&["inspect", "--index", p(&index), "--node", "3"]).unwrap();
 }
+
+/// `bench --concurrency`: many queries in flight per thread (glommio
+/// executors over io_uring, or blocking pread threads where io_uring is
+/// unavailable) gives exactly the recall and IO of the blocking path.
+#[test]
+fn concurrent_bench_matches_blocking_bench() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cli_ok(&[
+        "gen",
+        "--n",
+        "4000",
+        "--queries",
+        "100",
+        "--seed",
+        "8",
+        "--out",
+        p(d),
+    ]);
+    let (base, query, gt) = (
+        d.join("base.u8bin"),
+        d.join("query.u8bin"),
+        d.join("gt.bin"),
+    );
+    cli_ok(&[
+        "groundtruth",
+        "--base",
+        p(&base),
+        "--queries",
+        p(&query),
+        "--k",
+        "10",
+        "--out",
+        p(&gt),
+    ]);
+    let index = d.join("index");
+    cli_ok(&[
+        "build",
+        "--base",
+        p(&base),
+        "--out",
+        p(&index),
+        "--max-degree",
+        "24",
+        "--pq-bytes",
+        "16",
+    ]);
+    let run = |extra: &[&str], name: &str| {
+        let json = d.join(name);
+        let mut args = vec![
+            "bench",
+            "--index",
+            p(&index),
+            "--queries",
+            p(&query),
+            "--gt",
+            p(&gt),
+            "--list",
+            "20,40",
+            "--threads",
+            "2",
+            "--json",
+            p(&json),
+        ];
+        args.extend_from_slice(extra);
+        cli_ok(&args);
+        report(&json)
+    };
+    let blocking = run(&[], "a.json");
+    for (extra, name) in [
+        (&["--concurrency", "8"][..], "b.json"),
+        (&["--concurrency", "4", "--io", "pread"][..], "c.json"),
+        (
+            &["--concurrency", "8", "--cache-nodes", "200"][..],
+            "d.json",
+        ),
+    ] {
+        let r = run(extra, name);
+        for list in [20, 40] {
+            assert_eq!(
+                recall_at(&r, list),
+                recall_at(&blocking, list),
+                "{extra:?} L={list}"
+            );
+        }
+        let visited = |r: &serde_json::Value| {
+            r["runs"][0]["mean_ios"].as_f64().unwrap()
+                + r["runs"][0]["mean_cache_hits"].as_f64().unwrap()
+        };
+        // Every visited node is read or cached, whatever the runtime.
+        assert!(
+            (visited(&r) - visited(&blocking)).abs() < 1e-9,
+            "{extra:?}: {} vs {}",
+            visited(&r),
+            visited(&blocking)
+        );
+        assert_eq!(r["concurrency"], extra[1].parse::<u64>().unwrap());
+    }
+    assert_eq!(
+        run(&["--concurrency", "4", "--io", "pread"], "e.json")["runtime"],
+        "threads"
+    );
+}

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use shardann_engine::data::{recall_at_k, GroundTruth, VectorFile};
 use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
+use shardann_engine::io::IoBackend;
 use shardann_engine::search::{SearchParams, SearchStats};
 use shardann_engine::Element;
 
@@ -39,6 +40,11 @@ pub struct BenchReport {
     pub index_bytes_on_disk: u64,
     pub pq_ram_bytes: usize,
     pub io_backend: String,
+    /// Queries in flight per thread (0: one, blocking).
+    pub concurrency: usize,
+    /// "threads" (blocking, one query per thread) or "glommio" (executors
+    /// with many queries in flight each).
+    pub runtime: String,
     /// Nodes held in the RAM cache, and the bytes they take.
     pub cache_nodes: usize,
     pub cache_bytes: usize,
@@ -127,6 +133,30 @@ fn run_queries<T: Element>(
     Ok((outcomes, wall))
 }
 
+/// Runs every query on glommio executors, `concurrency` in flight on each.
+fn run_glommio<T: Element>(
+    idx: &std::sync::Arc<DiskIndex>,
+    queries: &VectorFile,
+    params: SearchParams,
+    executors: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<QueryOutcome>, f64)> {
+    let qv = queries.vectors::<T>()?;
+    let config = shardann_server::RuntimeConfig::new(executors, concurrency);
+    let start = Instant::now();
+    let results = shardann_server::run_queries_on(idx, qv, params, &config)?;
+    let wall = start.elapsed().as_secs_f64();
+    let outcomes = results
+        .into_iter()
+        .map(|r| QueryOutcome {
+            ids: r.ids,
+            micros: r.micros as f64,
+            stats: r.stats,
+        })
+        .collect();
+    Ok((outcomes, wall))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -164,6 +194,22 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         bail!("--list needs at least one list size");
     }
     let threads = if a.threads == 0 { cores() } else { a.threads };
+    // How queries run: blocking threads, or glommio executors with many
+    // queries each. pread has no completion queue to wait on, so more
+    // queries in flight means more blocking threads.
+    let use_glommio = a.concurrency > 0
+        && !matches!(a.read.io, IoBackend::Pread)
+        && idx.io_backend().starts_with("uring");
+    let (runtime, io_backend, worker_threads) = if use_glommio {
+        ("glommio", "glommio-dma".to_string(), threads)
+    } else {
+        (
+            "threads",
+            idx.io_backend().to_string(),
+            threads * a.concurrency.max(1),
+        )
+    };
+    let idx = std::sync::Arc::new(idx);
     let h = *idx.header();
     writeln!(
         out,
@@ -177,7 +223,14 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         a.k,
         a.beam,
         threads,
-        idx.io_backend()
+        if use_glommio {
+            format!(
+                "glommio ({} queries in flight per executor, O_DIRECT io_uring)",
+                a.concurrency
+            )
+        } else {
+            format!("{} ({worker_threads} blocking threads)", idx.io_backend())
+        }
     )?;
     writeln!(
         out,
@@ -192,8 +245,11 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
             beam: a.beam,
         };
         params.validate()?;
-        let (outcomes, wall) =
-            with_elem!(idx.elem(), T => run_queries::<T>(&idx, &queries, params, threads)?);
+        let (outcomes, wall) = if use_glommio {
+            with_elem!(idx.elem(), T => run_glommio::<T>(&idx, &queries, params, threads, a.concurrency)?)
+        } else {
+            with_elem!(idx.elem(), T => run_queries::<T>(&idx, &queries, params, worker_threads)?)
+        };
         let nq = outcomes.len().max(1) as f64;
         let recall = outcomes
             .iter()
@@ -255,7 +311,9 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         pq_bytes: h.pq_bytes,
         index_bytes_on_disk: dir_bytes(&a.index),
         pq_ram_bytes: idx.memory_bytes(),
-        io_backend: idx.io_backend().to_string(),
+        io_backend: io_backend.clone(),
+        concurrency: a.concurrency,
+        runtime: runtime.to_string(),
         cache_nodes: idx.node_cache().len(),
         cache_bytes: idx.node_cache().memory_bytes(),
         threads,
@@ -377,6 +435,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             list: a.list.clone(),
             beam: 4,
             threads: a.threads,
+            concurrency: 0,
             json: Some(dir.join("bench.json")),
             read: crate::cli::ReadArgs::default(),
         },

@@ -177,9 +177,16 @@ pub struct BenchArgs {
     pub list: Vec<usize>,
     #[arg(long, default_value_t = 4)]
     pub beam: usize,
-    /// Search threads (0 = all cores). Each thread runs one query at a time.
+    /// Search threads (0 = all cores). Without --concurrency each thread
+    /// runs one query at a time.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Queries in flight per thread. With io_uring (--io uring or auto) the
+    /// threads become glommio executors, one per core, each running this
+    /// many queries as tasks over O_DIRECT io_uring reads; with --io pread,
+    /// threads × concurrency blocking threads. 0: one query per thread.
+    #[arg(long, default_value_t = 0)]
+    pub concurrency: usize,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
