@@ -70,6 +70,8 @@ pub struct RunReport {
     pub mean_visited: f64,
     /// Visited nodes served from the node cache, per query.
     pub mean_cache_hits: f64,
+    /// mean_cache_hits / mean_visited.
+    pub cache_hit_rate: f64,
     pub wall_seconds: f64,
 }
 
@@ -133,6 +135,34 @@ fn run_queries<T: Element>(
     Ok((outcomes, wall))
 }
 
+/// Starts the glommio runtime on the first query only. The outer error is
+/// a bad query file; the inner one says the runtime cannot start here.
+fn glommio_probe<T: Element>(
+    idx: &std::sync::Arc<DiskIndex>,
+    queries: &VectorFile,
+    k: usize,
+) -> anyhow::Result<Result<(), shardann_server::ServerError>> {
+    let qv = queries.vectors::<T>()?;
+    let Some(first) = qv.iter().next() else {
+        return Ok(Ok(()));
+    };
+    let one = shardann_engine::data::Vectors::new(first, qv.dim());
+    let params = SearchParams {
+        k,
+        list: k.max(10),
+        beam: 1,
+    };
+    let config = shardann_server::RuntimeConfig::new(1, 1);
+    match shardann_server::run_queries_on(idx, one, params, &config) {
+        Ok(_) => Ok(Ok(())),
+        Err(
+            e @ (shardann_server::ServerError::Runtime { .. }
+            | shardann_server::ServerError::Executor { .. }),
+        ) => Ok(Err(e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Runs every query on glommio executors, `concurrency` in flight on each.
 fn run_glommio<T: Element>(
     idx: &std::sync::Arc<DiskIndex>,
@@ -167,7 +197,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> {
     let t = Instant::now();
-    let idx = a.read.open(&a.index)?;
+    let idx = std::sync::Arc::new(a.read.open(&a.index)?);
     let open_seconds = t.elapsed().as_secs_f64();
     let queries = VectorFile::open(&a.queries)?;
     check_queries(&idx, &queries)?;
@@ -197,9 +227,22 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
     // How queries run: blocking threads, or glommio executors with many
     // queries each. pread has no completion queue to wait on, so more
     // queries in flight means more blocking threads.
-    let use_glommio = a.concurrency > 0
+    let mut use_glommio = a.concurrency > 0
         && !matches!(a.read.io, IoBackend::Pread)
         && idx.io_backend().starts_with("uring");
+    if use_glommio {
+        // io_uring worked for the engine, but glommio also needs locked
+        // memory and pinned executors: try it on one query before relying
+        // on it, and fall back to blocking threads (once, with a note).
+        let probe = with_elem!(idx.elem(), T => glommio_probe::<T>(&idx, &queries, a.k))?;
+        if let Err(e) = probe {
+            eprintln!(
+                "note: glommio runtime unavailable ({e}); using {} blocking threads instead",
+                threads * a.concurrency
+            );
+            use_glommio = false;
+        }
+    }
     let (runtime, io_backend, worker_threads) = if use_glommio {
         ("glommio", "glommio-dma".to_string(), threads)
     } else {
@@ -209,7 +252,6 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
             threads * a.concurrency.max(1),
         )
     };
-    let idx = std::sync::Arc::new(idx);
     let h = *idx.header();
     writeln!(
         out,
@@ -276,6 +318,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
             mean_hops: mean(&|s| s.hops),
             mean_visited: mean(&|s| s.visited_nodes),
             mean_cache_hits: mean(&|s| s.cache_hits),
+            cache_hit_rate: mean(&|s| s.cache_hits) / mean(&|s| s.visited_nodes).max(1.0),
             wall_seconds: wall,
         };
         writeln!(
