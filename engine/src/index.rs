@@ -333,6 +333,33 @@ impl DiskIndex {
         Ok(())
     }
 
+    /// Visits the nodes of `batch` that the node cache holds, in batch
+    /// order, and removes them from `batch`, which keeps the nodes still to
+    /// be read. Every search driver (this crate's blocking one, the
+    /// server's async one) calls this between `next_batch` and its reads.
+    pub fn visit_cached<T: Element>(
+        &self,
+        search: &mut BeamSearch<T>,
+        batch: &mut Vec<u32>,
+    ) -> Result<()> {
+        if self.cache.is_empty() {
+            return Ok(());
+        }
+        let m = self.pq.num_chunks();
+        let mut first_err = None;
+        batch.retain(|&id| match self.cache.get(id) {
+            Some(rec) if first_err.is_none() => {
+                search.stats.cache_hits += 1;
+                if let Err(e) = search.visit(id, &rec, &self.codes, m) {
+                    first_err = Some(e);
+                }
+                false
+            }
+            _ => true,
+        });
+        first_err.map_or(Ok(()), Err)
+    }
+
     /// Searches synchronously: each round's W reads go to the reader together.
     pub fn search<T: Element>(
         &self,
@@ -364,21 +391,9 @@ impl DiskIndex {
             if batch.is_empty() {
                 break;
             }
-            if !self.cache.is_empty() {
-                let mut misses = Vec::with_capacity(batch.len());
-                for id in batch {
-                    match self.cache.get(id) {
-                        Some(rec) => {
-                            s.stats.cache_hits += 1;
-                            s.visit(id, &rec, &self.codes, m)?;
-                        }
-                        None => misses.push(id),
-                    }
-                }
-                batch = misses;
-                if batch.is_empty() {
-                    continue;
-                }
+            self.visit_cached(s, &mut batch)?;
+            if batch.is_empty() {
+                continue;
             }
             let mut reqs: Vec<SectorRequest<'_>> = batch
                 .iter()

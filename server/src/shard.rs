@@ -113,26 +113,9 @@ pub async fn search_one<T: Element>(
         }
         // Nodes held in RAM are visited at once, before any read, exactly as
         // the synchronous path does; only the misses go to the device.
-        let cache = index.node_cache();
-        if !cache.is_empty() {
-            let mut misses = 0;
-            for i in 0..batch.len() {
-                let id = batch[i];
-                match cache.get(id) {
-                    Some(record) => {
-                        scratch.stats.cache_hits += 1;
-                        scratch.visit(id, &record, codes, m)?;
-                    }
-                    None => {
-                        batch[misses] = id;
-                        misses += 1;
-                    }
-                }
-            }
-            batch.truncate(misses);
-            if batch.is_empty() {
-                continue;
-            }
+        index.visit_cached(scratch, &mut batch)?;
+        if batch.is_empty() {
+            continue;
         }
         let reads = join_all(batch.iter().map(|&id| read_node(file, geometry, id))).await;
         // Visit in batch order, as the synchronous path does: ties in the

@@ -56,35 +56,7 @@ fn build_and_bench(
 fn l2_pipeline_on_generated_data_reaches_recall_floor() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    cli_ok(&[
-        "gen",
-        "--preset",
-        "sift-like",
-        "--n",
-        "6000",
-        "--queries",
-        "200",
-        "--seed",
-        "7",
-        "--out",
-        p(d),
-    ]);
-    let (base, query, gt) = (
-        d.join("base.u8bin"),
-        d.join("query.u8bin"),
-        d.join("gt.bin"),
-    );
-    cli_ok(&[
-        "groundtruth",
-        "--base",
-        p(&base),
-        "--queries",
-        p(&query),
-        "--k",
-        "20",
-        "--out",
-        p(&gt),
-    ]);
+    let [base, query, gt] = generated(d, "sift-like", "6000", "200", "7", "l2", "20");
     let r = build_and_bench(d, p(&base), p(&query), p(&gt), "l2", &[]);
     assert!(
         recall_at(&r, 40) >= 0.95,
@@ -107,19 +79,21 @@ fn l2_pipeline_on_generated_data_reaches_recall_floor() {
     );
 }
 
-/// Generates a deep-like set and its ground truth under `metric`; returns
-/// the base, query and ground-truth paths.
-fn deep_like(
+/// Generates a `preset` set and its ground truth (k neighbours under
+/// `metric`) in `d`; returns the base, query and ground-truth paths.
+fn generated(
     d: &std::path::Path,
+    preset: &str,
     n: &str,
     queries: &str,
     seed: &str,
     metric: &str,
+    k: &str,
 ) -> [std::path::PathBuf; 3] {
     cli_ok(&[
         "gen",
         "--preset",
-        "deep-like",
+        preset,
         "--n",
         n,
         "--queries",
@@ -129,7 +103,16 @@ fn deep_like(
         "--out",
         p(d),
     ]);
-    let (base, query, gt) = (d.join("base.fbin"), d.join("query.fbin"), d.join("gt.bin"));
+    let ext = if preset == "sift-like" {
+        "u8bin"
+    } else {
+        "fbin"
+    };
+    let (base, query, gt) = (
+        d.join(format!("base.{ext}")),
+        d.join(format!("query.{ext}")),
+        d.join("gt.bin"),
+    );
     cli_ok(&[
         "groundtruth",
         "--base",
@@ -137,7 +120,7 @@ fn deep_like(
         "--queries",
         p(&query),
         "--k",
-        "10",
+        k,
         "--metric",
         metric,
         "--out",
@@ -149,7 +132,7 @@ fn deep_like(
 #[test]
 fn inner_product_pipeline_reaches_recall_floor() {
     let dir = tempfile::tempdir().unwrap();
-    let [base, query, gt] = deep_like(dir.path(), "6000", "200", "9", "ip");
+    let [base, query, gt] = generated(dir.path(), "deep-like", "6000", "200", "9", "ip", "10");
     let r = build_and_bench(dir.path(), p(&base), p(&query), p(&gt), "ip", &[]);
     assert!(
         recall_at(&r, 100) >= 0.95,
@@ -162,7 +145,7 @@ fn inner_product_pipeline_reaches_recall_floor() {
 #[test]
 fn cosine_pipeline_reaches_recall_floor() {
     let dir = tempfile::tempdir().unwrap();
-    let [base, query, gt] = deep_like(dir.path(), "4000", "100", "3", "cosine");
+    let [base, query, gt] = generated(dir.path(), "deep-like", "4000", "100", "3", "cosine", "10");
     let r = build_and_bench(dir.path(), p(&base), p(&query), p(&gt), "cosine", &[]);
     assert!(
         recall_at(&r, 100) >= 0.95,
@@ -376,33 +359,7 @@ fn uring_pread_and_memory_readers_agree() {
 fn concurrent_bench_matches_blocking_bench() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    cli_ok(&[
-        "gen",
-        "--n",
-        "4000",
-        "--queries",
-        "100",
-        "--seed",
-        "8",
-        "--out",
-        p(d),
-    ]);
-    let (base, query, gt) = (
-        d.join("base.u8bin"),
-        d.join("query.u8bin"),
-        d.join("gt.bin"),
-    );
-    cli_ok(&[
-        "groundtruth",
-        "--base",
-        p(&base),
-        "--queries",
-        p(&query),
-        "--k",
-        "10",
-        "--out",
-        p(&gt),
-    ]);
+    let [base, query, gt] = generated(d, "sift-like", "4000", "100", "8", "l2", "10");
     let index = d.join("index");
     cli_ok(&[
         "build",

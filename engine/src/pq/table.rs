@@ -32,35 +32,27 @@ impl QueryTable {
         // contiguously (`pivots_by_dim`), so the inner loop vectorizes.
         let rows: &mut [[f32; CENTROIDS]] = bytemuck::cast_slice_mut(&mut self.table);
         let by_dim = pq.pivots_by_dim.chunks_exact(CENTROIDS);
-        match pq.metric {
-            Metric::L2 => {
-                q.iter_mut().zip(&pq.center).for_each(|(x, c)| *x -= c);
-                self.bias = 0.0;
-                let mut d = 0;
-                for (c, row) in rows.iter_mut().enumerate() {
-                    let hi = pq.offsets[c + 1] as usize;
-                    for col in by_dim.clone().take(hi).skip(d) {
-                        let qd = q[d];
-                        for (t, &p) in row.iter_mut().zip(col) {
-                            *t += (qd - p) * (qd - p);
-                        }
-                        d += 1;
-                    }
+        let l2 = pq.metric == Metric::L2;
+        if l2 {
+            q.iter_mut().zip(&pq.center).for_each(|(x, c)| *x -= c);
+            self.bias = 0.0;
+        } else {
+            self.bias = -q.iter().zip(&pq.center).map(|(a, b)| a * b).sum::<f32>();
+        }
+        let mut d = 0;
+        for (c, row) in rows.iter_mut().enumerate() {
+            let hi = pq.offsets[c + 1] as usize;
+            for col in by_dim.clone().take(hi).skip(d) {
+                let qd = q[d];
+                // The branch is per dimension, outside the 256-wide loop.
+                if l2 {
+                    row.iter_mut()
+                        .zip(col)
+                        .for_each(|(t, &p)| *t += (qd - p) * (qd - p));
+                } else {
+                    row.iter_mut().zip(col).for_each(|(t, &p)| *t -= qd * p);
                 }
-            }
-            Metric::InnerProduct | Metric::Cosine => {
-                self.bias = -q.iter().zip(&pq.center).map(|(a, b)| a * b).sum::<f32>();
-                let mut d = 0;
-                for (c, row) in rows.iter_mut().enumerate() {
-                    let hi = pq.offsets[c + 1] as usize;
-                    for col in by_dim.clone().take(hi).skip(d) {
-                        let qd = q[d];
-                        for (t, &p) in row.iter_mut().zip(col) {
-                            *t -= qd * p;
-                        }
-                        d += 1;
-                    }
-                }
+                d += 1;
             }
         }
         self.scratch = q;
