@@ -20,7 +20,14 @@ use shardann_engine::Metric;
 ///
 /// or all of it at once: `shardann demo`.
 #[derive(Debug, Parser)]
-#[command(name = "shardann", version, about, long_about, max_term_width = 100)]
+#[command(
+    name = "shardann",
+    version,
+    about,
+    long_about,
+    max_term_width = 100,
+    verbatim_doc_comment
+)]
 pub struct Cli {
     /// Hide progress bars.
     #[arg(long, short, global = true)]
