@@ -152,6 +152,8 @@ pub struct DiskIndex {
     codes: Vec<u8>,
     reader: Box<dyn SectorReader>,
     cache: NodeCache,
+    /// For a shard of a sharded index: the global id of every local node.
+    global_ids: Option<Vec<u32>>,
 }
 
 impl std::fmt::Debug for DiskIndex {
@@ -245,6 +247,25 @@ impl DiskIndex {
             codes: pqf.codes,
             reader,
             cache: NodeCache::empty(),
+            global_ids: None,
+        })
+        .and_then(|mut idx| {
+            let ids_path = idx.dir.join(crate::cluster::IDS_FILE);
+            if ids_path.exists() {
+                let ids = layout::read_ids(&ids_path)?;
+                if ids.len() as u64 != idx.header.num_points {
+                    return Err(Error::format(
+                        &ids_path,
+                        layout::FormatError::Invalid {
+                            field: "id count",
+                            value: ids.len() as u64,
+                            why: format!("{} has {} points", INDEX_FILE, idx.header.num_points),
+                        },
+                    ));
+                }
+                idx.global_ids = Some(ids);
+            }
+            Ok(idx)
         })
     }
 
@@ -331,6 +352,17 @@ impl DiskIndex {
             });
         }
         Ok(())
+    }
+
+    /// Rewrites hits from this index's node ids to the ids of the whole data
+    /// set (for a shard of a sharded index; a no-op otherwise). Every search
+    /// driver calls it on its final hits.
+    pub fn map_to_global(&self, hits: &mut [Hit]) {
+        if let Some(ids) = &self.global_ids {
+            for h in hits {
+                h.id = ids.get(h.id as usize).copied().unwrap_or(h.id);
+            }
+        }
     }
 
     /// Visits the nodes of `batch` that the node cache holds, in batch
@@ -422,7 +454,9 @@ impl DiskIndex {
                 s.visit(id, &rec, &self.codes, m)?;
             }
         }
-        Ok((s.finish(), s.stats))
+        let mut hits = s.finish();
+        self.map_to_global(&mut hits);
+        Ok((hits, s.stats))
     }
 }
 

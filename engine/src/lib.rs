@@ -34,6 +34,7 @@
 compile_error!("shardann's on-disk format is little-endian; big-endian targets are not supported");
 
 pub mod cache;
+pub mod cluster;
 pub mod data;
 pub mod error;
 pub mod groundtruth;
@@ -41,6 +42,7 @@ pub mod index;
 pub mod io;
 pub mod layout;
 pub mod metric;
+pub mod partition;
 pub mod pq;
 pub mod progress;
 pub mod search;

@@ -148,5 +148,7 @@ pub async fn search_one<T: Element>(
             scratch.visit(id, &record, codes, m)?;
         }
     }
-    Ok((scratch.finish(), scratch.stats))
+    let mut hits = scratch.finish();
+    index.map_to_global(&mut hits);
+    Ok((hits, scratch.stats))
 }

@@ -5,6 +5,7 @@
 mod bad_input;
 mod golden;
 mod pipeline;
+mod sharding;
 
 use std::path::{Path, PathBuf};
 

@@ -65,6 +65,9 @@ pub fn run_build(
 }
 
 pub fn build(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    if a.shards > 1 {
+        return build_shards(a, quiet, out);
+    }
     let (r, secs) = run_build(&a.base, a.metric, &a.graph, &a.out, a.threads, quiet)?;
     writeln!(
         out,
@@ -89,6 +92,46 @@ pub fn build(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<
         human_bytes(r.index_bytes),
         human_bytes(r.pq_file_bytes),
         r.mean_degree
+    )?;
+    Ok(())
+}
+
+/// `build --shards N`: partition, then one index per shard.
+fn build_shards(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let base = VectorFile::open(&a.base)?;
+    let params = a.graph.to_params(a.metric);
+    let bars = Bars::new(quiet);
+    let t = Instant::now();
+    let manifest = with_threads(a.threads, || -> anyhow::Result<_> {
+        with_elem!(base.elem(), T => {
+            Ok(shardann_engine::cluster::build_sharded(
+                base.vectors::<T>()?, &params, a.shards, a.partition, &a.out, &bars,
+            )?)
+        })
+    })?
+    .with_context(|| {
+        format!(
+            "building {} shards of {} into {}",
+            a.shards,
+            a.base.display(),
+            a.out.display()
+        )
+    })?;
+    let sizes: Vec<String> = manifest
+        .shards
+        .iter()
+        .map(|s| s.num_points.to_string())
+        .collect();
+    writeln!(
+        out,
+        "built {} shards ({:?} partition) of {} points into {} in {:.1}s; shard sizes {}; peak memory {}",
+        manifest.shards.len(),
+        manifest.partition,
+        manifest.num_points,
+        a.out.display(),
+        t.elapsed().as_secs_f64(),
+        sizes.join(", "),
+        peak_rss_bytes().map_or("unknown".into(), human_bytes)
     )?;
     Ok(())
 }

@@ -113,6 +113,14 @@ pub struct BuildArgs {
     /// Threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Split the data into N shards, each a complete index under
+    /// OUT/shard-i with the global ids of its points, plus OUT/cluster.json.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// How points are assigned to shards: kmeans (balanced cells, a query's
+    /// neighbours concentrate in few shards) or random.
+    #[arg(long, default_value = "kmeans")]
+    pub partition: shardann_engine::partition::PartitionKind,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -19,17 +19,20 @@
 //! | `node.rs` | [`NodeLocation`], [`NodeRecord`]: where a node lives, decoding it |
 //! | `writer.rs` | [`write_index`]: vectors + graph → `disk.index` |
 //! | `pqfile.rs` | `pq.bin`: [`write_pq`], [`read_pq`] |
+//! | `ids.rs` | `ids.bin` of a shard: [`write_ids`], [`read_ids`] |
 //!
 //! Parsers here must never panic on corrupt bytes: indexing and unwrap are
 //! denied in this module, every read is bounds-checked.
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
 mod header;
+mod ids;
 mod node;
 mod pqfile;
 mod writer;
 
 pub use header::{IndexHeader, HEADER_BYTES, INDEX_MAGIC, MAJOR_VERSION, MINOR_VERSION};
+pub use ids::{read_ids, write_ids, IDS_MAGIC};
 pub use node::{NodeLocation, NodeRecord, SectorGeometry};
 pub use pqfile::{read_pq, write_pq, PqFile, PQ_MAGIC};
 pub use writer::write_index;

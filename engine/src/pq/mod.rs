@@ -22,7 +22,7 @@
 
 mod encode;
 mod table;
-mod train;
+pub(crate) mod train;
 
 pub use encode::{PqCodebook, PqParams};
 pub use table::QueryTable;

@@ -1,0 +1,170 @@
+//! `build --shards`: shards keep global ids and merged results lose no recall.
+
+use shardann_engine::cluster::{read_manifest, ShardedIndex, IDS_FILE};
+use shardann_engine::data::{recall_at_k, GroundTruth, VectorFile};
+use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
+use shardann_engine::search::SearchParams;
+
+use crate::{cli, cli_ok, p};
+
+#[test]
+fn sharded_build_merges_to_the_unsharded_recall() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cli_ok(&[
+        "gen",
+        "--n",
+        "8000",
+        "--queries",
+        "200",
+        "--seed",
+        "12",
+        "--out",
+        p(d),
+    ]);
+    let (base, query, gt) = (
+        d.join("base.u8bin"),
+        d.join("query.u8bin"),
+        d.join("gt.bin"),
+    );
+    cli_ok(&[
+        "groundtruth",
+        "--base",
+        p(&base),
+        "--queries",
+        p(&query),
+        "--k",
+        "10",
+        "--out",
+        p(&gt),
+    ]);
+    let graph = [
+        "--max-degree",
+        "32",
+        "--build-list",
+        "64",
+        "--pq-bytes",
+        "16",
+    ];
+    let whole = d.join("whole");
+    let mut args = vec!["build", "--base", p(&base), "--out", p(&whole)];
+    args.extend_from_slice(&graph);
+    cli_ok(&args);
+
+    let gt = GroundTruth::read(&gt).unwrap();
+    let queries = VectorFile::open(&query).unwrap();
+    let q = queries.vectors::<u8>().unwrap();
+    let params = SearchParams {
+        k: 10,
+        list: 12,
+        beam: 4,
+    };
+    let opts = OpenOptions {
+        direct_io: false,
+        ..Default::default()
+    };
+    let mut scratch = SearchScratch::<u8>::default();
+    let idx = DiskIndex::open(&whole, opts).unwrap();
+    let unsharded: f64 = (0..q.len())
+        .map(|i| {
+            let ids: Vec<u32> = idx
+                .search(&mut scratch, q.row(i), params)
+                .unwrap()
+                .0
+                .iter()
+                .map(|h| h.id)
+                .collect();
+            recall_at_k(&ids, gt.row(i), 10)
+        })
+        .sum::<f64>()
+        / q.len() as f64;
+
+    for partition in ["kmeans", "random"] {
+        let out = d.join(partition);
+        let mut args = vec![
+            "build",
+            "--base",
+            p(&base),
+            "--out",
+            p(&out),
+            "--shards",
+            "4",
+            "--partition",
+            partition,
+        ];
+        args.extend_from_slice(&graph);
+        let msg = cli_ok(&args);
+        assert!(msg.contains("built 4 shards"), "{msg}");
+
+        // Every point is in exactly one shard, under its global id.
+        let manifest = read_manifest(&out).unwrap();
+        let mut seen = vec![0u8; 8000];
+        for s in &manifest.shards {
+            for id in shardann_engine::layout::read_ids(&out.join(&s.dir).join(IDS_FILE)).unwrap() {
+                seen[id as usize] += 1;
+            }
+        }
+        assert!(
+            seen.iter().all(|&c| c == 1),
+            "{partition}: a point is missing or in two shards"
+        );
+        assert_eq!(
+            manifest.centroids.len(),
+            if partition == "kmeans" { 4 } else { 0 }
+        );
+
+        let sharded = ShardedIndex::open(&out, opts).unwrap();
+        let recall: f64 = (0..q.len())
+            .map(|i| {
+                let (hits, _) = sharded.search(&mut scratch, q.row(i), params).unwrap();
+                // Exact distances are right for the global ids returned.
+                let base_v = VectorFile::open(&base).unwrap();
+                let b = base_v.vectors::<u8>().unwrap();
+                for h in &hits {
+                    let want =
+                        shardann_engine::metric::scalar::l2sq(q.row(i), b.row(h.id as usize));
+                    assert_eq!(h.distance as f64, want);
+                }
+                recall_at_k(
+                    &hits.iter().map(|h| h.id).collect::<Vec<_>>(),
+                    gt.row(i),
+                    10,
+                )
+            })
+            .sum::<f64>()
+            / q.len() as f64;
+        eprintln!("{partition}: merged recall@10 {recall:.4}, unsharded {unsharded:.4} (L=12)");
+        assert!(
+            recall >= unsharded - 0.01,
+            "{partition}: merged recall {recall} vs unsharded {unsharded}"
+        );
+    }
+
+    // A manifest that lies about its shards is refused with a message.
+    let kmeans = d.join("kmeans");
+    let text = std::fs::read_to_string(kmeans.join("cluster.json")).unwrap();
+    std::fs::write(
+        kmeans.join("cluster.json"),
+        text.replace("\"dir\": \"shard-1\"", "\"dir\": \"../shard-1\""),
+    )
+    .unwrap();
+    let e = ShardedIndex::open(&kmeans, opts)
+        .err()
+        .expect("must refuse")
+        .to_string();
+    assert!(
+        e.contains("cluster.json") && e.contains("plain name"),
+        "{e}"
+    );
+    assert!(cli(&[
+        "build",
+        "--base",
+        p(&base),
+        "--out",
+        p(&d.join("x")),
+        "--shards",
+        "9000"
+    ])
+    .unwrap_err()
+    .contains("shard count"));
+}
