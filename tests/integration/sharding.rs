@@ -140,6 +140,47 @@ fn sharded_build_merges_to_the_unsharded_recall() {
         );
     }
 
+    // bench runs over every shard of a sharded index, in the same report shape.
+    let json = d.join("bench.json");
+    cli_ok(&[
+        "bench",
+        "--index",
+        p(&d.join("random")),
+        "--queries",
+        p(&query),
+        "--gt",
+        p(&d.join("gt.bin")),
+        "--list",
+        "12",
+        "--threads",
+        "2",
+        "--json",
+        p(&json),
+    ]);
+    let r = crate::report(&json);
+    assert_eq!(
+        (r["num_points"].as_u64(), r["shards"].as_u64()),
+        (Some(8000), Some(4))
+    );
+    assert!(
+        crate::recall_at(&r, 12) >= unsharded - 0.01,
+        "{}",
+        crate::recall_at(&r, 12)
+    );
+    let e = cli(&[
+        "bench",
+        "--index",
+        p(&d.join("random")),
+        "--queries",
+        p(&query),
+        "--gt",
+        p(&d.join("gt.bin")),
+        "--concurrency",
+        "4",
+    ])
+    .unwrap_err();
+    assert!(e.contains("not supported for sharded indexes yet"), "{e}");
+
     // A manifest that lies about its shards is refused with a message.
     let kmeans = d.join("kmeans");
     let text = std::fs::read_to_string(kmeans.join("cluster.json")).unwrap();

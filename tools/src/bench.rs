@@ -29,6 +29,8 @@ pub struct BenchReport {
     pub queries: String,
     pub ground_truth: String,
     pub num_points: u64,
+    /// Shards searched per query (1 for an unsharded index).
+    pub shards: usize,
     pub num_queries: usize,
     pub dim: u32,
     pub elem: String,
@@ -90,7 +92,7 @@ struct QueryOutcome {
 
 /// Runs every query once with `threads` workers, each one query at a time.
 fn run_queries<T: Element>(
-    idx: &DiskIndex,
+    target: &Target,
     queries: &VectorFile,
     params: SearchParams,
     threads: usize,
@@ -110,7 +112,10 @@ fn run_queries<T: Element>(
                             return Ok(());
                         }
                         let t = Instant::now();
-                        let (hits, stats) = idx.search(&mut scratch, qv.row(qi), params)?;
+                        let (hits, stats) = match target {
+                            Target::Single(idx) => idx.search(&mut scratch, qv.row(qi), params)?,
+                            Target::Sharded(set) => set.search(&mut scratch, qv.row(qi), params)?,
+                        };
                         let micros = t.elapsed().as_secs_f64() * 1e6;
                         let ids = hits.iter().map(|h| h.id).collect();
                         if let Ok(mut slot) = slots[qi].lock() {
@@ -195,14 +200,52 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// What a bench searches: one index, or every shard of a sharded one.
+enum Target {
+    Single(std::sync::Arc<DiskIndex>),
+    Sharded(shardann_engine::cluster::ShardedIndex),
+}
+
+impl Target {
+    /// The index whose header describes them all (shard 0 of a sharded one).
+    fn first(&self) -> &DiskIndex {
+        match self {
+            Target::Single(idx) => idx,
+            Target::Sharded(set) => &set.shards()[0],
+        }
+    }
+    fn shards(&self) -> Vec<&DiskIndex> {
+        match self {
+            Target::Single(idx) => vec![idx],
+            Target::Sharded(set) => set.shards().iter().collect(),
+        }
+    }
+}
+
 pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> {
     let t = Instant::now();
-    let idx = std::sync::Arc::new(a.read.open(&a.index)?);
+    let target = if a
+        .index
+        .join(shardann_engine::cluster::CLUSTER_FILE)
+        .exists()
+    {
+        if a.concurrency > 0 {
+            bail!("--concurrency is not supported for sharded indexes yet; bench them without it");
+        }
+        Target::Sharded(
+            shardann_engine::cluster::ShardedIndex::open(&a.index, a.read.open_options())
+                .with_context(|| format!("opening sharded index {}", a.index.display()))?,
+        )
+    } else {
+        Target::Single(std::sync::Arc::new(a.read.open(&a.index)?))
+    };
+    let idx = target.first();
+    let total_points: usize = target.shards().iter().map(|s| s.len()).sum();
     let open_seconds = t.elapsed().as_secs_f64();
     let queries = VectorFile::open(&a.queries)?;
-    check_queries(&idx, &queries)?;
+    check_queries(idx, &queries)?;
     let gt = GroundTruth::read(&a.gt)?;
-    gt.check_ids(&a.gt, idx.len())?;
+    gt.check_ids(&a.gt, total_points)?;
     if gt.nq < queries.len() {
         bail!(
             "{} has ground truth for {} queries, but {} has {}",
@@ -234,7 +277,10 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         // io_uring worked for the engine, but glommio also needs locked
         // memory and pinned executors: try it on one query before relying
         // on it, and fall back to blocking threads (once, with a note).
-        let probe = with_elem!(idx.elem(), T => glommio_probe::<T>(&idx, &queries, a.k))?;
+        let Target::Single(single) = &target else {
+            unreachable!("sharded benches refuse --concurrency above")
+        };
+        let probe = with_elem!(idx.elem(), T => glommio_probe::<T>(single, &queries, a.k))?;
         if let Err(e) = probe {
             eprintln!(
                 "note: glommio runtime unavailable ({e}); using {} blocking threads instead",
@@ -257,7 +303,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         out,
         "index {} ({} points, {}-d {}, {}), {} queries, k={}, beam={}, {} threads, io {}",
         a.index.display(),
-        h.num_points,
+        total_points,
         h.dim,
         h.elem,
         h.metric,
@@ -287,10 +333,13 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
             beam: a.beam,
         };
         params.validate()?;
-        let (outcomes, wall) = if use_glommio {
-            with_elem!(idx.elem(), T => run_glommio::<T>(&idx, &queries, params, threads, a.concurrency)?)
-        } else {
-            with_elem!(idx.elem(), T => run_queries::<T>(&idx, &queries, params, worker_threads)?)
+        let (outcomes, wall) = match &target {
+            Target::Single(single) if use_glommio => {
+                with_elem!(idx.elem(), T => run_glommio::<T>(single, &queries, params, threads, a.concurrency)?)
+            }
+            _ => {
+                with_elem!(idx.elem(), T => run_queries::<T>(&target, &queries, params, worker_threads)?)
+            }
         };
         let nq = outcomes.len().max(1) as f64;
         let recall = outcomes
@@ -343,7 +392,8 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         index: a.index.display().to_string(),
         queries: a.queries.display().to_string(),
         ground_truth: a.gt.display().to_string(),
-        num_points: h.num_points,
+        num_points: total_points as u64,
+        shards: target.shards().len(),
         num_queries: queries.len(),
         dim: h.dim,
         elem: h.elem.to_string(),
@@ -352,13 +402,17 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         build_list: h.build_list,
         alpha: h.alpha,
         pq_bytes: h.pq_bytes,
-        index_bytes_on_disk: dir_bytes(&a.index),
-        pq_ram_bytes: idx.memory_bytes(),
+        index_bytes_on_disk: target.shards().iter().map(|s| dir_bytes(s.dir())).sum(),
+        pq_ram_bytes: target.shards().iter().map(|s| s.memory_bytes()).sum(),
         io_backend: io_backend.clone(),
         concurrency: a.concurrency,
         runtime: runtime.to_string(),
-        cache_nodes: idx.node_cache().len(),
-        cache_bytes: idx.node_cache().memory_bytes(),
+        cache_nodes: target.shards().iter().map(|s| s.node_cache().len()).sum(),
+        cache_bytes: target
+            .shards()
+            .iter()
+            .map(|s| s.node_cache().memory_bytes())
+            .sum(),
         threads,
         cores: cores(),
         k: a.k,

@@ -236,15 +236,19 @@ impl Default for ReadArgs {
 }
 
 impl ReadArgs {
-    /// Opens the index at `dir` as these flags say.
-    pub fn open(&self, dir: &std::path::Path) -> anyhow::Result<shardann_engine::index::DiskIndex> {
-        use anyhow::Context;
-        let opts = shardann_engine::index::OpenOptions {
+    /// The engine's open options these flags stand for.
+    pub fn open_options(&self) -> shardann_engine::index::OpenOptions {
+        shardann_engine::index::OpenOptions {
             direct_io: !self.buffered,
             io: self.io,
             cache_nodes: self.cache_nodes,
-        };
-        shardann_engine::index::DiskIndex::open(dir, opts)
+        }
+    }
+
+    /// Opens the index at `dir` as these flags say.
+    pub fn open(&self, dir: &std::path::Path) -> anyhow::Result<shardann_engine::index::DiskIndex> {
+        use anyhow::Context;
+        shardann_engine::index::DiskIndex::open(dir, self.open_options())
             .with_context(|| format!("opening index {}", dir.display()))
     }
 }
