@@ -175,9 +175,49 @@ impl ShardedIndex {
         query: &[T],
         params: SearchParams,
     ) -> Result<(Vec<Hit>, SearchStats)> {
+        self.search_probing(scratch, query, params, self.shards.len())
+    }
+
+    /// The `probe` shards whose partition centroids are nearest `query`
+    /// (L2), nearest first; every shard when the partition has no centroids
+    /// (random) or `probe` covers them all.
+    pub fn route<T: Element>(&self, query: &[T], probe: usize) -> Vec<usize> {
+        let n = self.shards.len();
+        if probe >= n || self.manifest.centroids.len() != n {
+            return (0..n).collect();
+        }
+        let q: Vec<f32> = query.iter().map(|x| x.to_f32()).collect();
+        let mut by_dist: Vec<(f32, usize)> = self
+            .manifest
+            .centroids
+            .iter()
+            .enumerate()
+            .map(|(s, c)| (crate::metric::l2sq_f32(&q, c), s))
+            .collect();
+        by_dist.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        by_dist
+            .into_iter()
+            .take(probe.max(1))
+            .map(|x| x.1)
+            .collect()
+    }
+
+    /// Searches only the `probe` shards nearest the query (see [`Self::route`])
+    /// and merges their top-k by distance.
+    pub fn search_probing<T: Element>(
+        &self,
+        scratch: &mut SearchScratch<T>,
+        query: &[T],
+        params: SearchParams,
+        probe: usize,
+    ) -> Result<(Vec<Hit>, SearchStats)> {
         let mut all = Vec::with_capacity(params.k * self.shards.len());
         let mut total = SearchStats::default();
-        for shard in &self.shards {
+        for shard in self
+            .route(query, probe)
+            .into_iter()
+            .filter_map(|s| self.shards.get(s))
+        {
             let (hits, st) = shard.search(scratch, query, params)?;
             all.extend(hits);
             total.ios += st.ios;

@@ -167,6 +167,42 @@ fn sharded_build_merges_to_the_unsharded_recall() {
         "{}",
         crate::recall_at(&r, 12)
     );
+    // Probing the 2 nearest k-means shards reads less than probing all 4.
+    let probe = |p_: &str, name: &str| {
+        let json = d.join(name);
+        cli_ok(&[
+            "bench",
+            "--index",
+            p(&d.join("kmeans")),
+            "--queries",
+            p(&query),
+            "--gt",
+            p(&d.join("gt.bin")),
+            "--list",
+            "12",
+            "--threads",
+            "2",
+            "--probe-shards",
+            p_,
+            "--json",
+            p(&json),
+        ]);
+        crate::report(&json)
+    };
+    let (all, two) = (probe("0", "all.json"), probe("2", "two.json"));
+    assert_eq!(
+        (all["probe_shards"].as_u64(), two["probe_shards"].as_u64()),
+        (Some(4), Some(2))
+    );
+    let ios = |r: &serde_json::Value| r["runs"][0]["mean_ios"].as_f64().unwrap();
+    assert!(ios(&two) < ios(&all), "{} vs {}", ios(&two), ios(&all));
+    eprintln!(
+        "kmeans probe 2 of 4: recall {:.4}, reads {:.1}; all 4: recall {:.4}, reads {:.1}",
+        crate::recall_at(&two, 12),
+        ios(&two),
+        crate::recall_at(&all, 12),
+        ios(&all)
+    );
     let e = cli(&[
         "bench",
         "--index",

@@ -29,8 +29,10 @@ pub struct BenchReport {
     pub queries: String,
     pub ground_truth: String,
     pub num_points: u64,
-    /// Shards searched per query (1 for an unsharded index).
+    /// Shards in the index (1 for an unsharded index), and how many each
+    /// query searched (the nearest by partition centroid).
     pub shards: usize,
+    pub probe_shards: usize,
     pub num_queries: usize,
     pub dim: u32,
     pub elem: String,
@@ -96,6 +98,7 @@ fn run_queries<T: Element>(
     queries: &VectorFile,
     params: SearchParams,
     threads: usize,
+    probe: usize,
 ) -> anyhow::Result<(Vec<QueryOutcome>, f64)> {
     let qv = queries.vectors::<T>()?;
     let next = AtomicUsize::new(0);
@@ -114,7 +117,9 @@ fn run_queries<T: Element>(
                         let t = Instant::now();
                         let (hits, stats) = match target {
                             Target::Single(idx) => idx.search(&mut scratch, qv.row(qi), params)?,
-                            Target::Sharded(set) => set.search(&mut scratch, qv.row(qi), params)?,
+                            Target::Sharded(set) => {
+                                set.search_probing(&mut scratch, qv.row(qi), params, probe)?
+                            }
                         };
                         let micros = t.elapsed().as_secs_f64() * 1e6;
                         let ids = hits.iter().map(|h| h.id).collect();
@@ -240,6 +245,10 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         Target::Single(std::sync::Arc::new(a.read.open(&a.index)?))
     };
     let idx = target.first();
+    let probe = match a.probe_shards {
+        0 => target.shards().len(),
+        p => p.min(target.shards().len()),
+    };
     let total_points: usize = target.shards().iter().map(|s| s.len()).sum();
     let open_seconds = t.elapsed().as_secs_f64();
     let queries = VectorFile::open(&a.queries)?;
@@ -338,7 +347,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
                 with_elem!(idx.elem(), T => run_glommio::<T>(single, &queries, params, threads, a.concurrency)?)
             }
             _ => {
-                with_elem!(idx.elem(), T => run_queries::<T>(&target, &queries, params, worker_threads)?)
+                with_elem!(idx.elem(), T => run_queries::<T>(&target, &queries, params, worker_threads, probe)?)
             }
         };
         let nq = outcomes.len().max(1) as f64;
@@ -394,6 +403,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         ground_truth: a.gt.display().to_string(),
         num_points: total_points as u64,
         shards: target.shards().len(),
+        probe_shards: probe,
         num_queries: queries.len(),
         dim: h.dim,
         elem: h.elem.to_string(),
@@ -533,6 +543,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             beam: 4,
             threads: a.threads,
             concurrency: 0,
+            probe_shards: 0,
             json: Some(dir.join("bench.json")),
             read: crate::cli::ReadArgs::default(),
         },

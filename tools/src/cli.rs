@@ -196,6 +196,10 @@ pub struct BenchArgs {
     /// runs one query at a time.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// For a sharded index: search only the P shards whose k-means
+    /// centroids are nearest each query (0 = all shards).
+    #[arg(long, default_value_t = 0)]
+    pub probe_shards: usize,
     /// Queries in flight per thread. With io_uring (--io uring or auto) the
     /// threads become glommio executors, one per core, each running this
     /// many queries as tasks over O_DIRECT io_uring reads; with --io pread,
