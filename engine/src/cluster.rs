@@ -232,8 +232,7 @@ impl ShardedIndex {
 
 /// The `k` nearest of several shards' hits (ties: smaller id first).
 pub fn merge_top_k(mut hits: Vec<Hit>, k: usize) -> Vec<Hit> {
-    hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
-    hits.dedup_by_key(|h| h.id);
+    crate::search::sort_hits(&mut hits);
     hits.truncate(k);
     hits
 }

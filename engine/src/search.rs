@@ -252,9 +252,14 @@ impl<T: Element> BeamSearch<T> {
 
     /// The `k` nearest of all visited nodes, by exact distance.
     pub fn finish(&mut self) -> Vec<Hit> {
-        self.results
-            .sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
-        self.results.dedup_by_key(|h| h.id);
+        sort_hits(&mut self.results);
         self.results.iter().take(self.params.k).copied().collect()
     }
+}
+
+/// Orders hits nearest first (ties: smaller id first) and drops repeated
+/// ids: the order every result list, one index's or merged shards', is in.
+pub fn sort_hits(hits: &mut Vec<Hit>) {
+    hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+    hits.dedup_by_key(|h| h.id);
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::{cli, cli_ok, p};
+use crate::{cli, cli_ok, generated, p};
 
 fn err(args: &[&str]) -> String {
     match cli(args) {
@@ -23,17 +23,7 @@ fn assert_mentions(msg: &str, needles: &[&str]) {
 
 /// A small index plus its data, shared by the cases below.
 fn fixture(d: &Path) {
-    cli_ok(&[
-        "gen",
-        "--n",
-        "800",
-        "--queries",
-        "20",
-        "--seed",
-        "2",
-        "--out",
-        p(d),
-    ]);
+    generated(d, "sift-like", "800", "20", "2", "l2", "10");
     cli_ok(&[
         "build",
         "--base",
@@ -44,17 +34,6 @@ fn fixture(d: &Path) {
         "16",
         "--pq-bytes",
         "8",
-    ]);
-    cli_ok(&[
-        "groundtruth",
-        "--base",
-        p(&d.join("base.u8bin")),
-        "--queries",
-        p(&d.join("query.u8bin")),
-        "--k",
-        "10",
-        "--out",
-        p(&d.join("gt.bin")),
     ]);
 }
 
@@ -269,42 +248,16 @@ fn bad_parameters_and_ground_truth() {
         ]),
         &["gt.bin", "nq = 20, k = 10"],
     );
-    assert_mentions(
-        &err(&[
-            "build",
-            "--base",
-            p(&d.join("base.u8bin")),
-            "--out",
-            p(&d.join("x")),
-            "--pq-bytes",
-            "500",
-        ]),
-        &["PQ bytes"],
-    );
-    assert_mentions(
-        &err(&[
-            "build",
-            "--base",
-            p(&d.join("base.u8bin")),
-            "--out",
-            p(&d.join("x")),
-            "--alpha",
-            "0.5",
-        ]),
-        &["alpha"],
-    );
-    assert_mentions(
-        &err(&[
-            "build",
-            "--base",
-            p(&d.join("base.u8bin")),
-            "--metric",
-            "hamming",
-            "--out",
-            p(&d.join("x")),
-        ]),
-        &["unknown metric"],
-    );
+    let (base, x) = (d.join("base.u8bin"), d.join("x"));
+    for (flags, needle) in [
+        (["--pq-bytes", "500"], "PQ bytes"),
+        (["--alpha", "0.5"], "alpha"),
+        (["--metric", "hamming"], "unknown metric"),
+    ] {
+        let mut args = vec!["build", "--base", p(&base), "--out", p(&x)];
+        args.extend_from_slice(&flags);
+        assert_mentions(&err(&args), &[needle]);
+    }
     assert_mentions(
         &err(&["gen", "--preset", "gist-like", "--out", p(d)]),
         &["unknown preset"],

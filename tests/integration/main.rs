@@ -55,3 +55,80 @@ pub fn recall_at(report: &serde_json::Value, list: u64) -> f64 {
         .and_then(|r| r["recall_at_k"].as_f64())
         .expect("run with that list size")
 }
+
+/// Generates a `preset` set and its ground truth (k neighbours under
+/// `metric`) in `d`; returns the base, query and ground-truth paths.
+pub fn generated(
+    d: &std::path::Path,
+    preset: &str,
+    n: &str,
+    queries: &str,
+    seed: &str,
+    metric: &str,
+    k: &str,
+) -> [std::path::PathBuf; 3] {
+    cli_ok(&[
+        "gen",
+        "--preset",
+        preset,
+        "--n",
+        n,
+        "--queries",
+        queries,
+        "--seed",
+        seed,
+        "--out",
+        p(d),
+    ]);
+    let ext = if preset == "sift-like" {
+        "u8bin"
+    } else {
+        "fbin"
+    };
+    let (base, query, gt) = (
+        d.join(format!("base.{ext}")),
+        d.join(format!("query.{ext}")),
+        d.join("gt.bin"),
+    );
+    cli_ok(&[
+        "groundtruth",
+        "--base",
+        p(&base),
+        "--queries",
+        p(&query),
+        "--k",
+        k,
+        "--metric",
+        metric,
+        "--out",
+        p(&gt),
+    ]);
+    [base, query, gt]
+}
+
+/// Runs `shardann bench` on 2 threads with `extra` flags, writing and
+/// returning its JSON report.
+pub fn bench_json(
+    index: &Path,
+    queries: &Path,
+    gt: &Path,
+    extra: &[&str],
+    json: &Path,
+) -> serde_json::Value {
+    let mut args = vec![
+        "bench",
+        "--index",
+        p(index),
+        "--queries",
+        p(queries),
+        "--gt",
+        p(gt),
+        "--threads",
+        "2",
+        "--json",
+        p(json),
+    ];
+    args.extend_from_slice(extra);
+    cli_ok(&args);
+    report(json)
+}

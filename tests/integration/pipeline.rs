@@ -1,6 +1,6 @@
 //! gen → groundtruth → build → search/bench, on generated and real data.
 
-use crate::{cli, cli_ok, p, recall_at, report, shared_datasets};
+use crate::{bench_json, cli, cli_ok, generated, p, recall_at, report, shared_datasets};
 
 fn build_and_bench(
     dir: &std::path::Path,
@@ -77,56 +77,6 @@ fn l2_pipeline_on_generated_data_reaches_recall_floor() {
         "{}",
         r["io_backend"]
     );
-}
-
-/// Generates a `preset` set and its ground truth (k neighbours under
-/// `metric`) in `d`; returns the base, query and ground-truth paths.
-fn generated(
-    d: &std::path::Path,
-    preset: &str,
-    n: &str,
-    queries: &str,
-    seed: &str,
-    metric: &str,
-    k: &str,
-) -> [std::path::PathBuf; 3] {
-    cli_ok(&[
-        "gen",
-        "--preset",
-        preset,
-        "--n",
-        n,
-        "--queries",
-        queries,
-        "--seed",
-        seed,
-        "--out",
-        p(d),
-    ]);
-    let ext = if preset == "sift-like" {
-        "u8bin"
-    } else {
-        "fbin"
-    };
-    let (base, query, gt) = (
-        d.join(format!("base.{ext}")),
-        d.join(format!("query.{ext}")),
-        d.join("gt.bin"),
-    );
-    cli_ok(&[
-        "groundtruth",
-        "--base",
-        p(&base),
-        "--queries",
-        p(&query),
-        "--k",
-        k,
-        "--metric",
-        metric,
-        "--out",
-        p(&gt),
-    ]);
-    [base, query, gt]
 }
 
 #[test]
@@ -373,25 +323,9 @@ fn concurrent_bench_matches_blocking_bench() {
         "16",
     ]);
     let run = |extra: &[&str], name: &str| {
-        let json = d.join(name);
-        let mut args = vec![
-            "bench",
-            "--index",
-            p(&index),
-            "--queries",
-            p(&query),
-            "--gt",
-            p(&gt),
-            "--list",
-            "20,40",
-            "--threads",
-            "2",
-            "--json",
-            p(&json),
-        ];
+        let mut args = vec!["--list", "20,40"];
         args.extend_from_slice(extra);
-        cli_ok(&args);
-        report(&json)
+        bench_json(&index, &query, &gt, &args, &d.join(name))
     };
     let blocking = run(&[], "a.json");
     for (extra, name) in [

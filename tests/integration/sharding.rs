@@ -5,39 +5,13 @@ use shardann_engine::data::{recall_at_k, GroundTruth, VectorFile};
 use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
 use shardann_engine::search::SearchParams;
 
-use crate::{cli, cli_ok, p};
+use crate::{bench_json, cli, cli_ok, generated, p, recall_at};
 
 #[test]
 fn sharded_build_merges_to_the_unsharded_recall() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    cli_ok(&[
-        "gen",
-        "--n",
-        "8000",
-        "--queries",
-        "200",
-        "--seed",
-        "12",
-        "--out",
-        p(d),
-    ]);
-    let (base, query, gt) = (
-        d.join("base.u8bin"),
-        d.join("query.u8bin"),
-        d.join("gt.bin"),
-    );
-    cli_ok(&[
-        "groundtruth",
-        "--base",
-        p(&base),
-        "--queries",
-        p(&query),
-        "--k",
-        "10",
-        "--out",
-        p(&gt),
-    ]);
+    let [base, query, gt_path] = generated(d, "sift-like", "8000", "200", "12", "l2", "10");
     let graph = [
         "--max-degree",
         "32",
@@ -51,7 +25,9 @@ fn sharded_build_merges_to_the_unsharded_recall() {
     args.extend_from_slice(&graph);
     cli_ok(&args);
 
-    let gt = GroundTruth::read(&gt).unwrap();
+    let gt = GroundTruth::read(&gt_path).unwrap();
+    let base_file = VectorFile::open(&base).unwrap();
+    let b = base_file.vectors::<u8>().unwrap();
     let queries = VectorFile::open(&query).unwrap();
     let q = queries.vectors::<u8>().unwrap();
     let params = SearchParams {
@@ -118,8 +94,6 @@ fn sharded_build_merges_to_the_unsharded_recall() {
             .map(|i| {
                 let (hits, _) = sharded.search(&mut scratch, q.row(i), params).unwrap();
                 // Exact distances are right for the global ids returned.
-                let base_v = VectorFile::open(&base).unwrap();
-                let b = base_v.vectors::<u8>().unwrap();
                 for h in &hits {
                     let want =
                         shardann_engine::metric::scalar::l2sq(q.row(i), b.row(h.id as usize));
@@ -141,53 +115,26 @@ fn sharded_build_merges_to_the_unsharded_recall() {
     }
 
     // bench runs over every shard of a sharded index, in the same report shape.
-    let json = d.join("bench.json");
-    cli_ok(&[
-        "bench",
-        "--index",
-        p(&d.join("random")),
-        "--queries",
-        p(&query),
-        "--gt",
-        p(&d.join("gt.bin")),
-        "--list",
-        "12",
-        "--threads",
-        "2",
-        "--json",
-        p(&json),
-    ]);
-    let r = crate::report(&json);
+    let r = bench_json(
+        &d.join("random"),
+        &query,
+        &gt_path,
+        &["--list", "12"],
+        &d.join("bench.json"),
+    );
     assert_eq!(
         (r["num_points"].as_u64(), r["shards"].as_u64()),
         (Some(8000), Some(4))
     );
     assert!(
-        crate::recall_at(&r, 12) >= unsharded - 0.01,
+        recall_at(&r, 12) >= unsharded - 0.01,
         "{}",
-        crate::recall_at(&r, 12)
+        recall_at(&r, 12)
     );
     // Probing the 2 nearest k-means shards reads less than probing all 4.
-    let probe = |p_: &str, name: &str| {
-        let json = d.join(name);
-        cli_ok(&[
-            "bench",
-            "--index",
-            p(&d.join("kmeans")),
-            "--queries",
-            p(&query),
-            "--gt",
-            p(&d.join("gt.bin")),
-            "--list",
-            "12",
-            "--threads",
-            "2",
-            "--probe-shards",
-            p_,
-            "--json",
-            p(&json),
-        ]);
-        crate::report(&json)
+    let probe = |shards: &str, name: &str| {
+        let extra = ["--list", "12", "--probe-shards", shards];
+        bench_json(&d.join("kmeans"), &query, &gt_path, &extra, &d.join(name))
     };
     let (all, two) = (probe("0", "all.json"), probe("2", "two.json"));
     assert_eq!(
@@ -198,9 +145,9 @@ fn sharded_build_merges_to_the_unsharded_recall() {
     assert!(ios(&two) < ios(&all), "{} vs {}", ios(&two), ios(&all));
     eprintln!(
         "kmeans probe 2 of 4: recall {:.4}, reads {:.1}; all 4: recall {:.4}, reads {:.1}",
-        crate::recall_at(&two, 12),
+        recall_at(&two, 12),
         ios(&two),
-        crate::recall_at(&all, 12),
+        recall_at(&all, 12),
         ios(&all)
     );
     let e = cli(&[
@@ -210,7 +157,7 @@ fn sharded_build_merges_to_the_unsharded_recall() {
         "--queries",
         p(&query),
         "--gt",
-        p(&d.join("gt.bin")),
+        p(&gt_path),
         "--concurrency",
         "4",
     ])
