@@ -49,6 +49,84 @@ pub struct ShardInfo {
     pub num_points: usize,
 }
 
+impl ClusterManifest {
+    /// The `probe` shards whose partition centroids are nearest `query`
+    /// (L2), nearest first; every shard when the partition has no centroids
+    /// (random) or `probe` covers them all.
+    pub fn route<T: Element>(&self, query: &[T], probe: usize) -> Vec<usize> {
+        let n = self.shards.len();
+        if probe >= n || self.centroids.len() != n {
+            return (0..n).collect();
+        }
+        let q: Vec<f32> = query.iter().map(|x| x.to_f32()).collect();
+        let mut by_dist: Vec<(f32, usize)> = self
+            .centroids
+            .iter()
+            .enumerate()
+            .map(|(s, c)| (crate::metric::l2sq_f32(&q, c), s))
+            .collect();
+        by_dist.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        by_dist
+            .into_iter()
+            .take(probe.max(1))
+            .map(|x| x.1)
+            .collect()
+    }
+
+    /// The manifest of `dir`: its `cluster.json`, or, for a plain
+    /// (unsharded) index directory, a one-shard manifest describing it, so
+    /// code that serves shards serves a single index the same way.
+    pub fn of_dir(dir: &Path) -> Result<Self> {
+        if dir.join(CLUSTER_FILE).exists() || !dir.join(crate::index::INDEX_FILE).exists() {
+            return read_manifest(dir);
+        }
+        let index = DiskIndex::open(dir, OpenOptions::buffered())?;
+        Ok(ClusterManifest {
+            format: FORMAT.into(),
+            version: 1,
+            metric: index.metric(),
+            elem: index.elem(),
+            dim: index.dim(),
+            num_points: index.len(),
+            partition: PartitionKind::Random,
+            shards: vec![ShardInfo {
+                id: 0,
+                dir: ".".into(),
+                num_points: index.len(),
+            }],
+            centroids: Vec::new(),
+        })
+    }
+
+    /// Opens shard `id` of the manifest found in `dir`, checking it agrees
+    /// with the manifest on size, dimension and metric.
+    pub fn open_shard(&self, dir: &Path, id: usize, opts: OpenOptions) -> Result<DiskIndex> {
+        let s = self.shards.get(id).ok_or_else(|| {
+            Error::InvalidParameter(format!(
+                "{}: no shard {id}; the cluster has {} shard(s)",
+                dir.display(),
+                self.shards.len()
+            ))
+        })?;
+        let path: PathBuf = dir.join(&s.dir);
+        let idx = DiskIndex::open(&path, opts)?;
+        if idx.len() != s.num_points || idx.dim() != self.dim || idx.metric() != self.metric {
+            return Err(Error::InvalidParameter(format!(
+                "{}: shard has {} points of dimension {} ({}); {} says {} of dimension {} ({})",
+                path.display(),
+                idx.len(),
+                idx.dim(),
+                idx.metric(),
+                CLUSTER_FILE,
+                s.num_points,
+                self.dim,
+                self.metric
+            )));
+        }
+        Ok(idx)
+    }
+}
+
 /// Partitions `data` and builds one index per shard under `out`.
 pub fn build_sharded<T: Element>(
     data: Vectors<'_, T>,
@@ -139,27 +217,8 @@ pub struct ShardedIndex {
 impl ShardedIndex {
     pub fn open(dir: &Path, opts: OpenOptions) -> Result<Self> {
         let manifest = read_manifest(dir)?;
-        let shards = manifest
-            .shards
-            .iter()
-            .map(|s| {
-                let path: PathBuf = dir.join(&s.dir);
-                let idx = DiskIndex::open(&path, opts)?;
-                if idx.len() != s.num_points || idx.dim() != manifest.dim || idx.metric() != manifest.metric {
-                    return Err(Error::InvalidParameter(format!(
-                        "{}: shard has {} points of dimension {} ({}); {} says {} of dimension {} ({})",
-                        path.display(),
-                        idx.len(),
-                        idx.dim(),
-                        idx.metric(),
-                        CLUSTER_FILE,
-                        s.num_points,
-                        manifest.dim,
-                        manifest.metric
-                    )));
-                }
-                Ok(idx)
-            })
+        let shards = (0..manifest.shards.len())
+            .map(|s| manifest.open_shard(dir, s, opts))
             .collect::<Result<Vec<_>>>()?;
         Ok(ShardedIndex { manifest, shards })
     }
@@ -178,28 +237,9 @@ impl ShardedIndex {
         self.search_probing(scratch, query, params, self.shards.len())
     }
 
-    /// The `probe` shards whose partition centroids are nearest `query`
-    /// (L2), nearest first; every shard when the partition has no centroids
-    /// (random) or `probe` covers them all.
+    /// The `probe` shards nearest `query`; see [`ClusterManifest::route`].
     pub fn route<T: Element>(&self, query: &[T], probe: usize) -> Vec<usize> {
-        let n = self.shards.len();
-        if probe >= n || self.manifest.centroids.len() != n {
-            return (0..n).collect();
-        }
-        let q: Vec<f32> = query.iter().map(|x| x.to_f32()).collect();
-        let mut by_dist: Vec<(f32, usize)> = self
-            .manifest
-            .centroids
-            .iter()
-            .enumerate()
-            .map(|(s, c)| (crate::metric::l2sq_f32(&q, c), s))
-            .collect();
-        by_dist.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        by_dist
-            .into_iter()
-            .take(probe.max(1))
-            .map(|x| x.1)
-            .collect()
+        self.manifest.route(query, probe)
     }
 
     /// Searches only the `probe` shards nearest the query (see [`Self::route`])

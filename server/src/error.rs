@@ -87,4 +87,18 @@ pub enum ServerError {
         #[source]
         source: Box<ServerError>,
     },
+
+    /// A node configuration that does not parse or does not make sense.
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+
+    /// The node could not start serving (listen address in use, a shard
+    /// missing from the index directory, ...).
+    #[error("starting node {node}: {message}")]
+    Start { node: String, message: String },
+
+    /// An HTTP exchange with a node failed (connection refused, timed out,
+    /// a response that is not what the API promises).
+    #[error("{addr}: {message}")]
+    Http { addr: String, message: String },
 }

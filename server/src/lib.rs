@@ -25,10 +25,19 @@
 //! No `unsafe` is needed here: glommio's `DmaFile` owns the aligned buffers.
 #![deny(unsafe_code)]
 
+pub mod api;
+pub mod client;
+pub mod config;
 pub mod error;
+pub mod metrics;
+pub mod node;
+pub mod rt;
 pub mod runtime;
+pub mod serve;
 pub mod shard;
 
+pub use config::NodeConfig;
 pub use error::{Result, ServerError};
 pub use runtime::{run_queries, run_queries_on, QueryResult, RuntimeConfig, DEFAULT_IO_MEMORY};
+pub use serve::{start, RunningNode};
 pub use shard::{open_index_file, search_one};

@@ -200,7 +200,7 @@ pub fn run_queries_on<T: Element>(
 /// One executor per CPU, spread across cores, as thread-per-core wants. With
 /// more executors than CPUs pinning would fail (`MaxSpread` refuses), so they
 /// run unpinned: slower, but a run on a smaller machine still works.
-fn placement(executors: usize) -> PoolPlacement {
+pub(crate) fn placement(executors: usize) -> PoolPlacement {
     let cpus = CpuSet::online().map(|set| set.len()).unwrap_or(0);
     if executors <= cpus {
         PoolPlacement::MaxSpread(executors, None)

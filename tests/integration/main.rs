@@ -3,6 +3,7 @@
 //! every bad input answered by a clear error.
 
 mod bad_input;
+mod cluster;
 mod golden;
 mod pipeline;
 mod sharding;

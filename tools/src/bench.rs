@@ -24,6 +24,9 @@ use crate::with_elem;
 pub struct BenchReport {
     pub tool: &'static str,
     pub version: &'static str,
+    /// The node benchmarked over HTTP (`bench --server`); null in process.
+    /// Fields the node does not report (bytes on disk, ...) are null then.
+    pub server: Option<String>,
     pub git_commit: String,
     pub index: String,
     pub queries: String,
@@ -37,12 +40,12 @@ pub struct BenchReport {
     pub dim: u32,
     pub elem: String,
     pub metric: String,
-    pub max_degree: u32,
-    pub build_list: u32,
-    pub alpha: f32,
-    pub pq_bytes: u32,
-    pub index_bytes_on_disk: u64,
-    pub pq_ram_bytes: usize,
+    pub max_degree: Option<u32>,
+    pub build_list: Option<u32>,
+    pub alpha: Option<f32>,
+    pub pq_bytes: Option<u32>,
+    pub index_bytes_on_disk: Option<u64>,
+    pub pq_ram_bytes: Option<usize>,
     pub io_backend: String,
     /// Queries in flight per thread (0: one, blocking).
     pub concurrency: usize,
@@ -51,7 +54,7 @@ pub struct BenchReport {
     pub runtime: String,
     /// Nodes held in the RAM cache, and the bytes they take.
     pub cache_nodes: usize,
-    pub cache_bytes: usize,
+    pub cache_bytes: Option<usize>,
     pub threads: usize,
     pub cores: usize,
     pub k: usize,
@@ -77,6 +80,9 @@ pub struct RunReport {
     /// mean_cache_hits / mean_visited.
     pub cache_hit_rate: f64,
     pub wall_seconds: f64,
+    /// Over HTTP: requests that failed, and answers marked partial.
+    pub failed: usize,
+    pub partial: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +96,8 @@ struct QueryOutcome {
     ids: Vec<u32>,
     micros: f64,
     stats: SearchStats,
+    failed: bool,
+    partial: bool,
 }
 
 /// Runs every query once with `threads` workers, each one query at a time.
@@ -124,7 +132,13 @@ fn run_queries<T: Element>(
                         let micros = t.elapsed().as_secs_f64() * 1e6;
                         let ids = hits.iter().map(|h| h.id).collect();
                         if let Ok(mut slot) = slots[qi].lock() {
-                            *slot = Some(QueryOutcome { ids, micros, stats });
+                            *slot = Some(QueryOutcome {
+                                ids,
+                                micros,
+                                stats,
+                                failed: false,
+                                partial: false,
+                            });
                         }
                     }
                 })
@@ -192,6 +206,8 @@ fn run_glommio<T: Element>(
             ids: r.ids,
             micros: r.micros as f64,
             stats: r.stats,
+            failed: false,
+            partial: false,
         })
         .collect();
     Ok((outcomes, wall))
@@ -203,6 +219,80 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// One run's report from its outcomes.
+fn summarize(
+    list: usize,
+    beam: usize,
+    k: usize,
+    outcomes: &[QueryOutcome],
+    wall: f64,
+    gt: &GroundTruth,
+) -> RunReport {
+    let nq = outcomes.len().max(1) as f64;
+    let recall = outcomes
+        .iter()
+        .enumerate()
+        .map(|(qi, o)| recall_at_k(&o.ids, gt.row(qi), k))
+        .sum::<f64>()
+        / nq;
+    let mut lat: Vec<f64> = outcomes.iter().map(|o| o.micros).collect();
+    lat.sort_by(f64::total_cmp);
+    let mean = |f: &dyn Fn(&SearchStats) -> u32| {
+        outcomes.iter().map(|o| f(&o.stats) as f64).sum::<f64>() / nq
+    };
+    RunReport {
+        list,
+        beam,
+        recall_at_k: recall,
+        qps: outcomes.len() as f64 / wall,
+        latency_us: Latency {
+            mean: lat.iter().sum::<f64>() / nq,
+            p50: percentile(&lat, 50.0),
+            p99: percentile(&lat, 99.0),
+        },
+        mean_ios: mean(&|s| s.ios),
+        mean_hops: mean(&|s| s.hops),
+        mean_visited: mean(&|s| s.visited_nodes),
+        mean_cache_hits: mean(&|s| s.cache_hits),
+        cache_hit_rate: mean(&|s| s.cache_hits) / mean(&|s| s.visited_nodes).max(1.0),
+        wall_seconds: wall,
+        failed: outcomes.iter().filter(|o| o.failed).count(),
+        partial: outcomes.iter().filter(|o| o.partial).count(),
+    }
+}
+
+fn print_header(out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7} {:>7}",
+        "L", "recall@k", "QPS", "mean_us", "p50_us", "p99_us", "ios", "hops", "cached"
+    )
+}
+
+fn print_row(out: &mut dyn Write, run: &RunReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:>6} {:>9.4} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8.1} {:>7.1} {:>7.1}",
+        run.list,
+        run.recall_at_k,
+        run.qps,
+        run.latency_us.mean,
+        run.latency_us.p50,
+        run.latency_us.p99,
+        run.mean_ios,
+        run.mean_hops,
+        run.mean_cache_hits
+    )?;
+    if run.failed > 0 || run.partial > 0 {
+        writeln!(
+            out,
+            "       {} request(s) failed, {} answer(s) partial",
+            run.failed, run.partial
+        )?;
+    }
+    Ok(())
 }
 
 /// What a bench searches: one index, or every shard of a sharded one.
@@ -228,9 +318,15 @@ impl Target {
 }
 
 pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> {
-    let t = Instant::now();
-    let target = if a
+    if let Some(url) = &a.server {
+        return bench_server(a, url, out);
+    }
+    let index_dir = a
         .index
+        .as_ref()
+        .context("bench needs --index DIR or --server URL")?;
+    let t = Instant::now();
+    let target = if index_dir
         .join(shardann_engine::cluster::CLUSTER_FILE)
         .exists()
     {
@@ -238,11 +334,11 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
             bail!("--concurrency is not supported for sharded indexes yet; bench them without it");
         }
         Target::Sharded(
-            shardann_engine::cluster::ShardedIndex::open(&a.index, a.read.open_options())
-                .with_context(|| format!("opening sharded index {}", a.index.display()))?,
+            shardann_engine::cluster::ShardedIndex::open(index_dir, a.read.open_options())
+                .with_context(|| format!("opening sharded index {}", index_dir.display()))?,
         )
     } else {
-        Target::Single(std::sync::Arc::new(a.read.open(&a.index)?))
+        Target::Single(std::sync::Arc::new(a.read.open(index_dir)?))
     };
     let idx = target.first();
     let probe = match a.probe_shards {
@@ -254,27 +350,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
     let queries = VectorFile::open(&a.queries)?;
     check_queries(idx, &queries)?;
     let gt = GroundTruth::read(&a.gt)?;
-    gt.check_ids(&a.gt, total_points)?;
-    if gt.nq < queries.len() {
-        bail!(
-            "{} has ground truth for {} queries, but {} has {}",
-            a.gt.display(),
-            gt.nq,
-            a.queries.display(),
-            queries.len()
-        );
-    }
-    if gt.k < a.k {
-        bail!(
-            "{} has {} neighbours per query, fewer than k = {}",
-            a.gt.display(),
-            gt.k,
-            a.k
-        );
-    }
-    if a.list.is_empty() {
-        bail!("--list needs at least one list size");
-    }
+    check_gt(a, &gt, queries.len(), total_points)?;
     let threads = if a.threads == 0 { cores() } else { a.threads };
     // How queries run: blocking threads, or glommio executors with many
     // queries each. pread has no completion queue to wait on, so more
@@ -311,7 +387,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
     writeln!(
         out,
         "index {} ({} points, {}-d {}, {}), {} queries, k={}, beam={}, {} threads, io {}",
-        a.index.display(),
+        index_dir.display(),
         total_points,
         h.dim,
         h.elem,
@@ -329,11 +405,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
             format!("{} ({worker_threads} blocking threads)", idx.io_backend())
         }
     )?;
-    writeln!(
-        out,
-        "{:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7} {:>7}",
-        "L", "recall@k", "QPS", "mean_us", "p50_us", "p99_us", "ios", "hops", "cached"
-    )?;
+    print_header(out)?;
     let mut runs = Vec::new();
     for &list in &a.list {
         let params = SearchParams {
@@ -350,55 +422,16 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
                 with_elem!(idx.elem(), T => run_queries::<T>(&target, &queries, params, worker_threads, probe)?)
             }
         };
-        let nq = outcomes.len().max(1) as f64;
-        let recall = outcomes
-            .iter()
-            .enumerate()
-            .map(|(qi, o)| recall_at_k(&o.ids, gt.row(qi), a.k))
-            .sum::<f64>()
-            / nq;
-        let mut lat: Vec<f64> = outcomes.iter().map(|o| o.micros).collect();
-        lat.sort_by(f64::total_cmp);
-        let mean = |f: &dyn Fn(&SearchStats) -> u32| {
-            outcomes.iter().map(|o| f(&o.stats) as f64).sum::<f64>() / nq
-        };
-        let run = RunReport {
-            list,
-            beam: a.beam,
-            recall_at_k: recall,
-            qps: outcomes.len() as f64 / wall,
-            latency_us: Latency {
-                mean: lat.iter().sum::<f64>() / nq,
-                p50: percentile(&lat, 50.0),
-                p99: percentile(&lat, 99.0),
-            },
-            mean_ios: mean(&|s| s.ios),
-            mean_hops: mean(&|s| s.hops),
-            mean_visited: mean(&|s| s.visited_nodes),
-            mean_cache_hits: mean(&|s| s.cache_hits),
-            cache_hit_rate: mean(&|s| s.cache_hits) / mean(&|s| s.visited_nodes).max(1.0),
-            wall_seconds: wall,
-        };
-        writeln!(
-            out,
-            "{:>6} {:>9.4} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8.1} {:>7.1} {:>7.1}",
-            run.list,
-            run.recall_at_k,
-            run.qps,
-            run.latency_us.mean,
-            run.latency_us.p50,
-            run.latency_us.p99,
-            run.mean_ios,
-            run.mean_hops,
-            run.mean_cache_hits
-        )?;
+        let run = summarize(list, a.beam, a.k, &outcomes, wall, &gt);
+        print_row(out, &run)?;
         runs.push(run);
     }
     let report = BenchReport {
         tool: "shardann",
         version: env!("CARGO_PKG_VERSION"),
         git_commit: git_commit(),
-        index: a.index.display().to_string(),
+        server: None,
+        index: index_dir.display().to_string(),
         queries: a.queries.display().to_string(),
         ground_truth: a.gt.display().to_string(),
         num_points: total_points as u64,
@@ -408,21 +441,23 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         dim: h.dim,
         elem: h.elem.to_string(),
         metric: h.metric.to_string(),
-        max_degree: h.max_degree,
-        build_list: h.build_list,
-        alpha: h.alpha,
-        pq_bytes: h.pq_bytes,
-        index_bytes_on_disk: target.shards().iter().map(|s| dir_bytes(s.dir())).sum(),
-        pq_ram_bytes: target.shards().iter().map(|s| s.memory_bytes()).sum(),
+        max_degree: Some(h.max_degree),
+        build_list: Some(h.build_list),
+        alpha: Some(h.alpha),
+        pq_bytes: Some(h.pq_bytes),
+        index_bytes_on_disk: Some(target.shards().iter().map(|s| dir_bytes(s.dir())).sum()),
+        pq_ram_bytes: Some(target.shards().iter().map(|s| s.memory_bytes()).sum()),
         io_backend: io_backend.clone(),
         concurrency: a.concurrency,
         runtime: runtime.to_string(),
         cache_nodes: target.shards().iter().map(|s| s.node_cache().len()).sum(),
-        cache_bytes: target
-            .shards()
-            .iter()
-            .map(|s| s.node_cache().memory_bytes())
-            .sum(),
+        cache_bytes: Some(
+            target
+                .shards()
+                .iter()
+                .map(|s| s.node_cache().memory_bytes())
+                .sum(),
+        ),
         threads,
         cores: cores(),
         k: a.k,
@@ -436,15 +471,216 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         "index open {:.2}s (cache {} nodes); {} on disk, {} in RAM (PQ + cache); peak RSS {}",
         open_seconds,
         report.cache_nodes,
-        human_bytes(report.index_bytes_on_disk),
-        human_bytes(report.pq_ram_bytes as u64),
+        human_bytes(report.index_bytes_on_disk.unwrap_or(0)),
+        human_bytes(report.pq_ram_bytes.unwrap_or(0) as u64),
         report.peak_rss_bytes.map_or("unknown".into(), human_bytes)
     )?;
+    write_json(a, &report, out)?;
+    Ok(report)
+}
+
+fn write_json(a: &BenchArgs, report: &BenchReport, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(path) = &a.json {
-        let json = serde_json::to_string_pretty(&report)?;
+        let json = serde_json::to_string_pretty(report)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
         writeln!(out, "wrote {}", path.display())?;
     }
+    Ok(())
+}
+
+/// Checks ground truth against a query set and the index size.
+fn check_gt(a: &BenchArgs, gt: &GroundTruth, nq: usize, points: usize) -> anyhow::Result<()> {
+    gt.check_ids(&a.gt, points)?;
+    if gt.nq < nq {
+        bail!(
+            "{} has ground truth for {} queries, but {} has {nq}",
+            a.gt.display(),
+            gt.nq,
+            a.queries.display(),
+        );
+    }
+    if gt.k < a.k {
+        bail!(
+            "{} has {} neighbours per query, fewer than k = {}",
+            a.gt.display(),
+            gt.k,
+            a.k
+        );
+    }
+    if a.list.is_empty() {
+        bail!("--list needs at least one list size");
+    }
+    Ok(())
+}
+
+/// `bench --server URL`: the same runs through a node's HTTP/2 endpoint.
+fn bench_server(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Result<BenchReport> {
+    use shardann_server::client::{exchange, parse_url, search_many, HttpParams, Request, Version};
+    let addr = parse_url(url)?;
+    let t = Instant::now();
+    let shards = exchange(addr, Version::Http2, vec![Request::get("/v1/shards")])?
+        .pop()
+        .context("no answer to GET /v1/shards")?
+        .map_err(|e| anyhow::anyhow!("GET {url}/v1/shards: {e}"))?;
+    if shards.0 != 200 {
+        bail!(
+            "GET {url}/v1/shards: status {}: {}",
+            shards.0,
+            String::from_utf8_lossy(&shards.1)
+        );
+    }
+    let info: serde_json::Value = serde_json::from_slice(&shards.1)
+        .with_context(|| format!("GET {url}/v1/shards: not JSON"))?;
+    let num = |key: &str| info.get(key).and_then(serde_json::Value::as_u64);
+    let text = |key: &str| {
+        info.get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let (num_points, dim) = (
+        num("num_points").context("/v1/shards has no num_points")? as usize,
+        num("dim").context("/v1/shards has no dim")? as usize,
+    );
+    let num_shards = num("num_shards").unwrap_or(1) as usize;
+    // Build parameters of the entry node's first local shard (all shards of
+    // one build share them).
+    let first_index = info
+        .get("shards")
+        .and_then(|s| s.as_array())
+        .and_then(|s| {
+            s.iter()
+                .find_map(|s| s.get("index").filter(|i| !i.is_null()))
+        })
+        .cloned();
+    let pick = |key: &str| {
+        first_index
+            .as_ref()
+            .and_then(|i| i.get(key))
+            .and_then(|v| v.as_f64())
+    };
+    let open_seconds = t.elapsed().as_secs_f64();
+
+    let queries = VectorFile::open(&a.queries)?;
+    if queries.dim() != dim {
+        bail!(
+            "{} holds {}-d vectors; the index at {url} is {dim}-d",
+            a.queries.display(),
+            queries.dim()
+        );
+    }
+    let gt = GroundTruth::read(&a.gt)?;
+    check_gt(a, &gt, queries.len(), num_points)?;
+    let vectors: Vec<Vec<f64>> = with_elem!(queries.elem(), T => queries
+        .vectors::<T>()?
+        .iter()
+        .map(|row| row.iter().map(|x| f64::from(x.to_f32())).collect())
+        .collect());
+    let vectors = std::sync::Arc::new(vectors);
+    let clients = a.threads.max(1);
+    let concurrency = a.concurrency.max(1);
+    writeln!(
+        out,
+        "server {url} ({num_points} points in {num_shards} shard(s), {dim}-d {}, {}), {} queries, k={}, beam={}, {clients} client executor(s) × {concurrency} requests in flight, HTTP/2",
+        text("elem"),
+        text("metric"),
+        queries.len(),
+        a.k,
+        a.beam,
+    )?;
+    print_header(out)?;
+    let mut runs = Vec::new();
+    for &list in &a.list {
+        let params = HttpParams {
+            k: a.k,
+            list: Some(list),
+            beam: Some(a.beam),
+            probe_shards: (a.probe_shards > 0).then_some(a.probe_shards),
+            timeout_ms: None,
+        };
+        let start = Instant::now();
+        let results = search_many(
+            addr,
+            std::sync::Arc::clone(&vectors),
+            params,
+            concurrency,
+            clients,
+        )?;
+        let wall = start.elapsed().as_secs_f64();
+        if let Some(err) = results.iter().find_map(|o| o.result.as_ref().err()) {
+            if results.iter().all(|o| o.result.is_err()) {
+                bail!("every request to {url} failed; the first: {err}");
+            }
+            eprintln!("note: some requests failed; the first: {err}");
+        }
+        let outcomes: Vec<QueryOutcome> = results
+            .into_iter()
+            .map(|o| match o.result {
+                Ok(r) => QueryOutcome {
+                    ids: r.hits.iter().map(|h| h.id).collect(),
+                    micros: o.micros as f64,
+                    stats: SearchStats {
+                        ios: r.stats.ios as u32,
+                        hops: r.stats.hops as u32,
+                        visited_nodes: r.stats.visited as u32,
+                        cache_hits: r.stats.cache_hits as u32,
+                        pq_distances: 0,
+                    },
+                    failed: false,
+                    partial: r.partial,
+                },
+                Err(_) => QueryOutcome {
+                    ids: Vec::new(),
+                    micros: o.micros as f64,
+                    stats: SearchStats::default(),
+                    failed: true,
+                    partial: false,
+                },
+            })
+            .collect();
+        let run = summarize(list, a.beam, a.k, &outcomes, wall, &gt);
+        print_row(out, &run)?;
+        runs.push(run);
+    }
+    let report = BenchReport {
+        tool: "shardann",
+        version: env!("CARGO_PKG_VERSION"),
+        server: Some(url.to_string()),
+        git_commit: git_commit(),
+        index: url.to_string(),
+        queries: a.queries.display().to_string(),
+        ground_truth: a.gt.display().to_string(),
+        num_points: num_points as u64,
+        shards: num_shards,
+        probe_shards: if a.probe_shards == 0 {
+            num_shards
+        } else {
+            a.probe_shards.min(num_shards)
+        },
+        num_queries: queries.len(),
+        dim: dim as u32,
+        elem: text("elem"),
+        metric: text("metric"),
+        max_degree: pick("max_degree").map(|v| v as u32),
+        build_list: pick("build_list").map(|v| v as u32),
+        alpha: pick("alpha").map(|v| v as f32),
+        pq_bytes: pick("pq_bytes").map(|v| v as u32),
+        index_bytes_on_disk: None,
+        pq_ram_bytes: None,
+        io_backend: "http2".into(),
+        concurrency,
+        runtime: "http2-client".into(),
+        cache_nodes: pick("cache_nodes").unwrap_or(0.0) as usize,
+        cache_bytes: None,
+        threads: clients,
+        cores: cores(),
+        k: a.k,
+        beam: a.beam,
+        open_seconds,
+        peak_rss_bytes: peak_rss_bytes(),
+        runs,
+    };
+    write_json(a, &report, out)?;
     Ok(report)
 }
 
@@ -535,7 +771,8 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
     writeln!(out, "[4/4] benchmarking (O_DIRECT reads, beam 4)")?;
     let report = bench(
         &BenchArgs {
-            index,
+            index: Some(index),
+            server: None,
             queries: query,
             gt,
             k: 10,

@@ -44,6 +44,7 @@ pub enum Command {
     Search(SearchArgs),
     Bench(BenchArgs),
     Inspect(InspectArgs),
+    Serve(ServeArgs),
     Demo(DemoArgs),
 }
 
@@ -178,8 +179,15 @@ pub struct SearchArgs {
 /// disk and not the page cache.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// The index (a plain or a sharded index directory).
+    #[arg(long, required_unless_present = "server", conflicts_with = "server")]
+    pub index: Option<PathBuf>,
+    /// Benchmark a running node instead: http://HOST:PORT. Queries go to
+    /// its /v1/search over HTTP/2, --concurrency in flight per client
+    /// executor (--threads of them, default 1); latency is what the
+    /// client sees, IO counts are what the node reports.
     #[arg(long)]
-    pub index: PathBuf,
+    pub server: Option<String>,
     #[arg(long)]
     pub queries: PathBuf,
     /// Ground truth (.bin) for the queries.
@@ -257,6 +265,53 @@ impl ReadArgs {
     }
 }
 
+/// Serve searches over HTTP/2 (prior knowledge) and HTTP/1.1 on one port.
+///
+/// One node of a cluster, configured by a node.toml:
+///
+///   node_id = "n1"
+///   listen = "127.0.0.1:7001"
+///   index_dir = "/data/idx"        # holds shard-0 … shard-N-1 and cluster.json
+///   shards = [0, 1, 2, 3]          # the shards this node serves
+///   [[peers]]
+///   id = "n2"
+///   address = "127.0.0.1:7002"
+///   shards = [2, 3, 4, 5]
+///
+/// Any node answers for the whole index: it searches its own shards and asks
+/// one replica of every other shard, retrying another replica when one fails;
+/// when no replica answers the response says "partial": true and names the
+/// missing shards. Without --config, --index DIR serves every shard of DIR (a
+/// sharded or a plain index) on one node.
+///
+///   curl --http2-prior-knowledge -H 'content-type: application/json' \
+///        -d '{"vector": [0, 1, ...], "k": 10}' http://127.0.0.1:7001/v1/search
+///
+/// Endpoints: POST /v1/search, POST /v1/search/batch, GET /v1/shards,
+/// GET /healthz, GET /metrics (Prometheus). Reference: server/openapi.yaml.
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ServeArgs {
+    /// The node's configuration file (node.toml).
+    #[arg(long, conflicts_with = "index", required_unless_present = "index")]
+    pub config: Option<PathBuf>,
+    /// Serve every shard of this index directory on one node.
+    #[arg(long)]
+    pub index: Option<PathBuf>,
+    /// Address to listen on with --index (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:7001", conflicts_with = "config")]
+    pub listen: String,
+    /// Executors, one per core (default: every core; overrides the config).
+    #[arg(long)]
+    pub executors: Option<usize>,
+    /// Nodes per local shard to keep in RAM (overrides the config).
+    #[arg(long)]
+    pub cache_nodes: Option<usize>,
+    /// Default per-request deadline in ms (overrides the config).
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
+}
+
 /// Print an index's header, build parameters and (optionally) one node.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -295,6 +350,7 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Search(a) => crate::search::search(&a, out),
         Command::Bench(a) => crate::bench::bench(&a, out).map(|_| ()),
         Command::Inspect(a) => crate::inspect::inspect(&a, out),
+        Command::Serve(a) => crate::serve::serve(&a, out),
         Command::Demo(a) => crate::bench::demo(&a, q, out),
     }
 }

@@ -10,6 +10,7 @@ mod data;
 mod inspect;
 mod progress;
 mod search;
+mod serve;
 mod util;
 
 use std::ffi::OsString;

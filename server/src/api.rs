@@ -1,0 +1,348 @@
+//! The JSON API: request and response bodies, and the checks that turn a
+//! bad request into a 400 that says what is wrong.
+//!
+//! The same `/v1/search` body serves clients and peers: a peer adds
+//! `"shards": [..]`, which means "search exactly these of your local shards
+//! and do not fan out". Documented for users in `server/openapi.yaml`.
+
+use serde::{Deserialize, Serialize};
+use shardann_engine::search::{SearchParams, SearchStats};
+use shardann_engine::Element;
+
+/// Largest `k` a request may ask for.
+pub const MAX_K: usize = 1000;
+/// Largest candidate list a request may ask for.
+pub const MAX_LIST: usize = 10_000;
+/// Most queries in one `/v1/search/batch` request.
+pub const MAX_BATCH: usize = 10_000;
+/// The list size when a request names none: the larger of this and `k`.
+pub const DEFAULT_LIST: usize = 64;
+/// The beam width when a request names none.
+pub const DEFAULT_BEAM: usize = 4;
+
+fn default_k() -> usize {
+    10
+}
+
+/// `POST /v1/search`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    /// The query vector, as JSON numbers (integers for u8/i8 indexes).
+    pub vector: Vec<f64>,
+    #[serde(default = "default_k")]
+    pub k: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beam: Option<usize>,
+    /// Search only the P shards whose partition centroids are nearest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_shards: Option<usize>,
+    /// The deadline for the whole request; the node's default otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Peer-to-peer: search exactly these local shards, no fan-out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Vec<u32>>,
+}
+
+/// `POST /v1/search/batch`: many vectors, one set of parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub vectors: Vec<Vec<f64>>,
+    #[serde(default = "default_k")]
+    pub k: usize,
+    #[serde(default)]
+    pub list: Option<usize>,
+    #[serde(default)]
+    pub beam: Option<usize>,
+    #[serde(default)]
+    pub probe_shards: Option<usize>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// One hit: a global id, its distance, the shard that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WireHit {
+    pub id: u32,
+    pub distance: f32,
+    pub shard: u32,
+}
+
+/// What answering cost, summed over every shard searched (here and at peers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireStats {
+    /// Sectors read from disk.
+    pub ios: u64,
+    /// Nodes served from a node cache.
+    pub cache_hits: u64,
+    /// Rounds of reads.
+    pub hops: u64,
+    /// Nodes whose full record was examined.
+    pub visited: u64,
+    /// Shards that answered.
+    pub shards_searched: u32,
+    /// Requests sent to peers, retries included.
+    pub peer_calls: u32,
+    /// Of those, the ones that failed or timed out.
+    pub peer_failures: u32,
+}
+
+impl WireStats {
+    pub fn add_search(&mut self, s: &SearchStats) {
+        self.ios += u64::from(s.ios);
+        self.cache_hits += u64::from(s.cache_hits);
+        self.hops += u64::from(s.hops);
+        self.visited += u64::from(s.visited_nodes);
+        self.shards_searched += 1;
+    }
+
+    pub fn add(&mut self, o: &WireStats) {
+        self.ios += o.ios;
+        self.cache_hits += o.cache_hits;
+        self.hops += o.hops;
+        self.visited += o.visited;
+        self.shards_searched += o.shards_searched;
+        self.peer_calls += o.peer_calls;
+        self.peer_failures += o.peer_failures;
+    }
+}
+
+/// The answer to `/v1/search`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchResponse {
+    pub hits: Vec<WireHit>,
+    /// True when some shard asked for did not answer; see `missing_shards`.
+    pub partial: bool,
+    pub missing_shards: Vec<u32>,
+    pub took_us: u64,
+    #[serde(default)]
+    pub stats: WireStats,
+}
+
+/// The answer to `/v1/search/batch`: one response per vector, in order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub results: Vec<SearchResponse>,
+    pub took_us: u64,
+}
+
+/// The body of every 4xx/5xx.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// A query checked against the index: what the search code works with.
+#[derive(Debug, Clone)]
+pub struct Query<T> {
+    pub vector: Vec<T>,
+    pub params: SearchParams,
+    pub probe_shards: Option<usize>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// Element types that can be read from JSON numbers exactly.
+pub trait WireElem: Element {
+    /// `x` as `Self`, or why it cannot be one.
+    fn from_wire(x: f64) -> Result<Self, &'static str>;
+}
+
+fn integral(x: f64, lo: f64, hi: f64) -> Result<f64, &'static str> {
+    if !x.is_finite() {
+        Err("is not a finite number")
+    } else if x.fract() != 0.0 {
+        Err("is not an integer (this index holds integer vectors)")
+    } else if x < lo || x > hi {
+        Err("is out of the element type's range")
+    } else {
+        Ok(x)
+    }
+}
+
+impl WireElem for u8 {
+    fn from_wire(x: f64) -> Result<Self, &'static str> {
+        integral(x, 0.0, 255.0).map(|x| x as u8)
+    }
+}
+
+impl WireElem for i8 {
+    fn from_wire(x: f64) -> Result<Self, &'static str> {
+        integral(x, -128.0, 127.0).map(|x| x as i8)
+    }
+}
+
+impl WireElem for f32 {
+    fn from_wire(x: f64) -> Result<Self, &'static str> {
+        if !x.is_finite() {
+            Err("is not a finite number")
+        } else if x.abs() > f64::from(f32::MAX) {
+            Err("is out of the range of a 32-bit float")
+        } else {
+            Ok(x as f32)
+        }
+    }
+}
+
+/// Checks a vector's length and values; the message names the first bad value.
+pub fn check_vector<T: WireElem>(what: &str, v: &[f64], dim: usize) -> Result<Vec<T>, String> {
+    if v.len() != dim {
+        return Err(format!(
+            "{what} has {} values; this index holds vectors of dimension {dim}",
+            v.len()
+        ));
+    }
+    v.iter()
+        .enumerate()
+        .map(|(i, &x)| T::from_wire(x).map_err(|why| format!("{what}[{i}] = {x} {why}")))
+        .collect()
+}
+
+/// Checks `k`, `list`, `beam` and `probe_shards`; fills in the defaults.
+pub fn check_params(
+    k: usize,
+    list: Option<usize>,
+    beam: Option<usize>,
+    probe_shards: Option<usize>,
+) -> Result<SearchParams, String> {
+    if k == 0 || k > MAX_K {
+        return Err(format!("k must be in 1..={MAX_K}, got {k}"));
+    }
+    let list = list.unwrap_or(DEFAULT_LIST.max(k));
+    if list < k {
+        return Err(format!("list must be at least k = {k}, got {list}"));
+    }
+    if list > MAX_LIST {
+        return Err(format!("list must be at most {MAX_LIST}, got {list}"));
+    }
+    let beam = beam.unwrap_or(DEFAULT_BEAM);
+    if beam == 0 || beam > 128 {
+        return Err(format!("beam must be in 1..=128, got {beam}"));
+    }
+    if probe_shards == Some(0) {
+        return Err("probe_shards must be at least 1 (omit it to search every shard)".into());
+    }
+    Ok(SearchParams { k, list, beam })
+}
+
+impl SearchRequest {
+    /// The typed query, or a message for a 400.
+    pub fn check<T: WireElem>(&self, dim: usize) -> Result<Query<T>, String> {
+        let params = check_params(self.k, self.list, self.beam, self.probe_shards)?;
+        Ok(Query {
+            vector: check_vector("vector", &self.vector, dim)?,
+            params,
+            probe_shards: self.probe_shards,
+            timeout_ms: self.timeout_ms,
+        })
+    }
+}
+
+impl BatchRequest {
+    /// The typed queries, or a message for a 400 naming the first bad one.
+    pub fn check<T: WireElem>(&self, dim: usize) -> Result<Vec<Query<T>>, String> {
+        if self.vectors.is_empty() {
+            return Err("vectors is empty".into());
+        }
+        if self.vectors.len() > MAX_BATCH {
+            return Err(format!(
+                "a batch holds at most {MAX_BATCH} vectors, got {}",
+                self.vectors.len()
+            ));
+        }
+        let params = check_params(self.k, self.list, self.beam, self.probe_shards)?;
+        self.vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                Ok(Query {
+                    vector: check_vector(&format!("vectors[{i}]"), v, dim)?,
+                    params,
+                    probe_shards: self.probe_shards,
+                    timeout_ms: self.timeout_ms,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: &str) -> Result<SearchRequest, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let q: Query<f32> = req(r#"{"vector":[1,2,3]}"#).unwrap().check(3).unwrap();
+        assert_eq!(
+            q.params,
+            SearchParams {
+                k: 10,
+                list: 64,
+                beam: 4
+            }
+        );
+        let q: Query<f32> = req(r#"{"vector":[1,2,3],"k":100}"#)
+            .unwrap()
+            .check(3)
+            .unwrap();
+        assert_eq!(q.params.list, 100);
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let cases = [
+            (r#"{"vector":[1,2]}"#, "dimension 3"),
+            (r#"{"vector":[1,2,3],"k":0}"#, "k must be"),
+            (r#"{"vector":[1,2,3],"k":1001}"#, "k must be"),
+            (
+                r#"{"vector":[1,2,3],"k":20,"list":10}"#,
+                "list must be at least",
+            ),
+            (r#"{"vector":[1,2,3],"beam":0}"#, "beam"),
+            (r#"{"vector":[1,2,3],"probe_shards":0}"#, "probe_shards"),
+            (r#"{"vector":[1,2,1e39]}"#, "vector[2]"),
+        ];
+        for (json, want) in cases {
+            let err = req(json).unwrap().check::<f32>(3).unwrap_err();
+            assert!(err.contains(want), "{json}: {err}");
+        }
+        let err = req(r#"{"vector":[1,2.5,3]}"#)
+            .unwrap()
+            .check::<u8>(3)
+            .unwrap_err();
+        assert!(
+            err.contains("vector[1]") && err.contains("integer"),
+            "{err}"
+        );
+        let err = req(r#"{"vector":[1,256,3]}"#)
+            .unwrap()
+            .check::<u8>(3)
+            .unwrap_err();
+        assert!(err.contains("range"), "{err}");
+        let err = req(r#"{"vector":[-129,0,3]}"#)
+            .unwrap()
+            .check::<i8>(3)
+            .unwrap_err();
+        assert!(err.contains("vector[0]"), "{err}");
+        // Not JSON numbers at all: the parser refuses them.
+        assert!(req(r#"{"vector":[NaN,1,2]}"#).is_err());
+        assert!(req(r#"{"vector":[1e999,1,2]}"#).is_err());
+        assert!(req(r#"{"vector":[1,2,3],"lsit":64}"#).is_err());
+    }
+
+    #[test]
+    fn batch_names_the_bad_vector() {
+        let b: BatchRequest = serde_json::from_str(r#"{"vectors":[[1,2],[1]]}"#).unwrap();
+        let err = b.check::<f32>(2).unwrap_err();
+        assert!(err.contains("vectors[1]"), "{err}");
+        let b: BatchRequest = serde_json::from_str(r#"{"vectors":[]}"#).unwrap();
+        assert!(b.check::<f32>(2).is_err());
+    }
+}

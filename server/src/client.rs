@@ -1,0 +1,321 @@
+//! Blocking entry points for talking to a node over HTTP: the CLI's
+//! `bench --server`, and tests.
+//!
+//! Each call starts its own glommio executor(s), so it can be used from any
+//! thread; the requests themselves go out over HTTP/2 (prior knowledge),
+//! many in flight on one connection, or over HTTP/1.1 when asked.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::{LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper::header::CONTENT_TYPE;
+
+use crate::api::{SearchRequest, SearchResponse};
+use crate::config::resolve;
+use crate::error::{Result, ServerError};
+use crate::node::connect;
+use crate::rt::{until, Io};
+use crate::runtime::{placement, DEFAULT_IO_MEMORY};
+
+/// How long a client waits for a connection or a response.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `http://host:port[/]` (or `host:port`) to a socket address.
+pub fn parse_url(url: &str) -> Result<SocketAddr> {
+    let bad = |message: String| ServerError::Http {
+        addr: url.to_string(),
+        message,
+    };
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    if rest.contains("://") {
+        return Err(bad("only http:// (cleartext HTTP/2) is supported".into()));
+    }
+    let host_port = rest.trim_end_matches('/');
+    if host_port.contains('/') {
+        return Err(bad(
+            "give the node's address without a path, e.g. http://127.0.0.1:7001".into(),
+        ));
+    }
+    resolve(host_port).map_err(bad)
+}
+
+/// Search parameters sent with every vector.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpParams {
+    pub k: usize,
+    pub list: Option<usize>,
+    pub beam: Option<usize>,
+    pub probe_shards: Option<usize>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// One request's outcome, as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// From sending the request to having the whole response.
+    pub micros: u64,
+    pub result: std::result::Result<SearchResponse, String>,
+}
+
+/// Searches every vector through `addr`'s `/v1/search`, `concurrency`
+/// requests in flight on each of `executors` client executors (each with
+/// one HTTP/2 connection). Outcomes come back in vector order; a failed
+/// request is an `Err` outcome, not an error of the whole run.
+pub fn search_many(
+    addr: SocketAddr,
+    vectors: Arc<Vec<Vec<f64>>>,
+    params: HttpParams,
+    concurrency: usize,
+    executors: usize,
+) -> Result<Vec<Outcome>> {
+    if concurrency == 0 || executors == 0 {
+        return Err(ServerError::InvalidParameter(
+            "concurrency and client executors must be at least 1".into(),
+        ));
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let n = vectors.len();
+    let handles = LocalExecutorPoolBuilder::new(placement(executors))
+        .name("shardann-client")
+        .io_memory(DEFAULT_IO_MEMORY)
+        .on_all_shards(move || async move {
+            let conn: Rc<std::cell::RefCell<Option<SendRequest<Full<Bytes>>>>> = Rc::default();
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let (vectors, next, conn) =
+                        (Arc::clone(&vectors), Arc::clone(&next), Rc::clone(&conn));
+                    glommio::spawn_local(async move {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(v) = vectors.get(i) else { break };
+                            let start = Instant::now();
+                            let result = search_once(addr, &conn, v, params).await;
+                            done.push((
+                                i,
+                                Outcome {
+                                    micros: start.elapsed().as_micros() as u64,
+                                    result,
+                                },
+                            ));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await);
+            }
+            all
+        })
+        .map_err(|e| ServerError::Runtime {
+            executors,
+            source: e.into(),
+        })?;
+    let mut out: Vec<Option<Outcome>> = vec![None; n];
+    for (executor, joined) in handles.join_all().into_iter().enumerate() {
+        let done = joined.map_err(|e| ServerError::Executor {
+            executor,
+            source: e.into(),
+        })?;
+        for (i, o) in done {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = Some(o);
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or(Outcome {
+                micros: 0,
+                result: Err("not sent (internal error)".into()),
+            })
+        })
+        .collect())
+}
+
+async fn search_once(
+    addr: SocketAddr,
+    conn: &std::cell::RefCell<Option<SendRequest<Full<Bytes>>>>,
+    vector: &[f64],
+    params: HttpParams,
+) -> std::result::Result<SearchResponse, String> {
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let body = serde_json::to_vec(&SearchRequest {
+        vector: vector.to_vec(),
+        k: params.k,
+        list: params.list,
+        beam: params.beam,
+        probe_shards: params.probe_shards,
+        timeout_ms: params.timeout_ms,
+        shards: None,
+    })
+    .map_err(|e| e.to_string())?;
+    let existing = conn.borrow().as_ref().filter(|s| !s.is_closed()).cloned();
+    let mut sender = match existing {
+        Some(s) => s,
+        None => {
+            let s = connect(addr, CLIENT_TIMEOUT).await?;
+            *conn.borrow_mut() = Some(s.clone());
+            s
+        }
+    };
+    let req = hyper::Request::post(format!("http://{addr}/v1/search"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let resp = sender.send_request(req).await.map_err(|e| {
+            *conn.borrow_mut() = None;
+            format!("request failed: {e}")
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the response: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("not a search response: {e}"))
+    };
+    until(deadline, exchange)
+        .await
+        .unwrap_or_else(|| Err("no response within 30 s".into()))
+}
+
+/// HTTP version of a [`Request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+/// One request for [`exchange`].
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: hyper::Method,
+    pub path: String,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn get(path: &str) -> Self {
+        Request {
+            method: hyper::Method::GET,
+            path: path.into(),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn post(path: &str, body: impl Into<Vec<u8>>) -> Self {
+        Request {
+            method: hyper::Method::POST,
+            path: path.into(),
+            body: body.into(),
+        }
+    }
+}
+
+/// Sends `requests` one after another over one connection of the given
+/// HTTP version; returns each status and body, or why there was none.
+pub fn exchange(
+    addr: SocketAddr,
+    version: Version,
+    requests: Vec<Request>,
+) -> Result<Vec<std::result::Result<(u16, Bytes), String>>> {
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("shardann-exchange")
+        .io_memory(DEFAULT_IO_MEMORY)
+        .spawn(move || async move {
+            let mut out = Vec::with_capacity(requests.len());
+            for r in requests {
+                let deadline = Instant::now() + CLIENT_TIMEOUT;
+                let one = until(deadline, exchange_one(addr, version, r))
+                    .await
+                    .unwrap_or_else(|| Err("no response within 30 s".into()));
+                out.push(one);
+            }
+            out
+        })
+        .map_err(|e| ServerError::Runtime {
+            executors: 1,
+            source: e.into(),
+        })?;
+    handle.join().map_err(|e| ServerError::Executor {
+        executor: 0,
+        source: e.into(),
+    })
+}
+
+/// One request on a fresh connection (simple, and a test of connection
+/// setup each time).
+async fn exchange_one(
+    addr: SocketAddr,
+    version: Version,
+    r: Request,
+) -> std::result::Result<(u16, Bytes), String> {
+    let req = hyper::Request::builder()
+        .method(r.method)
+        .uri(format!("http://{addr}{}", r.path))
+        .header(hyper::header::HOST, addr.to_string())
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(r.body)))
+        .map_err(|e| e.to_string())?;
+    let resp = match version {
+        Version::Http2 => {
+            let mut sender = connect(addr, CLIENT_TIMEOUT).await?;
+            sender.send_request(req).await
+        }
+        Version::Http1 => {
+            let stream = glommio::net::TcpStream::connect_timeout(addr, CLIENT_TIMEOUT)
+                .await
+                .map_err(|e| format!("connecting: {e}"))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(Io::new(stream))
+                .await
+                .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+            glommio::spawn_local(async move {
+                let _ = conn.await;
+            })
+            .detach();
+            sender.send_request(req).await
+        }
+    }
+    .map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the response: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("http://127.0.0.1:7001").unwrap().port(), 7001);
+        assert_eq!(parse_url("127.0.0.1:7001/").unwrap().port(), 7001);
+        assert!(parse_url("https://127.0.0.1:7001").is_err());
+        assert!(parse_url("http://127.0.0.1:7001/v1/search").is_err());
+        assert!(parse_url("http://127.0.0.1").is_err());
+    }
+}

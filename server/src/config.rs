@@ -1,0 +1,221 @@
+//! `node.toml`: what one node serves and who its peers are.
+//!
+//! ```toml
+//! node_id = "n1"
+//! listen = "127.0.0.1:7001"
+//! index_dir = "/data/idx"        # holds shard-0 … shard-N-1 and cluster.json
+//! shards = [0, 1, 2, 3]          # the shards this node serves
+//! [[peers]]
+//! id = "n2"
+//! address = "127.0.0.1:7002"
+//! shards = [2, 3, 4, 5]
+//! ```
+//!
+//! Every node of a cluster has its own file; nothing is discovered at run
+//! time. A node only opens the shards it serves, so `index_dir` needs just
+//! those shard directories and `cluster.json`.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Result, ServerError};
+
+/// The default per-request deadline, for requests that name none.
+pub const DEFAULT_DEADLINE_MS: u64 = 2000;
+/// The default limit on a request body.
+pub const DEFAULT_MAX_BODY: usize = 8 << 20;
+
+/// One node's configuration. See the module docs for the file format.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: String,
+    /// `host:port` to listen on (HTTP/2 with prior knowledge and HTTP/1.1).
+    pub listen: String,
+    pub index_dir: PathBuf,
+    /// The shards this node serves; every shard of `index_dir` if omitted.
+    #[serde(default)]
+    pub shards: Option<Vec<u32>>,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Executors (one per core); the number of CPUs if omitted.
+    #[serde(default)]
+    pub executors: Option<usize>,
+    /// Deadline for a request that names none, in milliseconds.
+    #[serde(default = "default_deadline")]
+    pub deadline_ms: u64,
+    /// Nodes per local shard kept in RAM, nearest the entry point first.
+    #[serde(default)]
+    pub cache_nodes: usize,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_deadline() -> u64 {
+    DEFAULT_DEADLINE_MS
+}
+
+fn default_max_body() -> usize {
+    DEFAULT_MAX_BODY
+}
+
+/// Another node and the shards it serves.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: String,
+    /// `host:port` of the peer's listener.
+    pub address: String,
+    pub shards: Vec<u32>,
+}
+
+impl NodeConfig {
+    /// Reads and checks a `node.toml`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::Config {
+            path: path.to_path_buf(),
+            message: source.to_string(),
+        })?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ServerError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        // A relative index directory is relative to the config file.
+        if config.index_dir.is_relative() {
+            if let Some(parent) = path.parent() {
+                config.index_dir = parent.join(&config.index_dir);
+            }
+        }
+        config.check().map_err(|message| ServerError::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// One node serving every shard of `index_dir`, without peers.
+    pub fn single(index_dir: &Path, listen: &str) -> Self {
+        NodeConfig {
+            node_id: "local".into(),
+            listen: listen.into(),
+            index_dir: index_dir.to_path_buf(),
+            shards: None,
+            peers: Vec::new(),
+            executors: None,
+            deadline_ms: DEFAULT_DEADLINE_MS,
+            cache_nodes: 0,
+            max_body_bytes: DEFAULT_MAX_BODY,
+        }
+    }
+
+    /// The listen address, resolved.
+    pub fn listen_addr(&self) -> std::result::Result<SocketAddr, String> {
+        resolve(&self.listen).map_err(|e| format!("listen = {:?}: {e}", self.listen))
+    }
+
+    /// Checks what can be checked without the index: ids, addresses,
+    /// duplicates, limits. The shard ids are checked against the index when
+    /// the node opens it.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.node_id.trim().is_empty() {
+            return Err("node_id is empty".into());
+        }
+        self.listen_addr()?;
+        if self.deadline_ms == 0 {
+            return Err("deadline_ms must be at least 1".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("max_body_bytes must be at least 1024".into());
+        }
+        if self.executors == Some(0) {
+            return Err("executors must be at least 1".into());
+        }
+        if let Some(shards) = &self.shards {
+            no_duplicates("shards", shards)?;
+        }
+        let mut ids = BTreeSet::from([self.node_id.as_str()]);
+        for p in &self.peers {
+            if !ids.insert(p.id.as_str()) {
+                return Err(format!(
+                    "peer id {:?} appears twice (or is this node's id)",
+                    p.id
+                ));
+            }
+            resolve(&p.address)
+                .map_err(|e| format!("peer {:?}: address {:?}: {e}", p.id, p.address))?;
+            if p.shards.is_empty() {
+                return Err(format!("peer {:?} serves no shards", p.id));
+            }
+            no_duplicates(&format!("peer {:?} shards", p.id), &p.shards)?;
+        }
+        Ok(())
+    }
+}
+
+fn no_duplicates(what: &str, ids: &[u32]) -> std::result::Result<(), String> {
+    let mut seen = BTreeSet::new();
+    match ids.iter().find(|s| !seen.insert(**s)) {
+        Some(s) => Err(format!("{what}: shard {s} is listed twice")),
+        None => Ok(()),
+    }
+}
+
+/// `host:port` to a socket address (the first one it resolves to).
+pub fn resolve(addr: &str) -> std::result::Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "resolves to no address".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+node_id = "n1"
+listen = "127.0.0.1:7001"
+index_dir = "/data/idx"        # holds shard-0 … shard-N-1 and cluster.json
+shards = [0, 1, 2, 3]          # the shards this node serves
+[[peers]]
+id = "n2"
+address = "127.0.0.1:7002"
+shards = [2, 3, 4, 5]
+"#;
+
+    #[test]
+    fn the_readme_example_parses() {
+        let c: NodeConfig = toml::from_str(EXAMPLE).unwrap();
+        c.check().unwrap();
+        assert_eq!(c.shards, Some(vec![0, 1, 2, 3]));
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.peers[0].shards, vec![2, 3, 4, 5]);
+        assert_eq!(c.deadline_ms, DEFAULT_DEADLINE_MS);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let bad = |text: &str, want: &str| {
+            let err = match toml::from_str::<NodeConfig>(text) {
+                Err(e) => e.to_string(),
+                Ok(c) => c.check().unwrap_err(),
+            };
+            assert!(err.contains(want), "{err} should mention {want}");
+        };
+        bad(&EXAMPLE.replace("7001\"", "notaport\""), "listen");
+        bad(
+            &EXAMPLE.replace("[0, 1, 2, 3]", "[0, 1, 1]"),
+            "shard 1 is listed twice",
+        );
+        bad(
+            &EXAMPLE.replace("id = \"n2\"", "id = \"n1\""),
+            "appears twice",
+        );
+        bad(&EXAMPLE.replace("node_id", "nodeid"), "nodeid");
+        bad(&EXAMPLE.replace("[2, 3, 4, 5]", "[]"), "serves no shards");
+    }
+}

@@ -1,0 +1,261 @@
+//! Counters for `GET /metrics`, in Prometheus' text format.
+//!
+//! Plain atomics shared by every executor: one relaxed `fetch_add` per event
+//! is cheap next to a disk read, and a scrape reads them without stopping
+//! anything. Values seen together in one scrape may be a few events apart.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+const BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+
+/// The endpoints counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Search = 0,
+    Batch = 1,
+    Shards = 2,
+    Health = 3,
+    Metrics = 4,
+    Other = 5,
+}
+
+const ENDPOINTS: [&str; 6] = ["search", "batch", "shards", "healthz", "metrics", "other"];
+
+/// Every counter of one node.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: [AtomicU64; 6],
+    /// Responses with status 4xx, by endpoint.
+    client_errors: [AtomicU64; 6],
+    /// Responses with status 5xx, by endpoint.
+    server_errors: [AtomicU64; 6],
+    /// Search and batch latency: bucket counts (not cumulative here), sum.
+    latency_buckets: [AtomicU64; BUCKETS.len() + 1],
+    latency_sum_us: AtomicU64,
+    /// Vectors searched (a batch counts each of its vectors).
+    pub queries: AtomicU64,
+    pub partial_responses: AtomicU64,
+    /// Local shard searches, their sectors read and node-cache hits.
+    pub shard_searches: AtomicU64,
+    pub sectors_read: AtomicU64,
+    pub cache_hits: AtomicU64,
+    /// Local shard searches that failed (IO error, deadline).
+    pub shard_failures: AtomicU64,
+    /// Per peer, in configuration order: requests sent, requests failed.
+    peer_calls: Vec<AtomicU64>,
+    peer_failures: Vec<AtomicU64>,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+impl Metrics {
+    pub fn new(peers: usize) -> Self {
+        Metrics {
+            peer_calls: (0..peers).map(|_| AtomicU64::new(0)).collect(),
+            peer_failures: (0..peers).map(|_| AtomicU64::new(0)).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// One response sent.
+    pub fn request(&self, endpoint: Endpoint, status: u16) {
+        let e = endpoint as usize;
+        if let Some(c) = self.requests.get(e) {
+            inc(c);
+        }
+        let errors = match status {
+            400..=499 => &self.client_errors,
+            500..=599 => &self.server_errors,
+            _ => return,
+        };
+        if let Some(c) = errors.get(e) {
+            inc(c);
+        }
+    }
+
+    /// One search or batch request's latency.
+    pub fn latency(&self, micros: u64) {
+        let secs = micros as f64 / 1e6;
+        let b = BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(BUCKETS.len());
+        if let Some(c) = self.latency_buckets.get(b) {
+            inc(c);
+        }
+        self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub fn peer_call(&self, peer: usize, failed: bool) {
+        if let Some(c) = self.peer_calls.get(peer) {
+            inc(c);
+        }
+        if failed {
+            if let Some(c) = self.peer_failures.get(peer) {
+                inc(c);
+            }
+        }
+    }
+
+    pub fn add(&self, counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4). `peer_ids` names the
+    /// peers in configuration order.
+    pub fn render(&self, node_id: &str, peer_ids: &[String]) -> String {
+        let mut out = String::with_capacity(4096);
+        let node = escape(node_id);
+        let _ = writeln!(
+            out,
+            "# HELP shardann_requests_total HTTP requests answered, by endpoint.\n# TYPE shardann_requests_total counter"
+        );
+        for (i, name) in ENDPOINTS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shardann_requests_total{{node=\"{node}\",endpoint=\"{name}\"}} {}",
+                get(&self.requests[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shardann_request_errors_total Responses with an error status, by endpoint and class.\n# TYPE shardann_request_errors_total counter"
+        );
+        for (i, name) in ENDPOINTS.iter().enumerate() {
+            for (class, counters) in [("4xx", &self.client_errors), ("5xx", &self.server_errors)] {
+                let _ = writeln!(
+                    out,
+                    "shardann_request_errors_total{{node=\"{node}\",endpoint=\"{name}\",class=\"{class}\"}} {}",
+                    get(&counters[i])
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shardann_request_duration_seconds Latency of search and batch requests.\n# TYPE shardann_request_duration_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            cumulative += get(&self.latency_buckets[i]);
+            let _ = writeln!(
+                out,
+                "shardann_request_duration_seconds_bucket{{node=\"{node}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += get(&self.latency_buckets[BUCKETS.len()]);
+        let _ = writeln!(
+            out,
+            "shardann_request_duration_seconds_bucket{{node=\"{node}\",le=\"+Inf\"}} {cumulative}\n\
+             shardann_request_duration_seconds_sum{{node=\"{node}\"}} {}\n\
+             shardann_request_duration_seconds_count{{node=\"{node}\"}} {cumulative}",
+            get(&self.latency_sum_us) as f64 / 1e6
+        );
+        for (name, help, c) in [
+            (
+                "shardann_queries_total",
+                "Vectors searched (batch vectors counted one by one).",
+                &self.queries,
+            ),
+            (
+                "shardann_partial_responses_total",
+                "Responses that lacked a shard (partial: true).",
+                &self.partial_responses,
+            ),
+            (
+                "shardann_shard_searches_total",
+                "Searches of a local shard.",
+                &self.shard_searches,
+            ),
+            (
+                "shardann_shard_failures_total",
+                "Local shard searches that failed or missed the deadline.",
+                &self.shard_failures,
+            ),
+            (
+                "shardann_sectors_read_total",
+                "4 KiB sectors read from local shards.",
+                &self.sectors_read,
+            ),
+            (
+                "shardann_cache_hits_total",
+                "Graph nodes served from a node cache instead of disk.",
+                &self.cache_hits,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node}\"}} {}",
+                get(c)
+            );
+        }
+        for (name, help, counters) in [
+            (
+                "shardann_peer_calls_total",
+                "Requests sent to a peer, retries included.",
+                &self.peer_calls,
+            ),
+            (
+                "shardann_peer_failures_total",
+                "Requests to a peer that failed or timed out.",
+                &self.peer_failures,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (id, c) in peer_ids.iter().zip(counters) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{node=\"{node}\",peer=\"{}\"}} {}",
+                    escape(id),
+                    get(c)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// A label value as Prometheus wants it quoted.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_a_cumulative_histogram() {
+        let m = Metrics::new(2);
+        m.request(Endpoint::Search, 200);
+        m.request(Endpoint::Search, 400);
+        m.latency(300);
+        m.latency(3_000);
+        m.latency(10_000_000);
+        m.peer_call(1, true);
+        let text = m.render("n\"1", &["a".into(), "b".into()]);
+        assert!(
+            text.contains("shardann_requests_total{node=\"n\\\"1\",endpoint=\"search\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("endpoint=\"search\",class=\"4xx\"} 1"));
+        assert!(text.contains("le=\"0.0005\"} 1\n"));
+        assert!(text.contains("le=\"0.005\"} 2\n"));
+        assert!(text.contains("le=\"5\"} 2\n"));
+        assert!(text.contains("le=\"+Inf\"} 3\n"));
+        assert!(text.contains("shardann_request_duration_seconds_count{node=\"n\\\"1\"} 3"));
+        assert!(text.contains("shardann_peer_failures_total{node=\"n\\\"1\",peer=\"b\"} 1"));
+        assert!(text.contains("shardann_peer_calls_total{node=\"n\\\"1\",peer=\"a\"} 0"));
+    }
+}

@@ -1,0 +1,552 @@
+//! A node: the shards it serves, its peers, and scatter-gather.
+//!
+//! ```text
+//!  query ─► Executor::search
+//!             ├─ local shards ──► shard::search_one (O_DIRECT reads) ─┐
+//!             └─ other shards ──► one replica each, grouped by peer,   ├─► merge by distance
+//!                                 POST /v1/search {"shards": [..]}    ─┘   (top k)
+//!                                 failed / timed out ─► next replica
+//!                                 no replica left    ─► missing_shards, partial: true
+//! ```
+//!
+//! [`Node`] is what all executors share, read-only: the cluster manifest, the
+//! opened local shards (their PQ codes and node caches live once in RAM),
+//! the peers and their outstanding-request counters, the metrics.
+//! [`Executor`] is one executor's own state: an `O_DIRECT` file handle per
+//! local shard (glommio files belong to one executor), reusable search
+//! scratch, and pooled HTTP/2 connections to peers.
+//!
+//! Every executor can search every local shard: connections are spread over
+//! executors by the kernel (`SO_REUSEPORT`), and handing a query to the
+//! executor that "owns" a shard would add a cross-thread hop per shard per
+//! query while saving nothing: the shared state is immutable.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{join, join_all};
+use glommio::io::DmaFile;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use shardann_engine::cluster::ClusterManifest;
+use shardann_engine::index::{DiskIndex, OpenOptions};
+use shardann_engine::search::{BeamSearch, Hit};
+
+use crate::api::{Query, SearchRequest, SearchResponse, WireElem, WireHit, WireStats};
+use crate::config::{resolve, NodeConfig};
+use crate::error::{Result, ServerError};
+use crate::metrics::Metrics;
+use crate::rt::{until, AsyncIoTimer, Io, LocalExec};
+use crate::shard::{open_index_file, search_one};
+
+/// How long a peer that refused a connection is passed over when another
+/// replica can answer.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// Another node, as this node sees it.
+#[derive(Debug)]
+pub struct Peer {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub shards: Vec<u32>,
+    /// Requests in flight to it from this node (all executors).
+    outstanding: AtomicUsize,
+    /// Until when (ms since the node started) to prefer other replicas.
+    down_until_ms: AtomicU64,
+}
+
+/// What every executor of a node shares.
+pub struct Node {
+    pub config: NodeConfig,
+    pub manifest: ClusterManifest,
+    /// Indexed by shard id; `Some` for the shards this node serves.
+    local: Vec<Option<Arc<DiskIndex>>>,
+    pub peers: Vec<Peer>,
+    /// Indexed by shard id: the peers serving it.
+    replicas: Vec<Vec<usize>>,
+    pub metrics: Metrics,
+    started: Instant,
+}
+
+impl Node {
+    /// Reads the manifest, opens the local shards, checks the peers' shard
+    /// ids against the manifest.
+    pub fn open(config: NodeConfig) -> Result<Self> {
+        let start_err = |message: String| ServerError::Start {
+            node: config.node_id.clone(),
+            message,
+        };
+        let dir: &Path = &config.index_dir;
+        let manifest = ClusterManifest::of_dir(dir)?;
+        let n = manifest.shards.len();
+        let mine: Vec<u32> = config
+            .shards
+            .clone()
+            .unwrap_or_else(|| (0..n as u32).collect());
+        let mut local: Vec<Option<Arc<DiskIndex>>> = (0..n).map(|_| None).collect();
+        for &s in &mine {
+            let slot = local.get_mut(s as usize).ok_or_else(|| {
+                start_err(format!(
+                    "shards lists shard {s}, but {} has {n} shard(s)",
+                    dir.display()
+                ))
+            })?;
+            let opts = OpenOptions {
+                cache_nodes: config.cache_nodes,
+                ..OpenOptions::buffered()
+            };
+            *slot = Some(Arc::new(manifest.open_shard(dir, s as usize, opts)?));
+        }
+        let mut replicas = vec![Vec::new(); n];
+        let mut peers = Vec::with_capacity(config.peers.len());
+        for (i, p) in config.peers.iter().enumerate() {
+            for &s in &p.shards {
+                replicas
+                    .get_mut(s as usize)
+                    .ok_or_else(|| {
+                        start_err(format!(
+                            "peer {:?} serves shard {s}, but the cluster has {n} shard(s)",
+                            p.id
+                        ))
+                    })?
+                    .push(i);
+            }
+            peers.push(Peer {
+                id: p.id.clone(),
+                addr: resolve(&p.address).map_err(start_err)?,
+                shards: p.shards.clone(),
+                outstanding: AtomicUsize::new(0),
+                down_until_ms: AtomicU64::new(0),
+            });
+        }
+        Ok(Node {
+            metrics: Metrics::new(peers.len()),
+            config,
+            manifest,
+            local,
+            peers,
+            replicas,
+            started: Instant::now(),
+        })
+    }
+
+    /// Shards no node of the configuration serves: every query will be
+    /// partial. Reported at startup.
+    pub fn unserved_shards(&self) -> Vec<u32> {
+        (0..self.manifest.shards.len())
+            .filter(|&s| self.local[s].is_none() && self.replicas[s].is_empty())
+            .map(|s| s as u32)
+            .collect()
+    }
+
+    /// The shards this node serves.
+    pub fn local_shards(&self) -> Vec<u32> {
+        (0..self.local.len())
+            .filter(|&s| self.local[s].is_some())
+            .map(|s| s as u32)
+            .collect()
+    }
+
+    pub fn local_shard(&self, s: u32) -> Option<&Arc<DiskIndex>> {
+        self.local.get(s as usize).and_then(Option::as_ref)
+    }
+
+    /// Peer ids serving shard `s`.
+    pub fn replicas_of(&self, s: u32) -> Vec<&str> {
+        self.replicas
+            .get(s as usize)
+            .map(|r| r.iter().map(|&p| self.peers[p].id.as_str()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn peer_ids(&self) -> Vec<String> {
+        self.peers.iter().map(|p| p.id.clone()).collect()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn is_down(&self, p: usize) -> bool {
+        self.peers[p].down_until_ms.load(Ordering::Relaxed) > self.now_ms()
+    }
+
+    fn mark_down(&self, p: usize) {
+        let until = self.now_ms() + DOWN_FOR.as_millis() as u64;
+        self.peers[p].down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    fn mark_up(&self, p: usize) {
+        self.peers[p].down_until_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Decrements a peer's outstanding count when the request ends, however it
+/// ends (answered, failed, or dropped at the deadline).
+struct Outstanding<'a>(&'a AtomicUsize);
+
+impl<'a> Outstanding<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        Outstanding(c)
+    }
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One executor's view of the node.
+pub struct Executor<T: WireElem> {
+    pub node: Arc<Node>,
+    /// Indexed by shard id, like `Node::local`.
+    files: Vec<Option<Rc<DmaFile>>>,
+    scratch: RefCell<Vec<BeamSearch<T>>>,
+    /// One HTTP/2 connection per peer, multiplexing every request to it.
+    pool: RefCell<Vec<Option<SendRequest<Full<Bytes>>>>>,
+    /// Breaks ties between equally loaded replicas.
+    turn: Cell<usize>,
+}
+
+impl<T: WireElem> Executor<T> {
+    /// Opens this executor's `O_DIRECT` handles on the local shards. Must run
+    /// inside a glommio executor.
+    pub async fn open(node: Arc<Node>) -> Result<Self> {
+        let mut files = Vec::with_capacity(node.local.len());
+        for shard in &node.local {
+            files.push(match shard {
+                Some(index) => Some(Rc::new(open_index_file(index).await?)),
+                None => None,
+            });
+        }
+        let peers = node.peers.len();
+        Ok(Executor {
+            node,
+            files,
+            scratch: RefCell::new(Vec::new()),
+            pool: RefCell::new(vec![None; peers]),
+            turn: Cell::new(0),
+        })
+    }
+
+    /// Answers one query. `only`: a peer's request for exactly these local
+    /// shards (no fan-out); `None`: a client's request, answered for the
+    /// whole index (or the `probe_shards` nearest shards).
+    pub async fn search(&self, q: &Query<T>, only: Option<&[u32]>) -> SearchResponse {
+        let start = Instant::now();
+        let timeout = q.timeout_ms.unwrap_or(self.node.config.deadline_ms);
+        let deadline = start + Duration::from_millis(timeout.max(1));
+        let n = self.node.manifest.shards.len();
+        let targets: Vec<u32> = match only {
+            Some(shards) => {
+                let mut s = shards.to_vec();
+                s.sort_unstable();
+                s.dedup();
+                s
+            }
+            None => self
+                .node
+                .manifest
+                .route(&q.vector, q.probe_shards.unwrap_or(n))
+                .into_iter()
+                .map(|s| s as u32)
+                .collect(),
+        };
+        let (local, remote): (Vec<u32>, Vec<u32>) = targets
+            .iter()
+            .partition(|&&s| self.node.local_shard(s).is_some());
+
+        let mut missing = Vec::new();
+        let remote = if only.is_some() {
+            // A peer asked for shards this node does not serve: say so, do
+            // not forward (the asking node picks another replica).
+            missing.extend(remote);
+            Vec::new()
+        } else {
+            remote
+        };
+        let local_part = join_all(
+            local
+                .iter()
+                .map(|&s| async move { (s, until(deadline, self.search_local(s, q)).await) }),
+        );
+        let (local_done, remote_done) =
+            join(local_part, self.search_remote(remote, q, deadline)).await;
+
+        let mut hits: Vec<WireHit> = Vec::with_capacity(q.params.k * (targets.len() + 1));
+        let mut stats = WireStats::default();
+        for (s, done) in local_done {
+            match done {
+                Some(Ok((shard_hits, st))) => {
+                    stats.add_search(&st);
+                    hits.extend(shard_hits.iter().map(|h| WireHit {
+                        id: h.id,
+                        distance: h.distance,
+                        shard: s,
+                    }));
+                }
+                Some(Err(e)) => {
+                    self.node.metrics.add(&self.node.metrics.shard_failures, 1);
+                    eprintln!("node {}: shard {s}: {e}", self.node.config.node_id);
+                    missing.push(s);
+                }
+                None => {
+                    self.node.metrics.add(&self.node.metrics.shard_failures, 1);
+                    missing.push(s);
+                }
+            }
+        }
+        let (remote_hits, remote_missing, remote_stats) = remote_done;
+        hits.extend(remote_hits);
+        missing.extend(remote_missing);
+        stats.add(&remote_stats);
+        missing.sort_unstable();
+        hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+        hits.truncate(q.params.k);
+        SearchResponse {
+            hits,
+            partial: !missing.is_empty(),
+            missing_shards: missing,
+            took_us: start.elapsed().as_micros() as u64,
+            stats,
+        }
+    }
+
+    /// Searches one local shard with a pooled scratch.
+    async fn search_local(
+        &self,
+        s: u32,
+        q: &Query<T>,
+    ) -> Result<(Vec<Hit>, shardann_engine::search::SearchStats)> {
+        let (Some(index), Some(file)) = (
+            self.node.local_shard(s),
+            self.files.get(s as usize).and_then(Option::as_ref),
+        ) else {
+            return Err(ServerError::InvalidParameter(format!(
+                "shard {s} is not local"
+            )));
+        };
+        let mut scratch = self.scratch.borrow_mut().pop().unwrap_or_default();
+        let out = search_one(index, file, &mut scratch, &q.vector, q.params).await;
+        self.scratch.borrow_mut().push(scratch);
+        if let Ok((_, st)) = &out {
+            let m = &self.node.metrics;
+            m.add(&m.shard_searches, 1);
+            m.add(&m.sectors_read, u64::from(st.ios));
+            m.add(&m.cache_hits, u64::from(st.cache_hits));
+        }
+        out
+    }
+
+    /// The replica of `s` to ask next: not yet tried for this query, up
+    /// before down, fewest requests in flight, ties taken in turn.
+    fn pick(&self, s: u32, tried: &[(u32, usize)]) -> Option<usize> {
+        let candidates = self.node.replicas.get(s as usize)?;
+        let turn = self.turn.get();
+        self.turn.set(turn.wrapping_add(1));
+        let len = candidates.len().max(1);
+        candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, &p)| !tried.contains(&(s, p)))
+            .min_by_key(|&(i, &p)| {
+                (
+                    self.node.is_down(p),
+                    self.node.peers[p].outstanding.load(Ordering::Relaxed),
+                    (i + len - turn % len) % len,
+                )
+            })
+            .map(|(_, &p)| p)
+    }
+
+    /// Asks peers for `shards`, one replica per shard, grouped into one
+    /// request per peer; retries a failed peer's shards on their other
+    /// replicas until the deadline. Returns the hits, the shards nobody
+    /// answered for, and the cost.
+    async fn search_remote(
+        &self,
+        shards: Vec<u32>,
+        q: &Query<T>,
+        deadline: Instant,
+    ) -> (Vec<WireHit>, Vec<u32>, WireStats) {
+        let mut hits = Vec::new();
+        let mut missing = Vec::new();
+        let mut stats = WireStats::default();
+        let mut pending = shards;
+        let mut tried: Vec<(u32, usize)> = Vec::new();
+        let vector: Vec<f64> = q.vector.iter().map(|x| f64::from(x.to_f32())).collect();
+        while !pending.is_empty() {
+            if Instant::now() >= deadline {
+                missing.append(&mut pending);
+                break;
+            }
+            let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+            for s in pending.drain(..) {
+                match self.pick(s, &tried) {
+                    Some(p) => groups.entry(p).or_default().push(s),
+                    None => missing.push(s),
+                }
+            }
+            let calls = groups.into_iter().map(|(p, group)| {
+                let vector = &vector;
+                async move {
+                    let out = self.call_peer(p, vector, q, &group, deadline).await;
+                    (p, group, out)
+                }
+            });
+            for (p, group, out) in join_all(calls).await {
+                stats.peer_calls += 1;
+                self.node.metrics.peer_call(p, out.is_err());
+                match out {
+                    Ok(resp) => {
+                        hits.extend(resp.hits);
+                        stats.add(&resp.stats);
+                        for s in resp.missing_shards {
+                            if group.contains(&s) {
+                                tried.push((s, p));
+                                pending.push(s);
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        stats.peer_failures += 1;
+                        for s in group {
+                            tried.push((s, p));
+                            pending.push(s);
+                        }
+                    }
+                }
+            }
+        }
+        (hits, missing, stats)
+    }
+
+    /// One request to peer `p` for `shards`, bounded by `deadline`.
+    async fn call_peer(
+        &self,
+        p: usize,
+        vector: &[f64],
+        q: &Query<T>,
+        shards: &[u32],
+        deadline: Instant,
+    ) -> std::result::Result<SearchResponse, String> {
+        let peer = &self.node.peers[p];
+        let _in_flight = Outstanding::new(&peer.outstanding);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let body = SearchRequest {
+            vector: vector.to_vec(),
+            k: q.params.k,
+            list: Some(q.params.list),
+            beam: Some(q.params.beam),
+            probe_shards: None,
+            timeout_ms: Some((left.as_millis() as u64).max(1)),
+            shards: Some(shards.to_vec()),
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+        let exchange = async {
+            let mut sender = self.connection(p, deadline).await?;
+            let req = hyper::Request::post(format!("http://{}/v1/search", peer.addr))
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| e.to_string())?;
+            let resp = match sender.send_request(req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.drop_connection(p);
+                    return Err(format!("request failed: {e}"));
+                }
+            };
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("reading the response: {e}"))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(format!(
+                    "status {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                ));
+            }
+            serde_json::from_slice::<SearchResponse>(&bytes)
+                .map_err(|e| format!("response is not a search response: {e}"))
+        };
+        match until(deadline, exchange).await {
+            Some(Ok(resp)) => {
+                self.node.mark_up(p);
+                Ok(resp)
+            }
+            Some(Err(e)) => Err(e),
+            None => Err("deadline passed".into()),
+        }
+    }
+
+    /// The pooled connection to peer `p`, connecting if there is none or
+    /// the last one closed.
+    async fn connection(
+        &self,
+        p: usize,
+        deadline: Instant,
+    ) -> std::result::Result<SendRequest<Full<Bytes>>, String> {
+        if let Some(Some(s)) = self.pool.borrow().get(p) {
+            if !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
+        let addr = self.node.peers[p].addr;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match connect(addr, left).await {
+            Ok(sender) => {
+                if let Some(slot) = self.pool.borrow_mut().get_mut(p) {
+                    *slot = Some(sender.clone());
+                }
+                Ok(sender)
+            }
+            Err(e) => {
+                self.node.mark_down(p);
+                Err(e)
+            }
+        }
+    }
+
+    fn drop_connection(&self, p: usize) {
+        if let Some(slot) = self.pool.borrow_mut().get_mut(p) {
+            *slot = None;
+        }
+    }
+}
+
+/// Opens an HTTP/2 (prior knowledge) connection to `addr`; its driver runs
+/// as a detached task on the current executor.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::result::Result<SendRequest<Full<Bytes>>, String> {
+    let timeout = timeout.max(Duration::from_millis(1));
+    let stream = glommio::net::TcpStream::connect_timeout(addr, timeout)
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
+        .timer(AsyncIoTimer)
+        .handshake(Io::new(stream))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    glommio::spawn_local(async move {
+        // The connection ends when the peer goes away or every sender is
+        // dropped; requests in flight see the error themselves.
+        let _ = conn.await;
+    })
+    .detach();
+    Ok(sender)
+}

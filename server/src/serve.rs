@@ -1,0 +1,432 @@
+//! The HTTP front end of a node: one listener per executor on the same port
+//! (`SO_REUSEPORT`; the kernel spreads connections), HTTP/2 with prior
+//! knowledge and HTTP/1.1 told apart by the first bytes of a connection.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | POST | `/v1/search` | one vector |
+//! | POST | `/v1/search/batch` | many vectors, one set of parameters |
+//! | GET | `/v1/shards` | the cluster's shards, who serves them |
+//! | GET | `/healthz` | liveness and this node's shards |
+//! | GET | `/metrics` | Prometheus text |
+//!
+//! Full reference: `server/openapi.yaml`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::io::AsyncReadExt;
+use futures::StreamExt;
+use glommio::{LocalExecutorPoolBuilder, PoolThreadHandles};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use shardann_engine::data::ElemType;
+
+use crate::api::{BatchRequest, BatchResponse, ErrorBody, SearchRequest, WireElem};
+use crate::config::NodeConfig;
+use crate::error::{Result, ServerError};
+use crate::metrics::Endpoint;
+use crate::node::{Executor, Node};
+use crate::rt::{AsyncIoTimer, Io, LocalExec};
+use crate::runtime::{placement, DEFAULT_IO_MEMORY};
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long a new connection may take to send its first bytes.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+/// Vectors of one batch searched at once on an executor.
+const BATCH_CONCURRENCY: usize = 32;
+
+/// A node that is serving.
+pub struct RunningNode {
+    /// The address it listens on (the real port when the config said 0).
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    handles: PoolThreadHandles<Result<()>>,
+}
+
+impl RunningNode {
+    /// Blocks while the node serves; returns the first executor's error.
+    pub fn wait(self) -> Result<()> {
+        for (executor, joined) in self.handles.join_all().into_iter().enumerate() {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    return Err(ServerError::Executor {
+                        executor,
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the node's shards and starts its executors; returns once every
+/// executor listens.
+pub fn start(config: NodeConfig) -> Result<RunningNode> {
+    let node_id = config.node_id.clone();
+    let start_err = |message: String| ServerError::Start {
+        node: node_id.clone(),
+        message,
+    };
+    let mut addr = config.listen_addr().map_err(start_err)?;
+    if addr.port() == 0 {
+        // Every executor must bind the same port: pick one now.
+        addr = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| start_err(format!("listen {addr}: {e}")))?;
+    }
+    let executors = config.executors.unwrap_or_else(|| {
+        glommio::CpuSet::online()
+            .map(|s| s.len())
+            .unwrap_or(1)
+            .max(1)
+    });
+    let node = Arc::new(Node::open(config)?);
+    let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(), String>>();
+    let gen_node = Arc::clone(&node);
+    let elem = node.manifest.elem;
+    let handles = LocalExecutorPoolBuilder::new(placement(executors))
+        .name("shardann-node")
+        .io_memory(DEFAULT_IO_MEMORY)
+        .on_all_shards(move || async move {
+            match elem {
+                ElemType::U8 => executor_main::<u8>(gen_node, addr, ready_tx).await,
+                ElemType::I8 => executor_main::<i8>(gen_node, addr, ready_tx).await,
+                ElemType::F32 => executor_main::<f32>(gen_node, addr, ready_tx).await,
+            }
+        })
+        .map_err(|e| ServerError::Runtime {
+            executors,
+            source: e.into(),
+        })?;
+    for _ in 0..executors {
+        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(start_err(message)),
+            Err(_) => return Err(start_err("an executor did not start within 60 s".into())),
+        }
+    }
+    Ok(RunningNode {
+        addr,
+        node,
+        handles,
+    })
+}
+
+/// One executor: opens its shard files, listens, serves connections.
+async fn executor_main<T: WireElem>(
+    node: Arc<Node>,
+    addr: SocketAddr,
+    ready: mpsc::Sender<std::result::Result<(), String>>,
+) -> Result<()> {
+    let exec = match Executor::<T>::open(node).await {
+        Ok(e) => Rc::new(e),
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return Err(e);
+        }
+    };
+    let listener = match glommio::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let message = format!("listen {addr}: {e}");
+            let _ = ready.send(Err(message.clone()));
+            return Err(ServerError::Start {
+                node: exec.node.config.node_id.clone(),
+                message,
+            });
+        }
+    };
+    let _ = ready.send(Ok(()));
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(serve_connection(Rc::clone(&exec), stream)).detach();
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: pause, keep serving.
+                eprintln!("node {}: accept: {e}", exec.node.config.node_id);
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection: HTTP/2 if it opens with the HTTP/2 preface, else
+/// HTTP/1.1.
+async fn serve_connection<T: WireElem>(exec: Rc<Executor<T>>, mut stream: glommio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(FIRST_BYTES_TIMEOUT));
+    let mut first = Vec::with_capacity(H2_PREFACE.len());
+    let mut buf = [0u8; 24];
+    while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
+        let want = H2_PREFACE.len() - first.len();
+        match stream.read(&mut buf[..want]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => first.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = stream.set_read_timeout(None);
+    let service = hyper::service::service_fn(move |req| {
+        let exec = Rc::clone(&exec);
+        async move { Ok::<_, Infallible>(handle(&exec, req).await) }
+    });
+    let io = Io::with_prefix(stream, first.clone());
+    // A connection that ends in an error (the client went away, a protocol
+    // error) only concerns that client.
+    let _ = if first == H2_PREFACE {
+        hyper::server::conn::http2::Builder::new(LocalExec)
+            .timer(AsyncIoTimer)
+            .max_concurrent_streams(1024)
+            .serve_connection(io, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(AsyncIoTimer)
+            .serve_connection(io, service)
+            .await
+    };
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Reply {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|e| {
+        format!("{{\"error\":\"serializing the response: {e}\"}}").into_bytes()
+    });
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_reply(status: StatusCode, message: impl Into<String>) -> Reply {
+    json_reply(
+        status,
+        &ErrorBody {
+            error: message.into(),
+        },
+    )
+}
+
+fn bad_request(message: impl Into<String>) -> Reply {
+    error_reply(StatusCode::BAD_REQUEST, message)
+}
+
+/// Routes one request and counts it.
+async fn handle<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Reply {
+    let start = Instant::now();
+    let path = req.uri().path().to_string();
+    let (endpoint, reply) = match (req.method(), path.as_str()) {
+        (&Method::POST, "/v1/search") => (Endpoint::Search, search(exec, req).await),
+        (&Method::POST, "/v1/search/batch") => (Endpoint::Batch, batch(exec, req).await),
+        (&Method::GET, "/v1/shards") => (Endpoint::Shards, shards(exec)),
+        (&Method::GET, "/healthz") => (Endpoint::Health, health(exec)),
+        (&Method::GET, "/metrics") => (Endpoint::Metrics, metrics(exec)),
+        (m, "/v1/search" | "/v1/search/batch" | "/v1/shards" | "/healthz" | "/metrics") => (
+            Endpoint::Other,
+            error_reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{m} is not allowed on {path}"),
+            ),
+        ),
+        (_, p) => (
+            Endpoint::Other,
+            error_reply(
+                StatusCode::NOT_FOUND,
+                format!("no endpoint {p}; see /v1/search, /v1/search/batch, /v1/shards, /healthz, /metrics"),
+            ),
+        ),
+    };
+    let m = &exec.node.metrics;
+    m.request(endpoint, reply.status().as_u16());
+    if matches!(endpoint, Endpoint::Search | Endpoint::Batch) && reply.status().is_success() {
+        m.latency(start.elapsed().as_micros() as u64);
+    }
+    reply
+}
+
+/// The request body, at most `max_body_bytes`, or a 400 saying why not.
+async fn read_body<T: WireElem>(
+    exec: &Executor<T>,
+    req: Request<Incoming>,
+) -> std::result::Result<Bytes, String> {
+    let max = exec.node.config.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
+        if len > max as u64 {
+            return Err(format!(
+                "request body is {len} bytes; the limit is {max} (max_body_bytes)"
+            ));
+        }
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(format!(
+                "request body exceeds the limit of {max} bytes (max_body_bytes)"
+            ))
+        }
+        Err(e) => Err(format!("reading the request body: {e}")),
+    }
+}
+
+/// The request's body parsed as `R`, or the message for a 400.
+async fn parse_body<R: serde::de::DeserializeOwned, T: WireElem>(
+    exec: &Executor<T>,
+    req: Request<Incoming>,
+) -> std::result::Result<R, String> {
+    let body = read_body(exec, req).await?;
+    if body.is_empty() {
+        return Err("the request body is empty; expected a JSON object".into());
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("malformed request: {e}"))
+}
+
+async fn search<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Reply {
+    let request: SearchRequest = match parse_body(exec, req).await {
+        Ok(r) => r,
+        Err(message) => return bad_request(message),
+    };
+    let query = match request.check::<T>(exec.node.manifest.dim) {
+        Ok(q) => q,
+        Err(message) => return bad_request(message),
+    };
+    if let Some(shards) = &request.shards {
+        let n = exec.node.manifest.shards.len();
+        if let Some(s) = shards.iter().find(|&&s| s as usize >= n) {
+            return bad_request(format!("shards names shard {s}; the cluster has {n}"));
+        }
+    }
+    let resp = exec.search(&query, request.shards.as_deref()).await;
+    let m = &exec.node.metrics;
+    m.add(&m.queries, 1);
+    if resp.partial {
+        m.add(&m.partial_responses, 1);
+    }
+    json_reply(StatusCode::OK, &resp)
+}
+
+async fn batch<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Reply {
+    let start = Instant::now();
+    let request: BatchRequest = match parse_body(exec, req).await {
+        Ok(r) => r,
+        Err(message) => return bad_request(message),
+    };
+    let queries = match request.check::<T>(exec.node.manifest.dim) {
+        Ok(q) => q,
+        Err(message) => return bad_request(message),
+    };
+    let results: Vec<_> = futures::stream::iter(queries.iter())
+        .map(|q| exec.search(q, None))
+        .buffered(BATCH_CONCURRENCY)
+        .collect()
+        .await;
+    let m = &exec.node.metrics;
+    m.add(&m.queries, results.len() as u64);
+    m.add(
+        &m.partial_responses,
+        results.iter().filter(|r| r.partial).count() as u64,
+    );
+    json_reply(
+        StatusCode::OK,
+        &BatchResponse {
+            results,
+            took_us: start.elapsed().as_micros() as u64,
+        },
+    )
+}
+
+fn shards<T: WireElem>(exec: &Executor<T>) -> Reply {
+    let node = &exec.node;
+    let m = &node.manifest;
+    let shards: Vec<_> = m
+        .shards
+        .iter()
+        .map(|s| {
+            let local = node.local_shard(s.id);
+            let mut served_by: Vec<&str> = node.replicas_of(s.id);
+            if local.is_some() {
+                served_by.insert(0, &node.config.node_id);
+            }
+            serde_json::json!({
+                "id": s.id,
+                "num_points": s.num_points,
+                "local": local.is_some(),
+                "served_by": served_by,
+                // Segment versions arrive with versioned segments; until
+                // then a shard is versioned by its layout's major version.
+                "format_version": local.map(|_| shardann_engine::layout::MAJOR_VERSION),
+                "index": local.map(|i| {
+                    let h = i.header();
+                    serde_json::json!({
+                        "max_degree": h.max_degree,
+                        "build_list": h.build_list,
+                        "alpha": (f64::from(h.alpha) * 1e6).round() / 1e6,
+                        "pq_bytes": h.pq_bytes,
+                        "ram_bytes": i.memory_bytes(),
+                        "cache_nodes": i.node_cache().len(),
+                    })
+                }),
+            })
+        })
+        .collect();
+    json_reply(
+        StatusCode::OK,
+        &serde_json::json!({
+            "node_id": node.config.node_id,
+            "num_shards": m.shards.len(),
+            "num_points": m.num_points,
+            "dim": m.dim,
+            "metric": m.metric,
+            "elem": m.elem,
+            "partition": m.partition,
+            "shards": shards,
+        }),
+    )
+}
+
+fn health<T: WireElem>(exec: &Executor<T>) -> Reply {
+    let node = &exec.node;
+    json_reply(
+        StatusCode::OK,
+        &serde_json::json!({
+            "status": "ok",
+            "node_id": node.config.node_id,
+            "local_shards": node.local_shards(),
+            "unserved_shards": node.unserved_shards(),
+        }),
+    )
+}
+
+fn metrics<T: WireElem>(exec: &Executor<T>) -> Reply {
+    let node = &exec.node;
+    let text = node.metrics.render(&node.config.node_id, &node.peer_ids());
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
