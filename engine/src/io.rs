@@ -226,6 +226,12 @@ impl UringReader {
         IoUring::new(RING_ENTRIES)
     }
 
+    /// Can this process set up an io_uring (not disabled by the kernel, a
+    /// seccomp filter, or `SHARDANN_DISABLE_URING`)? Sets one up and drops it.
+    pub fn usable() -> bool {
+        Self::new_ring().is_ok()
+    }
+
     /// Does this setup error mean "io_uring is not usable here" (as opposed
     /// to, say, a missing file)?
     pub fn is_unavailable(e: &std::io::Error) -> bool {

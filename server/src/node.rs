@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{join, join_all};
+use futures::stream::{FuturesUnordered, StreamExt};
 use glommio::io::DmaFile;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
@@ -369,9 +370,11 @@ impl<T: WireElem> Executor<T> {
     }
 
     /// Asks peers for `shards`, one replica per shard, grouped into one
-    /// request per peer; retries a failed peer's shards on their other
-    /// replicas until the deadline. Returns the hits, the shards nobody
-    /// answered for, and the cost.
+    /// request per peer. A failed peer's shards go at once to their next
+    /// replicas (other requests keep running), until the deadline. An
+    /// attempt that has a replica to fall back on gets half the time left,
+    /// so a peer that hangs still leaves time for the retry. Returns the
+    /// hits, the shards nobody answered for, and the cost.
     async fn search_remote(
         &self,
         shards: Vec<u32>,
@@ -381,53 +384,77 @@ impl<T: WireElem> Executor<T> {
         let mut hits = Vec::new();
         let mut missing = Vec::new();
         let mut stats = WireStats::default();
-        let mut pending = shards;
         let mut tried: Vec<(u32, usize)> = Vec::new();
         let vector: Vec<f64> = q.vector.iter().map(|x| f64::from(x.to_f32())).collect();
-        while !pending.is_empty() {
-            if Instant::now() >= deadline {
-                missing.append(&mut pending);
-                break;
-            }
-            let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
-            for s in pending.drain(..) {
-                match self.pick(s, &tried) {
-                    Some(p) => groups.entry(p).or_default().push(s),
-                    None => missing.push(s),
-                }
-            }
-            let calls = groups.into_iter().map(|(p, group)| {
-                let vector = &vector;
-                async move {
-                    let out = self.call_peer(p, vector, q, &group, deadline).await;
-                    (p, group, out)
-                }
-            });
-            for (p, group, out) in join_all(calls).await {
-                stats.peer_calls += 1;
-                self.node.metrics.peer_call(p, out.is_err());
-                match out {
-                    Ok(resp) => {
-                        hits.extend(resp.hits);
-                        stats.add(&resp.stats);
-                        for s in resp.missing_shards {
-                            if group.contains(&s) {
+        let mut inflight = FuturesUnordered::new();
+        let mut pending = shards;
+        loop {
+            if !pending.is_empty() {
+                if Instant::now() >= deadline {
+                    missing.append(&mut pending);
+                } else {
+                    let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+                    for s in pending.drain(..) {
+                        match self.pick(s, &tried) {
+                            Some(p) => {
                                 tried.push((s, p));
-                                pending.push(s);
+                                groups.entry(p).or_default().push(s);
                             }
+                            None => missing.push(s),
                         }
                     }
-                    Err(_) => {
-                        stats.peer_failures += 1;
-                        for s in group {
-                            tried.push((s, p));
-                            pending.push(s);
-                        }
+                    for (p, group) in groups {
+                        let fallback = group.iter().all(|&s| self.has_untried(s, &tried));
+                        let attempt = if fallback {
+                            let now = Instant::now();
+                            now + deadline.saturating_duration_since(now) / 2
+                        } else {
+                            deadline
+                        };
+                        inflight.push(self.attempt(p, group, &vector, q, attempt));
                     }
+                }
+            }
+            let Some((p, group, out)) = inflight.next().await else {
+                break;
+            };
+            stats.peer_calls += 1;
+            self.node.metrics.peer_call(p, out.is_err());
+            match out {
+                Ok(resp) => {
+                    hits.extend(resp.hits);
+                    stats.add(&resp.stats);
+                    pending.extend(resp.missing_shards.iter().filter(|s| group.contains(s)));
+                }
+                Err(_) => {
+                    stats.peer_failures += 1;
+                    pending.extend(group);
                 }
             }
         }
+        missing.append(&mut pending);
         (hits, missing, stats)
+    }
+
+    /// Does shard `s` have a replica not yet tried for this query?
+    fn has_untried(&self, s: u32, tried: &[(u32, usize)]) -> bool {
+        self.node
+            .replicas
+            .get(s as usize)
+            .is_some_and(|r| r.iter().any(|&p| !tried.contains(&(s, p))))
+    }
+
+    /// One attempt: [`Self::call_peer`], returning what it asked for.
+    async fn attempt(
+        &self,
+        p: usize,
+        group: Vec<u32>,
+        vector: &[f64],
+        q: &Query<T>,
+        deadline: Instant,
+    ) -> (usize, Vec<u32>, std::result::Result<SearchResponse, String>) {
+        let out = self.call_peer(p, vector, q, &group, deadline).await;
+        (p, group, out)
     }
 
     /// One request to peer `p` for `shards`, bounded by `deadline`.
@@ -487,7 +514,11 @@ impl<T: WireElem> Executor<T> {
                 Ok(resp)
             }
             Some(Err(e)) => Err(e),
-            None => Err("deadline passed".into()),
+            None => {
+                // Hung or overloaded: prefer the other replicas for a while.
+                self.node.mark_down(p);
+                Err("deadline passed".into())
+            }
         }
     }
 

@@ -321,6 +321,140 @@ async fn worker<T: Element>(
     Ok(done)
 }
 
+/// Searches every query on a node's local shards, in process: the node's
+/// own search path (each query searches its shards concurrently and merges
+/// their top-k) on `config.executors` executors with `config.concurrency`
+/// queries in flight each, without HTTP. This is the baseline that
+/// `bench --server` is compared with. `probe`: search only the nearest
+/// `probe` shards. Results come back in query order.
+///
+/// # Errors
+/// As [`run_queries_on`]; a query that cannot search one of its shards
+/// fails the run (an in-process bench has no other replica to ask).
+pub fn run_node_queries<T: crate::api::WireElem>(
+    node: &Arc<crate::node::Node>,
+    queries: Vectors<'_, T>,
+    params: SearchParams,
+    probe: Option<usize>,
+    config: &RuntimeConfig,
+) -> Result<Vec<QueryResult>> {
+    config.validate()?;
+    params.validate()?;
+    if queries.dim() != node.manifest.dim || T::TYPE != node.manifest.elem {
+        return Err(ServerError::InvalidParameter(format!(
+            "queries are {}-d {}; the index holds {}-d {}",
+            queries.dim(),
+            T::TYPE,
+            node.manifest.dim,
+            node.manifest.elem
+        )));
+    }
+    let n = queries.len();
+    let rows: Arc<[T]> = queries.as_slice().into();
+    let dim = queries.dim();
+    let next = Arc::new(AtomicUsize::new(0));
+    let shared_node = Arc::clone(node);
+    let concurrency = config.concurrency;
+    let handles = LocalExecutorPoolBuilder::new(placement(config.executors))
+        .name("shardann-node-bench")
+        .io_memory(config.io_memory)
+        .on_all_shards(move || async move {
+            let exec = Rc::new(crate::node::Executor::<T>::open(shared_node).await?);
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let (exec, rows, next) =
+                        (Rc::clone(&exec), Arc::clone(&rows), Arc::clone(&next));
+                    glommio::spawn_local(async move {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(row) = rows.get(i * dim..(i + 1) * dim) else {
+                                break;
+                            };
+                            let q = crate::api::Query {
+                                vector: row.to_vec(),
+                                params,
+                                probe_shards: probe,
+                                // No deadline worth the name: a bench measures.
+                                timeout_ms: Some(3_600_000),
+                            };
+                            let start = Instant::now();
+                            let r = exec.search(&q, None).await;
+                            if r.partial {
+                                next.store(n, Ordering::Relaxed);
+                                return Err(ServerError::Query {
+                                    query: i,
+                                    source: Box::new(ServerError::InvalidParameter(format!(
+                                        "shard(s) {:?} failed (see the log above)",
+                                        r.missing_shards
+                                    ))),
+                                });
+                            }
+                            done.push((
+                                i,
+                                QueryResult {
+                                    ids: r.hits.iter().map(|h| h.id).collect(),
+                                    distances: r.hits.iter().map(|h| h.distance).collect(),
+                                    micros: start.elapsed().as_micros() as u64,
+                                    stats: SearchStats {
+                                        ios: r.stats.ios as u32,
+                                        hops: r.stats.hops as u32,
+                                        visited_nodes: r.stats.visited as u32,
+                                        cache_hits: r.stats.cache_hits as u32,
+                                        pq_distances: 0,
+                                    },
+                                },
+                            ));
+                        }
+                        Ok(done)
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            let mut first_error = None;
+            for t in tasks {
+                match t.await {
+                    Ok(mut part) => all.append(&mut part),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(all),
+            }
+        })
+        .map_err(|e| ServerError::Runtime {
+            executors: config.executors,
+            source: e.into(),
+        })?;
+    let mut results: Vec<Option<QueryResult>> = vec![None; n];
+    for (executor, joined) in handles.join_all().into_iter().enumerate() {
+        let done = joined.map_err(|e| ServerError::Executor {
+            executor,
+            source: e.into(),
+        })??;
+        for (i, r) in done {
+            if let Some(slot) = results.get_mut(i) {
+                *slot = Some(r);
+            }
+        }
+    }
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.ok_or_else(|| ServerError::Query {
+                query: i,
+                source: Box::new(ServerError::InvalidParameter(
+                    "no executor returned a result for this query (internal error)".into(),
+                )),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,19 +150,23 @@ fn sharded_build_merges_to_the_unsharded_recall() {
         recall_at(&all, 12),
         ios(&all)
     );
-    let e = cli(&[
-        "bench",
-        "--index",
-        p(&d.join("random")),
-        "--queries",
-        p(&query),
-        "--gt",
-        p(&gt_path),
-        "--concurrency",
-        "4",
-    ])
-    .unwrap_err();
-    assert!(e.contains("not supported for sharded indexes yet"), "{e}");
+    // With --concurrency the shards are searched as a node does (glommio,
+    // a query's shards concurrently): the same answers as blocking threads.
+    for (name, extra) in [("conc.json", "0"), ("conc-probe.json", "2")] {
+        let args = [
+            "--list",
+            "12",
+            "--probe-shards",
+            extra,
+            "--concurrency",
+            "4",
+        ];
+        let r = bench_json(&d.join("kmeans"), &query, &gt_path, &args, &d.join(name));
+        let blocking = if extra == "0" { &all } else { &two };
+        assert_eq!(r["runtime"], "glommio", "{name}");
+        assert_eq!(recall_at(&r, 12), recall_at(blocking, 12), "{name}");
+        assert_eq!(ios(&r), ios(blocking), "{name}");
+    }
 
     // A manifest that lies about its shards is refused with a message.
     let kmeans = d.join("kmeans");

@@ -128,6 +128,9 @@ fn run_queries<T: Element>(
                             Target::Sharded(set) => {
                                 set.search_probing(&mut scratch, qv.row(qi), params, probe)?
                             }
+                            Target::Node(_) => {
+                                bail!("internal error: a node target runs on glommio only")
+                            }
                         };
                         let micros = t.elapsed().as_secs_f64() * 1e6;
                         let ids = hits.iter().map(|h| h.id).collect();
@@ -211,6 +214,62 @@ fn run_glommio<T: Element>(
         })
         .collect();
     Ok((outcomes, wall))
+}
+
+/// [`glommio_probe`] for a sharded index searched as a node.
+fn node_probe<T: shardann_server::api::WireElem>(
+    node: &std::sync::Arc<shardann_server::node::Node>,
+    queries: &VectorFile,
+    k: usize,
+) -> anyhow::Result<Result<(), shardann_server::ServerError>> {
+    let qv = queries.vectors::<T>()?;
+    let Some(first) = qv.iter().next() else {
+        return Ok(Ok(()));
+    };
+    let one = shardann_engine::data::Vectors::new(first, qv.dim());
+    let params = SearchParams {
+        k,
+        list: k.max(10),
+        beam: 1,
+    };
+    let config = shardann_server::RuntimeConfig::new(1, 1);
+    match shardann_server::runtime::run_node_queries(node, one, params, None, &config) {
+        Ok(_) => Ok(Ok(())),
+        Err(
+            e @ (shardann_server::ServerError::Runtime { .. }
+            | shardann_server::ServerError::Executor { .. }),
+        ) => Ok(Err(e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs every query through a node's search path on glommio executors.
+fn run_node<T: shardann_server::api::WireElem>(
+    node: &std::sync::Arc<shardann_server::node::Node>,
+    queries: &VectorFile,
+    params: SearchParams,
+    probe: Option<usize>,
+    executors: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<QueryOutcome>, f64)> {
+    let qv = queries.vectors::<T>()?;
+    let config = shardann_server::RuntimeConfig::new(executors, concurrency);
+    let start = Instant::now();
+    let results = shardann_server::runtime::run_node_queries(node, qv, params, probe, &config)?;
+    let wall = start.elapsed().as_secs_f64();
+    Ok((
+        results
+            .into_iter()
+            .map(|r| QueryOutcome {
+                ids: r.ids,
+                micros: r.micros as f64,
+                stats: r.stats,
+                failed: false,
+                partial: false,
+            })
+            .collect(),
+        wall,
+    ))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -299,6 +358,9 @@ fn print_row(out: &mut dyn Write, run: &RunReport) -> std::io::Result<()> {
 enum Target {
     Single(std::sync::Arc<DiskIndex>),
     Sharded(shardann_engine::cluster::ShardedIndex),
+    /// A sharded index searched as a node does (glommio, every shard of a
+    /// query concurrently), without HTTP: the baseline of `--server`.
+    Node(std::sync::Arc<shardann_server::node::Node>),
 }
 
 impl Target {
@@ -307,12 +369,18 @@ impl Target {
         match self {
             Target::Single(idx) => idx,
             Target::Sharded(set) => &set.shards()[0],
+            Target::Node(node) => node.local_shard(0).expect("a node serving every shard"),
         }
     }
     fn shards(&self) -> Vec<&DiskIndex> {
         match self {
             Target::Single(idx) => vec![idx],
             Target::Sharded(set) => set.shards().iter().collect(),
+            Target::Node(node) => node
+                .local_shards()
+                .into_iter()
+                .filter_map(|s| node.local_shard(s).map(|i| &**i))
+                .collect(),
         }
     }
 }
@@ -326,17 +394,28 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         .as_ref()
         .context("bench needs --index DIR or --server URL")?;
     let t = Instant::now();
-    let target = if index_dir
-        .join(shardann_engine::cluster::CLUSTER_FILE)
-        .exists()
-    {
-        if a.concurrency > 0 {
-            bail!("--concurrency is not supported for sharded indexes yet; bench them without it");
-        }
-        Target::Sharded(
+    let open_sharded = || -> anyhow::Result<Target> {
+        Ok(Target::Sharded(
             shardann_engine::cluster::ShardedIndex::open(index_dir, a.read.open_options())
                 .with_context(|| format!("opening sharded index {}", index_dir.display()))?,
-        )
+        ))
+    };
+    let sharded = index_dir
+        .join(shardann_engine::cluster::CLUSTER_FILE)
+        .exists();
+    let mut target = if sharded
+        && a.concurrency > 0
+        && !matches!(a.read.io, IoBackend::Pread)
+        && shardann_engine::io::UringReader::usable()
+    {
+        let mut config = shardann_server::NodeConfig::single(index_dir, "127.0.0.1:0");
+        config.cache_nodes = a.read.cache_nodes;
+        Target::Node(std::sync::Arc::new(
+            shardann_server::node::Node::open(config)
+                .with_context(|| format!("opening sharded index {}", index_dir.display()))?,
+        ))
+    } else if sharded {
+        open_sharded()?
     } else {
         Target::Single(std::sync::Arc::new(a.read.open(index_dir)?))
     };
@@ -357,15 +436,20 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
     // queries in flight means more blocking threads.
     let mut use_glommio = a.concurrency > 0
         && !matches!(a.read.io, IoBackend::Pread)
-        && idx.io_backend().starts_with("uring");
+        && (matches!(target, Target::Node(_)) || idx.io_backend().starts_with("uring"));
     if use_glommio {
         // io_uring worked for the engine, but glommio also needs locked
         // memory and pinned executors: try it on one query before relying
         // on it, and fall back to blocking threads (once, with a note).
-        let Target::Single(single) = &target else {
-            unreachable!("sharded benches refuse --concurrency above")
+        let probe = match &target {
+            Target::Single(single) => {
+                with_elem!(idx.elem(), T => glommio_probe::<T>(single, &queries, a.k))?
+            }
+            Target::Node(node) => {
+                with_elem!(idx.elem(), T => node_probe::<T>(node, &queries, a.k))?
+            }
+            Target::Sharded(_) => Ok(()),
         };
-        let probe = with_elem!(idx.elem(), T => glommio_probe::<T>(single, &queries, a.k))?;
         if let Err(e) = probe {
             eprintln!(
                 "note: glommio runtime unavailable ({e}); using {} blocking threads instead",
@@ -374,6 +458,10 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
             use_glommio = false;
         }
     }
+    if !use_glommio && matches!(target, Target::Node(_)) {
+        target = open_sharded()?;
+    }
+    let idx = target.first();
     let (runtime, io_backend, worker_threads) = if use_glommio {
         ("glommio", "glommio-dma".to_string(), threads)
     } else {
@@ -417,6 +505,10 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         let (outcomes, wall) = match &target {
             Target::Single(single) if use_glommio => {
                 with_elem!(idx.elem(), T => run_glommio::<T>(single, &queries, params, threads, a.concurrency)?)
+            }
+            Target::Node(node) => {
+                let probe = (probe < target.shards().len()).then_some(probe);
+                with_elem!(idx.elem(), T => run_node::<T>(node, &queries, params, probe, threads, a.concurrency)?)
             }
             _ => {
                 with_elem!(idx.elem(), T => run_queries::<T>(&target, &queries, params, worker_threads, probe)?)
