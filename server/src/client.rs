@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use glommio::{LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement};
+use glommio::{LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper::header::CONTENT_TYPE;
@@ -20,9 +20,14 @@ use hyper::header::CONTENT_TYPE;
 use crate::api::{SearchRequest, SearchResponse};
 use crate::config::resolve;
 use crate::error::{Result, ServerError};
-use crate::node::connect;
+use crate::node::{connect, Sender};
 use crate::rt::{until, Io};
-use crate::runtime::{placement, DEFAULT_IO_MEMORY};
+use crate::runtime::DEFAULT_IO_MEMORY;
+
+/// HTTP/2 connections per client executor, used in turn by its tasks: the
+/// node's kernel gives each connection to one of its executors, so one
+/// connection would load one core of the node.
+const CONNECTIONS: usize = 8;
 
 /// How long a client waits for a connection or a response.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,7 +71,7 @@ pub struct Outcome {
 
 /// Searches every vector through `addr`'s `/v1/search`, `concurrency`
 /// requests in flight on each of `executors` client executors (each with
-/// one HTTP/2 connection). Outcomes come back in vector order; a failed
+/// up to 8 HTTP/2 connections). Outcomes come back in vector order; a failed
 /// request is an `Err` outcome, not an error of the whole run.
 pub fn search_many(
     addr: SocketAddr,
@@ -82,22 +87,29 @@ pub fn search_many(
     }
     let next = Arc::new(AtomicUsize::new(0));
     let n = vectors.len();
-    let handles = LocalExecutorPoolBuilder::new(placement(executors))
+    // Unpinned: a client shares the machine with whatever it measures, and
+    // pinning would put it on the first CPUs, where the node's executors are.
+    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(executors))
         .name("shardann-client")
         .io_memory(DEFAULT_IO_MEMORY)
         .on_all_shards(move || async move {
-            let conn: Rc<std::cell::RefCell<Option<SendRequest<Full<Bytes>>>>> = Rc::default();
+            let conns: Rc<Vec<std::cell::RefCell<Option<Sender>>>> = Rc::new(
+                (0..CONNECTIONS.min(concurrency))
+                    .map(|_| Default::default())
+                    .collect(),
+            );
             let tasks: Vec<_> = (0..concurrency)
-                .map(|_| {
-                    let (vectors, next, conn) =
-                        (Arc::clone(&vectors), Arc::clone(&next), Rc::clone(&conn));
+                .map(|t| {
+                    let (vectors, next, conns) =
+                        (Arc::clone(&vectors), Arc::clone(&next), Rc::clone(&conns));
                     glommio::spawn_local(async move {
                         let mut done = Vec::new();
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(v) = vectors.get(i) else { break };
                             let start = Instant::now();
-                            let result = search_once(addr, &conn, v, params).await;
+                            let conn = &conns[t % conns.len()];
+                            let result = search_once(addr, conn, v, params).await;
                             done.push((
                                 i,
                                 Outcome {

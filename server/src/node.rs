@@ -47,6 +47,15 @@ use crate::metrics::Metrics;
 use crate::rt::{until, AsyncIoTimer, Io, LocalExec};
 use crate::shard::{open_index_file, search_one};
 
+/// HTTP/2 connections from each executor to each peer. The peer's kernel
+/// hands each connection to one of its executors (`SO_REUSEPORT` hashes the
+/// addresses), so one connection would put all of this executor's requests
+/// on one core of the peer; a few spread them.
+const PEER_CONNECTIONS: usize = 4;
+
+/// The sending half of one HTTP/2 connection (cheap to clone; clones share it).
+pub type Sender = SendRequest<Full<Bytes>>;
+
 /// How long a peer that refused a connection is passed over when another
 /// replica can answer.
 const DOWN_FOR: Duration = Duration::from_secs(2);
@@ -212,8 +221,9 @@ pub struct Executor<T: WireElem> {
     /// Indexed by shard id, like `Node::local`.
     files: Vec<Option<Rc<DmaFile>>>,
     scratch: RefCell<Vec<BeamSearch<T>>>,
-    /// One HTTP/2 connection per peer, multiplexing every request to it.
-    pool: RefCell<Vec<Option<SendRequest<Full<Bytes>>>>>,
+    /// `PEER_CONNECTIONS` HTTP/2 connections per peer, used in turn, each
+    /// multiplexing many requests.
+    pool: RefCell<Vec<[Option<Sender>; PEER_CONNECTIONS]>>,
     /// Breaks ties between equally loaded replicas.
     turn: Cell<usize>,
 }
@@ -234,7 +244,7 @@ impl<T: WireElem> Executor<T> {
             node,
             files,
             scratch: RefCell::new(Vec::new()),
-            pool: RefCell::new(vec![None; peers]),
+            pool: RefCell::new(vec![Default::default(); peers]),
             turn: Cell::new(0),
         })
     }
@@ -480,7 +490,8 @@ impl<T: WireElem> Executor<T> {
         };
         let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
         let exchange = async {
-            let mut sender = self.connection(p, deadline).await?;
+            let slot = self.turn.get() % PEER_CONNECTIONS;
+            let mut sender = self.connection(p, slot, deadline).await?;
             let req = hyper::Request::post(format!("http://{}/v1/search", peer.addr))
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(body)))
@@ -488,7 +499,7 @@ impl<T: WireElem> Executor<T> {
             let resp = match sender.send_request(req).await {
                 Ok(r) => r,
                 Err(e) => {
-                    self.drop_connection(p);
+                    self.drop_connection(p, slot);
                     return Err(format!("request failed: {e}"));
                 }
             };
@@ -522,14 +533,15 @@ impl<T: WireElem> Executor<T> {
         }
     }
 
-    /// The pooled connection to peer `p`, connecting if there is none or
-    /// the last one closed.
+    /// Pooled connection `slot` to peer `p`, connecting if there is none or
+    /// it closed.
     async fn connection(
         &self,
         p: usize,
+        slot: usize,
         deadline: Instant,
     ) -> std::result::Result<SendRequest<Full<Bytes>>, String> {
-        if let Some(Some(s)) = self.pool.borrow().get(p) {
+        if let Some(Some(s)) = self.pool.borrow().get(p).and_then(|c| c.get(slot)) {
             if !s.is_closed() {
                 return Ok(s.clone());
             }
@@ -538,8 +550,13 @@ impl<T: WireElem> Executor<T> {
         let left = deadline.saturating_duration_since(Instant::now());
         match connect(addr, left).await {
             Ok(sender) => {
-                if let Some(slot) = self.pool.borrow_mut().get_mut(p) {
-                    *slot = Some(sender.clone());
+                if let Some(c) = self
+                    .pool
+                    .borrow_mut()
+                    .get_mut(p)
+                    .and_then(|c| c.get_mut(slot))
+                {
+                    *c = Some(sender.clone());
                 }
                 Ok(sender)
             }
@@ -550,9 +567,14 @@ impl<T: WireElem> Executor<T> {
         }
     }
 
-    fn drop_connection(&self, p: usize) {
-        if let Some(slot) = self.pool.borrow_mut().get_mut(p) {
-            *slot = None;
+    fn drop_connection(&self, p: usize, slot: usize) {
+        if let Some(c) = self
+            .pool
+            .borrow_mut()
+            .get_mut(p)
+            .and_then(|c| c.get_mut(slot))
+        {
+            *c = None;
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::error::{Result, ServerError};
 use crate::metrics::Endpoint;
 use crate::node::{Executor, Node};
 use crate::rt::{AsyncIoTimer, Io, LocalExec};
-use crate::runtime::{placement, DEFAULT_IO_MEMORY};
+use crate::runtime::DEFAULT_IO_MEMORY;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -96,7 +96,7 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
     let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(), String>>();
     let gen_node = Arc::clone(&node);
     let elem = node.manifest.elem;
-    let handles = LocalExecutorPoolBuilder::new(placement(executors))
+    let handles = LocalExecutorPoolBuilder::new(node_placement(executors))
         .name("shardann-node")
         .io_memory(DEFAULT_IO_MEMORY)
         .on_all_shards(move || async move {
@@ -122,6 +122,19 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
         node,
         handles,
     })
+}
+
+/// Executors are pinned one per CPU only when the node has one per CPU, i.e.
+/// owns the machine. A node with fewer executors shares the machine (other
+/// nodes, a benchmark client): pinning would stack every such process on the
+/// first CPUs, so the kernel places them instead.
+fn node_placement(executors: usize) -> glommio::PoolPlacement {
+    let cpus = glommio::CpuSet::online().map(|s| s.len()).unwrap_or(0);
+    if executors == cpus {
+        glommio::PoolPlacement::MaxSpread(executors, None)
+    } else {
+        glommio::PoolPlacement::Unbound(executors)
+    }
 }
 
 /// One executor: opens its shard files, listens, serves connections.
