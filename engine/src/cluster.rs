@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::data::{ElemType, Vectors};
 use crate::error::{Error, Result};
-use crate::index::{build_index, BuildParams, DiskIndex, OpenOptions, SearchScratch};
+use crate::index::{BuildParams, DiskIndex, OpenOptions, SearchScratch};
 use crate::layout;
 use crate::metric::{Element, Metric};
 use crate::partition::{Partition, PartitionKind};
@@ -147,8 +147,14 @@ pub fn build_sharded<T: Element>(
         }
         let dir_name = format!("shard-{s}");
         let dir = out.join(&dir_name);
-        build_index(Vectors::new(&rows, data.dim()), params, &dir, progress)?;
-        layout::write_ids(&dir.join(IDS_FILE), &members)?;
+        crate::segment::build_version(
+            Vectors::new(&rows, data.dim()),
+            params,
+            &dir,
+            s as u32,
+            progress,
+            |seg| layout::write_ids(&seg.join(IDS_FILE), &members).map(|_| ()),
+        )?;
         infos.push(ShardInfo {
             id: s as u32,
             dir: dir_name,

@@ -56,6 +56,10 @@ pub enum Error {
     /// A parameter outside the range the engine supports.
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
+    /// A segment or shard directory whose manifest, pointer or files do not
+    /// agree (see `format-spec/segment-v1.md`).
+    #[error("{}: {reason}", path.display())]
+    Segment { path: PathBuf, reason: String },
 }
 
 impl Error {

@@ -154,6 +154,8 @@ pub struct DiskIndex {
     cache: NodeCache,
     /// For a shard of a sharded index: the global id of every local node.
     global_ids: Option<Vec<u32>>,
+    /// The manifest of the segment, when `dir` is one (not a plain index).
+    segment: Option<crate::segment::Manifest>,
 }
 
 impl std::fmt::Debug for DiskIndex {
@@ -168,8 +170,11 @@ impl std::fmt::Debug for DiskIndex {
 
 impl DiskIndex {
     /// Opens `dir`, validating the header and the PQ file against each other.
+    /// `dir` is a segment, a plain index, or a shard directory (its current
+    /// segment is opened; see `format-spec/segment-v1.md`).
     pub fn open(dir: impl AsRef<Path>, opts: OpenOptions) -> Result<Self> {
-        let dir = dir.as_ref();
+        let dir = crate::segment::resolve(dir.as_ref())?;
+        let dir = dir.as_path();
         let path = dir.join(INDEX_FILE);
         let reader = open_reader(&path, opts.direct_io, opts.io)?;
         let mut idx = Self::open_with_reader(dir, reader)?;
@@ -179,7 +184,10 @@ impl DiskIndex {
 
     /// Opens `dir` but reads node sectors through `reader`.
     pub fn open_with_reader(dir: impl AsRef<Path>, reader: Box<dyn SectorReader>) -> Result<Self> {
-        let dir = dir.as_ref().to_path_buf();
+        let dir = crate::segment::resolve(dir.as_ref())?;
+        // A segment's manifest and file sizes first: a torn or foreign
+        // segment is refused before any of its files is parsed.
+        let segment = crate::segment::check_on_open(&dir)?;
         let path = dir.join(INDEX_FILE);
         let file_len = std::fs::metadata(&path)
             .map_err(|e| Error::io(&path, e))?
@@ -248,6 +256,7 @@ impl DiskIndex {
             reader,
             cache: NodeCache::empty(),
             global_ids: None,
+            segment,
         })
         .and_then(|mut idx| {
             let ids_path = idx.dir.join(crate::cluster::IDS_FILE);
@@ -295,6 +304,13 @@ impl DiskIndex {
         &self.cache
     }
 
+    /// The segment's manifest (shard id, version, files), or `None` for a
+    /// plain index.
+    pub fn segment(&self) -> Option<&crate::segment::Manifest> {
+        self.segment.as_ref()
+    }
+
+    /// The directory whose files are open (the segment, for a shard directory).
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -46,6 +46,7 @@ pub mod partition;
 pub mod pq;
 pub mod progress;
 pub mod search;
+pub mod segment;
 pub mod synth;
 pub mod vamana;
 mod visited;

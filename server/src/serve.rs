@@ -388,9 +388,10 @@ fn shards<T: WireElem>(exec: &Executor<T>) -> Reply {
                 "num_points": s.num_points,
                 "local": local.is_some(),
                 "served_by": served_by,
-                // Segment versions arrive with versioned segments; until
-                // then a shard is versioned by its layout's major version.
                 "format_version": local.map(|_| shardann_engine::layout::MAJOR_VERSION),
+                // The segment version this node serves (null for a plain
+                // index); peers' versions are not known here yet.
+                "version": local.and_then(|i| i.segment().map(|m| m.version)),
                 "index": local.map(|i| {
                     let h = i.header();
                     serde_json::json!({

@@ -131,8 +131,11 @@ fn corrupt_index_files_are_refused() {
     let q = d.join("query.u8bin");
     let search = |idx: &Path| err(&["search", "--index", p(idx), "--queries", p(&q)]);
 
-    let disk = std::fs::read(index.join("disk.index")).unwrap();
-    let pq = std::fs::read(index.join("pq.bin")).unwrap();
+    // The files of the index's current segment, copied into a plain
+    // (unversioned) index directory and broken one way at a time.
+    let segment = shardann_engine::segment::resolve(&index).unwrap();
+    let disk = std::fs::read(segment.join("disk.index")).unwrap();
+    let pq = std::fs::read(segment.join("pq.bin")).unwrap();
     let broken = d.join("broken");
     std::fs::create_dir_all(&broken).unwrap();
     let with = |disk_bytes: &[u8], pq_bytes: &[u8]| {

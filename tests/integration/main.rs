@@ -6,6 +6,7 @@ mod bad_input;
 mod cluster;
 mod golden;
 mod pipeline;
+mod segments;
 mod sharding;
 
 use std::path::{Path, PathBuf};

@@ -226,7 +226,14 @@ fn uring_pread_and_memory_readers_agree() {
             "memory",
             DiskIndex::open_with_reader(
                 &index,
-                Box::new(MemReader::load(&index.join("disk.index")).unwrap()),
+                Box::new(
+                    MemReader::load(
+                        &shardann_engine::segment::resolve(&index)
+                            .unwrap()
+                            .join("disk.index"),
+                    )
+                    .unwrap(),
+                ),
             )
             .unwrap(),
         ),

@@ -76,7 +76,8 @@ fn sharded_build_merges_to_the_unsharded_recall() {
         let manifest = read_manifest(&out).unwrap();
         let mut seen = vec![0u8; 8000];
         for s in &manifest.shards {
-            for id in shardann_engine::layout::read_ids(&out.join(&s.dir).join(IDS_FILE)).unwrap() {
+            let segment = shardann_engine::segment::resolve(&out.join(&s.dir)).unwrap();
+            for id in shardann_engine::layout::read_ids(&segment.join(IDS_FILE)).unwrap() {
                 seen[id as usize] += 1;
             }
         }

@@ -842,7 +842,10 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             pq_sample: 100_000,
             seed: 1,
         };
-        let (r, secs) = crate::build::run_build(
+        // A leftover that does not open (an interrupted build, an index from
+        // an older layout) is rebuilt from scratch.
+        let _ = std::fs::remove_dir_all(&index);
+        let (r, _, secs) = crate::build::run_build(
             &base,
             shardann_engine::Metric::L2,
             &graph,

@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use shardann_engine::data::VectorFile;
-use shardann_engine::index::{build_index, BuildParams, BuildReport};
+use shardann_engine::index::{BuildParams, BuildReport};
 use shardann_engine::pq::PqParams;
+use shardann_engine::segment::build_version;
 use shardann_engine::vamana::VamanaParams;
 use shardann_engine::Metric;
 
@@ -36,7 +37,8 @@ impl GraphArgs {
     }
 }
 
-/// Builds an index and returns its report and wall time.
+/// Builds the next version of the index in `out_dir` (version 1 in a new
+/// directory) and returns its report, version and wall time.
 pub fn run_build(
     base_path: &std::path::Path,
     metric: Metric,
@@ -44,14 +46,14 @@ pub fn run_build(
     out_dir: &std::path::Path,
     threads: usize,
     quiet: bool,
-) -> anyhow::Result<(BuildReport, f64)> {
+) -> anyhow::Result<(BuildReport, u64, f64)> {
     let base = VectorFile::open(base_path)?;
     let params = graph.to_params(metric);
     let bars = Bars::new(quiet);
     let t = Instant::now();
-    let report = with_threads(threads, || -> anyhow::Result<_> {
+    let (report, version) = with_threads(threads, || -> anyhow::Result<_> {
         with_elem!(base.elem(), T => {
-            Ok(build_index(base.vectors::<T>()?, &params, out_dir, &bars)?)
+            Ok(build_version(base.vectors::<T>()?, &params, out_dir, 0, &bars, |_| Ok(()))?)
         })
     })?
     .with_context(|| {
@@ -61,17 +63,17 @@ pub fn run_build(
             out_dir.display()
         )
     })?;
-    Ok((report, t.elapsed().as_secs_f64()))
+    Ok((report, version, t.elapsed().as_secs_f64()))
 }
 
 pub fn build(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     if a.shards > 1 {
         return build_shards(a, quiet, out);
     }
-    let (r, secs) = run_build(&a.base, a.metric, &a.graph, &a.out, a.threads, quiet)?;
+    let (r, version, secs) = run_build(&a.base, a.metric, &a.graph, &a.out, a.threads, quiet)?;
     writeln!(
         out,
-        "built {} ({} points, {}-d {}, {}): R={} L={} alpha={} pq-bytes={}",
+        "built {} version {version} ({} points, {}-d {}, {}): R={} L={} alpha={} pq-bytes={}",
         a.out.display(),
         r.num_points,
         r.dim,

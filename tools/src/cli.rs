@@ -44,6 +44,7 @@ pub enum Command {
     Search(SearchArgs),
     Bench(BenchArgs),
     Inspect(InspectArgs),
+    Verify(VerifyArgs),
     Serve(ServeArgs),
     Demo(DemoArgs),
 }
@@ -106,7 +107,9 @@ pub struct BuildArgs {
     pub base: PathBuf,
     #[arg(long, default_value = "l2")]
     pub metric: Metric,
-    /// Output directory (created): disk.index, pq.bin, build.json.
+    /// Output directory (created). Each build adds a version: OUT/v0000000001/
+    /// (disk.index, pq.bin, build.json, segment.json), then v…2, and OUT/CURRENT
+    /// names the one searches open. Searches of the old version are not disturbed.
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
@@ -312,6 +315,18 @@ pub struct ServeArgs {
     pub deadline_ms: Option<u64>,
 }
 
+/// Check every byte of an index against its segment manifest.
+///
+/// PATH is a shard directory (its current version is checked), a segment
+/// directory (v0000000001/ …), or a sharded index (every shard's current
+/// version). Each file's size and XXH3-64 checksum are compared with the
+/// manifest, then the index is opened (header, PQ and id checksums). Exits
+/// non-zero naming the file and the mismatch on the first problem.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    pub path: PathBuf,
+}
+
 /// Print an index's header, build parameters and (optionally) one node.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -351,6 +366,7 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Bench(a) => crate::bench::bench(&a, out).map(|_| ()),
         Command::Inspect(a) => crate::inspect::inspect(&a, out),
         Command::Serve(a) => crate::serve::serve(&a, out),
+        Command::Verify(a) => crate::inspect::verify(&a, out),
         Command::Demo(a) => crate::bench::demo(&a, q, out),
     }
 }

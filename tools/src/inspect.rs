@@ -5,14 +5,27 @@ use std::io::Write;
 use shardann_engine::index::{DiskIndex, OpenOptions, BUILD_INFO_FILE};
 use shardann_engine::io::{AlignedBuf, SectorRequest};
 
-use crate::cli::InspectArgs;
+use crate::cli::{InspectArgs, VerifyArgs};
 use crate::util::{dir_bytes, human_bytes};
 
 pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let idx = DiskIndex::open(&a.index, OpenOptions::buffered())?;
     let h = idx.header();
     let g = idx.geometry();
+    let dir = idx.dir().to_path_buf();
     writeln!(out, "index      {}", a.index.display())?;
+    match idx.segment() {
+        Some(m) => writeln!(
+            out,
+            "segment    {} (shard {}, version {}, parent {}, {} files)",
+            dir.display(),
+            m.shard_id,
+            m.version,
+            m.parent_version.map_or("none".into(), |p| p.to_string()),
+            m.files.len()
+        )?,
+        None => writeln!(out, "segment    none (a plain, unversioned index)")?,
+    }
     writeln!(out, "points     {}", h.num_points)?;
     writeln!(
         out,
@@ -37,8 +50,8 @@ pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         h.pq_bytes,
         human_bytes(idx.memory_bytes() as u64)
     )?;
-    writeln!(out, "on disk    {}", human_bytes(dir_bytes(&a.index)))?;
-    if let Ok(info) = std::fs::read_to_string(a.index.join(BUILD_INFO_FILE)) {
+    writeln!(out, "on disk    {}", human_bytes(dir_bytes(&dir)))?;
+    if let Ok(info) = std::fs::read_to_string(dir.join(BUILD_INFO_FILE)) {
         writeln!(
             out,
             "build.json {}",
@@ -55,7 +68,7 @@ pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         let loc = g.locate(node);
         let mut buf = AlignedBuf::new(g.node_read_bytes());
         let file = shardann_engine::io::FileReader::open(
-            &a.index.join(shardann_engine::index::INDEX_FILE),
+            &dir.join(shardann_engine::index::INDEX_FILE),
             false,
         )?;
         use shardann_engine::io::SectorReader;
@@ -78,6 +91,30 @@ pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         )?;
         let shown: Vec<String> = rec.vector.iter().take(16).map(|b| b.to_string()).collect();
         writeln!(out, "  vector bytes [{} ...]", shown.join(", "))?;
+    }
+    Ok(())
+}
+
+/// `verify`: every byte of one segment, or of every shard's current one.
+pub fn verify(a: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let targets: Vec<std::path::PathBuf> =
+        if a.path.join(shardann_engine::cluster::CLUSTER_FILE).exists() {
+            let m = shardann_engine::cluster::read_manifest(&a.path)?;
+            m.shards.iter().map(|s| a.path.join(&s.dir)).collect()
+        } else {
+            vec![a.path.clone()]
+        };
+    for t in &targets {
+        let v = shardann_engine::segment::verify(t)?;
+        writeln!(
+            out,
+            "ok {}: shard {} version {}, {} files, {} verified",
+            v.dir.display(),
+            v.manifest.shard_id,
+            v.manifest.version,
+            v.manifest.files.len(),
+            human_bytes(v.bytes)
+        )?;
     }
     Ok(())
 }

@@ -1,0 +1,212 @@
+//! Versioned segments: every flipped or truncated byte is caught, versions
+//! switch atomically and only forward.
+
+use std::path::{Path, PathBuf};
+
+use shardann_engine::index::{DiskIndex, OpenOptions};
+use shardann_engine::segment::{self, Manifest, CURRENT_FILE, MANIFEST_FILE};
+
+use crate::{cli, cli_ok, generated, p};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn open(dir: &Path) -> shardann_engine::Result<DiskIndex> {
+    DiskIndex::open(dir, OpenOptions::buffered())
+}
+
+/// Byte positions to damage in a file of `len` bytes: both ends, the
+/// disk.index header, and a spread through the middle.
+fn positions(len: usize) -> Vec<usize> {
+    let mut v = vec![
+        0,
+        8,
+        12,
+        64,
+        119,
+        120,
+        127,
+        len / 3,
+        len / 2,
+        len - 9,
+        len - 1,
+    ];
+    v.extend((1..8).map(|i| i * len / 8));
+    v.retain(|&i| i < len);
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[test]
+fn every_flipped_or_truncated_byte_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [base, ..] = generated(d, "sift-like", "3000", "10", "5", "l2", "10");
+    let out = d.join("idx");
+    cli_ok(&[
+        "build",
+        "--base",
+        p(&base),
+        "--out",
+        p(&out),
+        "--shards",
+        "2",
+        "--max-degree",
+        "16",
+        "--build-list",
+        "24",
+        "--pq-bytes",
+        "8",
+    ]);
+    let seg = segment::resolve(&out.join("shard-1")).unwrap();
+    let m = Manifest::read(&seg).unwrap();
+    assert_eq!((m.shard_id, m.version, m.parent_version), (1, 1, None));
+    let names: Vec<&str> = m.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["build.json", "disk.index", "ids.bin", "pq.bin"]);
+    let ok = cli_ok(&["verify", p(&out)]);
+    assert_eq!(ok.lines().count(), 2, "{ok}");
+
+    let mut cases = 0;
+    let files: Vec<PathBuf> = std::fs::read_dir(&seg)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    for file in &files {
+        let name = file.file_name().unwrap().to_str().unwrap().to_string();
+        let bytes = std::fs::read(file).unwrap();
+        let broken = d.join("broken");
+        let mut damage = |what: String, content: Vec<u8>, open_must_fail: bool| {
+            let _ = std::fs::remove_dir_all(&broken);
+            copy_dir(&seg, &broken);
+            std::fs::write(broken.join(&name), content).unwrap();
+            let e = segment::verify(&broken)
+                .err()
+                .unwrap_or_else(|| panic!("verify accepted {what}"));
+            let e = e.to_string();
+            assert!(e.contains(&name), "{what}: {e} should name {name}");
+            let e = cli(&["verify", p(&broken)]).expect_err(&what);
+            assert!(e.contains(&name), "{what}: {e}");
+            if open_must_fail {
+                assert!(open(&broken).is_err(), "open accepted {what}");
+            }
+            cases += 1;
+        };
+        for pos in positions(bytes.len()) {
+            let mut b = bytes.clone();
+            b[pos] ^= 0x01;
+            // What open checks: the manifest, file sizes, and the checksums
+            // the files carry (disk.index header, pq.bin, ids.bin). A flip in
+            // a disk.index record or in build.json is for verify to find.
+            let open_checks = match name.as_str() {
+                "disk.index" => pos < 128,
+                "build.json" => false,
+                _ => true,
+            };
+            damage(format!("{name} byte {pos} flipped"), b, open_checks);
+        }
+        for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+            damage(
+                format!("{name} cut to {cut} bytes"),
+                bytes[..cut].to_vec(),
+                true,
+            );
+        }
+    }
+    assert!(cases > 80, "{cases}");
+
+    // A missing file, an extra (unlisted) file is harmless, a wrong shard
+    // directory pointer is refused.
+    let broken = d.join("broken");
+    let _ = std::fs::remove_dir_all(&broken);
+    copy_dir(&seg, &broken);
+    std::fs::remove_file(broken.join("ids.bin")).unwrap();
+    assert!(open(&broken).is_err() && segment::verify(&broken).is_err());
+    let _ = std::fs::remove_dir_all(&broken);
+    copy_dir(&seg, &broken);
+    std::fs::write(broken.join("notes.txt"), "x").unwrap();
+    segment::verify(&broken).unwrap();
+}
+
+#[test]
+fn versions_switch_atomically_and_only_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [base, query, _] = generated(d, "sift-like", "2000", "5", "6", "l2", "10");
+    let idx = d.join("idx");
+    let build = |r: &str| {
+        cli_ok(&[
+            "build",
+            "--base",
+            p(&base),
+            "--out",
+            p(&idx),
+            "--max-degree",
+            r,
+            "--build-list",
+            "24",
+            "--pq-bytes",
+            "8",
+        ])
+    };
+    assert!(build("12").contains("version 1"));
+    assert!(build("16").contains("version 2"));
+    let (v, cur) = segment::current(&idx).unwrap();
+    assert_eq!(v, 2);
+    let m = Manifest::read(&cur).unwrap();
+    assert_eq!(
+        (m.version, m.parent_version, m.build.max_degree),
+        (2, Some(1), 16)
+    );
+    // Searches open the current version.
+    let opened = open(&idx).unwrap();
+    assert_eq!(opened.header().max_degree, 16);
+    assert_eq!(opened.segment().map(|m| m.version), Some(2));
+    cli_ok(&[
+        "search",
+        "--index",
+        p(&idx),
+        "--queries",
+        p(&query),
+        "--buffered",
+    ]);
+
+    // Going back is refused; the pointer is unchanged.
+    let e = segment::publish(&idx, 1).unwrap_err().to_string();
+    assert!(e.contains("older than the current version 2"), "{e}");
+    assert_eq!(segment::current(&idx).unwrap().0, 2);
+    // An unsealed segment (no manifest yet) cannot become current.
+    let v3 = idx.join(segment::version_dir_name(3));
+    copy_dir(&cur, &v3);
+    std::fs::remove_file(v3.join(MANIFEST_FILE)).unwrap();
+    assert!(segment::publish(&idx, 3).is_err());
+    assert_eq!(segment::current(&idx).unwrap().0, 2);
+    // A crash between writing CURRENT.tmp and the rename leaves the old
+    // pointer, which still opens; the leftover is ignored.
+    std::fs::write(idx.join("CURRENT.tmp"), "v0000000003\n").unwrap();
+    assert_eq!(open(&idx).unwrap().segment().unwrap().version, 2);
+    // The next build replaces the unsealed leftover and moves on.
+    assert!(build("16").contains("version 3"));
+    assert_eq!(segment::current(&idx).unwrap().0, 3);
+    segment::verify(&idx).unwrap();
+    // A pointer that names no version is refused with its file named.
+    for bad in ["v3\n", "v0000000003", "../v0000000002\n", ""] {
+        std::fs::write(idx.join(CURRENT_FILE), bad).unwrap();
+        let e = open(&idx).unwrap_err().to_string();
+        assert!(e.contains(CURRENT_FILE), "{bad:?}: {e}");
+    }
+    // A plain index is not rebuilt over.
+    let plain = d.join("plain");
+    copy_dir(&cur, &plain);
+    std::fs::remove_file(plain.join(MANIFEST_FILE)).unwrap();
+    open(&plain).unwrap();
+    let e = cli(&["build", "--base", p(&base), "--out", p(&plain)]).unwrap_err();
+    assert!(e.contains("plain (unversioned) index"), "{e}");
+    let e = cli(&["verify", p(&plain)]).unwrap_err();
+    assert!(e.contains(MANIFEST_FILE), "{e}");
+}
