@@ -139,3 +139,41 @@ fn v1_corrupt_fixture_is_refused() {
         "{e}"
     );
 }
+
+/// A v1 segment (the v1 golden index, sealed as version 1 of shard 0) must
+/// stay verifiable and open through its shard directory with the v1 answers.
+#[test]
+fn segment_v1_golden_stays_verifiable() {
+    let shard = golden_dir().join("segment-v1");
+    let seg = shard.join(shardann_engine::segment::version_dir_name(1));
+    if !shard.join(shardann_engine::segment::CURRENT_FILE).exists() {
+        let v1 = golden_dir().join("v1");
+        std::fs::create_dir_all(&seg).unwrap();
+        for f in ["disk.index", "pq.bin"] {
+            std::fs::copy(v1.join(f), seg.join(f)).unwrap();
+        }
+        shardann_engine::segment::seal(&seg, 0, 1, None).unwrap();
+        shardann_engine::segment::publish(&shard, 1).unwrap();
+        eprintln!("wrote the golden segment to {}: commit it", shard.display());
+    }
+    let v = shardann_engine::segment::verify(&shard).expect("the committed segment must verify");
+    assert_eq!((v.manifest.shard_id, v.manifest.version), (0, 1));
+    let names: Vec<_> = v.manifest.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["disk.index", "pq.bin"]);
+    assert_eq!(v.manifest.files[0].size, 20480);
+    let by_shard = open(&shard).unwrap();
+    let plain = open(&golden_dir().join("v1")).unwrap();
+    let queries = points(Stream::Query, 20);
+    let q = Vectors::new(&queries[..], DIM);
+    let params = SearchParams {
+        k: 5,
+        list: 20,
+        beam: 2,
+    };
+    let mut s = SearchScratch::<u8>::default();
+    for i in 0..q.len() {
+        let a = by_shard.search(&mut s, q.row(i), params).unwrap().0;
+        let b = plain.search(&mut s, q.row(i), params).unwrap().0;
+        assert_eq!(a, b);
+    }
+}
