@@ -53,6 +53,10 @@ pub struct NodeConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// When set, the replication endpoints answer only requests carrying
+    /// `authorization: Bearer <token>`, and this node sends it to peers.
+    #[serde(default)]
+    pub cluster_token: Option<String>,
 }
 
 fn default_deadline() -> u64 {
@@ -109,6 +113,7 @@ impl NodeConfig {
             deadline_ms: DEFAULT_DEADLINE_MS,
             cache_nodes: 0,
             max_body_bytes: DEFAULT_MAX_BODY,
+            cluster_token: None,
         }
     }
 

@@ -31,6 +31,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod node;
+pub mod replication;
 pub mod rt;
 pub mod runtime;
 pub mod serve;

@@ -20,19 +20,28 @@ pub enum Endpoint {
     Shards = 2,
     Health = 3,
     Metrics = 4,
-    Other = 5,
+    Replication = 5,
+    Other = 6,
 }
 
-const ENDPOINTS: [&str; 6] = ["search", "batch", "shards", "healthz", "metrics", "other"];
+const ENDPOINTS: [&str; 7] = [
+    "search",
+    "batch",
+    "shards",
+    "healthz",
+    "metrics",
+    "replication",
+    "other",
+];
 
 /// Every counter of one node.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: [AtomicU64; 6],
+    requests: [AtomicU64; 7],
     /// Responses with status 4xx, by endpoint.
-    client_errors: [AtomicU64; 6],
+    client_errors: [AtomicU64; 7],
     /// Responses with status 5xx, by endpoint.
-    server_errors: [AtomicU64; 6],
+    server_errors: [AtomicU64; 7],
     /// Search and batch latency: bucket counts (not cumulative here), sum.
     latency_buckets: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
@@ -45,6 +54,9 @@ pub struct Metrics {
     pub cache_hits: AtomicU64,
     /// Local shard searches that failed (IO error, deadline).
     pub shard_failures: AtomicU64,
+    /// Shard pulls from peers (at startup or `replicate`), and failed ones.
+    pub pulls: AtomicU64,
+    pub pull_failures: AtomicU64,
     /// Per peer, in configuration order: requests sent, requests failed.
     peer_calls: Vec<AtomicU64>,
     peer_failures: Vec<AtomicU64>,
@@ -190,6 +202,16 @@ impl Metrics {
                 "shardann_cache_hits_total",
                 "Graph nodes served from a node cache instead of disk.",
                 &self.cache_hits,
+            ),
+            (
+                "shardann_pulls_total",
+                "Shard versions pulled from peers.",
+                &self.pulls,
+            ),
+            (
+                "shardann_pull_failures_total",
+                "Attempts to pull a shard that failed (retried, or given up).",
+                &self.pull_failures,
             ),
         ] {
             let _ = writeln!(

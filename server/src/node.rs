@@ -164,6 +164,14 @@ impl Node {
             .collect()
     }
 
+    /// The directory of shard `s` (its versions and `CURRENT`).
+    pub fn shard_dir(&self, s: u32) -> Option<std::path::PathBuf> {
+        self.manifest
+            .shards
+            .get(s as usize)
+            .map(|info| self.config.index_dir.join(&info.dir))
+    }
+
     pub fn local_shard(&self, s: u32) -> Option<&Arc<DiskIndex>> {
         self.local.get(s as usize).and_then(Option::as_ref)
     }

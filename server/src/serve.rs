@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::io::AsyncReadExt;
 use futures::StreamExt;
 use glommio::{LocalExecutorPoolBuilder, PoolThreadHandles};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -34,6 +34,7 @@ use crate::config::NodeConfig;
 use crate::error::{Result, ServerError};
 use crate::metrics::Endpoint;
 use crate::node::{Executor, Node};
+use crate::replication::{self, full, Body};
 use crate::rt::{AsyncIoTimer, Io, LocalExec};
 use crate::runtime::DEFAULT_IO_MEMORY;
 
@@ -92,7 +93,10 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
             .unwrap_or(1)
             .max(1)
     });
+    let pulled = pull_missing_shards(&config);
     let node = Arc::new(Node::open(config)?);
+    node.metrics.add(&node.metrics.pulls, pulled.0);
+    node.metrics.add(&node.metrics.pull_failures, pulled.1);
     let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(), String>>();
     let gen_node = Arc::clone(&node);
     let elem = node.manifest.elem;
@@ -135,6 +139,77 @@ fn node_placement(executors: usize) -> glommio::PoolPlacement {
     } else {
         glommio::PoolPlacement::Unbound(executors)
     }
+}
+
+/// Pulls, from a peer that serves it, every shard this node should serve
+/// but lacks on disk (a node joining a cluster, or one whose disk was
+/// replaced), with a few rounds of retries over the peers. Returns (pulls,
+/// failed attempts). A shard still missing afterwards makes `Node::open`
+/// fail with the missing directory named.
+fn pull_missing_shards(config: &NodeConfig) -> (u64, u64) {
+    let dir = &config.index_dir;
+    let manifest = shardann_engine::cluster::read_manifest(dir).ok();
+    let wanted: Vec<u32> = match (&config.shards, &manifest) {
+        (Some(s), _) => s.clone(),
+        (None, Some(m)) => (0..m.shards.len() as u32).collect(),
+        (None, None) => return (0, 0),
+    };
+    let (mut pulls, mut failures) = (0, 0);
+    for s in wanted {
+        let present = manifest
+            .as_ref()
+            .and_then(|m| m.shards.get(s as usize))
+            .map(|info| {
+                let d = dir.join(&info.dir);
+                d.join(shardann_engine::segment::CURRENT_FILE).exists()
+                    || d.join(shardann_engine::index::INDEX_FILE).exists()
+            })
+            .unwrap_or(false);
+        if present || (manifest.is_none() && dir.join(shardann_engine::index::INDEX_FILE).exists())
+        {
+            continue;
+        }
+        let sources: Vec<_> = config
+            .peers
+            .iter()
+            .filter(|p| p.shards.contains(&s))
+            .collect();
+        let mut wait = Duration::from_millis(500);
+        'rounds: for round in 0..3 {
+            for peer in &sources {
+                let Ok(addr) = crate::config::resolve(&peer.address) else {
+                    continue;
+                };
+                match replication::pull_blocking(addr, config.cluster_token.clone(), s, dir) {
+                    Ok(r) => {
+                        pulls += 1;
+                        eprintln!(
+                            "node {}: pulled shard {s} version {} from {} ({} bytes in {:.2}s, {} on the wire)",
+                            config.node_id,
+                            r.version,
+                            peer.id,
+                            r.raw_bytes(),
+                            r.seconds,
+                            r.wire_bytes()
+                        );
+                        break 'rounds;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        eprintln!(
+                            "node {}: pulling shard {s} from {} (round {}): {e}",
+                            config.node_id,
+                            peer.id,
+                            round + 1
+                        );
+                    }
+                }
+            }
+            std::thread::sleep(wait);
+            wait *= 2;
+        }
+    }
+    (pulls, failures)
 }
 
 /// One executor: opens its shard files, listens, serves connections.
@@ -212,13 +287,13 @@ async fn serve_connection<T: WireElem>(exec: Rc<Executor<T>>, mut stream: glommi
     };
 }
 
-type Reply = Response<Full<Bytes>>;
+type Reply = Response<Body>;
 
 fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Reply {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|e| {
         format!("{{\"error\":\"serializing the response: {e}\"}}").into_bytes()
     });
-    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    let mut r = Response::new(full(bytes));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -250,6 +325,9 @@ async fn handle<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Repl
         (&Method::GET, "/v1/shards") => (Endpoint::Shards, shards(exec)),
         (&Method::GET, "/healthz") => (Endpoint::Health, health(exec)),
         (&Method::GET, "/metrics") => (Endpoint::Metrics, metrics(exec)),
+        (&Method::GET, p) if replication::is_replication_path(p) => {
+            (Endpoint::Replication, replicate(exec, &req).await)
+        }
         (m, "/v1/search" | "/v1/search/batch" | "/v1/shards" | "/healthz" | "/metrics") => (
             Endpoint::Other,
             error_reply(
@@ -271,6 +349,33 @@ async fn handle<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Repl
         m.latency(start.elapsed().as_micros() as u64);
     }
     reply
+}
+
+/// A replication endpoint (cluster.json, a segment manifest, a file).
+async fn replicate<T: WireElem>(exec: &Executor<T>, req: &Request<Incoming>) -> Reply {
+    let node = &exec.node;
+    let answer = match replication::authorize(node, req.headers()) {
+        Ok(()) => replication::route(node, req.uri().path(), req.uri().query()).await,
+        Err(refusal) => Err(refusal),
+    };
+    match answer {
+        Ok((body, content_type)) => {
+            let mut r = Response::new(body);
+            if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+                r.headers_mut().insert(CONTENT_TYPE, v);
+            }
+            r
+        }
+        Err((status, message)) => {
+            if status >= 500 {
+                eprintln!("node {}: {}: {message}", node.config.node_id, req.uri());
+            }
+            error_reply(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                message,
+            )
+        }
+    }
 }
 
 /// The request body, at most `max_body_bytes`, or a 400 saying why not.
@@ -437,10 +542,34 @@ fn health<T: WireElem>(exec: &Executor<T>) -> Reply {
 fn metrics<T: WireElem>(exec: &Executor<T>) -> Reply {
     let node = &exec.node;
     let text = node.metrics.render(&node.config.node_id, &node.peer_ids());
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let mut r = Response::new(full(text));
     r.headers_mut().insert(
         CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route `handle` answers is documented in `server/openapi.yaml`.
+    #[test]
+    fn openapi_documents_every_route() {
+        let spec = include_str!("../openapi.yaml");
+        for path in [
+            "/v1/search:",
+            "/v1/search/batch:",
+            "/v1/shards:",
+            "/healthz:",
+            "/metrics:",
+            "/v1/cluster:",
+            "/v1/shards/{shard}/manifest:",
+            "/v1/shards/{shard}/segments/{version}/files/{name}:",
+        ] {
+            assert!(
+                spec.contains(&format!("\n  {path}\n")),
+                "openapi.yaml lacks {path}"
+            );
+        }
+    }
 }

@@ -40,14 +40,14 @@ fn node_process() {
 }
 
 /// A node process, killed when dropped.
-struct NodeProc {
-    id: &'static str,
-    addr: SocketAddr,
+pub struct NodeProc {
+    pub id: &'static str,
+    pub addr: SocketAddr,
     child: Child,
 }
 
 impl NodeProc {
-    fn start(id: &'static str, addr: SocketAddr, config: &Path) -> Self {
+    pub fn start(id: &'static str, addr: SocketAddr, config: &Path) -> Self {
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--ignored",
@@ -63,7 +63,7 @@ impl NodeProc {
     }
 
     /// Waits until `/healthz` answers (bounded).
-    fn wait_ready(&mut self) {
+    pub fn wait_ready(&mut self) {
         let until = Instant::now() + Duration::from_secs(60);
         while Instant::now() < until {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -78,7 +78,7 @@ impl NodeProc {
         panic!("node {} did not answer /healthz within 60 s", self.id);
     }
 
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -90,7 +90,7 @@ impl Drop for NodeProc {
     }
 }
 
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
+pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
     // Held together so they differ, released before the nodes bind them.
     let held: Vec<_> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())

@@ -6,6 +6,7 @@ mod bad_input;
 mod cluster;
 mod golden;
 mod pipeline;
+mod replication;
 mod segments;
 mod sharding;
 

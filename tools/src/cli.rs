@@ -45,6 +45,7 @@ pub enum Command {
     Bench(BenchArgs),
     Inspect(InspectArgs),
     Verify(VerifyArgs),
+    Replicate(ReplicateArgs),
     Serve(ServeArgs),
     Demo(DemoArgs),
 }
@@ -327,6 +328,33 @@ pub struct VerifyArgs {
     pub path: PathBuf,
 }
 
+/// Copy a shard's current version from a running node.
+///
+/// Fetches cluster.json (if DIR has none), the shard's segment manifest,
+/// then every file it lists as zstd-compressed chunks over HTTP/2, into a
+/// staging directory (DIR/shard-N/v….partial) that no search opens. An
+/// interrupted copy resumes where it stopped. When every file's size and
+/// XXH3-64 match the manifest, the version is sealed and made current
+/// atomically: DIR/shard-N ends up exactly as a local build leaves it.
+/// A version older than the local one is refused.
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// The node to copy from: http://HOST:PORT.
+    #[arg(long)]
+    pub from: String,
+    #[arg(long)]
+    pub shard: u32,
+    /// The index directory to copy into (holds cluster.json and shard-N/).
+    #[arg(long)]
+    pub index_dir: PathBuf,
+    /// The cluster token, if the source node requires one.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Attempts before giving up (with 0.5 s, 1 s, 2 s … between them).
+    #[arg(long, default_value_t = 5)]
+    pub attempts: u32,
+}
+
 /// Print an index's header, build parameters and (optionally) one node.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -367,6 +395,7 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Inspect(a) => crate::inspect::inspect(&a, out),
         Command::Serve(a) => crate::serve::serve(&a, out),
         Command::Verify(a) => crate::inspect::verify(&a, out),
+        Command::Replicate(a) => crate::serve::replicate(&a, out),
         Command::Demo(a) => crate::bench::demo(&a, q, out),
     }
 }

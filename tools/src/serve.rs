@@ -5,7 +5,8 @@ use std::io::Write;
 use anyhow::Context;
 use shardann_server::NodeConfig;
 
-use crate::cli::ServeArgs;
+use crate::cli::{ReplicateArgs, ServeArgs};
+use crate::util::human_bytes;
 
 pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut config = match (&a.config, &a.index) {
@@ -57,5 +58,63 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     out.flush()?;
     running.wait()?;
+    Ok(())
+}
+
+/// `replicate`: pull one shard from a node, with retries.
+pub fn replicate(a: &ReplicateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let addr = shardann_server::client::parse_url(&a.from)?;
+    let attempts = a.attempts.max(1);
+    let mut wait = std::time::Duration::from_millis(500);
+    for attempt in 1..=attempts {
+        match shardann_server::replication::pull_blocking(
+            addr,
+            a.token.clone(),
+            a.shard,
+            &a.index_dir,
+        ) {
+            Ok(r) if r.up_to_date => {
+                writeln!(out, "shard {} is already at version {}", r.shard, r.version)?;
+                return Ok(());
+            }
+            Ok(r) => {
+                let (raw, wire) = (r.raw_bytes(), r.wire_bytes());
+                writeln!(
+                    out,
+                    "shard {} version {}: {} received in {:.2}s ({:.1} MiB/s), {} on the wire (zstd {:.2}x)",
+                    r.shard,
+                    r.version,
+                    human_bytes(raw),
+                    r.seconds,
+                    raw as f64 / (1 << 20) as f64 / r.seconds.max(1e-9),
+                    human_bytes(wire),
+                    raw as f64 / wire.max(1) as f64
+                )?;
+                for (name, raw, wire) in &r.files {
+                    if *raw > 0 {
+                        writeln!(
+                            out,
+                            "  {name}: {} -> {} (zstd {:.2}x)",
+                            human_bytes(*raw),
+                            human_bytes(*wire),
+                            *raw as f64 / (*wire).max(1) as f64
+                        )?;
+                    }
+                }
+                return Ok(());
+            }
+            Err(e) if attempt < attempts => {
+                eprintln!("attempt {attempt} of {attempts} failed: {e}; retrying in {wait:?}");
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "replicating shard {} from {} ({attempts} attempts)",
+                    a.shard, a.from
+                )))
+            }
+        }
+    }
     Ok(())
 }
