@@ -25,6 +25,8 @@ use crate::error::{Result, ServerError};
 
 /// The default per-request deadline, for requests that name none.
 pub const DEFAULT_DEADLINE_MS: u64 = 2000;
+/// How often a node looks for newer versions of its shards, by default.
+pub const DEFAULT_FOLLOW_MS: u64 = 5000;
 /// The default limit on a request body.
 pub const DEFAULT_MAX_BODY: usize = 8 << 20;
 
@@ -57,6 +59,15 @@ pub struct NodeConfig {
     /// `authorization: Bearer <token>`, and this node sends it to peers.
     #[serde(default)]
     pub cluster_token: Option<String>,
+    /// Every this many ms, check whether a newer version of a local shard
+    /// is on local disk (a build) or at a peer serving it (then pull it),
+    /// and switch to it while serving. 0 turns following off.
+    #[serde(default = "default_follow")]
+    pub follow_ms: u64,
+}
+
+fn default_follow() -> u64 {
+    DEFAULT_FOLLOW_MS
 }
 
 fn default_deadline() -> u64 {
@@ -114,6 +125,7 @@ impl NodeConfig {
             cache_nodes: 0,
             max_body_bytes: DEFAULT_MAX_BODY,
             cluster_token: None,
+            follow_ms: DEFAULT_FOLLOW_MS,
         }
     }
 

@@ -57,6 +57,8 @@ pub struct Metrics {
     /// Shard pulls from peers (at startup or `replicate`), and failed ones.
     pub pulls: AtomicU64,
     pub pull_failures: AtomicU64,
+    /// Local shards switched to a newer version while serving.
+    pub version_switches: AtomicU64,
     /// Per peer, in configuration order: requests sent, requests failed.
     peer_calls: Vec<AtomicU64>,
     peer_failures: Vec<AtomicU64>,
@@ -207,6 +209,11 @@ impl Metrics {
                 "shardann_pulls_total",
                 "Shard versions pulled from peers.",
                 &self.pulls,
+            ),
+            (
+                "shardann_version_switches_total",
+                "Local shards switched to a newer version while serving.",
+                &self.version_switches,
             ),
             (
                 "shardann_pull_failures_total",

@@ -27,7 +27,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::Weak;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -76,8 +77,15 @@ pub struct Peer {
 pub struct Node {
     pub config: NodeConfig,
     pub manifest: ClusterManifest,
-    /// Indexed by shard id; `Some` for the shards this node serves.
-    local: Vec<Option<Arc<DiskIndex>>>,
+    /// Indexed by shard id; `Some` for the shards this node serves. The
+    /// version being served can be swapped while queries run: each query
+    /// clones the `Arc` it started with and finishes on that version.
+    local: Vec<Option<RwLock<Arc<DiskIndex>>>>,
+    /// Versions replaced by a newer one, kept until no query holds them;
+    /// then their segment directories are removed (see [`Node::collect`]).
+    retired: Mutex<Vec<Arc<DiskIndex>>>,
+    /// Per peer and shard: the version that peer last said it serves.
+    pub peer_versions: Mutex<BTreeMap<(usize, u32), u64>>,
     pub peers: Vec<Peer>,
     /// Indexed by shard id: the peers serving it.
     replicas: Vec<Vec<usize>>,
@@ -100,7 +108,7 @@ impl Node {
             .shards
             .clone()
             .unwrap_or_else(|| (0..n as u32).collect());
-        let mut local: Vec<Option<Arc<DiskIndex>>> = (0..n).map(|_| None).collect();
+        let mut local: Vec<Option<RwLock<Arc<DiskIndex>>>> = (0..n).map(|_| None).collect();
         for &s in &mine {
             let slot = local.get_mut(s as usize).ok_or_else(|| {
                 start_err(format!(
@@ -112,7 +120,9 @@ impl Node {
                 cache_nodes: config.cache_nodes,
                 ..OpenOptions::buffered()
             };
-            *slot = Some(Arc::new(manifest.open_shard(dir, s as usize, opts)?));
+            *slot = Some(RwLock::new(Arc::new(
+                manifest.open_shard(dir, s as usize, opts)?,
+            )));
         }
         let mut replicas = vec![Vec::new(); n];
         let mut peers = Vec::with_capacity(config.peers.len());
@@ -141,6 +151,8 @@ impl Node {
             config,
             manifest,
             local,
+            retired: Mutex::new(Vec::new()),
+            peer_versions: Mutex::new(BTreeMap::new()),
             peers,
             replicas,
             started: Instant::now(),
@@ -172,8 +184,56 @@ impl Node {
             .map(|info| self.config.index_dir.join(&info.dir))
     }
 
-    pub fn local_shard(&self, s: u32) -> Option<&Arc<DiskIndex>> {
-        self.local.get(s as usize).and_then(Option::as_ref)
+    /// The version of local shard `s` being served now.
+    pub fn local_shard(&self, s: u32) -> Option<Arc<DiskIndex>> {
+        let slot = self.local.get(s as usize)?.as_ref()?;
+        // A poisoned lock only means a swap panicked; the Arc inside is whole.
+        let current = slot.read().unwrap_or_else(|p| p.into_inner());
+        Some(Arc::clone(&current))
+    }
+
+    /// Serves `index` for local shard `s` from now on; the previous version
+    /// is retired (queries running on it finish on it).
+    pub fn swap(&self, s: u32, index: DiskIndex) -> bool {
+        let Some(slot) = self.local.get(s as usize).and_then(Option::as_ref) else {
+            return false;
+        };
+        let old = {
+            let mut current = slot.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *current, Arc::new(index))
+        };
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(old);
+        true
+    }
+
+    /// Removes the segment directories of retired versions no query holds
+    /// any more (never the current one). Returns the directories removed.
+    pub fn collect(&self) -> Vec<std::path::PathBuf> {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        let mut removed = Vec::new();
+        retired.retain(|old| {
+            if Arc::strong_count(old) > 1 {
+                return true;
+            }
+            let dir = old.dir().to_path_buf();
+            let is_current = old
+                .segment()
+                .and_then(|m| self.local_shard(m.shard_id))
+                .is_some_and(|cur| cur.dir() == dir);
+            if old.segment().is_some() && !is_current && std::fs::remove_dir_all(&dir).is_ok() {
+                removed.push(dir);
+            }
+            false
+        });
+        removed
+    }
+
+    /// Indices (into `peers`) of the peers serving shard `s`.
+    pub fn replica_indices(&self, s: u32) -> &[usize] {
+        self.replicas.get(s as usize).map_or(&[], Vec::as_slice)
     }
 
     /// Peer ids serving shard `s`.
@@ -223,11 +283,16 @@ impl Drop for Outstanding<'_> {
     }
 }
 
+/// An executor's handle on one version of a shard's node file.
+type OpenFile = (Weak<DiskIndex>, Rc<DmaFile>);
+
 /// One executor's view of the node.
 pub struct Executor<T: WireElem> {
     pub node: Arc<Node>,
-    /// Indexed by shard id, like `Node::local`.
-    files: Vec<Option<Rc<DmaFile>>>,
+    /// Indexed by shard id, like `Node::local`: the `O_DIRECT` handle of the
+    /// version last searched here, and which version that was (a `Weak`, so
+    /// this cache does not keep a retired version alive).
+    files: RefCell<Vec<Option<OpenFile>>>,
     scratch: RefCell<Vec<BeamSearch<T>>>,
     /// `PEER_CONNECTIONS` HTTP/2 connections per peer, used in turn, each
     /// multiplexing many requests.
@@ -241,16 +306,19 @@ impl<T: WireElem> Executor<T> {
     /// inside a glommio executor.
     pub async fn open(node: Arc<Node>) -> Result<Self> {
         let mut files = Vec::with_capacity(node.local.len());
-        for shard in &node.local {
-            files.push(match shard {
-                Some(index) => Some(Rc::new(open_index_file(index).await?)),
+        for s in 0..node.local.len() as u32 {
+            files.push(match node.local_shard(s) {
+                Some(index) => Some((
+                    Arc::downgrade(&index),
+                    Rc::new(open_index_file(&index).await?),
+                )),
                 None => None,
             });
         }
         let peers = node.peers.len();
         Ok(Executor {
             node,
-            files,
+            files: RefCell::new(files),
             scratch: RefCell::new(Vec::new()),
             pool: RefCell::new(vec![Default::default(); peers]),
             turn: Cell::new(0),
@@ -346,16 +414,16 @@ impl<T: WireElem> Executor<T> {
         s: u32,
         q: &Query<T>,
     ) -> Result<(Vec<Hit>, shardann_engine::search::SearchStats)> {
-        let (Some(index), Some(file)) = (
-            self.node.local_shard(s),
-            self.files.get(s as usize).and_then(Option::as_ref),
-        ) else {
+        // Held for the whole search: a swap to a newer version meanwhile
+        // does not pull this version from under the query.
+        let Some(index) = self.node.local_shard(s) else {
             return Err(ServerError::InvalidParameter(format!(
                 "shard {s} is not local"
             )));
         };
+        let file = self.file_for(s, &index).await?;
         let mut scratch = self.scratch.borrow_mut().pop().unwrap_or_default();
-        let out = search_one(index, file, &mut scratch, &q.vector, q.params).await;
+        let out = search_one(&index, &file, &mut scratch, &q.vector, q.params).await;
         self.scratch.borrow_mut().push(scratch);
         if let Ok((_, st)) = &out {
             let m = &self.node.metrics;
@@ -364,6 +432,21 @@ impl<T: WireElem> Executor<T> {
             m.add(&m.cache_hits, u64::from(st.cache_hits));
         }
         out
+    }
+
+    /// This executor's handle on `index`'s node file, reopened when the
+    /// shard moved to a new version since the last search here.
+    async fn file_for(&self, s: u32, index: &Arc<DiskIndex>) -> Result<Rc<DmaFile>> {
+        if let Some(Some((version, file))) = self.files.borrow().get(s as usize) {
+            if Weak::ptr_eq(version, &Arc::downgrade(index)) {
+                return Ok(Rc::clone(file));
+            }
+        }
+        let file = Rc::new(open_index_file(index).await?);
+        if let Some(slot) = self.files.borrow_mut().get_mut(s as usize) {
+            *slot = Some((Arc::downgrade(index), Rc::clone(&file)));
+        }
+        Ok(file)
     }
 
     /// The replica of `s` to ask next: not yet tried for this query, up

@@ -121,6 +121,17 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
             Err(_) => return Err(start_err("an executor did not start within 60 s".into())),
         }
     }
+    if node.config.follow_ms > 0 && !node.local_shards().is_empty() {
+        let follower = Arc::clone(&node);
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .name("shardann-follow")
+            .io_memory(DEFAULT_IO_MEMORY)
+            .spawn(move || replication::follow(follower))
+            .map_err(|e| ServerError::Runtime {
+                executors: 1,
+                source: e.into(),
+            })?;
+    }
     Ok(RunningNode {
         addr,
         node,
@@ -493,11 +504,13 @@ fn shards<T: WireElem>(exec: &Executor<T>) -> Reply {
                 "num_points": s.num_points,
                 "local": local.is_some(),
                 "served_by": served_by,
-                "format_version": local.map(|_| shardann_engine::layout::MAJOR_VERSION),
+                "format_version": local.as_ref().map(|_| shardann_engine::layout::MAJOR_VERSION),
                 // The segment version this node serves (null for a plain
-                // index); peers' versions are not known here yet.
-                "version": local.and_then(|i| i.segment().map(|m| m.version)),
-                "index": local.map(|i| {
+                // index), and the version each peer serving the shard last
+                // reported (learned while following versions).
+                "version": local.as_ref().and_then(|i| i.segment().map(|m| m.version)),
+                "versions": versions_of(node, s.id, local.as_ref()),
+                "index": local.as_ref().map(|i| {
                     let h = i.header();
                     serde_json::json!({
                         "max_degree": h.max_degree,
@@ -524,6 +537,26 @@ fn shards<T: WireElem>(exec: &Executor<T>) -> Reply {
             "shards": shards,
         }),
     )
+}
+
+/// `{"node id": version}` for this node (when local) and every peer
+/// serving shard `s` whose version is known.
+fn versions_of(
+    node: &Node,
+    s: u32,
+    local: Option<&Arc<shardann_engine::index::DiskIndex>>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    if let Some(v) = local.and_then(|i| i.segment().map(|m| m.version)) {
+        out.insert(node.config.node_id.clone(), v.into());
+    }
+    let known = node.peer_versions.lock().unwrap_or_else(|e| e.into_inner());
+    for &p in node.replica_indices(s) {
+        if let Some(v) = known.get(&(p, s)) {
+            out.insert(node.peers[p].id.clone(), (*v).into());
+        }
+    }
+    out
 }
 
 fn health<T: WireElem>(exec: &Executor<T>) -> Reply {

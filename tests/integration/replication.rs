@@ -334,3 +334,286 @@ fn copy_tree(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+fn copy_all(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_all(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// True if fewer than two batches ran: the switch happened with no
+/// queries in flight to speak of.
+fn runner_was_idle(outcomes: &[shardann_server::client::Outcome], batch: usize) -> bool {
+    outcomes.len() < 2 * batch
+}
+
+fn shard_versions(addr: std::net::SocketAddr) -> Vec<Option<u64>> {
+    let r = exchange(addr, Version::Http1, vec![Request::get("/v1/shards")]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&r[0].as_ref().unwrap().1).unwrap();
+    v["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["version"].as_u64())
+        .collect()
+}
+
+#[test]
+fn nodes_follow_a_new_version_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [base, query, _] = generated(d, "sift-like", "4000", "40", "33", "l2", "10");
+    let (idx1, idx2) = (d.join("n1"), d.join("n2"));
+    let build = |r: &str| {
+        cli_ok(&[
+            "build",
+            "--base",
+            p(&base),
+            "--out",
+            p(&idx1),
+            "--shards",
+            "2",
+            "--max-degree",
+            r,
+            "--build-list",
+            "32",
+            "--pq-bytes",
+            "16",
+        ])
+    };
+    build("16");
+    copy_all(&idx1, &idx2);
+    let addrs = free_addrs(2);
+    let both: &[u32] = &[0, 1];
+    // Top-level keys go before the [[peers]] tables.
+    let follow = |t: String| t.replacen("[[peers]]", "follow_ms = 200\n[[peers]]", 1);
+    let t1 = follow(node_toml(
+        "n1",
+        addrs[0],
+        &idx1,
+        both,
+        &[("n2", addrs[1], both)],
+    ));
+    let t2 = follow(node_toml(
+        "n2",
+        addrs[1],
+        &idx2,
+        both,
+        &[("n1", addrs[0], both)],
+    ));
+    std::fs::write(d.join("n1.toml"), t1).unwrap();
+    std::fs::write(d.join("n2.toml"), t2).unwrap();
+    let mut n1 = NodeProc::start("n1", addrs[0], &d.join("n1.toml"));
+    let mut n2 = NodeProc::start("n2", addrs[1], &d.join("n2.toml"));
+    n1.wait_ready();
+    n2.wait_ready();
+    assert_eq!(shard_versions(addrs[1]), vec![Some(1), Some(1)]);
+
+    let qf = shardann_engine::data::VectorFile::open(&query).unwrap();
+    let vectors: Vec<Vec<f64>> = qf
+        .vectors::<u8>()
+        .unwrap()
+        .iter()
+        .map(|r| r.iter().map(|&x| f64::from(x)).collect())
+        .collect();
+    let params = HttpParams {
+        k: 10,
+        list: Some(24),
+        beam: Some(4),
+        ..Default::default()
+    };
+    // Queries keep coming through n2 while both nodes move to version 2.
+    // Batches run back to back until the switch has been seen (bounded).
+    let batch = Arc::new(vectors.clone());
+    let entry = addrs[1];
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runner = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            for _ in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                all.extend(search_many(entry, Arc::clone(&batch), params, 4, 1).unwrap());
+            }
+            all
+        })
+    };
+    build("28"); // n1's disk now has version 2 of both shards
+    let until = Instant::now() + Duration::from_secs(60);
+    while shard_versions(addrs[1]) != vec![Some(2), Some(2)]
+        || shard_versions(addrs[0]) != vec![Some(2), Some(2)]
+    {
+        assert!(
+            Instant::now() < until,
+            "the nodes did not move to version 2 within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = runner.join().unwrap();
+    assert!(
+        !runner_was_idle(&during, vectors.len()),
+        "no queries ran during the switch"
+    );
+    for (i, o) in during.iter().enumerate() {
+        let r = o
+            .result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("query {i} failed during the switch: {e}"));
+        assert!(!r.partial, "query {i} partial during the switch");
+    }
+    // n2 pulled exactly n1's version 2, and both answer as version 2 does.
+    for s in 0..2 {
+        let a = segment::verify(&idx1.join(format!("shard-{s}"))).unwrap();
+        let b = segment::verify(&idx2.join(format!("shard-{s}"))).unwrap();
+        assert_eq!((a.manifest.version, &a.manifest), (2, &b.manifest));
+    }
+    let vectors = Arc::new(vectors);
+    let via1 = search_many(addrs[0], Arc::clone(&vectors), params, 4, 1).unwrap();
+    let via2 = search_many(addrs[1], Arc::clone(&vectors), params, 4, 1).unwrap();
+    let set = shardann_engine::cluster::ShardedIndex::open(&idx2, Default::default()).unwrap();
+    let mut scratch = shardann_engine::index::SearchScratch::<u8>::default();
+    let sp = shardann_engine::search::SearchParams {
+        k: 10,
+        list: 24,
+        beam: 4,
+    };
+    for (i, (a, b)) in via1.iter().zip(&via2).enumerate() {
+        let (a, b) = (a.result.as_ref().unwrap(), b.result.as_ref().unwrap());
+        assert_eq!(a.hits, b.hits, "query {i}");
+        let (want, _) = set
+            .search(&mut scratch, qf.vectors::<u8>().unwrap().row(i), sp)
+            .unwrap();
+        let got: Vec<(u32, f32)> = b.hits.iter().map(|h| (h.id, h.distance)).collect();
+        let want: Vec<(u32, f32)> = want.iter().map(|h| (h.id, h.distance)).collect();
+        assert_eq!(got, want, "query {i}: not version 2's answer");
+    }
+    // The retired version 1 is removed once no query holds it.
+    let old = idx2.join("shard-0").join(segment::version_dir_name(1));
+    let until = Instant::now() + Duration::from_secs(30);
+    while old.exists() {
+        assert!(Instant::now() < until, "version 1 was never removed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = exchange(addrs[1], Version::Http1, vec![Request::get("/v1/shards")]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&r[0].as_ref().unwrap().1).unwrap();
+    assert_eq!(
+        v["shards"][0]["versions"],
+        serde_json::json!({"n1": 2, "n2": 2})
+    );
+    drop((n1, n2));
+}
+
+#[test]
+fn a_corrupt_or_older_source_is_refused_and_the_old_version_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [base, ..] = generated(d, "sift-like", "3000", "5", "34", "l2", "10");
+    let (src, dst, old) = (d.join("src"), d.join("dst"), d.join("old"));
+    let build = |r: &str| {
+        cli_ok(&[
+            "build",
+            "--base",
+            p(&base),
+            "--out",
+            p(&src),
+            "--shards",
+            "2",
+            "--max-degree",
+            r,
+            "--build-list",
+            "24",
+            "--pq-bytes",
+            "8",
+        ])
+    };
+    build("12");
+    copy_all(&src, &dst);
+    copy_all(&src, &old);
+    build("16");
+    // One byte of version 2's disk.index changes after sealing (bit rot,
+    // a bad disk): same size, different content.
+    let victim = src
+        .join("shard-0")
+        .join(segment::version_dir_name(2))
+        .join("disk.index");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&victim, &bytes).unwrap();
+
+    let addrs = free_addrs(2);
+    let serve = |id: &'static str, addr, dir: &Path| {
+        let toml = d.join(format!("{id}.toml"));
+        std::fs::write(
+            &toml,
+            format!("node_id = \"{id}\"\nlisten = \"{addr}\"\nindex_dir = \"{}\"\nexecutors = 1\nfollow_ms = 0\n", p(dir)),
+        )
+        .unwrap();
+        let mut n = NodeProc::start(id, addr, &toml);
+        n.wait_ready();
+        n
+    };
+    let _src_node = serve("src", addrs[0], &src);
+    let replicate = |addr: std::net::SocketAddr| {
+        crate::cli(&[
+            "replicate",
+            "--from",
+            &format!("http://{addr}"),
+            "--shard",
+            "0",
+            "--index-dir",
+            p(&dst),
+            "--attempts",
+            "1",
+        ])
+    };
+    let e = replicate(addrs[0]).unwrap_err();
+    assert!(
+        e.contains("disk.index") && e.contains("the manifest says"),
+        "{e}"
+    );
+    // The old version is still current and whole; nothing corrupt was renamed in.
+    assert_eq!(
+        segment::verify(&dst.join("shard-0"))
+            .unwrap()
+            .manifest
+            .version,
+        1
+    );
+    assert!(!dst
+        .join("shard-0")
+        .join(segment::version_dir_name(2))
+        .exists());
+
+    // Repaired at the source: the next pull fetches only the bad file again.
+    bytes[mid] ^= 0x40;
+    std::fs::write(&victim, &bytes).unwrap();
+    let out = replicate(addrs[0]).unwrap();
+    assert!(out.contains("version 2"), "{out}");
+    assert!(
+        !out.contains("pq.bin"),
+        "pq.bin was staged already and verified: {out}"
+    );
+    assert_eq!(
+        segment::verify(&dst.join("shard-0"))
+            .unwrap()
+            .manifest
+            .version,
+        2
+    );
+
+    // A node still on version 1 cannot take the destination back.
+    let _old_node = serve("old", addrs[1], &old);
+    let e = replicate(addrs[1]).unwrap_err();
+    assert!(e.contains("older than the local 2"), "{e}");
+    assert_eq!(segment::current(&dst.join("shard-0")).unwrap().0, 2);
+}

@@ -128,7 +128,7 @@ fn run_queries<T: Element>(
                             Target::Sharded(set) => {
                                 set.search_probing(&mut scratch, qv.row(qi), params, probe)?
                             }
-                            Target::Node(_) => {
+                            Target::Node(..) => {
                                 bail!("internal error: a node target runs on glommio only")
                             }
                         };
@@ -360,7 +360,12 @@ enum Target {
     Sharded(shardann_engine::cluster::ShardedIndex),
     /// A sharded index searched as a node does (glommio, every shard of a
     /// query concurrently), without HTTP: the baseline of `--server`.
-    Node(std::sync::Arc<shardann_server::node::Node>),
+    /// The shards as opened (the node could swap versions; a bench's node
+    /// never does).
+    Node(
+        std::sync::Arc<shardann_server::node::Node>,
+        Vec<std::sync::Arc<DiskIndex>>,
+    ),
 }
 
 impl Target {
@@ -369,18 +374,14 @@ impl Target {
         match self {
             Target::Single(idx) => idx,
             Target::Sharded(set) => &set.shards()[0],
-            Target::Node(node) => node.local_shard(0).expect("a node serving every shard"),
+            Target::Node(_, shards) => &shards[0],
         }
     }
     fn shards(&self) -> Vec<&DiskIndex> {
         match self {
             Target::Single(idx) => vec![idx],
             Target::Sharded(set) => set.shards().iter().collect(),
-            Target::Node(node) => node
-                .local_shards()
-                .into_iter()
-                .filter_map(|s| node.local_shard(s).map(|i| &**i))
-                .collect(),
+            Target::Node(_, shards) => shards.iter().map(|s| &**s).collect(),
         }
     }
 }
@@ -410,10 +411,14 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
     {
         let mut config = shardann_server::NodeConfig::single(index_dir, "127.0.0.1:0");
         config.cache_nodes = a.read.cache_nodes;
-        Target::Node(std::sync::Arc::new(
-            shardann_server::node::Node::open(config)
-                .with_context(|| format!("opening sharded index {}", index_dir.display()))?,
-        ))
+        let node = shardann_server::node::Node::open(config)
+            .with_context(|| format!("opening sharded index {}", index_dir.display()))?;
+        let shards = node
+            .local_shards()
+            .into_iter()
+            .filter_map(|s| node.local_shard(s))
+            .collect();
+        Target::Node(std::sync::Arc::new(node), shards)
     } else if sharded {
         open_sharded()?
     } else {
@@ -436,7 +441,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
     // queries in flight means more blocking threads.
     let mut use_glommio = a.concurrency > 0
         && !matches!(a.read.io, IoBackend::Pread)
-        && (matches!(target, Target::Node(_)) || idx.io_backend().starts_with("uring"));
+        && (matches!(target, Target::Node(..)) || idx.io_backend().starts_with("uring"));
     if use_glommio {
         // io_uring worked for the engine, but glommio also needs locked
         // memory and pinned executors: try it on one query before relying
@@ -445,7 +450,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
             Target::Single(single) => {
                 with_elem!(idx.elem(), T => glommio_probe::<T>(single, &queries, a.k))?
             }
-            Target::Node(node) => {
+            Target::Node(node, _) => {
                 with_elem!(idx.elem(), T => node_probe::<T>(node, &queries, a.k))?
             }
             Target::Sharded(_) => Ok(()),
@@ -458,7 +463,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
             use_glommio = false;
         }
     }
-    if !use_glommio && matches!(target, Target::Node(_)) {
+    if !use_glommio && matches!(target, Target::Node(..)) {
         target = open_sharded()?;
     }
     let idx = target.first();
@@ -506,7 +511,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
             Target::Single(single) if use_glommio => {
                 with_elem!(idx.elem(), T => run_glommio::<T>(single, &queries, params, threads, a.concurrency)?)
             }
-            Target::Node(node) => {
+            Target::Node(node, _) => {
                 let probe = (probe < target.shards().len()).then_some(probe);
                 with_elem!(idx.elem(), T => run_node::<T>(node, &queries, params, probe, threads, a.concurrency)?)
             }
