@@ -100,6 +100,18 @@ impl WireStats {
         self.shards_searched += 1;
     }
 
+    /// As the engine's per-query stats (counts saturate at `u32::MAX`).
+    pub fn to_search_stats(&self) -> SearchStats {
+        let c = |x: u64| u32::try_from(x).unwrap_or(u32::MAX);
+        SearchStats {
+            ios: c(self.ios),
+            hops: c(self.hops),
+            visited_nodes: c(self.visited),
+            cache_hits: c(self.cache_hits),
+            pq_distances: 0,
+        }
+    }
+
     pub fn add(&mut self, o: &WireStats) {
         self.ios += o.ios;
         self.cache_hits += o.cache_hits;

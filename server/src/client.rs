@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use glommio::{LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement};
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper::header::CONTENT_TYPE;
@@ -20,7 +20,7 @@ use hyper::header::CONTENT_TYPE;
 use crate::api::{SearchRequest, SearchResponse};
 use crate::config::resolve;
 use crate::error::{Result, ServerError};
-use crate::node::{connect, Sender};
+use crate::node::{connect, read_search_response, Sender};
 use crate::rt::{until, Io};
 use crate::runtime::DEFAULT_IO_MEMORY;
 
@@ -190,20 +190,7 @@ async fn search_once(
             *conn.borrow_mut() = None;
             format!("request failed: {e}")
         })?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading the response: {e}"))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!(
-                "status {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            ));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| format!("not a search response: {e}"))
+        read_search_response(resp).await
     };
     until(deadline, exchange)
         .await
@@ -250,27 +237,16 @@ pub fn exchange(
     version: Version,
     requests: Vec<Request>,
 ) -> Result<Vec<std::result::Result<(u16, Bytes), String>>> {
-    let handle = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("shardann-exchange")
-        .io_memory(DEFAULT_IO_MEMORY)
-        .spawn(move || async move {
-            let mut out = Vec::with_capacity(requests.len());
-            for r in requests {
-                let deadline = Instant::now() + CLIENT_TIMEOUT;
-                let one = until(deadline, exchange_one(addr, version, r))
-                    .await
-                    .unwrap_or_else(|| Err("no response within 30 s".into()));
-                out.push(one);
-            }
-            out
-        })
-        .map_err(|e| ServerError::Runtime {
-            executors: 1,
-            source: e.into(),
-        })?;
-    handle.join().map_err(|e| ServerError::Executor {
-        executor: 0,
-        source: e.into(),
+    crate::rt::block_on("shardann-exchange", move || async move {
+        let mut out = Vec::with_capacity(requests.len());
+        for r in requests {
+            let deadline = Instant::now() + CLIENT_TIMEOUT;
+            let one = until(deadline, exchange_one(addr, version, r))
+                .await
+                .unwrap_or_else(|| Err("no response within 30 s".into()));
+            out.push(one);
+        }
+        out
     })
 }
 

@@ -594,21 +594,7 @@ impl<T: WireElem> Executor<T> {
                     return Err(format!("request failed: {e}"));
                 }
             };
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("reading the response: {e}"))?
-                .to_bytes();
-            if !status.is_success() {
-                return Err(format!(
-                    "status {status}: {}",
-                    String::from_utf8_lossy(&bytes)
-                ));
-            }
-            serde_json::from_slice::<SearchResponse>(&bytes)
-                .map_err(|e| format!("response is not a search response: {e}"))
+            read_search_response(resp).await
         };
         match until(deadline, exchange).await {
             Some(Ok(resp)) => {
@@ -668,6 +654,27 @@ impl<T: WireElem> Executor<T> {
             *c = None;
         }
     }
+}
+
+/// The body of a `/v1/search` response, or what went wrong: a non-2xx
+/// status (with the node's message) or a body that is not a search response.
+pub async fn read_search_response(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> std::result::Result<SearchResponse, String> {
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the response: {e}"))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("not a search response: {e}"))
 }
 
 /// Opens an HTTP/2 (prior knowledge) connection to `addr`; its driver runs

@@ -480,17 +480,8 @@ pub fn pull_blocking(
     index_dir: &Path,
 ) -> Result<PullReport> {
     let dir = index_dir.to_path_buf();
-    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("shardann-pull")
-        .io_memory(crate::runtime::DEFAULT_IO_MEMORY)
-        .spawn(move || async move { pull(addr, token.as_deref(), shard, &dir).await })
-        .map_err(|e| ServerError::Runtime {
-            executors: 1,
-            source: e.into(),
-        })?;
-    handle.join().map_err(|e| ServerError::Executor {
-        executor: 0,
-        source: e.into(),
+    crate::rt::block_on("shardann-pull", move || async move {
+        pull(addr, token.as_deref(), shard, &dir).await
     })?
 }
 

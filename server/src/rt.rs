@@ -152,3 +152,28 @@ pub async fn until<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
         futures::future::Either::Right(_) => None,
     }
 }
+
+/// Runs `make()`'s future to completion on a fresh, unpinned glommio
+/// executor thread and returns its output: how blocking code (the CLI, a
+/// node's startup) calls the async clients.
+pub fn block_on<F, Fut, T>(name: &str, make: F) -> crate::error::Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name(name)
+        .io_memory(crate::runtime::DEFAULT_IO_MEMORY)
+        .spawn(make)
+        .map_err(|e| crate::error::ServerError::Runtime {
+            executors: 1,
+            source: e.into(),
+        })?;
+    handle
+        .join()
+        .map_err(|e| crate::error::ServerError::Executor {
+            executor: 0,
+            source: e.into(),
+        })
+}

@@ -156,6 +156,15 @@ pub fn run_queries_on<T: Element>(
             source: e.into(),
         })?;
 
+    gather(handles, n)
+}
+
+/// Joins the executors and puts their `(query index, result)` pairs in
+/// query order; the first executor error (or panic) fails the run.
+fn gather(
+    handles: glommio::PoolThreadHandles<Result<Vec<(usize, QueryResult)>>>,
+    n: usize,
+) -> Result<Vec<QueryResult>> {
     let mut results: Vec<Option<QueryResult>> = vec![None; n];
     let mut first_error = None;
     for (executor, joined) in handles.join_all().into_iter().enumerate() {
@@ -396,13 +405,7 @@ pub fn run_node_queries<T: crate::api::WireElem>(
                                     ids: r.hits.iter().map(|h| h.id).collect(),
                                     distances: r.hits.iter().map(|h| h.distance).collect(),
                                     micros: start.elapsed().as_micros() as u64,
-                                    stats: SearchStats {
-                                        ios: r.stats.ios as u32,
-                                        hops: r.stats.hops as u32,
-                                        visited_nodes: r.stats.visited as u32,
-                                        cache_hits: r.stats.cache_hits as u32,
-                                        pq_distances: 0,
-                                    },
+                                    stats: r.stats.to_search_stats(),
                                 },
                             ));
                         }
@@ -429,30 +432,7 @@ pub fn run_node_queries<T: crate::api::WireElem>(
             executors: config.executors,
             source: e.into(),
         })?;
-    let mut results: Vec<Option<QueryResult>> = vec![None; n];
-    for (executor, joined) in handles.join_all().into_iter().enumerate() {
-        let done = joined.map_err(|e| ServerError::Executor {
-            executor,
-            source: e.into(),
-        })??;
-        for (i, r) in done {
-            if let Some(slot) = results.get_mut(i) {
-                *slot = Some(r);
-            }
-        }
-    }
-    results
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.ok_or_else(|| ServerError::Query {
-                query: i,
-                source: Box::new(ServerError::InvalidParameter(
-                    "no executor returned a result for this query (internal error)".into(),
-                )),
-            })
-        })
-        .collect()
+    gather(handles, n)
 }
 
 #[cfg(test)]

@@ -200,12 +200,7 @@ fn cluster_of_three_nodes() {
 
     let gt = GroundTruth::read(&gt_path).unwrap();
     let qf = VectorFile::open(&query).unwrap();
-    let vectors: Vec<Vec<f64>> = qf
-        .vectors::<u8>()
-        .unwrap()
-        .iter()
-        .map(|r| r.iter().map(|&x| f64::from(x)).collect())
-        .collect();
+    let vectors = crate::query_rows(&query);
     let vectors = Arc::new(vectors);
     let params = HttpParams {
         k: 10,

@@ -135,3 +135,48 @@ pub fn bench_json(
     cli_ok(&args);
     report(json)
 }
+
+/// Copies a directory tree (files and subdirectories).
+pub fn copy_all(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_all(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A u8 query file's rows as the JSON numbers the HTTP API takes.
+pub fn query_rows(path: &Path) -> Vec<Vec<f64>> {
+    shardann_engine::data::VectorFile::open(path)
+        .unwrap()
+        .vectors::<u8>()
+        .unwrap()
+        .iter()
+        .map(|r| r.iter().map(|&x| f64::from(x)).collect())
+        .collect()
+}
+
+/// `shardann build` of a small test index: `shards` shards (1: unsharded),
+/// max degree `r`, build list 32, 16-byte PQ. Returns the CLI's output.
+pub fn build_small(base: &Path, out: &Path, shards: usize, r: &str) -> String {
+    let shards = shards.to_string();
+    cli_ok(&[
+        "build",
+        "--base",
+        p(base),
+        "--out",
+        p(out),
+        "--shards",
+        &shards,
+        "--max-degree",
+        r,
+        "--build-list",
+        "32",
+        "--pq-bytes",
+        "16",
+    ])
+}

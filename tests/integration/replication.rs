@@ -11,7 +11,7 @@ use shardann_engine::segment::{self, Manifest};
 use shardann_server::client::{exchange, search_many, HttpParams, Request, Version};
 
 use crate::cluster::{free_addrs, NodeProc};
-use crate::{cli_ok, generated, p};
+use crate::{build_small, cli_ok, copy_all, generated, p, query_rows};
 
 const REPLICATE_ENV: &str = "SHARDANN_TEST_REPLICATE_ARGS";
 
@@ -57,21 +57,7 @@ fn a_new_node_pulls_its_shards_and_answers_the_same() {
     let d = dir.path();
     let [base, query, _] = generated(d, "sift-like", "4000", "50", "31", "l2", "10");
     let idx = d.join("idx");
-    cli_ok(&[
-        "build",
-        "--base",
-        p(&base),
-        "--out",
-        p(&idx),
-        "--shards",
-        "4",
-        "--max-degree",
-        "24",
-        "--build-list",
-        "40",
-        "--pq-bytes",
-        "16",
-    ]);
+    build_small(&base, &idx, 4, "24");
     let addrs = free_addrs(3);
     let all: &[u32] = &[0, 1, 2, 3];
     let empty = d.join("n3");
@@ -139,13 +125,7 @@ fn a_new_node_pulls_its_shards_and_answers_the_same() {
         "n3 pulled a shard it does not serve"
     );
 
-    let qf = shardann_engine::data::VectorFile::open(&query).unwrap();
-    let vectors: Vec<Vec<f64>> = qf
-        .vectors::<u8>()
-        .unwrap()
-        .iter()
-        .map(|r| r.iter().map(|&x| f64::from(x)).collect())
-        .collect();
+    let vectors = query_rows(&query);
     let vectors = Arc::new(vectors);
     let params = HttpParams {
         k: 10,
@@ -188,47 +168,19 @@ fn pulls_killed_at_any_moment_leave_a_whole_version() {
     let d = dir.path();
     let [base, ..] = generated(d, "sift-like", "30000", "5", "32", "l2", "10");
     let cluster = d.join("cluster");
-    cli_ok(&[
-        "build",
-        "--base",
-        p(&base),
-        "--out",
-        p(&cluster),
-        "--shards",
-        "2",
-        "--max-degree",
-        "24",
-        "--build-list",
-        "32",
-        "--pq-bytes",
-        "16",
-    ]);
+    build_small(&base, &cluster, 2, "24");
     // The destination has version 1 of shard 0; the source moves on to 2.
     let dst = d.join("dst");
     std::fs::create_dir_all(dst.join("shard-0")).unwrap();
     std::fs::copy(cluster.join("cluster.json"), dst.join("cluster.json")).unwrap();
     let v1 = segment::version_dir_name(1);
-    copy_tree(
+    copy_all(
         &cluster.join("shard-0").join(&v1),
         &dst.join("shard-0").join(&v1),
     );
     segment::publish(&dst.join("shard-0"), 1).unwrap();
     let v1_manifest = Manifest::read(&dst.join("shard-0").join(&v1)).unwrap();
-    cli_ok(&[
-        "build",
-        "--base",
-        p(&base),
-        "--out",
-        p(&cluster),
-        "--shards",
-        "2",
-        "--max-degree",
-        "28",
-        "--build-list",
-        "32",
-        "--pq-bytes",
-        "16",
-    ]);
+    build_small(&base, &cluster, 2, "28");
     let v2_manifest = Manifest::read(&segment::resolve(&cluster.join("shard-0")).unwrap()).unwrap();
     assert_eq!(v2_manifest.version, 2);
 
@@ -327,26 +279,6 @@ fn pulls_killed_at_any_moment_leave_a_whole_version() {
     drop(source);
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
-fn copy_all(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_all(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// True if fewer than two batches ran: the switch happened with no
 /// queries in flight to speak of.
 fn runner_was_idle(outcomes: &[shardann_server::client::Outcome], batch: usize) -> bool {
@@ -370,23 +302,7 @@ fn nodes_follow_a_new_version_while_serving() {
     let d = dir.path();
     let [base, query, _] = generated(d, "sift-like", "4000", "40", "33", "l2", "10");
     let (idx1, idx2) = (d.join("n1"), d.join("n2"));
-    let build = |r: &str| {
-        cli_ok(&[
-            "build",
-            "--base",
-            p(&base),
-            "--out",
-            p(&idx1),
-            "--shards",
-            "2",
-            "--max-degree",
-            r,
-            "--build-list",
-            "32",
-            "--pq-bytes",
-            "16",
-        ])
-    };
+    let build = |r: &str| build_small(&base, &idx1, 2, r);
     build("16");
     copy_all(&idx1, &idx2);
     let addrs = free_addrs(2);
@@ -416,12 +332,7 @@ fn nodes_follow_a_new_version_while_serving() {
     assert_eq!(shard_versions(addrs[1]), vec![Some(1), Some(1)]);
 
     let qf = shardann_engine::data::VectorFile::open(&query).unwrap();
-    let vectors: Vec<Vec<f64>> = qf
-        .vectors::<u8>()
-        .unwrap()
-        .iter()
-        .map(|r| r.iter().map(|&x| f64::from(x)).collect())
-        .collect();
+    let vectors = query_rows(&query);
     let params = HttpParams {
         k: 10,
         list: Some(24),
@@ -518,23 +429,7 @@ fn a_corrupt_or_older_source_is_refused_and_the_old_version_stays() {
     let d = dir.path();
     let [base, ..] = generated(d, "sift-like", "3000", "5", "34", "l2", "10");
     let (src, dst, old) = (d.join("src"), d.join("dst"), d.join("old"));
-    let build = |r: &str| {
-        cli_ok(&[
-            "build",
-            "--base",
-            p(&base),
-            "--out",
-            p(&src),
-            "--shards",
-            "2",
-            "--max-degree",
-            r,
-            "--build-list",
-            "24",
-            "--pq-bytes",
-            "8",
-        ])
-    };
+    let build = |r: &str| build_small(&base, &src, 2, r);
     build("12");
     copy_all(&src, &dst);
     copy_all(&src, &old);

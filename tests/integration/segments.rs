@@ -6,15 +6,7 @@ use std::path::{Path, PathBuf};
 use shardann_engine::index::{DiskIndex, OpenOptions};
 use shardann_engine::segment::{self, Manifest, CURRENT_FILE, MANIFEST_FILE};
 
-use crate::{cli, cli_ok, generated, p};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
+use crate::{build_small, cli, cli_ok, copy_all, generated, p};
 
 fn open(dir: &Path) -> shardann_engine::Result<DiskIndex> {
     DiskIndex::open(dir, OpenOptions::buffered())
@@ -49,21 +41,7 @@ fn every_flipped_or_truncated_byte_is_caught() {
     let d = dir.path();
     let [base, ..] = generated(d, "sift-like", "3000", "10", "5", "l2", "10");
     let out = d.join("idx");
-    cli_ok(&[
-        "build",
-        "--base",
-        p(&base),
-        "--out",
-        p(&out),
-        "--shards",
-        "2",
-        "--max-degree",
-        "16",
-        "--build-list",
-        "24",
-        "--pq-bytes",
-        "8",
-    ]);
+    build_small(&base, &out, 2, "16");
     let seg = segment::resolve(&out.join("shard-1")).unwrap();
     let m = Manifest::read(&seg).unwrap();
     assert_eq!((m.shard_id, m.version, m.parent_version), (1, 1, None));
@@ -83,7 +61,7 @@ fn every_flipped_or_truncated_byte_is_caught() {
         let broken = d.join("broken");
         let mut damage = |what: String, content: Vec<u8>, open_must_fail: bool| {
             let _ = std::fs::remove_dir_all(&broken);
-            copy_dir(&seg, &broken);
+            copy_all(&seg, &broken);
             std::fs::write(broken.join(&name), content).unwrap();
             let e = segment::verify(&broken)
                 .err()
@@ -124,11 +102,11 @@ fn every_flipped_or_truncated_byte_is_caught() {
     // directory pointer is refused.
     let broken = d.join("broken");
     let _ = std::fs::remove_dir_all(&broken);
-    copy_dir(&seg, &broken);
+    copy_all(&seg, &broken);
     std::fs::remove_file(broken.join("ids.bin")).unwrap();
     assert!(open(&broken).is_err() && segment::verify(&broken).is_err());
     let _ = std::fs::remove_dir_all(&broken);
-    copy_dir(&seg, &broken);
+    copy_all(&seg, &broken);
     std::fs::write(broken.join("notes.txt"), "x").unwrap();
     segment::verify(&broken).unwrap();
 }
@@ -139,21 +117,7 @@ fn versions_switch_atomically_and_only_forward() {
     let d = dir.path();
     let [base, query, _] = generated(d, "sift-like", "2000", "5", "6", "l2", "10");
     let idx = d.join("idx");
-    let build = |r: &str| {
-        cli_ok(&[
-            "build",
-            "--base",
-            p(&base),
-            "--out",
-            p(&idx),
-            "--max-degree",
-            r,
-            "--build-list",
-            "24",
-            "--pq-bytes",
-            "8",
-        ])
-    };
+    let build = |r: &str| build_small(&base, &idx, 1, r);
     assert!(build("12").contains("version 1"));
     assert!(build("16").contains("version 2"));
     let (v, cur) = segment::current(&idx).unwrap();
@@ -182,7 +146,7 @@ fn versions_switch_atomically_and_only_forward() {
     assert_eq!(segment::current(&idx).unwrap().0, 2);
     // An unsealed segment (no manifest yet) cannot become current.
     let v3 = idx.join(segment::version_dir_name(3));
-    copy_dir(&cur, &v3);
+    copy_all(&cur, &v3);
     std::fs::remove_file(v3.join(MANIFEST_FILE)).unwrap();
     assert!(segment::publish(&idx, 3).is_err());
     assert_eq!(segment::current(&idx).unwrap().0, 2);
@@ -202,7 +166,7 @@ fn versions_switch_atomically_and_only_forward() {
     }
     // A plain index is not rebuilt over.
     let plain = d.join("plain");
-    copy_dir(&cur, &plain);
+    copy_all(&cur, &plain);
     std::fs::remove_file(plain.join(MANIFEST_FILE)).unwrap();
     open(&plain).unwrap();
     let e = cli(&["build", "--base", p(&base), "--out", p(&plain)]).unwrap_err();

@@ -162,12 +162,21 @@ fn run_queries<T: Element>(
     Ok((outcomes, wall))
 }
 
+/// One of the server's glommio runners: `run_queries_on` over one index,
+/// or `run_node_queries` over a node's shards.
+type Runner<'a, T> = dyn Fn(
+        shardann_engine::data::Vectors<'_, T>,
+        SearchParams,
+        &shardann_server::RuntimeConfig,
+    ) -> Result<Vec<shardann_server::QueryResult>, shardann_server::ServerError>
+    + 'a;
+
 /// Starts the glommio runtime on the first query only. The outer error is
 /// a bad query file; the inner one says the runtime cannot start here.
 fn glommio_probe<T: Element>(
-    idx: &std::sync::Arc<DiskIndex>,
     queries: &VectorFile,
     k: usize,
+    run: &Runner<'_, T>,
 ) -> anyhow::Result<Result<(), shardann_server::ServerError>> {
     let qv = queries.vectors::<T>()?;
     let Some(first) = qv.iter().next() else {
@@ -179,8 +188,7 @@ fn glommio_probe<T: Element>(
         list: k.max(10),
         beam: 1,
     };
-    let config = shardann_server::RuntimeConfig::new(1, 1);
-    match shardann_server::run_queries_on(idx, one, params, &config) {
+    match run(one, params, &shardann_server::RuntimeConfig::new(1, 1)) {
         Ok(_) => Ok(Ok(())),
         Err(
             e @ (shardann_server::ServerError::Runtime { .. }
@@ -192,16 +200,16 @@ fn glommio_probe<T: Element>(
 
 /// Runs every query on glommio executors, `concurrency` in flight on each.
 fn run_glommio<T: Element>(
-    idx: &std::sync::Arc<DiskIndex>,
     queries: &VectorFile,
     params: SearchParams,
     executors: usize,
     concurrency: usize,
+    run: &Runner<'_, T>,
 ) -> anyhow::Result<(Vec<QueryOutcome>, f64)> {
     let qv = queries.vectors::<T>()?;
     let config = shardann_server::RuntimeConfig::new(executors, concurrency);
     let start = Instant::now();
-    let results = shardann_server::run_queries_on(idx, qv, params, &config)?;
+    let results = run(qv, params, &config)?;
     let wall = start.elapsed().as_secs_f64();
     let outcomes = results
         .into_iter()
@@ -214,62 +222,6 @@ fn run_glommio<T: Element>(
         })
         .collect();
     Ok((outcomes, wall))
-}
-
-/// [`glommio_probe`] for a sharded index searched as a node.
-fn node_probe<T: shardann_server::api::WireElem>(
-    node: &std::sync::Arc<shardann_server::node::Node>,
-    queries: &VectorFile,
-    k: usize,
-) -> anyhow::Result<Result<(), shardann_server::ServerError>> {
-    let qv = queries.vectors::<T>()?;
-    let Some(first) = qv.iter().next() else {
-        return Ok(Ok(()));
-    };
-    let one = shardann_engine::data::Vectors::new(first, qv.dim());
-    let params = SearchParams {
-        k,
-        list: k.max(10),
-        beam: 1,
-    };
-    let config = shardann_server::RuntimeConfig::new(1, 1);
-    match shardann_server::runtime::run_node_queries(node, one, params, None, &config) {
-        Ok(_) => Ok(Ok(())),
-        Err(
-            e @ (shardann_server::ServerError::Runtime { .. }
-            | shardann_server::ServerError::Executor { .. }),
-        ) => Ok(Err(e)),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Runs every query through a node's search path on glommio executors.
-fn run_node<T: shardann_server::api::WireElem>(
-    node: &std::sync::Arc<shardann_server::node::Node>,
-    queries: &VectorFile,
-    params: SearchParams,
-    probe: Option<usize>,
-    executors: usize,
-    concurrency: usize,
-) -> anyhow::Result<(Vec<QueryOutcome>, f64)> {
-    let qv = queries.vectors::<T>()?;
-    let config = shardann_server::RuntimeConfig::new(executors, concurrency);
-    let start = Instant::now();
-    let results = shardann_server::runtime::run_node_queries(node, qv, params, probe, &config)?;
-    let wall = start.elapsed().as_secs_f64();
-    Ok((
-        results
-            .into_iter()
-            .map(|r| QueryOutcome {
-                ids: r.ids,
-                micros: r.micros as f64,
-                stats: r.stats,
-                failed: false,
-                partial: false,
-            })
-            .collect(),
-        wall,
-    ))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -447,12 +399,16 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         // memory and pinned executors: try it on one query before relying
         // on it, and fall back to blocking threads (once, with a note).
         let probe = match &target {
-            Target::Single(single) => {
-                with_elem!(idx.elem(), T => glommio_probe::<T>(single, &queries, a.k))?
-            }
-            Target::Node(node, _) => {
-                with_elem!(idx.elem(), T => node_probe::<T>(node, &queries, a.k))?
-            }
+            Target::Single(single) => with_elem!(idx.elem(), T => glommio_probe::<T>(
+                &queries,
+                a.k,
+                &|q, p, c| shardann_server::run_queries_on(single, q, p, c),
+            ))?,
+            Target::Node(node, _) => with_elem!(idx.elem(), T => glommio_probe::<T>(
+                &queries,
+                a.k,
+                &|q, p, c| shardann_server::runtime::run_node_queries(node, q, p, None, c),
+            ))?,
             Target::Sharded(_) => Ok(()),
         };
         if let Err(e) = probe {
@@ -509,11 +465,13 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         params.validate()?;
         let (outcomes, wall) = match &target {
             Target::Single(single) if use_glommio => {
-                with_elem!(idx.elem(), T => run_glommio::<T>(single, &queries, params, threads, a.concurrency)?)
+                with_elem!(idx.elem(), T => run_glommio::<T>(&queries, params, threads, a.concurrency,
+                    &|q, p, c| shardann_server::run_queries_on(single, q, p, c))?)
             }
             Target::Node(node, _) => {
                 let probe = (probe < target.shards().len()).then_some(probe);
-                with_elem!(idx.elem(), T => run_node::<T>(node, &queries, params, probe, threads, a.concurrency)?)
+                with_elem!(idx.elem(), T => run_glommio::<T>(&queries, params, threads, a.concurrency,
+                    &|q, p, c| shardann_server::runtime::run_node_queries(node, q, p, probe, c))?)
             }
             _ => {
                 with_elem!(idx.elem(), T => run_queries::<T>(&target, &queries, params, worker_threads, probe)?)
@@ -716,13 +674,7 @@ fn bench_server(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Result
                 Ok(r) => QueryOutcome {
                     ids: r.hits.iter().map(|h| h.id).collect(),
                     micros: o.micros as f64,
-                    stats: SearchStats {
-                        ios: r.stats.ios as u32,
-                        hops: r.stats.hops as u32,
-                        visited_nodes: r.stats.visited as u32,
-                        cache_hits: r.stats.cache_hits as u32,
-                        pq_distances: 0,
-                    },
+                    stats: r.stats.to_search_stats(),
                     failed: false,
                     partial: r.partial,
                 },
