@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2::SendRequest;
 use hyper::header::CONTENT_TYPE;
 
-use crate::api::{SearchRequest, SearchResponse};
+use crate::api::{BatchRequest, BatchResponse, SearchRequest, SearchResponse};
 use crate::config::resolve;
 use crate::error::{Result, ServerError};
-use crate::node::{connect, read_search_response, Sender};
+use crate::node::{connect, read_json, Sender};
 use crate::rt::{until, Io};
 use crate::runtime::DEFAULT_IO_MEMORY;
 
@@ -80,9 +79,23 @@ pub fn search_many(
     concurrency: usize,
     executors: usize,
 ) -> Result<Vec<Outcome>> {
-    if concurrency == 0 || executors == 0 {
+    search_many_batched(addr, vectors, params, 1, concurrency, executors)
+}
+
+/// [`search_many`] with `batch` vectors per request: `/v1/search/batch`
+/// when `batch > 1`. Each vector's outcome carries its request's latency.
+pub fn search_many_batched(
+    addr: SocketAddr,
+    vectors: Arc<Vec<Vec<f64>>>,
+    params: HttpParams,
+    batch: usize,
+    concurrency: usize,
+    executors: usize,
+) -> Result<Vec<Outcome>> {
+    if concurrency == 0 || executors == 0 || batch == 0 || batch > crate::api::MAX_BATCH {
         return Err(ServerError::InvalidParameter(
-            "concurrency and client executors must be at least 1".into(),
+            "concurrency and client executors must be at least 1, the batch size in 1..=10000"
+                .into(),
         ));
     }
     let next = Arc::new(AtomicUsize::new(0));
@@ -105,18 +118,38 @@ pub fn search_many(
                     glommio::spawn_local(async move {
                         let mut done = Vec::new();
                         loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(v) = vectors.get(i) else { break };
+                            let b = next.fetch_add(1, Ordering::Relaxed);
+                            let first = b.saturating_mul(batch);
+                            let Some(rows) = vectors.get(first..(first + batch).min(n)) else {
+                                break;
+                            };
+                            if rows.is_empty() {
+                                break;
+                            }
                             let start = Instant::now();
                             let conn = &conns[t % conns.len()];
-                            let result = search_once(addr, conn, v, params).await;
-                            done.push((
-                                i,
-                                Outcome {
-                                    micros: start.elapsed().as_micros() as u64,
-                                    result,
-                                },
-                            ));
+                            let results = if batch == 1 {
+                                vec![search_once(addr, conn, &rows[0], params).await]
+                            } else {
+                                match batch_once(addr, conn, rows, params).await {
+                                    Ok(r) if r.len() == rows.len() => {
+                                        r.into_iter().map(Ok).collect()
+                                    }
+                                    Ok(r) => vec![
+                                        Err(format!(
+                                            "{} answers for {} vectors",
+                                            r.len(),
+                                            rows.len()
+                                        ));
+                                        rows.len()
+                                    ],
+                                    Err(e) => vec![Err(e); rows.len()],
+                                }
+                            };
+                            let micros = start.elapsed().as_micros() as u64;
+                            for (j, result) in results.into_iter().enumerate() {
+                                done.push((first + j, Outcome { micros, result }));
+                            }
                         }
                         done
                     })
@@ -157,12 +190,11 @@ pub fn search_many(
 
 async fn search_once(
     addr: SocketAddr,
-    conn: &std::cell::RefCell<Option<SendRequest<Full<Bytes>>>>,
+    conn: &std::cell::RefCell<Option<Sender>>,
     vector: &[f64],
     params: HttpParams,
 ) -> std::result::Result<SearchResponse, String> {
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let body = serde_json::to_vec(&SearchRequest {
+    let body = SearchRequest {
         vector: vector.to_vec(),
         k: params.k,
         list: params.list,
@@ -170,8 +202,39 @@ async fn search_once(
         probe_shards: params.probe_shards,
         timeout_ms: params.timeout_ms,
         shards: None,
-    })
-    .map_err(|e| e.to_string())?;
+    };
+    post_json(addr, conn, "/v1/search", &body).await
+}
+
+async fn batch_once(
+    addr: SocketAddr,
+    conn: &std::cell::RefCell<Option<Sender>>,
+    vectors: &[Vec<f64>],
+    params: HttpParams,
+) -> std::result::Result<Vec<SearchResponse>, String> {
+    let body = BatchRequest {
+        vectors: vectors.to_vec(),
+        k: params.k,
+        list: params.list,
+        beam: params.beam,
+        probe_shards: params.probe_shards,
+        timeout_ms: params.timeout_ms,
+    };
+    post_json::<BatchResponse>(addr, conn, "/v1/search/batch", &body)
+        .await
+        .map(|r| r.results)
+}
+
+/// POSTs `body` as JSON on the pooled connection `conn` (connecting if it
+/// has none or it closed) and reads an `R` back, within [`CLIENT_TIMEOUT`].
+async fn post_json<R: serde::de::DeserializeOwned>(
+    addr: SocketAddr,
+    conn: &std::cell::RefCell<Option<Sender>>,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> std::result::Result<R, String> {
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
     let existing = conn.borrow().as_ref().filter(|s| !s.is_closed()).cloned();
     let mut sender = match existing {
         Some(s) => s,
@@ -181,7 +244,7 @@ async fn search_once(
             s
         }
     };
-    let req = hyper::Request::post(format!("http://{addr}/v1/search"))
+    let req = hyper::Request::post(format!("http://{addr}{path}"))
         .header(CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
@@ -190,7 +253,7 @@ async fn search_once(
             *conn.borrow_mut() = None;
             format!("request failed: {e}")
         })?;
-        read_search_response(resp).await
+        read_json(resp).await
     };
     until(deadline, exchange)
         .await

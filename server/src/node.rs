@@ -594,7 +594,7 @@ impl<T: WireElem> Executor<T> {
                     return Err(format!("request failed: {e}"));
                 }
             };
-            read_search_response(resp).await
+            read_json::<SearchResponse>(resp).await
         };
         match until(deadline, exchange).await {
             Some(Ok(resp)) => {
@@ -656,11 +656,11 @@ impl<T: WireElem> Executor<T> {
     }
 }
 
-/// The body of a `/v1/search` response, or what went wrong: a non-2xx
-/// status (with the node's message) or a body that is not a search response.
-pub async fn read_search_response(
+/// The JSON body of a response as `R`, or what went wrong: a non-2xx
+/// status (with the node's message) or a body that is not an `R`.
+pub async fn read_json<R: serde::de::DeserializeOwned>(
     resp: hyper::Response<hyper::body::Incoming>,
-) -> std::result::Result<SearchResponse, String> {
+) -> std::result::Result<R, String> {
     let status = resp.status();
     let bytes = resp
         .into_body()
@@ -674,7 +674,7 @@ pub async fn read_search_response(
             String::from_utf8_lossy(&bytes)
         ));
     }
-    serde_json::from_slice(&bytes).map_err(|e| format!("not a search response: {e}"))
+    serde_json::from_slice(&bytes).map_err(|e| format!("unexpected response body: {e}"))
 }
 
 /// Opens an HTTP/2 (prior knowledge) connection to `addr`; its driver runs

@@ -269,6 +269,20 @@ fn cluster_of_three_nodes() {
         assert_eq!(a.hits, b.hits);
     }
 
+    // The client's batched path: 7 vectors a request, same answers.
+    let batched = shardann_server::client::search_many_batched(
+        nodes[2].addr,
+        Arc::new(vectors[..20].to_vec()),
+        params,
+        7,
+        2,
+        1,
+    )
+    .unwrap();
+    for (a, b) in batched.iter().zip(&reference) {
+        assert_eq!(a.result.as_ref().unwrap().hits, b.hits);
+    }
+
     // Who serves what.
     let r = exchange(
         nodes[0].addr,

@@ -47,8 +47,12 @@ pub struct BenchReport {
     pub index_bytes_on_disk: Option<u64>,
     pub pq_ram_bytes: Option<usize>,
     pub io_backend: String,
-    /// Queries in flight per thread (0: one, blocking).
+    /// Queries in flight per thread (0: one, blocking); with `server`,
+    /// requests in flight per client executor.
     pub concurrency: usize,
+    /// With `server`: vectors per request (1: `/v1/search`, more:
+    /// `/v1/search/batch`). 1 in process.
+    pub batch: usize,
     /// "threads" (blocking, one query per thread) or "glommio" (executors
     /// with many queries in flight each).
     pub runtime: String,
@@ -504,6 +508,7 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
         pq_ram_bytes: Some(target.shards().iter().map(|s| s.memory_bytes()).sum()),
         io_backend: io_backend.clone(),
         concurrency: a.concurrency,
+        batch: 1,
         runtime: runtime.to_string(),
         cache_nodes: target.shards().iter().map(|s| s.node_cache().len()).sum(),
         cache_bytes: Some(
@@ -570,7 +575,9 @@ fn check_gt(a: &BenchArgs, gt: &GroundTruth, nq: usize, points: usize) -> anyhow
 
 /// `bench --server URL`: the same runs through a node's HTTP/2 endpoint.
 fn bench_server(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Result<BenchReport> {
-    use shardann_server::client::{exchange, parse_url, search_many, HttpParams, Request, Version};
+    use shardann_server::client::{
+        exchange, parse_url, search_many_batched, HttpParams, Request, Version,
+    };
     let addr = parse_url(url)?;
     let t = Instant::now();
     let shards = exchange(addr, Version::Http2, vec![Request::get("/v1/shards")])?
@@ -636,12 +643,13 @@ fn bench_server(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Result
     let concurrency = a.concurrency.max(1);
     writeln!(
         out,
-        "server {url} ({num_points} points in {num_shards} shard(s), {dim}-d {}, {}), {} queries, k={}, beam={}, {clients} client executor(s) × {concurrency} requests in flight, HTTP/2",
+        "server {url} ({num_points} points in {num_shards} shard(s), {dim}-d {}, {}), {} queries, k={}, beam={}, {clients} client executor(s) × {concurrency} requests in flight × {} vector(s) per request, HTTP/2",
         text("elem"),
         text("metric"),
         queries.len(),
         a.k,
         a.beam,
+        a.batch,
     )?;
     print_header(out)?;
     let mut runs = Vec::new();
@@ -654,10 +662,11 @@ fn bench_server(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Result
             timeout_ms: None,
         };
         let start = Instant::now();
-        let results = search_many(
+        let results = search_many_batched(
             addr,
             std::sync::Arc::clone(&vectors),
             params,
+            a.batch,
             concurrency,
             clients,
         )?;
@@ -718,6 +727,7 @@ fn bench_server(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Result
         pq_ram_bytes: None,
         io_backend: "http2".into(),
         concurrency,
+        batch: a.batch,
         runtime: "http2-client".into(),
         cache_nodes: pick("cache_nodes").unwrap_or(0.0) as usize,
         cache_bytes: None,
@@ -825,6 +835,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         &BenchArgs {
             index: Some(index),
             server: None,
+            batch: 1,
             queries: query,
             gt,
             k: 10,

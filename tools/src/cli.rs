@@ -192,6 +192,10 @@ pub struct BenchArgs {
     /// client sees, IO counts are what the node reports.
     #[arg(long)]
     pub server: Option<String>,
+    /// With --server: vectors per request, sent to /v1/search/batch when
+    /// above 1 (latency is then per request, shared by its vectors).
+    #[arg(long, default_value_t = 1, requires = "server")]
+    pub batch: usize,
     #[arg(long)]
     pub queries: PathBuf,
     /// Ground truth (.bin) for the queries.
