@@ -34,11 +34,17 @@ use shardann_engine::segment::{self, Manifest, MANIFEST_FILE};
 
 use crate::error::{Result, ServerError};
 use crate::node::{connect, Node};
+use crate::rt::until;
 
 /// Raw bytes per chunk of a file transfer.
 pub const CHUNK: usize = 1 << 20;
 /// zstd level for transfers: the library's default, about 300–500 MB/s a core.
 const LEVEL: i32 = 3;
+/// How long a replication exchange may go without progress (an answer, or
+/// the next part of a file) before it is abandoned and retried.
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long the follower waits for a peer's manifest.
+pub const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The content type of a file transfer.
 pub const CHUNKS_CONTENT_TYPE: &str = "application/x-shardann-zstd-chunks";
 
@@ -207,24 +213,36 @@ async fn get_bytes(
     token: Option<&str>,
     path: &str,
 ) -> Result<Bytes> {
-    let resp = sender
-        .send_request(request(addr, token, path)?)
+    let exchange = async {
+        let resp = sender
+            .send_request(request(addr, token, path)?)
+            .await
+            .map_err(|e| err(addr, format!("GET {path}: {e}")))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| err(addr, format!("GET {path}: {e}")))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(err(
+                addr,
+                format!("GET {path}: {status}: {}", String::from_utf8_lossy(&body)),
+            ));
+        }
+        Ok(body)
+    };
+    // A peer that accepts and never answers must not hold a pull (or the
+    // follower, which asks every peer in turn) forever.
+    until(Instant::now() + STALL_TIMEOUT, exchange)
         .await
-        .map_err(|e| err(addr, format!("GET {path}: {e}")))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| err(addr, format!("GET {path}: {e}")))?
-        .to_bytes();
-    if !status.is_success() {
-        return Err(err(
-            addr,
-            format!("GET {path}: {status}: {}", String::from_utf8_lossy(&body)),
-        ));
-    }
-    Ok(body)
+        .unwrap_or_else(|| {
+            Err(err(
+                addr,
+                format!("GET {path}: no answer within {STALL_TIMEOUT:?}"),
+            ))
+        })
 }
 
 fn request(
@@ -393,10 +411,18 @@ async fn fetch_file(
     path: &Path,
 ) -> Result<(u64, u64)> {
     let url = format!("/v1/shards/{shard}/segments/{version}/files/{name}?offset={have}");
-    let resp = sender
-        .send_request(request(addr, token, &url)?)
-        .await
-        .map_err(|e| err(addr, format!("GET {url}: {e}")))?;
+    let resp = until(
+        Instant::now() + STALL_TIMEOUT,
+        sender.send_request(request(addr, token, &url)?),
+    )
+    .await
+    .ok_or_else(|| {
+        err(
+            addr,
+            format!("GET {url}: no answer within {STALL_TIMEOUT:?}"),
+        )
+    })?
+    .map_err(|e| err(addr, format!("GET {url}: {e}")))?;
     let status = resp.status();
     let mut body = resp.into_body();
     if !status.is_success() {
@@ -419,10 +445,17 @@ async fn fetch_file(
     let (mut raw_total, mut wire_total) = (0u64, 0u64);
     let mut pos = have;
     loop {
-        let frame = match body.frame().await {
-            None => break,
-            Some(Ok(f)) => f,
-            Some(Err(e)) => {
+        let frame = match until(Instant::now() + STALL_TIMEOUT, body.frame()).await {
+            None => {
+                file.sync_all().map_err(|e| io_err(path, e))?;
+                return Err(err(
+                    addr,
+                    format!("GET {url}: stalled at byte {pos} for {STALL_TIMEOUT:?}"),
+                ));
+            }
+            Some(None) => break,
+            Some(Some(Ok(f))) => f,
+            Some(Some(Err(e))) => {
                 file.sync_all().map_err(|e| io_err(path, e))?;
                 return Err(err(addr, format!("GET {url}: cut at byte {pos}: {e}")));
             }
@@ -527,17 +560,24 @@ pub fn is_replication_path(path: &str) -> bool {
 }
 
 /// The version of shard `shard` the node at `addr` serves now.
+/// Gives up after [`VERSION_TIMEOUT`]: the follower asks every peer in
+/// turn, and one that hangs must not stall the others.
 pub async fn remote_version(addr: SocketAddr, token: Option<&str>, shard: u32) -> Result<u64> {
-    let mut sender = connect(addr, std::time::Duration::from_secs(5))
+    let ask = async {
+        let mut sender = connect(addr, VERSION_TIMEOUT)
+            .await
+            .map_err(|e| err(addr, e))?;
+        get_bytes(
+            &mut sender,
+            addr,
+            token,
+            &format!("/v1/shards/{shard}/manifest"),
+        )
         .await
-        .map_err(|e| err(addr, e))?;
-    let bytes = get_bytes(
-        &mut sender,
-        addr,
-        token,
-        &format!("/v1/shards/{shard}/manifest"),
-    )
-    .await?;
+    };
+    let bytes = until(Instant::now() + VERSION_TIMEOUT, ask)
+        .await
+        .unwrap_or_else(|| Err(err(addr, format!("no manifest within {VERSION_TIMEOUT:?}"))))?;
     Ok(Manifest::from_bytes(Path::new("remote segment.json"), &bytes)?.version)
 }
 

@@ -148,3 +148,18 @@ fn a_hung_replica_is_retried_and_a_hung_shard_is_reported_missing() {
     }
     assert!(waited < Duration::from_secs(10), "waited {waited:?}");
 }
+
+/// The follower's question to a peer ("which version of shard S?") gives
+/// up on one that never answers, instead of stalling following for good.
+#[test]
+fn asking_a_hung_peer_for_its_version_gives_up() {
+    let hole = black_hole();
+    let start = Instant::now();
+    let answer = shardann_server::rt::block_on("version-probe", move || async move {
+        shardann_server::replication::remote_version(hole, None, 0).await
+    })
+    .unwrap();
+    let e = answer.unwrap_err().to_string();
+    assert!(e.contains("no manifest within"), "{e}");
+    assert!(start.elapsed() < shardann_server::replication::VERSION_TIMEOUT * 4);
+}
