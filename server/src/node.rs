@@ -438,7 +438,8 @@ impl<T: WireElem> Executor<T> {
     /// shard moved to a new version since the last search here.
     async fn file_for(&self, s: u32, index: &Arc<DiskIndex>) -> Result<Rc<DmaFile>> {
         if let Some(Some((version, file))) = self.files.borrow().get(s as usize) {
-            if Weak::ptr_eq(version, &Arc::downgrade(index)) {
+            // Identity of the version, without touching the weak count.
+            if std::ptr::eq(version.as_ptr(), Arc::as_ptr(index)) {
                 return Ok(Rc::clone(file));
             }
         }
@@ -485,6 +486,11 @@ impl<T: WireElem> Executor<T> {
         let mut hits = Vec::new();
         let mut missing = Vec::new();
         let mut stats = WireStats::default();
+        if shards.is_empty() {
+            // Every shard was local (or this is a peer's request): nothing
+            // to convert or schedule on the per-query path.
+            return (hits, missing, stats);
+        }
         let mut tried: Vec<(u32, usize)> = Vec::new();
         let vector: Vec<f64> = q.vector.iter().map(|x| f64::from(x.to_f32())).collect();
         let mut inflight = FuturesUnordered::new();

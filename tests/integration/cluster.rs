@@ -15,7 +15,7 @@ use shardann_engine::data::{recall_at_k, GroundTruth, VectorFile};
 use shardann_server::api::SearchResponse;
 use shardann_server::client::{exchange, search_many, HttpParams, Outcome, Request, Version};
 
-use crate::{bench_json, cli_ok, generated, p, recall_at};
+use crate::{bench_json, build_small, generated, p, recall_at};
 
 const NODE_ENV: &str = "SHARDANN_TEST_NODE_CONFIG";
 
@@ -135,29 +135,9 @@ fn cluster_of_three_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let [base, query, gt_path] = generated(d, "sift-like", "6000", "200", "21", "l2", "10");
-    let graph = [
-        "--max-degree",
-        "32",
-        "--build-list",
-        "64",
-        "--pq-bytes",
-        "16",
-    ];
     let (whole, sharded) = (d.join("whole"), d.join("sharded"));
-    let mut args = vec!["build", "--base", p(&base), "--out", p(&whole)];
-    args.extend_from_slice(&graph);
-    cli_ok(&args);
-    let mut args = vec![
-        "build",
-        "--base",
-        p(&base),
-        "--out",
-        p(&sharded),
-        "--shards",
-        "6",
-    ];
-    args.extend_from_slice(&graph);
-    cli_ok(&args);
+    build_small(&base, &whole, 1, "32");
+    build_small(&base, &sharded, 6, "32");
     let list = 48;
     let unsharded = recall_at(
         &bench_json(
