@@ -7,8 +7,9 @@
 
 use rustc_hash::FxHashMap;
 
+use crate::error::FormatError;
 use crate::io::{AlignedBuf, SectorReader, SectorRequest};
-use crate::layout::{FormatError, NodeRecord, SectorGeometry, SECTOR};
+use crate::layout::{NodeRecord, SectorGeometry, SECTOR};
 
 /// A read-only set of node records held in memory.
 #[derive(Debug, Default)]

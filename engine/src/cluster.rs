@@ -1,9 +1,11 @@
-//! A sharded index: one complete index per shard plus a manifest.
+//! A sharded index: one shard directory per shard plus a manifest.
 //!
 //! ```text
 //!  OUT/
 //!    cluster.json      ClusterManifest: shards, sizes, partition centroids
-//!    shard-0/          disk.index, pq.bin, build.json, ids.bin (global ids)
+//!    shard-0/          a shard directory (crate::shard): CURRENT + versions
+//!      CURRENT
+//!      v0000000001/    disk.index, pq.bin, ids.bin (global ids), build.json, segment.json
 //!    shard-1/ …
 //! ```
 //!
@@ -12,18 +14,18 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::data::{ElemType, Vectors};
-use crate::error::{Error, Result};
+use crate::data::Vectors;
+use crate::element::ElemType;
+use crate::error::{ClusterFileError, Error, Result};
 use crate::index::{BuildParams, DiskIndex, OpenOptions, SearchScratch};
-use crate::layout;
+use crate::layout::{self, CLUSTER_FILE, IDS_FILE, INDEX_FILE};
 use crate::metric::{Element, Metric};
 use crate::partition::{Partition, PartitionKind};
 use crate::progress::Progress;
 use crate::search::{Hit, SearchParams, SearchStats};
 
-pub const CLUSTER_FILE: &str = "cluster.json";
-pub const IDS_FILE: &str = "ids.bin";
 const FORMAT: &str = "shardann-cluster";
+const FORMAT_VERSION: u32 = 1;
 
 /// `cluster.json`. Spec: `format-spec/cluster.md`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -77,13 +79,13 @@ impl ClusterManifest {
     /// (unsharded) index directory, a one-shard manifest describing it, so
     /// code that serves shards serves a single index the same way.
     pub fn of_dir(dir: &Path) -> Result<Self> {
-        if dir.join(CLUSTER_FILE).exists() || !dir.join(crate::index::INDEX_FILE).exists() {
+        if dir.join(CLUSTER_FILE).exists() || !dir.join(INDEX_FILE).exists() {
             return read_manifest(dir);
         }
-        let index = DiskIndex::open(dir, OpenOptions::buffered())?;
+        let index = crate::shard::open(dir, OpenOptions::buffered())?;
         Ok(ClusterManifest {
             format: FORMAT.into(),
-            version: 1,
+            version: FORMAT_VERSION,
             metric: index.metric(),
             elem: index.elem(),
             dim: index.dim(),
@@ -101,27 +103,37 @@ impl ClusterManifest {
     /// Opens shard `id` of the manifest found in `dir`, checking it agrees
     /// with the manifest on size, dimension and metric.
     pub fn open_shard(&self, dir: &Path, id: usize, opts: OpenOptions) -> Result<DiskIndex> {
+        let file = dir.join(CLUSTER_FILE);
         let s = self.shards.get(id).ok_or_else(|| {
-            Error::InvalidParameter(format!(
-                "{}: no shard {id}; the cluster has {} shard(s)",
-                dir.display(),
-                self.shards.len()
-            ))
+            Error::cluster_file(
+                &file,
+                ClusterFileError::UnknownShard {
+                    id,
+                    count: self.shards.len(),
+                },
+            )
         })?;
         let path: PathBuf = dir.join(&s.dir);
-        let idx = DiskIndex::open(&path, opts)?;
-        if idx.len() != s.num_points || idx.dim() != self.dim || idx.metric() != self.metric {
-            return Err(Error::InvalidParameter(format!(
-                "{}: shard has {} points of dimension {} ({}); {} says {} of dimension {} ({})",
-                path.display(),
-                idx.len(),
-                idx.dim(),
-                idx.metric(),
-                CLUSTER_FILE,
-                s.num_points,
-                self.dim,
-                self.metric
-            )));
+        let idx = crate::shard::open(&path, opts)?;
+        if idx.len() != s.num_points
+            || idx.dim() != self.dim
+            || idx.metric() != self.metric
+            || idx.elem() != self.elem
+        {
+            return Err(Error::cluster_file(
+                &file,
+                ClusterFileError::ShardMismatch {
+                    id,
+                    points: idx.len() as u64,
+                    dim: idx.dim(),
+                    elem: idx.elem(),
+                    metric: idx.metric().name(),
+                    want_points: s.num_points as u64,
+                    want_dim: self.dim,
+                    want_elem: self.elem,
+                    want_metric: self.metric.name(),
+                },
+            ));
         }
         Ok(idx)
     }
@@ -147,7 +159,7 @@ pub fn build_sharded<T: Element>(
         }
         let dir_name = format!("shard-{s}");
         let dir = out.join(&dir_name);
-        crate::segment::build_version(
+        crate::shard::build_version(
             Vectors::new(&rows, data.dim()),
             params,
             &dir,
@@ -163,7 +175,7 @@ pub fn build_sharded<T: Element>(
     }
     let manifest = ClusterManifest {
         format: FORMAT.into(),
-        version: 1,
+        version: FORMAT_VERSION,
         metric: params.metric,
         elem: T::TYPE,
         dim: data.dim(),
@@ -177,41 +189,78 @@ pub fn build_sharded<T: Element>(
             .collect(),
     };
     let path = out.join(CLUSTER_FILE);
-    let json =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| Error::InvalidParameter(e.to_string()))?;
-    std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+    manifest
+        .check()
+        .map_err(|e| Error::cluster_file(&path, e))?;
+    let json = manifest
+        .to_bytes()
+        .map_err(|e| Error::cluster_file(&path, e))?;
+    crate::fs::write_atomic(&path, &json)?;
     Ok(manifest)
+}
+
+impl ClusterManifest {
+    /// `cluster.json`'s bytes (pretty-printed JSON).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ClusterFileError> {
+        serde_json::to_vec_pretty(self).map_err(ClusterFileError::Json)
+    }
+
+    /// Parses `cluster.json`'s bytes and checks them against themselves.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ClusterFileError> {
+        let m: ClusterManifest = serde_json::from_slice(bytes).map_err(ClusterFileError::Json)?;
+        m.check()?;
+        Ok(m)
+    }
+
+    /// What `format-spec/cluster.md` requires beyond parsing.
+    pub fn check(&self) -> Result<(), ClusterFileError> {
+        if self.format != FORMAT || self.version != FORMAT_VERSION {
+            return Err(ClusterFileError::WrongFormat {
+                format: self.format.clone(),
+                version: self.version,
+                expected: FORMAT,
+                expected_version: FORMAT_VERSION,
+            });
+        }
+        if self.shards.is_empty() {
+            return Err(ClusterFileError::NoShards);
+        }
+        for (index, s) in self.shards.iter().enumerate() {
+            if s.id as usize != index {
+                return Err(ClusterFileError::ShardIdOrder { index, id: s.id });
+            }
+            if s.dir != "." && !layout::is_plain_name(&s.dir) {
+                return Err(ClusterFileError::BadShardDir { dir: s.dir.clone() });
+            }
+        }
+        let total = self
+            .shards
+            .iter()
+            .fold(0u64, |sum, s| sum.saturating_add(s.num_points as u64));
+        if total != self.num_points as u64 {
+            return Err(ClusterFileError::PointCount {
+                total,
+                stated: self.num_points as u64,
+            });
+        }
+        let centroids_ok = self.centroids.is_empty()
+            || (self.centroids.len() == self.shards.len()
+                && self.centroids.iter().all(|c| c.len() == self.dim));
+        if !centroids_ok {
+            return Err(ClusterFileError::CentroidCount {
+                centroids: self.centroids.len(),
+                shards: self.shards.len(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Reads `cluster.json`, checking what it says against itself.
 pub fn read_manifest(dir: &Path) -> Result<ClusterManifest> {
     let path = dir.join(CLUSTER_FILE);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let bad = |why: String| Error::InvalidParameter(format!("{}: {why}", path.display()));
-    let m: ClusterManifest =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a cluster manifest: {e}")))?;
-    if m.format != FORMAT || m.version != 1 {
-        return Err(bad(format!(
-            "format {:?} version {} is not {FORMAT} version 1",
-            m.format, m.version
-        )));
-    }
-    let total: usize = m.shards.iter().map(|s| s.num_points).sum();
-    if total != m.num_points {
-        return Err(bad(format!(
-            "shards hold {total} points, the manifest says {}",
-            m.num_points
-        )));
-    }
-    if m.shards
-        .iter()
-        .any(|s| s.dir.contains('/') || s.dir.contains(".."))
-    {
-        return Err(bad(
-            "a shard directory must be a plain name inside the cluster directory".into(),
-        ));
-    }
-    Ok(m)
+    ClusterManifest::parse(&bytes).map_err(|e| Error::cluster_file(&path, e))
 }
 
 /// All shards of a sharded index, opened for search in one process.
@@ -281,4 +330,77 @@ pub fn merge_top_k(mut hits: Vec<Hit>, k: usize) -> Vec<Hit> {
     crate::search::sort_hits(&mut hits);
     hits.truncate(k);
     hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_shards() -> ClusterManifest {
+        ClusterManifest {
+            format: FORMAT.into(),
+            version: FORMAT_VERSION,
+            metric: Metric::L2,
+            elem: ElemType::U8,
+            dim: 2,
+            num_points: 5,
+            partition: PartitionKind::KMeans,
+            shards: vec![
+                ShardInfo {
+                    id: 0,
+                    dir: "shard-0".into(),
+                    num_points: 3,
+                },
+                ShardInfo {
+                    id: 1,
+                    dir: "shard-1".into(),
+                    num_points: 2,
+                },
+            ],
+            centroids: vec![vec![0.0, 1.0], vec![2.0, 3.0]],
+        }
+    }
+
+    #[test]
+    fn a_good_manifest_round_trips() {
+        let m = two_shards();
+        assert_eq!(ClusterManifest::parse(&m.to_bytes().unwrap()).unwrap(), m);
+    }
+
+    /// Issue 9: a `cluster.json` with zero shards made `bench` index
+    /// `shards()[0]` and panic; it is refused where it is read. The other
+    /// cases are what `format-spec/cluster.md` says a reader must reject.
+    #[test]
+    fn contradictions_are_refused_by_name() {
+        let cases: Vec<(Box<dyn Fn(&mut ClusterManifest)>, &str)> = vec![
+            (
+                Box::new(|m| {
+                    m.shards.clear();
+                    m.centroids.clear();
+                    m.num_points = 0;
+                }),
+                "no shards",
+            ),
+            (Box::new(|m| m.shards[1].id = 7), "in order"),
+            (Box::new(|m| m.shards[0].dir = "../x".into()), "plain name"),
+            (Box::new(|m| m.num_points = 6), "shards hold 5 points"),
+            (
+                Box::new(|m| m.centroids.pop().map(|_| ()).unwrap()),
+                "centroids",
+            ),
+            (Box::new(|m| m.centroids[0].push(1.0)), "centroids"),
+            (Box::new(|m| m.format = "other".into()), "format"),
+            (Box::new(|m| m.shards[0].num_points = usize::MAX), "points"),
+        ];
+        for (damage, want) in cases {
+            let mut m = two_shards();
+            damage(&mut m);
+            let e = ClusterManifest::parse(&m.to_bytes().unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e:?} should mention {want:?}");
+        }
+        let e = ClusterManifest::parse(b"{\"format\": 1}").unwrap_err();
+        assert!(e.to_string().contains("not a cluster manifest"), "{e}");
+    }
 }

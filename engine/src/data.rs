@@ -15,121 +15,9 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use crate::error::{Error, Result};
+use crate::element::ElemType;
+use crate::error::{DataError, Error, Result};
 use crate::metric::Element;
-
-/// The element type of a vector file, given by its extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ElemType {
-    U8,
-    I8,
-    F32,
-}
-
-impl ElemType {
-    /// Bytes per element.
-    pub const fn size(self) -> usize {
-        match self {
-            ElemType::U8 | ElemType::I8 => 1,
-            ElemType::F32 => 4,
-        }
-    }
-
-    /// The conventional file extension, without the dot.
-    pub const fn extension(self) -> &'static str {
-        match self {
-            ElemType::U8 => "u8bin",
-            ElemType::I8 => "i8bin",
-            ElemType::F32 => "fbin",
-        }
-    }
-
-    /// A short name for messages and reports.
-    pub const fn name(self) -> &'static str {
-        match self {
-            ElemType::U8 => "u8",
-            ElemType::I8 => "i8",
-            ElemType::F32 => "f32",
-        }
-    }
-
-    /// Infers the element type from a file name's extension.
-    pub fn from_path(path: &Path) -> Result<Self> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        match ext {
-            "u8bin" | "bbin" => Ok(ElemType::U8),
-            "i8bin" => Ok(ElemType::I8),
-            "fbin" => Ok(ElemType::F32),
-            other => Err(Error::data(
-                path,
-                DataError::UnknownExtension {
-                    ext: other.to_string(),
-                },
-            )),
-        }
-    }
-
-    /// The byte used for this type in index headers.
-    pub const fn code(self) -> u8 {
-        match self {
-            ElemType::U8 => 0,
-            ElemType::I8 => 1,
-            ElemType::F32 => 2,
-        }
-    }
-
-    /// The inverse of [`ElemType::code`].
-    pub const fn from_code(code: u8) -> Option<Self> {
-        match code {
-            0 => Some(ElemType::U8),
-            1 => Some(ElemType::I8),
-            2 => Some(ElemType::F32),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for ElemType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// What can be wrong with the bytes of a data file.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DataError {
-    #[error("unknown extension {ext:?}: expected .u8bin, .i8bin or .fbin")]
-    UnknownExtension { ext: String },
-    #[error("file is {len} bytes, too short for the 8-byte header (u32 count, u32 dim)")]
-    MissingHeader { len: u64 },
-    #[error("header says dimension 0")]
-    ZeroDimension,
-    #[error(
-        "header says {count} × {dim} {elem} values = {expected} bytes after the header, \
-         but the file has {actual}{hint}"
-    )]
-    SizeMismatch {
-        count: u64,
-        dim: u64,
-        elem: ElemType,
-        expected: u64,
-        actual: u64,
-        hint: &'static str,
-    },
-    #[error(
-        "ground truth header says nq = {nq}, k = {k}: {expected} bytes expected, file has {actual}"
-    )]
-    GroundTruthSize {
-        nq: u64,
-        k: u64,
-        expected: u64,
-        actual: u64,
-    },
-    #[error("ground truth row {row} has id {id}, but the base set has only {count} points")]
-    GroundTruthId { row: usize, id: u32, count: usize },
-}
 
 /// A read-only, memory-mapped vector file.
 pub struct VectorFile {
@@ -155,7 +43,15 @@ impl VectorFile {
     /// Opens a vector file, taking the element type from its extension.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let elem = ElemType::from_path(path)?;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let elem = ElemType::from_extension(ext).ok_or_else(|| {
+            Error::data(
+                path,
+                DataError::UnknownExtension {
+                    ext: ext.to_string(),
+                },
+            )
+        })?;
         Self::open_as(path, elem)
     }
 

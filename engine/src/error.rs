@@ -1,12 +1,20 @@
-//! The engine's public error type.
+//! Errors: one enum per concern, and the engine's [`Error`], which adds
+//! *where* (the file) to *what* went wrong.
 //!
-//! Module-level errors ([`crate::data::DataError`], [`crate::layout::FormatError`])
-//! say *what* is wrong with some bytes; [`Error`] adds *where*: the file.
+//! | enum | concern | raised by |
+//! |---|---|---|
+//! | [`DataError`] | the bytes of a vector or ground-truth file | `data` |
+//! | [`FormatError`] | the bytes of `disk.index`, `pq.bin`, `ids.bin` | `layout` |
+//! | [`ManifestError`] | a segment's `segment.json` | `layout::manifest` |
+//! | [`SegmentError`] | a segment or shard directory whose files, pointer or versions disagree | `segment`, `shard` |
+//! | [`ClusterFileError`] | a sharded index's `cluster.json` | `cluster` |
+//!
+//! This module is a leaf (it names only [`ElemType`]), so every other module
+//! can return these errors without a dependency cycle.
 
 use std::path::PathBuf;
 
-use crate::data::DataError;
-use crate::layout::FormatError;
+use crate::element::ElemType;
 
 /// Result alias used across the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -37,6 +45,29 @@ pub enum Error {
         #[source]
         source: FormatError,
     },
+    /// A segment manifest that does not parse or contradicts itself.
+    #[error("{}: {source}", path.display())]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: ManifestError,
+    },
+    /// A segment or shard directory whose manifest, pointer or files do not
+    /// agree (see `format-spec/segment-v1.md`).
+    #[error("{}: {source}", path.display())]
+    Segment {
+        path: PathBuf,
+        #[source]
+        source: SegmentError,
+    },
+    /// A `cluster.json` that does not parse, contradicts itself, or does not
+    /// match the shards it describes (see `format-spec/cluster.md`).
+    #[error("{}: {source}", path.display())]
+    ClusterFile {
+        path: PathBuf,
+        #[source]
+        source: ClusterFileError,
+    },
     /// A query or data set whose dimension differs from the index's.
     #[error(
         "dimension mismatch: {what} has dimension {got}, but the index has dimension {expected}"
@@ -56,10 +87,6 @@ pub enum Error {
     /// A parameter outside the range the engine supports.
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
-    /// A segment or shard directory whose manifest, pointer or files do not
-    /// agree (see `format-spec/segment-v1.md`).
-    #[error("{}: {reason}", path.display())]
-    Segment { path: PathBuf, reason: String },
 }
 
 impl Error {
@@ -83,4 +110,212 @@ impl Error {
             source,
         }
     }
+
+    pub(crate) fn manifest(path: impl Into<PathBuf>, source: ManifestError) -> Self {
+        Error::Manifest {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn segment(path: impl Into<PathBuf>, source: SegmentError) -> Self {
+        Error::Segment {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn cluster_file(path: impl Into<PathBuf>, source: ClusterFileError) -> Self {
+        Error::ClusterFile {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// What can be wrong with the bytes of a data file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    #[error("unknown extension {ext:?}: expected .u8bin, .i8bin or .fbin")]
+    UnknownExtension { ext: String },
+    #[error("file is {len} bytes, too short for the 8-byte header (u32 count, u32 dim)")]
+    MissingHeader { len: u64 },
+    #[error("header says dimension 0")]
+    ZeroDimension,
+    #[error(
+        "header says {count} × {dim} {elem} values = {expected} bytes after the header, \
+         but the file has {actual}{hint}"
+    )]
+    SizeMismatch {
+        count: u64,
+        dim: u64,
+        elem: ElemType,
+        expected: u64,
+        actual: u64,
+        hint: &'static str,
+    },
+    #[error(
+        "ground truth header says nq = {nq}, k = {k}: {expected} bytes expected, file has {actual}"
+    )]
+    GroundTruthSize {
+        nq: u64,
+        k: u64,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("ground truth row {row} has id {id}, but the base set has only {count} points")]
+    GroundTruthId { row: usize, id: u32, count: usize },
+}
+
+/// What can be wrong with the bytes of an index file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    #[error("bad magic bytes {found:02x?}: not a shardann {what} file")]
+    BadMagic { what: &'static str, found: Vec<u8> },
+    #[error("format version {major}.{minor} is not supported (this build reads {supported}.x)")]
+    UnsupportedVersion {
+        major: u16,
+        minor: u16,
+        supported: u16,
+    },
+    #[error("{what} checksum mismatch: stored {stored:#018x}, computed {computed:#018x}")]
+    ChecksumMismatch {
+        what: &'static str,
+        stored: u64,
+        computed: u64,
+    },
+    #[error("truncated: {what} needs bytes {offset}..{end}, but the file has {file_len}")]
+    Truncated {
+        what: &'static str,
+        offset: u64,
+        end: u64,
+        file_len: u64,
+    },
+    #[error("invalid {field} = {value}: {why}")]
+    Invalid {
+        field: &'static str,
+        value: u64,
+        why: String,
+    },
+    #[error("node {node} (sector {sector}): {why}")]
+    CorruptNode { node: u64, sector: u64, why: String },
+}
+
+/// What can be wrong with a segment manifest (`segment.json`). Spec:
+/// `format-spec/segment-v1.md`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    #[error("manifest is larger than {max} bytes")]
+    TooLarge { max: u64 },
+    #[error("manifest is not UTF-8")]
+    NotUtf8,
+    #[error("manifest does not end with a newline (truncated?)")]
+    NoFinalNewline,
+    #[error("manifest has no checksum line (truncated?)")]
+    NoChecksumLine,
+    #[error("malformed checksum line {line:?}")]
+    MalformedChecksumLine { line: String },
+    #[error("manifest checksum mismatch: stored {stored:016x}, computed {computed:016x}")]
+    ChecksumMismatch { stored: u64, computed: u64 },
+    #[error("manifest does not parse: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("format {format:?} version {version} is not {expected} version {expected_version}")]
+    WrongFormat {
+        format: String,
+        version: u32,
+        expected: &'static str,
+        expected_version: u32,
+    },
+    #[error("version 0 is not valid (versions start at 1)")]
+    VersionZero,
+    #[error(
+        "{what} {version} is above {max}, the largest a 10-digit version directory name holds"
+    )]
+    VersionTooLarge {
+        what: &'static str,
+        version: u64,
+        max: u64,
+    },
+    #[error("parent version {parent} is not older than version {version}")]
+    ParentNotOlder { parent: u64, version: u64 },
+    #[error("file name {name:?} is not allowed")]
+    BadFileName { name: String },
+    #[error("{name}: malformed checksum {xxh3:?}")]
+    MalformedFileChecksum { name: String, xxh3: String },
+    #[error("{name} is listed twice")]
+    DuplicateFile { name: String },
+    #[error("the manifest does not list {name}")]
+    MissingFile { name: &'static str },
+}
+
+/// What can be wrong with a segment or a shard directory as a whole: its
+/// `CURRENT` pointer, its versions, files that disagree with the manifest.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SegmentError {
+    #[error("holds a plain (unversioned) index; build into a new directory")]
+    PlainIndex,
+    #[error("does not end with a newline")]
+    PointerNoNewline,
+    #[error("{name:?} is not a version directory name")]
+    PointerBadName { name: String },
+    #[error("says version {manifest}, its directory {dir}")]
+    VersionMismatch { manifest: u64, dir: u64 },
+    #[error("version {version} is older than the current version {current}")]
+    OlderVersion { version: u64, current: u64 },
+    #[error(
+        "version {version} is above {max}, the largest a 10-digit version directory name holds"
+    )]
+    VersionTooLarge { version: u64, max: u64 },
+    #[error("is {size} bytes; the manifest says {expected}")]
+    SizeMismatch { size: u64, expected: u64 },
+    #[error("checksum mismatch: the manifest says {expected}, the file hashes to {computed}")]
+    ChecksumMismatch { expected: String, computed: String },
+}
+
+/// What can be wrong with a `cluster.json`. Spec: `format-spec/cluster.md`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterFileError {
+    #[error("not a cluster manifest: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("format {format:?} version {version} is not {expected} version {expected_version}")]
+    WrongFormat {
+        format: String,
+        version: u32,
+        expected: &'static str,
+        expected_version: u32,
+    },
+    #[error("lists no shards (a cluster has at least one)")]
+    NoShards,
+    #[error("shard {index} of the list has id {id}; shard ids must be 0, 1, 2, … in order")]
+    ShardIdOrder { index: usize, id: u32 },
+    #[error("shards hold {total} points, the manifest says {stated}")]
+    PointCount { total: u64, stated: u64 },
+    #[error(
+        "has {centroids} centroids for {shards} shards (k-means: one per shard; random: none)"
+    )]
+    CentroidCount { centroids: usize, shards: usize },
+    #[error("shard directory {dir:?}: must be a plain name inside the cluster directory")]
+    BadShardDir { dir: String },
+    #[error("no shard {id}; the cluster has {count} shard(s)")]
+    UnknownShard { id: usize, count: usize },
+    #[error(
+        "shard {id} has {points} points of dimension {dim} ({elem}, {metric}); \
+         cluster.json says {want_points} of dimension {want_dim} ({want_elem}, {want_metric})"
+    )]
+    ShardMismatch {
+        id: usize,
+        points: u64,
+        dim: usize,
+        elem: ElemType,
+        metric: &'static str,
+        want_points: u64,
+        want_dim: usize,
+        want_elem: ElemType,
+        want_metric: &'static str,
+    },
 }

@@ -4,26 +4,33 @@
 //!  OUT/
 //!    disk.index   header sector + node records      (format-spec/index.md)
 //!    pq.bin       PQ codebook + codes, checksummed  (format-spec/pq.md)
+//!    ids.bin      global ids, in a shard of a sharded index (format-spec/cluster.md)
 //!    build.json   how it was built (informational, not read by search)
 //! ```
+//!
+//! [`DiskIndex::open`] opens exactly the directory it is given: resolving a
+//! shard directory's `CURRENT` and checking a segment's manifest are the
+//! layers above ([`crate::shard`], [`crate::segment`]), which attach the
+//! manifest to the opened index.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::cache::{CacheError, NodeCache};
-use crate::data::{ElemType, Vectors};
+use crate::data::Vectors;
+use crate::element::ElemType;
+use crate::error::FormatError;
 use crate::error::{Error, Result};
 use crate::io::{open_reader, AlignedBuf, IoBackend, SectorReader, SectorRequest};
-use crate::layout::{self, IndexHeader, SectorGeometry, SECTOR};
+use crate::layout::{
+    self, IndexHeader, Manifest, SectorGeometry, BUILD_INFO_FILE, IDS_FILE, INDEX_FILE, PQ_FILE,
+    SECTOR,
+};
 use crate::metric::{Element, Metric};
 use crate::pq::{PqCodebook, PqParams};
 use crate::progress::Progress;
 use crate::search::{BeamSearch, Hit, SearchParams, SearchStats};
 use crate::vamana::{self, VamanaParams};
-
-pub const INDEX_FILE: &str = "disk.index";
-pub const PQ_FILE: &str = "pq.bin";
-pub const BUILD_INFO_FILE: &str = "build.json";
 
 /// Everything `build` needs besides the data.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -154,8 +161,9 @@ pub struct DiskIndex {
     cache: NodeCache,
     /// For a shard of a sharded index: the global id of every local node.
     global_ids: Option<Vec<u32>>,
-    /// The manifest of the segment, when `dir` is one (not a plain index).
-    segment: Option<crate::segment::Manifest>,
+    /// The manifest of the segment, when `dir` is one (not a plain index);
+    /// attached by [`crate::segment::open`].
+    manifest: Option<Manifest>,
 }
 
 impl std::fmt::Debug for DiskIndex {
@@ -169,12 +177,11 @@ impl std::fmt::Debug for DiskIndex {
 }
 
 impl DiskIndex {
-    /// Opens `dir`, validating the header and the PQ file against each other.
-    /// `dir` is a segment, a plain index, or a shard directory (its current
-    /// segment is opened; see `format-spec/segment-v1.md`).
+    /// Opens the index files in `dir` (a segment or a plain index, not a
+    /// shard directory: see [`crate::shard::open`]), validating the header
+    /// and the PQ file against each other.
     pub fn open(dir: impl AsRef<Path>, opts: OpenOptions) -> Result<Self> {
-        let dir = crate::segment::resolve(dir.as_ref())?;
-        let dir = dir.as_path();
+        let dir = dir.as_ref();
         let path = dir.join(INDEX_FILE);
         let reader = open_reader(&path, opts.direct_io, opts.io)?;
         let mut idx = Self::open_with_reader(dir, reader)?;
@@ -184,10 +191,7 @@ impl DiskIndex {
 
     /// Opens `dir` but reads node sectors through `reader`.
     pub fn open_with_reader(dir: impl AsRef<Path>, reader: Box<dyn SectorReader>) -> Result<Self> {
-        let dir = crate::segment::resolve(dir.as_ref())?;
-        // A segment's manifest and file sizes first: a torn or foreign
-        // segment is refused before any of its files is parsed.
-        let segment = crate::segment::check_on_open(&dir)?;
+        let dir = dir.as_ref().to_path_buf();
         let path = dir.join(INDEX_FILE);
         let file_len = std::fs::metadata(&path)
             .map_err(|e| Error::io(&path, e))?
@@ -196,7 +200,7 @@ impl DiskIndex {
         if file_len < SECTOR as u64 {
             return Err(Error::format(
                 &path,
-                layout::FormatError::Truncated {
+                FormatError::Truncated {
                     what: "header sector",
                     offset: 0,
                     end: SECTOR as u64,
@@ -218,7 +222,7 @@ impl DiskIndex {
         let mismatch = |field: &'static str, value: u64, want: u64| {
             Error::format(
                 &pq_path,
-                layout::FormatError::Invalid {
+                FormatError::Invalid {
                     field,
                     value,
                     why: format!("{} says {want}", path.display()),
@@ -256,16 +260,16 @@ impl DiskIndex {
             reader,
             cache: NodeCache::empty(),
             global_ids: None,
-            segment,
+            manifest: None,
         })
         .and_then(|mut idx| {
-            let ids_path = idx.dir.join(crate::cluster::IDS_FILE);
+            let ids_path = idx.dir.join(IDS_FILE);
             if ids_path.exists() {
                 let ids = layout::read_ids(&ids_path)?;
                 if ids.len() as u64 != idx.header.num_points {
                     return Err(Error::format(
                         &ids_path,
-                        layout::FormatError::Invalid {
+                        FormatError::Invalid {
                             field: "id count",
                             value: ids.len() as u64,
                             why: format!("{} has {} points", INDEX_FILE, idx.header.num_points),
@@ -306,8 +310,13 @@ impl DiskIndex {
 
     /// The segment's manifest (shard id, version, files), or `None` for a
     /// plain index.
-    pub fn segment(&self) -> Option<&crate::segment::Manifest> {
-        self.segment.as_ref()
+    pub fn segment(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
+    }
+
+    /// Attaches the manifest the segment layer checked before opening.
+    pub(crate) fn set_manifest(&mut self, manifest: Option<Manifest>) {
+        self.manifest = manifest;
     }
 
     /// The directory whose files are open (the segment, for a shard directory).

@@ -251,26 +251,44 @@ impl UringReader {
         requests: &mut [SectorRequest<'_>],
     ) -> std::io::Result<()> {
         let fd = types::Fd(self.file.as_raw_fd());
+        // Refuse a bad request before queueing anything: a read that was
+        // queued must be submitted and awaited before this call returns, or
+        // the ring goes back to the pool with entries whose buffers are gone.
+        if let Some(r) = requests
+            .iter()
+            .find(|r| u32::try_from(r.buf.len()).is_err())
+        {
+            return Err(std::io::Error::other(format!(
+                "read of {} bytes is too large for one io_uring entry",
+                r.buf.len()
+            )));
+        }
         let mut first_err: Option<std::io::Error> = None;
         for chunk in requests.chunks_mut(RING_ENTRIES as usize) {
+            if first_err.is_some() {
+                // The caller gets an error either way; issue no more reads.
+                break;
+            }
             let mut inflight = 0usize;
             for (i, r) in chunk.iter_mut().enumerate() {
-                let len = u32::try_from(r.buf.len())
-                    .map_err(|_| std::io::Error::other("read too large"))?;
+                // Lengths were checked above, so this cannot truncate.
+                let len = r.buf.len() as u32;
                 let entry = opcode::Read::new(fd, r.buf.as_mut_ptr(), len)
                     .offset(r.sector * SECTOR as u64)
                     .build()
                     .user_data(i as u64);
                 // SAFETY: the buffer is valid for `len` bytes and is borrowed
                 // mutably for this whole call; we do not return (not even on
-                // error) before every submitted read has completed below, so
-                // the kernel never writes into memory we no longer own.
-                // `chunk` has at most RING_ENTRIES entries, so the queue
-                // cannot be full.
-                unsafe {
-                    if ring.submission().push(&entry).is_err() {
-                        break;
-                    }
+                // error) before every pushed entry has been submitted and has
+                // completed below, so the kernel never writes into memory we
+                // no longer own and no entry outlives this call in the queue.
+                let pushed = unsafe { ring.submission().push(&entry) };
+                if pushed.is_err() {
+                    // `chunk` has at most RING_ENTRIES entries, so a full
+                    // queue means a ring left dirty: record it (never skip a
+                    // request silently) and drain what was queued below.
+                    first_err = Some(std::io::Error::other("io_uring submission queue full"));
+                    break;
                 }
                 inflight += 1;
             }
@@ -369,6 +387,56 @@ impl SectorReader for MemReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 9: a request that cannot be queued used to return early with
+    /// the requests before it still in the submission queue; the ring went
+    /// back to the pool and the next call submitted them into buffers the
+    /// caller had moved on from. Now nothing is queued, and the ring stays
+    /// clean for the next call.
+    #[test]
+    fn a_refused_request_leaves_the_ring_clean() {
+        if !UringReader::usable() {
+            eprintln!("io_uring unavailable here; skipping");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..4 * SECTOR).map(|i| (i / SECTOR) as u8 + 1).collect();
+        std::fs::write(&path, &data).unwrap();
+        let reader = UringReader::open(&path, false).unwrap();
+        let mut kept = vec![0xAAu8; SECTOR];
+        // Too large for one entry; allocated lazily, never touched.
+        let mut huge = vec![0u8; (u32::MAX as usize) + 1];
+        let err = reader
+            .read(&mut [
+                SectorRequest {
+                    sector: 1,
+                    buf: &mut kept,
+                },
+                SectorRequest {
+                    sector: 2,
+                    buf: &mut huge,
+                },
+            ])
+            .unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
+        drop(huge);
+        let mut fresh = vec![0u8; SECTOR];
+        reader
+            .read(&mut [SectorRequest {
+                sector: 3,
+                buf: &mut fresh,
+            }])
+            .unwrap();
+        assert!(
+            fresh.iter().all(|&b| b == 4),
+            "the next read gets its own sector"
+        );
+        assert!(
+            kept.iter().all(|&b| b == 0xAA),
+            "no stale read landed later"
+        );
+    }
 
     #[test]
     fn aligned_buffers_are_aligned() {

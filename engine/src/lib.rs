@@ -1,28 +1,45 @@
 //! # shardann-engine
 //!
-//! The library half of shardann: everything needed to turn a Big-ANN vector
-//! file into a disk-resident index and to search it, with no opinion about
+//! The library half of shardann: everything needed to turn a vector file
+//! into a disk-resident index and to search it, with no opinion about
 //! threads or async runtimes.
 //!
 //! ```text
 //!  base.u8bin ──► data ──► pq (train, encode) ──┐
 //!                     └──► vamana (graph build) ─┴─► layout (writer) ──► disk.index + pq.bin
+//!                                                              index ──► segment (sealed) ──► shard (CURRENT)
 //!
 //!  query ──► pq::QueryTable ──► search::BeamSearch ──(sector ids)──► io::SectorReader
 //!                                   ▲                                    │
 //!                                   └──────────(sector bytes)────────────┘
 //! ```
 //!
-//! * [`data`]: reading and writing `.u8bin`/`.i8bin`/`.fbin` and ground truth.
-//! * [`metric`]: the distance functions; the only module that calls simsimd.
-//! * [`pq`]: product quantization: k-means training, encoding, ADC tables.
-//! * [`vamana`]: the DiskANN graph build (greedy search + RobustPrune).
-//! * [`layout`]: the on-disk format (see `format-spec/`), bytes ↔ structs.
-//! * [`io`]: the [`io::SectorReader`] trait and a `pread` implementation.
-//! * [`search`]: beam search, written as a state machine that asks for sectors
-//!   and is fed their bytes, so a synchronous loop and an async runtime can
-//!   both drive it.
-//! * [`index`]: the glue: build an index directory, open one for search.
+//! Modules, in tiers; a module uses only modules of its own or lower tiers,
+//! and there are no cycles (`ARCHITECTURE.md` says how that is checked):
+//!
+//! | tier | module | what |
+//! |---|---|---|
+//! | 0 | [`element`] | [`ElemType`]: `u8`, `i8`, `f32` |
+//! | 0 | [`error`] | one error enum per concern, and [`Error`], which names the file |
+//! | 0 | [`progress`] | the [`progress::Progress`] trait long operations report to |
+//! | 0 | `visited` | a reusable visited bitset (internal) |
+//! | 1 | [`metric`] | [`Metric`], [`Element`]: distances; the only module that calls simsimd |
+//! | 1 | [`fs`] | atomic file replacement, fsync, whole-file hashing |
+//! | 2 | [`data`] | reading and writing `.u8bin`/`.i8bin`/`.fbin` and ground truth |
+//! | 2 | `kmeans` | k-means++ and Lloyd (PQ training and the k-means partition; internal) |
+//! | 3 | [`synth`] | reproducible synthetic data sets |
+//! | 3 | [`groundtruth`] | exact k-NN by brute force |
+//! | 3 | [`pq`] | product quantization: training, encoding, ADC tables |
+//! | 3 | [`vamana`] | the DiskANN graph build (greedy search + RobustPrune) |
+//! | 3 | [`partition`] | assigning points to shards (k-means cells or random) |
+//! | 4 | [`layout`] | the on-disk format (see `format-spec/`), bytes ↔ structs; every file name |
+//! | 5 | [`io`] | the [`io::SectorReader`] trait, io_uring and `pread` readers |
+//! | 5 | [`search`] | beam search as a state machine that asks for sectors and is fed them |
+//! | 6 | [`cache`] | node records near the entry point, held in RAM |
+//! | 7 | [`index`] | one index directory: build it, open it, search it |
+//! | 8 | [`segment`] | an immutable, sealed, checksummed index directory |
+//! | 9 | [`shard`] | a shard directory: versions and `CURRENT`; the layer that will hold a shard's other parts |
+//! | 10 | [`cluster`] | a sharded index: `cluster.json`, sharded builds, in-process sharded search |
 //!
 //! The engine never depends on an async runtime: the server implements
 //! [`io::SectorReader`] (or drives [`search::BeamSearch`]) with its own IO.
@@ -36,10 +53,13 @@ compile_error!("shardann's on-disk format is little-endian; big-endian targets a
 pub mod cache;
 pub mod cluster;
 pub mod data;
+pub mod element;
 pub mod error;
+pub mod fs;
 pub mod groundtruth;
 pub mod index;
 pub mod io;
+mod kmeans;
 pub mod layout;
 pub mod metric;
 pub mod partition;
@@ -47,9 +67,13 @@ pub mod pq;
 pub mod progress;
 pub mod search;
 pub mod segment;
+pub mod shard;
 pub mod synth;
 pub mod vamana;
 mod visited;
 
-pub use error::{Error, Result};
+pub use element::ElemType;
+pub use error::{
+    ClusterFileError, DataError, Error, FormatError, ManifestError, Result, SegmentError,
+};
 pub use metric::{Element, Metric};

@@ -15,7 +15,7 @@
 //! compare every kernel against.
 #![allow(unsafe_code)]
 
-use crate::data::ElemType;
+use crate::element::ElemType;
 
 /// How closeness is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -106,21 +106,27 @@ extern "C" {
 }
 
 macro_rules! u8_kernel {
-    ($name:ident, $ffi:ident) => {
+    ($name:ident, $ffi:ident, $mismatch:expr) => {
+        /// Slices of different lengths give `$mismatch`, as simsimd's safe
+        /// API does for `i8` and `f32` (it returns `None`): never a distance
+        /// over the shorter prefix.
         #[inline]
         fn $name(a: &[u8], b: &[u8]) -> f32 {
-            let n = a.len().min(b.len());
+            if a.len() != b.len() {
+                return $mismatch;
+            }
             let mut out = 0f64;
-            // SAFETY: both pointers are valid for `n` bytes (n is the shorter
-            // length), `out` is a valid f64, and the kernel only reads a and b.
-            unsafe { $ffi(a.as_ptr(), b.as_ptr(), n as u64, &mut out) };
+            // SAFETY: both pointers are valid for `a.len()` bytes (the
+            // lengths are equal), `out` is a valid f64, and the kernel only
+            // reads a and b.
+            unsafe { $ffi(a.as_ptr(), b.as_ptr(), a.len() as u64, &mut out) };
             out as f32
         }
     };
 }
-u8_kernel!(u8_l2sq, simsimd_l2sq_u8);
-u8_kernel!(u8_dot, simsimd_dot_u8);
-u8_kernel!(u8_cos, simsimd_cos_u8);
+u8_kernel!(u8_l2sq, simsimd_l2sq_u8, f32::INFINITY);
+u8_kernel!(u8_dot, simsimd_dot_u8, 0.0);
+u8_kernel!(u8_cos, simsimd_cos_u8, 1.0);
 
 impl Element for u8 {
     const TYPE: ElemType = ElemType::U8;
@@ -280,6 +286,19 @@ mod tests {
             let (a, b): (Vec<f32>, Vec<f32>) = v.into_iter().unzip();
             check(&a, &b);
         }
+    }
+
+    /// Issue 9: the u8 kernel summed over the shorter slice where the i8 and
+    /// f32 kernels refuse a length mismatch; all three now agree.
+    #[test]
+    fn length_mismatch_is_refused_alike_for_every_type() {
+        fn all<T: Element>(a: &[T], b: &[T]) -> [f32; 3] {
+            [T::l2sq(a, b), T::dot(a, b), T::cos(a, b)]
+        }
+        let want = [f32::INFINITY, 0.0, 1.0];
+        assert_eq!(all::<u8>(&[1, 2, 3], &[1, 2]), want);
+        assert_eq!(all::<i8>(&[1, 2, 3], &[1, 2]), want);
+        assert_eq!(all::<f32>(&[1.0, 2.0, 3.0], &[1.0, 2.0]), want);
     }
 
     #[test]

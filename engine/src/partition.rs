@@ -87,7 +87,7 @@ impl Partition {
             .take(SAMPLE.min(n))
             .flat_map(|&p| data.row(p as usize).iter().map(|x| x.to_f32()))
             .collect();
-        let centroids = crate::pq::train::kmeans(&sample, dim, shards, 15, seed);
+        let centroids = crate::kmeans::kmeans(&sample, dim, shards, 15, seed);
         // Nearest-first preferences of every point, in parallel.
         let prefs: Vec<Vec<u32>> = (0..n)
             .into_par_iter()

@@ -18,7 +18,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::data::{ElemType, VectorWriter};
+use crate::data::VectorWriter;
+use crate::element::ElemType;
 use crate::error::Result;
 use crate::metric::{normalize, Metric};
 use crate::progress::Progress;

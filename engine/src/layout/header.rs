@@ -3,8 +3,10 @@
 use zerocopy::little_endian::{F32, U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::{FormatError, SECTOR};
-use crate::data::ElemType;
+use super::envelope::Envelope;
+use super::SECTOR;
+use crate::element::ElemType;
+use crate::error::FormatError;
 use crate::metric::Metric;
 
 pub const INDEX_MAGIC: [u8; 8] = *b"SHRDANN\0";
@@ -12,6 +14,12 @@ pub const MAJOR_VERSION: u16 = 1;
 pub const MINOR_VERSION: u16 = 0;
 /// Bytes of sector 0 the header uses; the rest of the sector is zero.
 pub const HEADER_BYTES: usize = 128;
+
+const ENVELOPE: Envelope = Envelope {
+    what: "index header",
+    magic: INDEX_MAGIC,
+    major: MAJOR_VERSION,
+};
 
 /// The index header, exactly as stored (little-endian, no implicit padding).
 /// See `format-spec/index.md` for the meaning and checks of every field.
@@ -130,27 +138,8 @@ impl IndexHeader {
             end: HEADER_BYTES as u64,
             file_len,
         })?;
-        if raw.magic != INDEX_MAGIC {
-            return Err(FormatError::BadMagic {
-                what: "index",
-                found: raw.magic.to_vec(),
-            });
-        }
-        if raw.major.get() != MAJOR_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                major: raw.major.get(),
-                minor: raw.minor.get(),
-                supported: MAJOR_VERSION,
-            });
-        }
-        let computed = checksum(&raw);
-        if computed != raw.checksum.get() {
-            return Err(FormatError::ChecksumMismatch {
-                what: "header",
-                stored: raw.checksum.get(),
-                computed,
-            });
-        }
+        ENVELOPE.check_identity(raw.magic, raw.major.get(), raw.minor.get())?;
+        ENVELOPE.check_sum(checksummed(&raw), raw.checksum.get())?;
         let invalid = |field: &'static str, value: u64, why: &str| FormatError::Invalid {
             field,
             value,
@@ -244,9 +233,14 @@ impl IndexHeader {
     }
 }
 
-fn checksum(raw: &RawHeader) -> u64 {
+/// The bytes the header checksum covers: all but the checksum field.
+fn checksummed(raw: &RawHeader) -> &[u8] {
     let bytes = raw.as_bytes();
-    xxhash_rust::xxh3::xxh3_64(bytes.get(..HEADER_BYTES - 8).unwrap_or(bytes))
+    bytes.get(..HEADER_BYTES - 8).unwrap_or(bytes)
+}
+
+fn checksum(raw: &RawHeader) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(checksummed(raw))
 }
 
 #[cfg(test)]

@@ -2,26 +2,50 @@
 
 use std::path::Path;
 
-use super::{le_u32s, FormatError};
-use crate::error::{Error, Result};
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::envelope::{append_footer, Envelope, FOOTER_BYTES};
+use super::le_u32s;
+use crate::error::{Error, FormatError, Result};
 
 pub const IDS_MAGIC: [u8; 8] = *b"SHRDIDS\0";
 const IDS_MAJOR: u16 = 1;
+const IDS_MINOR: u16 = 0;
 const HEADER: usize = 24;
+const ENVELOPE: Envelope = Envelope {
+    what: "ids file",
+    magic: IDS_MAGIC,
+    major: IDS_MAJOR,
+};
+
+/// The `ids.bin` header, exactly as stored (little-endian, no padding).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct RawIdsHeader {
+    magic: [u8; 8],
+    major: U16,
+    minor: U16,
+    reserved: U32,
+    count: U64,
+}
+const _: () = assert!(std::mem::size_of::<RawIdsHeader>() == HEADER);
 
 /// Writes `ids.bin` (header, ids, XXH3-64 footer); returns its size.
 pub fn write_ids(path: &Path, ids: &[u32]) -> Result<u64> {
-    let mut bytes = Vec::with_capacity(HEADER + 4 * ids.len() + 8);
-    bytes.extend_from_slice(&IDS_MAGIC);
-    bytes.extend_from_slice(&IDS_MAJOR.to_le_bytes());
-    bytes.extend_from_slice(&0u16.to_le_bytes());
-    bytes.extend_from_slice(&0u32.to_le_bytes());
-    bytes.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+    let header = RawIdsHeader {
+        magic: IDS_MAGIC,
+        major: IDS_MAJOR.into(),
+        minor: IDS_MINOR.into(),
+        reserved: 0.into(),
+        count: (ids.len() as u64).into(),
+    };
+    let mut bytes = Vec::with_capacity(HEADER + 4 * ids.len() + FOOTER_BYTES);
+    bytes.extend_from_slice(header.as_bytes());
     for id in ids {
         bytes.extend_from_slice(&id.to_le_bytes());
     }
-    let sum = xxhash_rust::xxh3::xxh3_64(&bytes);
-    bytes.extend_from_slice(&sum.to_le_bytes());
+    append_footer(&mut bytes);
     std::fs::write(path, &bytes).map_err(|e| Error::io(path, e))?;
     Ok(bytes.len() as u64)
 }
@@ -32,34 +56,18 @@ pub fn read_ids(path: &Path) -> Result<Vec<u32>> {
     parse_ids(&bytes).map_err(|e| Error::format(path, e))
 }
 
-fn parse_ids(bytes: &[u8]) -> Result<Vec<u32>, FormatError> {
+/// Parses the bytes of an `ids.bin` file.
+pub(crate) fn parse_ids(bytes: &[u8]) -> Result<Vec<u32>, FormatError> {
     let file_len = bytes.len() as u64;
-    let head = bytes.get(..HEADER).ok_or(FormatError::Truncated {
-        what: "ids header",
-        offset: 0,
-        end: HEADER as u64,
-        file_len,
-    })?;
-    let (magic, rest) = head.split_at(8);
-    if magic != IDS_MAGIC {
-        return Err(FormatError::BadMagic {
-            what: "ids",
-            found: magic.to_vec(),
-        });
-    }
-    let word = |at: usize, len: usize| -> u64 {
-        rest.get(at..at + len)
-            .map(|b| b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64))
-            .unwrap_or(0)
-    };
-    let (major, minor, count) = (word(0, 2) as u16, word(2, 2) as u16, word(8, 8));
-    if major != IDS_MAJOR {
-        return Err(FormatError::UnsupportedVersion {
-            major,
-            minor,
-            supported: IDS_MAJOR,
-        });
-    }
+    let (header, _) =
+        RawIdsHeader::read_from_prefix(bytes).map_err(|_| FormatError::Truncated {
+            what: "ids header",
+            offset: 0,
+            end: HEADER as u64,
+            file_len,
+        })?;
+    ENVELOPE.check_identity(header.magic, header.major.get(), header.minor.get())?;
+    let count = header.count.get();
     if count > u32::MAX as u64 {
         return Err(FormatError::Invalid {
             field: "id count",
@@ -67,7 +75,7 @@ fn parse_ids(bytes: &[u8]) -> Result<Vec<u32>, FormatError> {
             why: "node ids are u32".into(),
         });
     }
-    let need = HEADER as u64 + 4 * count + 8;
+    let need = (HEADER + FOOTER_BYTES) as u64 + 4 * count;
     if file_len != need {
         return Err(FormatError::Truncated {
             what: "ids and footer",
@@ -76,16 +84,7 @@ fn parse_ids(bytes: &[u8]) -> Result<Vec<u32>, FormatError> {
             file_len,
         });
     }
-    let (body, footer) = bytes.split_at(bytes.len() - 8);
-    let stored = u64::from_le_bytes(footer.try_into().unwrap_or([0; 8]));
-    let computed = xxhash_rust::xxh3::xxh3_64(body);
-    if stored != computed {
-        return Err(FormatError::ChecksumMismatch {
-            what: "ids file",
-            stored,
-            computed,
-        });
-    }
+    let body = ENVELOPE.check_footer(bytes)?;
     Ok(le_u32s(body.get(HEADER..).unwrap_or(&[])).collect())
 }
 

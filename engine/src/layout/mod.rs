@@ -20,19 +20,31 @@
 //! | `writer.rs` | [`write_index`]: vectors + graph → `disk.index` |
 //! | `pqfile.rs` | `pq.bin`: [`write_pq`], [`read_pq`] |
 //! | `ids.rs` | `ids.bin` of a shard: [`write_ids`], [`read_ids`] |
+//! | `manifest.rs` | `segment.json`: [`Manifest`], version directory names |
+//! | `envelope.rs` | magic, major version and XXH3-64 checks shared by the binary files |
+//!
+//! The names of every file and directory entry the layout defines are the
+//! constants below: one place to look them up.
 //!
 //! Parsers here must never panic on corrupt bytes: indexing and unwrap are
 //! denied in this module, every read is bounds-checked.
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
+mod envelope;
 mod header;
 mod ids;
+mod manifest;
 mod node;
 mod pqfile;
 mod writer;
 
 pub use header::{IndexHeader, HEADER_BYTES, INDEX_MAGIC, MAJOR_VERSION, MINOR_VERSION};
 pub use ids::{read_ids, write_ids, IDS_MAGIC};
+pub use manifest::{
+    hex64, is_plain_name, parse_version_dir_name, version_dir_name, BuildInfo, FileEntry, Manifest,
+    FORMAT as MANIFEST_FORMAT, FORMAT_VERSION as MANIFEST_FORMAT_VERSION, MAX_MANIFEST_BYTES,
+    MAX_VERSION,
+};
 pub use node::{NodeLocation, NodeRecord, SectorGeometry};
 pub use pqfile::{read_pq, write_pq, PqFile, PQ_MAGIC};
 pub use writer::write_index;
@@ -40,40 +52,20 @@ pub use writer::write_index;
 /// Every file's unit of IO and alignment.
 pub const SECTOR: usize = 4096;
 
-/// What can be wrong with the bytes of an index file.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum FormatError {
-    #[error("bad magic bytes {found:02x?}: not a shardann {what} file")]
-    BadMagic { what: &'static str, found: Vec<u8> },
-    #[error("format version {major}.{minor} is not supported (this build reads {supported}.x)")]
-    UnsupportedVersion {
-        major: u16,
-        minor: u16,
-        supported: u16,
-    },
-    #[error("{what} checksum mismatch: stored {stored:#018x}, computed {computed:#018x}")]
-    ChecksumMismatch {
-        what: &'static str,
-        stored: u64,
-        computed: u64,
-    },
-    #[error("truncated: {what} needs bytes {offset}..{end}, but the file has {file_len}")]
-    Truncated {
-        what: &'static str,
-        offset: u64,
-        end: u64,
-        file_len: u64,
-    },
-    #[error("invalid {field} = {value}: {why}")]
-    Invalid {
-        field: &'static str,
-        value: u64,
-        why: String,
-    },
-    #[error("node {node} (sector {sector}): {why}")]
-    CorruptNode { node: u64, sector: u64, why: String },
-}
+/// Header sector and node records (`format-spec/index.md`).
+pub const INDEX_FILE: &str = "disk.index";
+/// PQ codebook and codes (`format-spec/pq.md`).
+pub const PQ_FILE: &str = "pq.bin";
+/// Global ids of a shard's nodes (`format-spec/cluster.md`).
+pub const IDS_FILE: &str = "ids.bin";
+/// The build report; informational, never read by search.
+pub const BUILD_INFO_FILE: &str = "build.json";
+/// A segment's manifest, written last (`format-spec/segment-v1.md`).
+pub const MANIFEST_FILE: &str = "segment.json";
+/// A shard directory's pointer to its current version.
+pub const CURRENT_FILE: &str = "CURRENT";
+/// A sharded index's description of its shards (`format-spec/cluster.md`).
+pub const CLUSTER_FILE: &str = "cluster.json";
 
 /// Little-endian u32s of `bytes` (a trailing partial word is ignored).
 pub(crate) fn le_u32s(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {

@@ -1,6 +1,7 @@
 //! Node records inside sectors. Spec: `format-spec/index.md`, "Node records".
 
-use super::{FormatError, IndexHeader, SECTOR};
+use super::{IndexHeader, SECTOR};
+use crate::error::FormatError;
 
 /// Where records live: derived from the header once, used per node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +161,7 @@ pub(crate) fn encode_record(vector: &[u8], neighbors: &[u32], max_degree: usize,
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
-    use crate::data::ElemType;
+    use crate::element::ElemType;
     use crate::metric::Metric;
     use proptest::prelude::*;
 

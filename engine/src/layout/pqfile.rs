@@ -10,8 +10,8 @@ use std::path::Path;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::FormatError;
-use crate::error::{Error, Result};
+use super::envelope::{append_footer, Envelope, FOOTER_BYTES};
+use crate::error::{Error, FormatError, Result};
 use crate::metric::Metric;
 use crate::pq::PqCodebook;
 
@@ -20,6 +20,11 @@ const PQ_MAJOR: u16 = 1;
 const PQ_MINOR: u16 = 0;
 const PQ_HEADER_BYTES: usize = 64;
 const CENTROIDS: u32 = 256;
+const ENVELOPE: Envelope = Envelope {
+    what: "PQ file",
+    magic: PQ_MAGIC,
+    major: PQ_MAJOR,
+};
 
 #[derive(
     Debug, Clone, Copy, PartialEq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
@@ -82,8 +87,7 @@ pub fn write_pq(path: &Path, pq: &PqCodebook, codes: &[u8]) -> Result<u64> {
         bytes.extend_from_slice(&x.to_le_bytes());
     }
     bytes.extend_from_slice(codes);
-    let sum = xxhash_rust::xxh3::xxh3_64(&bytes);
-    bytes.extend_from_slice(&sum.to_le_bytes());
+    append_footer(&mut bytes);
     let io = |e| Error::io(path, e);
     let mut out = BufWriter::new(File::create(path).map_err(io)?);
     out.write_all(&bytes).map_err(io)?;
@@ -116,19 +120,7 @@ pub(crate) fn parse_pq(bytes: &[u8]) -> Result<PqFile, FormatError> {
             .get(..PQ_HEADER_BYTES)
             .ok_or(truncated("PQ header", 0, PQ_HEADER_BYTES as u64))?;
     let raw = RawPqHeader::read_from_bytes(head).map_err(|_| truncated("PQ header", 0, 64))?;
-    if raw.magic != PQ_MAGIC {
-        return Err(FormatError::BadMagic {
-            what: "PQ",
-            found: raw.magic.to_vec(),
-        });
-    }
-    if raw.major.get() != PQ_MAJOR {
-        return Err(FormatError::UnsupportedVersion {
-            major: raw.major.get(),
-            minor: raw.minor.get(),
-            supported: PQ_MAJOR,
-        });
-    }
+    ENVELOPE.check_identity(raw.magic, raw.major.get(), raw.minor.get())?;
     let invalid = |field, value: u64, why: &str| FormatError::Invalid {
         field,
         value,
@@ -158,7 +150,7 @@ pub(crate) fn parse_pq(bytes: &[u8]) -> Result<PqFile, FormatError> {
         return Err(invalid("point count", n, "node ids are u32"));
     }
     let need = body_len(dim, m, n)
-        .and_then(|b| b.checked_add(PQ_HEADER_BYTES as u64 + 8))
+        .and_then(|b| b.checked_add((PQ_HEADER_BYTES + FOOTER_BYTES) as u64))
         .ok_or_else(|| invalid("point count", n, "file size overflows"))?;
     if file_len != need {
         return Err(truncated(
@@ -167,20 +159,7 @@ pub(crate) fn parse_pq(bytes: &[u8]) -> Result<PqFile, FormatError> {
             need,
         ));
     }
-    let (body, footer) = bytes.split_at(bytes.len() - 8);
-    let stored = u64::from_le_bytes(
-        footer
-            .try_into()
-            .map_err(|_| truncated("footer", 0, need))?,
-    );
-    let computed = xxhash_rust::xxh3::xxh3_64(body);
-    if stored != computed {
-        return Err(FormatError::ChecksumMismatch {
-            what: "PQ file",
-            stored,
-            computed,
-        });
-    }
+    let body = ENVELOPE.check_footer(bytes)?;
     let (dim, m) = (dim as usize, m as usize);
     let mut at = PQ_HEADER_BYTES;
     let mut take = |len: usize| {

@@ -5,9 +5,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::train::{kmeans, nearest, Transposed};
 use crate::data::Vectors;
 use crate::error::{Error, Result};
+use crate::kmeans::{kmeans, nearest, Transposed};
 use crate::metric::{normalize, Element, Metric};
 use crate::progress::Progress;
 

@@ -3,14 +3,13 @@
 //! ```text
 //!  vector (dim) ──prepare──► f32 (normalized for cosine) ──split──► M chunks
 //!                                                                   │
-//!   chunk m ──nearest of 256 centroids (k-means on a sample)──► code byte m
+//!   chunk m ──nearest of 256 centroids (crate::kmeans on a sample)──► code byte m
 //!
 //!  query ──► QueryTable: M × 256 partial distances ──► ADC: Σ_m table[m][code[m]]
 //! ```
 //!
 //! | file | what |
 //! |---|---|
-//! | `train.rs` | k-means++ seeding and Lloyd iterations, per chunk |
 //! | `encode.rs` | [`PqCodebook`]: chunking, centring, encoding, decoding |
 //! | `table.rs` | [`QueryTable`]: asymmetric distance computation (ADC) |
 //!
@@ -22,7 +21,6 @@
 
 mod encode;
 mod table;
-pub(crate) mod train;
 
 pub use encode::{PqCodebook, PqParams};
 pub use table::QueryTable;

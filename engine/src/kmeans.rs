@@ -1,4 +1,7 @@
-//! k-means for one chunk of the PQ space.
+//! k-means: k-means++ seeding and Lloyd iterations over f32 rows.
+//!
+//! Used by PQ training (one run per chunk of the PQ space, k = 256) and by
+//! the k-means partition of a sharded build (k = shards): one home for both.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -10,7 +13,7 @@ use crate::metric::l2sq_f32;
 /// if there are fewer than `k` distinct rows, the surplus centroids repeat
 /// existing ones (encoding picks the first of equal candidates, so they are
 /// simply never used).
-pub(crate) fn kmeans(data: &[f32], d: usize, k: usize, iters: usize, seed: u64) -> Vec<f32> {
+pub fn kmeans(data: &[f32], d: usize, k: usize, iters: usize, seed: u64) -> Vec<f32> {
     let n = data.len() / d;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let row = |i: usize| &data[i * d..(i + 1) * d];
@@ -85,7 +88,7 @@ pub(crate) fn kmeans(data: &[f32], d: usize, k: usize, iters: usize, seed: u64) 
 /// Centroids of one chunk stored dimension-major (`d × k`): the loop over
 /// centroids then runs over contiguous memory and vectorizes (16 lanes with
 /// AVX-512), where the row-major loop over a 4-wide chunk cannot.
-pub(crate) struct Transposed {
+pub struct Transposed {
     d: usize,
     k: usize,
     cols: Vec<f32>,
@@ -127,7 +130,7 @@ impl Transposed {
 
 /// Index and squared distance of the centroid nearest `x` (first on ties).
 #[inline]
-pub(crate) fn nearest(centroids: &[f32], d: usize, x: &[f32]) -> (usize, f32) {
+pub fn nearest(centroids: &[f32], d: usize, x: &[f32]) -> (usize, f32) {
     let mut best = (0, f32::INFINITY);
     for (c, cent) in centroids.chunks_exact(d).enumerate() {
         let dist: f32 = cent.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum();
