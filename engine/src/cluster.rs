@@ -367,12 +367,14 @@ mod tests {
         assert_eq!(ClusterManifest::parse(&m.to_bytes().unwrap()).unwrap(), m);
     }
 
+    type Damage = Box<dyn Fn(&mut ClusterManifest)>;
+
     /// Issue 9: a `cluster.json` with zero shards made `bench` index
     /// `shards()[0]` and panic; it is refused where it is read. The other
     /// cases are what `format-spec/cluster.md` says a reader must reject.
     #[test]
     fn contradictions_are_refused_by_name() {
-        let cases: Vec<(Box<dyn Fn(&mut ClusterManifest)>, &str)> = vec![
+        let cases: Vec<(Damage, &str)> = vec![
             (
                 Box::new(|m| {
                     m.shards.clear();
