@@ -8,6 +8,7 @@
 //! | [`ManifestError`] | a segment's `segment.json` | `layout::manifest` |
 //! | [`SegmentError`] | a segment or shard directory whose files, pointer or versions disagree | `segment`, `shard` |
 //! | [`ClusterFileError`] | a sharded index's `cluster.json` | `cluster` |
+//! | [`DocsError`] | documents in JSON Lines: ids, vectors, payloads | `docs` |
 //!
 //! This module is a leaf (it names only [`ElemType`]), so every other module
 //! can return these errors without a dependency cycle.
@@ -68,6 +69,13 @@ pub enum Error {
         #[source]
         source: ClusterFileError,
     },
+    /// A documents file with a bad line (the error names the line).
+    #[error("{}: {source}", path.display())]
+    Docs {
+        path: PathBuf,
+        #[source]
+        source: DocsError,
+    },
     /// A query or data set whose dimension differs from the index's.
     #[error(
         "dimension mismatch: {what} has dimension {got}, but the index has dimension {expected}"
@@ -120,6 +128,13 @@ impl Error {
 
     pub(crate) fn segment(path: impl Into<PathBuf>, source: SegmentError) -> Self {
         Error::Segment {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn docs(path: impl Into<PathBuf>, source: DocsError) -> Self {
+        Error::Docs {
             path: path.into(),
             source,
         }
@@ -318,4 +333,54 @@ pub enum ClusterFileError {
         want_elem: ElemType,
         want_metric: &'static str,
     },
+}
+
+/// What can be wrong with documents given as JSON Lines (`build --docs`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocsError {
+    #[error("line {line}: not JSON: {source}")]
+    NotJson {
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("line {line}: a document is a JSON object, got {got}")]
+    NotObject { line: usize, got: &'static str },
+    #[error("line {line}: no \"id\" field")]
+    MissingId { line: usize },
+    #[error("line {line}: \"id\" must be a non-negative integer or a string, got {got}")]
+    BadId { line: usize, got: String },
+    #[error("line {line}: id {id} was already used on line {first}")]
+    DuplicateId {
+        line: usize,
+        id: String,
+        first: usize,
+    },
+    #[error(
+        "line {line}: id {id} is a {got}, but the ids before it are {expected}s \
+         (ids are all integers or all strings)"
+    )]
+    MixedIds {
+        line: usize,
+        id: String,
+        got: &'static str,
+        expected: &'static str,
+    },
+    #[error("line {line}: no \"vector\" field (or give the vectors with --base)")]
+    MissingVector { line: usize },
+    #[error("line {line}: field \"vector\": {why}")]
+    BadVector { line: usize, why: String },
+    #[error("line {line}: \"vector\" is given, but the vectors come from {base}")]
+    VectorBesideBase { line: usize, base: String },
+    #[error("{lines} documents, but the vector file has {rows} rows")]
+    RowCount { lines: usize, rows: usize },
+    #[error("id {id} is used twice")]
+    KeyTwice { id: String },
+    #[error("id {id} is an integer among string ids (ids are all integers or all strings)")]
+    MixedKeys { id: String },
+    #[error("no documents")]
+    Empty,
+    #[error("more than {max} documents (segment-local ids are u32)")]
+    TooMany { max: u64 },
 }

@@ -32,6 +32,7 @@
 //! | 3 | [`pq`] | product quantization: training, encoding, ADC tables |
 //! | 3 | [`vamana`] | the DiskANN graph build (greedy search + RobustPrune) |
 //! | 3 | [`partition`] | assigning points to shards (k-means cells or random) |
+//! | 5 | [`docs`] | documents: user ids (`keys.bin`), payloads (`docs.bin`), JSON Lines input |
 //! | 4 | [`layout`] | the on-disk format (see `format-spec/`), bytes ↔ structs; every file name |
 //! | 5 | [`io`] | the [`io::SectorReader`] trait, io_uring and `pread` readers |
 //! | 5 | [`search`] | beam search as a state machine that asks for sectors and is fed them |
@@ -53,6 +54,7 @@ compile_error!("shardann's on-disk format is little-endian; big-endian targets a
 pub mod cache;
 pub mod cluster;
 pub mod data;
+pub mod docs;
 pub mod element;
 pub mod error;
 pub mod fs;
@@ -74,6 +76,6 @@ mod visited;
 
 pub use element::ElemType;
 pub use error::{
-    ClusterFileError, DataError, Error, FormatError, ManifestError, Result, SegmentError,
+    ClusterFileError, DataError, DocsError, Error, FormatError, ManifestError, Result, SegmentError,
 };
 pub use metric::{Element, Metric};

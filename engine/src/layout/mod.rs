@@ -38,6 +38,7 @@ mod node;
 mod pqfile;
 mod writer;
 
+pub(crate) use envelope::{append_footer, Envelope, FOOTER_BYTES};
 pub use header::{IndexHeader, HEADER_BYTES, INDEX_MAGIC, MAJOR_VERSION, MINOR_VERSION};
 pub use ids::{read_ids, write_ids, IDS_MAGIC};
 pub use manifest::{
