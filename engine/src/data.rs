@@ -19,13 +19,60 @@ use crate::element::ElemType;
 use crate::error::{DataError, Error, Result};
 use crate::metric::Element;
 
-/// A read-only, memory-mapped vector file.
+/// A read-only vector file: Big-ANN bins and `.npy` are memory-mapped and
+/// viewed in place; TEXMEX `.fvecs`/`.bvecs` (a dimension before every row)
+/// are copied into RAM without the row prefixes.
 pub struct VectorFile {
     path: PathBuf,
-    map: Mmap,
+    storage: Storage,
     elem: ElemType,
     count: usize,
     dim: usize,
+}
+
+enum Storage {
+    /// The rows start at `offset` in the map.
+    Mapped {
+        map: Mmap,
+        offset: usize,
+    },
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+/// The vector file formats [`VectorFile::open`] reads, told apart by the
+/// file's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorFormat {
+    /// `.u8bin` / `.bbin`, `.i8bin`, `.fbin`: u32 count, u32 dim, rows.
+    BigAnn(ElemType),
+    /// NumPy `.npy`, a 2-D C-order array of `<f4`, `|u1` or `|i1`.
+    Npy,
+    /// TEXMEX `.fvecs` (f32) and `.bvecs` (u8): each row is an i32
+    /// dimension followed by the row.
+    Texmex(ElemType),
+}
+
+impl VectorFormat {
+    /// The format a file name's extension names.
+    pub fn of_path(path: &Path) -> Result<Self> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        match ext {
+            "npy" => Ok(VectorFormat::Npy),
+            "fvecs" => Ok(VectorFormat::Texmex(ElemType::F32)),
+            "bvecs" => Ok(VectorFormat::Texmex(ElemType::U8)),
+            _ => ElemType::from_extension(ext)
+                .map(VectorFormat::BigAnn)
+                .ok_or_else(|| {
+                    Error::data(
+                        path,
+                        DataError::UnknownExtension {
+                            ext: ext.to_string(),
+                        },
+                    )
+                }),
+        }
+    }
 }
 
 impl std::fmt::Debug for VectorFile {
@@ -40,34 +87,24 @@ impl std::fmt::Debug for VectorFile {
 }
 
 impl VectorFile {
-    /// Opens a vector file, taking the element type from its extension.
+    /// Opens a vector file in the format its extension names
+    /// ([`VectorFormat`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        let elem = ElemType::from_extension(ext).ok_or_else(|| {
-            Error::data(
-                path,
-                DataError::UnknownExtension {
-                    ext: ext.to_string(),
-                },
-            )
-        })?;
-        Self::open_as(path, elem)
+        match VectorFormat::of_path(path)? {
+            VectorFormat::BigAnn(elem) => Self::open_as(path, elem),
+            VectorFormat::Npy => Self::open_npy(path),
+            VectorFormat::Texmex(elem) => Self::open_texmex(path, elem),
+        }
     }
 
-    /// Opens a vector file whose element type is known.
+    /// Opens a Big-ANN vector file whose element type is known.
     pub fn open_as(path: impl AsRef<Path>, elem: ElemType) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let (map, len) = map_file(path)?;
         if len < 8 {
             return Err(Error::data(path, DataError::MissingHeader { len }));
         }
-        // SAFETY: the file is opened read-only and we only ever read the map.
-        // A concurrent truncation by another process could fault; that is the
-        // documented risk of mmap and the price of not copying 100s of GB.
-        #[allow(unsafe_code)]
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let (count, dim) = read_header(&map);
         if dim == 0 {
             return Err(Error::data(path, DataError::ZeroDimension));
@@ -79,11 +116,128 @@ impl VectorFile {
         }
         Ok(VectorFile {
             path: path.to_path_buf(),
-            map,
+            storage: Storage::Mapped { map, offset: 8 },
             elem,
             count: count as usize,
             dim: dim as usize,
         })
+    }
+
+    /// A NumPy `.npy` file: version 1.0, 2.0 or 3.0 header, a 2-D C-order
+    /// array of little-endian f32 (`<f4`), u8 (`|u1`) or i8 (`|i1`).
+    fn open_npy(path: &Path) -> Result<Self> {
+        let (map, len) = map_file(path)?;
+        let h = npy_header(&map).map_err(|e| Error::data(path, e))?;
+        let npy = |why: String| Error::data(path, DataError::Npy { why });
+        let (count, dim) = (h.shape.0 as u64, h.shape.1 as u64);
+        if dim == 0 {
+            return Err(Error::data(path, DataError::ZeroDimension));
+        }
+        if count > u32::MAX as u64 || dim > u32::MAX as u64 {
+            return Err(npy(format!(
+                "shape ({count}, {dim}) is too large (each side at most {})",
+                u32::MAX
+            )));
+        }
+        check_size(path, count, dim, h.elem, len - h.data_offset as u64)?;
+        let file = VectorFile {
+            path: path.to_path_buf(),
+            storage: Storage::Mapped {
+                map,
+                offset: h.data_offset,
+            },
+            elem: h.elem,
+            count: count as usize,
+            dim: dim as usize,
+        };
+        if h.data_offset % h.elem.size() == 0 {
+            Ok(file)
+        } else {
+            // An odd header length leaves f32 rows unaligned: copy them.
+            file.into_owned()
+        }
+    }
+
+    /// A TEXMEX `.fvecs` / `.bvecs` file: every row is an i32 dimension
+    /// (the same for all rows) followed by the row. The rows are copied
+    /// without their prefixes.
+    fn open_texmex(path: &Path, elem: ElemType) -> Result<Self> {
+        let (map, len) = map_file(path)?;
+        let bad = |why: String| Error::data(path, DataError::Texmex { why });
+        if len == 0 {
+            return Err(bad("the file is empty".into()));
+        }
+        let word = |at: usize| -> Option<i32> {
+            Some(i32::from_le_bytes(map.get(at..at + 4)?.try_into().ok()?))
+        };
+        let dim = word(0).ok_or_else(|| bad("shorter than one row's 4-byte dimension".into()))?;
+        if dim <= 0 || dim > 1 << 20 {
+            return Err(bad(format!("row 0 says dimension {dim}")));
+        }
+        let dim = dim as usize;
+        let row_bytes = 4 + dim * elem.size();
+        if len as usize % row_bytes != 0 {
+            return Err(bad(format!(
+                "{len} bytes is not a whole number of rows of {row_bytes} bytes                  (dimension {dim}, {elem}); truncated, or another format?"
+            )));
+        }
+        let count = len as usize / row_bytes;
+        if count > u32::MAX as usize {
+            return Err(bad(format!("{count} rows: more than {}", u32::MAX)));
+        }
+        for r in 0..count {
+            if word(r * row_bytes) != Some(dim as i32) {
+                return Err(bad(format!(
+                    "row {r} says dimension {}, row 0 says {dim}",
+                    word(r * row_bytes).unwrap_or(0)
+                )));
+            }
+        }
+        let rows = map
+            .chunks_exact(row_bytes)
+            .flat_map(|row| row.get(4..).unwrap_or(&[]));
+        let storage = match elem {
+            ElemType::U8 => Storage::U8(rows.copied().collect()),
+            _ => {
+                let bytes: Vec<u8> = rows.copied().collect();
+                Storage::F32(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                )
+            }
+        };
+        Ok(VectorFile {
+            path: path.to_path_buf(),
+            storage,
+            elem,
+            count,
+            dim,
+        })
+    }
+
+    /// The same rows, copied into RAM (for a map whose rows are unaligned).
+    fn into_owned(self) -> Result<Self> {
+        let bytes = self.raw_bytes().to_vec();
+        let storage = match self.elem {
+            ElemType::U8 | ElemType::I8 => Storage::U8(bytes),
+            ElemType::F32 => Storage::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+        };
+        Ok(VectorFile { storage, ..self })
+    }
+
+    fn raw_bytes(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Mapped { map, offset } => map.get(*offset..).unwrap_or(&[]),
+            Storage::U8(v) => v,
+            Storage::F32(v) => bytemuck::cast_slice(v),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -111,9 +265,9 @@ impl VectorFile {
                 got: self.elem.name(),
             });
         }
-        let bytes = self.map.get(8..).unwrap_or(&[]);
-        // The map is page-aligned, so offset 8 is aligned for every element type.
-        let data: &[T] = bytemuck::try_cast_slice(bytes).map_err(|e| {
+        // A map is page-aligned and its rows start at an offset aligned for
+        // the element type (checked at open); owned rows are typed vectors.
+        let data: &[T] = bytemuck::try_cast_slice(self.raw_bytes()).map_err(|e| {
             Error::InvalidParameter(format!(
                 "{}: cannot view as {}: {e}",
                 self.path.display(),
@@ -122,6 +276,111 @@ impl VectorFile {
         })?;
         Ok(Vectors::new(data, self.dim))
     }
+}
+
+fn map_file(path: &Path) -> Result<(Mmap, u64)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    // SAFETY: the file is opened read-only and we only ever read the map.
+    // A concurrent truncation by another process could fault; that is the
+    // documented risk of mmap and the price of not copying 100s of GB.
+    #[allow(unsafe_code)]
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok((map, len))
+}
+
+/// What a `.npy` header says.
+#[derive(Debug, PartialEq)]
+struct NpyHeader {
+    elem: ElemType,
+    shape: (usize, usize),
+    data_offset: usize,
+}
+
+/// Parses the header of a `.npy` file (format versions 1.0–3.0): magic,
+/// version, header length, and the header dict's `descr`, `fortran_order`
+/// and `shape`.
+fn npy(why: impl Into<String>) -> DataError {
+    DataError::Npy { why: why.into() }
+}
+
+fn npy_header(bytes: &[u8]) -> std::result::Result<NpyHeader, DataError> {
+    let magic = bytes
+        .get(..6)
+        .ok_or_else(|| npy("shorter than the 6-byte magic"))?;
+    if magic != b"\x93NUMPY" {
+        return Err(npy("no \\x93NUMPY magic: not a .npy file"));
+    }
+    let major = *bytes.get(6).ok_or_else(|| npy("no version"))?;
+    let (len_bytes, start) = match major {
+        1 => (2, 10),
+        2 | 3 => (4, 12),
+        v => return Err(npy(format!("format version {v} is not 1, 2 or 3"))),
+    };
+    let mut len = [0u8; 4];
+    len[..len_bytes].copy_from_slice(
+        bytes
+            .get(8..8 + len_bytes)
+            .ok_or_else(|| npy("truncated header"))?,
+    );
+    let header_len = u32::from_le_bytes(len) as usize;
+    let data_offset = start + header_len;
+    let text = bytes
+        .get(start..data_offset)
+        .ok_or_else(|| npy("the header is longer than the file"))?;
+    let text = std::str::from_utf8(text).map_err(|_| npy("the header is not text"))?;
+    let field = |name: &str| -> std::result::Result<&str, DataError> {
+        let key = format!("'{name}':");
+        let at = text
+            .find(&key)
+            .ok_or_else(|| npy(format!("the header has no '{name}'")))?;
+        Ok(text[at + key.len()..].trim_start())
+    };
+    let descr = field("descr")?;
+    let elem = if descr.starts_with("'<f4'") {
+        ElemType::F32
+    } else if descr.starts_with("'|u1'") || descr.starts_with("'<u1'") || descr.starts_with("'u1'")
+    {
+        ElemType::U8
+    } else if descr.starts_with("'|i1'") || descr.starts_with("'<i1'") || descr.starts_with("'i1'")
+    {
+        ElemType::I8
+    } else {
+        let shown: String = descr.chars().take_while(|&c| c != ',').collect();
+        return Err(npy(format!(
+            "dtype {shown} is not supported: use float32 ('<f4'), uint8 ('|u1') or int8 ('|i1')"
+        )));
+    };
+    if !field("fortran_order")?.starts_with("False") {
+        return Err(npy(
+            "the array is in Fortran (column-major) order; save it C-ordered",
+        ));
+    }
+    let shape = field("shape")?;
+    let inner = shape
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| npy("malformed shape"))?;
+    let dims: Vec<usize> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| npy(format!("malformed shape ({inner})")))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let [n, d] = dims[..] else {
+        return Err(npy(format!(
+            "the array has {} dimensions ({inner}); a vector file is 2-D (rows, dim)",
+            dims.len()
+        )));
+    };
+    Ok(NpyHeader {
+        elem,
+        shape: (n, d),
+        data_offset,
+    })
 }
 
 fn read_header(bytes: &[u8]) -> (u64, u64) {
@@ -295,9 +554,14 @@ impl GroundTruth {
         &self.ids[q * self.k..(q + 1) * self.k]
     }
 
-    /// Reads a ground-truth `.bin` file, checking its size against its header.
+    /// Reads a ground-truth file, checking its size against its header: the
+    /// Big-ANN `.bin` (ids and distances), or a TEXMEX `.ivecs` (ids only;
+    /// its distances read as NaN).
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        if path.extension().is_some_and(|e| e == "ivecs") {
+            return Self::read_ivecs(path);
+        }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         if bytes.len() < 8 {
             return Err(Error::data(
@@ -336,6 +600,43 @@ impl GroundTruth {
             k: k as usize,
             ids,
             distances,
+        })
+    }
+
+    fn read_ivecs(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bad = |why: String| Error::data(path, DataError::Texmex { why });
+        let word = |at: usize| -> Option<i32> {
+            Some(i32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+        };
+        let k = word(0).ok_or_else(|| bad("shorter than one row's 4-byte length".into()))?;
+        if k <= 0 || k > 1 << 20 {
+            return Err(bad(format!("row 0 says {k} neighbours")));
+        }
+        let k = k as usize;
+        let row_bytes = 4 + 4 * k;
+        if bytes.len() % row_bytes != 0 {
+            return Err(bad(format!(
+                "{} bytes is not a whole number of rows of {k} ids",
+                bytes.len()
+            )));
+        }
+        let nq = bytes.len() / row_bytes;
+        let mut ids = Vec::with_capacity(nq * k);
+        for (r, row) in bytes.chunks_exact(row_bytes).enumerate() {
+            if word(r * row_bytes) != Some(k as i32) {
+                return Err(bad(format!("row {r} has another length than row 0 ({k})")));
+            }
+            for c in row[4..].chunks_exact(4) {
+                let id = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                ids.push(u32::try_from(id).map_err(|_| bad(format!("row {r}: negative id {id}")))?);
+            }
+        }
+        Ok(GroundTruth {
+            nq,
+            k,
+            distances: vec![f32::NAN; ids.len()],
+            ids,
         })
     }
 
@@ -399,6 +700,106 @@ mod tests {
         let v = f.vectors::<f32>().unwrap();
         assert_eq!(v.row(2), &[6.0, 7.0, 8.0]);
         assert!(f.vectors::<u8>().is_err());
+    }
+
+    fn npy_bytes(descr: &str, shape: &str, fortran: bool, payload: &[u8]) -> Vec<u8> {
+        let mut dict = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+            if fortran { "True" } else { "False" }
+        );
+        // NumPy pads the header with spaces and a newline to a multiple of 64.
+        while (10 + dict.len() + 1) % 64 != 0 {
+            dict.push(' ');
+        }
+        dict.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        out.extend_from_slice(dict.as_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn npy_files_open_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.npy");
+        let rows: Vec<f32> = (0..6).map(|i| i as f32 * 0.5).collect();
+        std::fs::write(
+            &p,
+            npy_bytes("<f4", "(3, 2)", false, bytemuck::cast_slice(&rows)),
+        )
+        .unwrap();
+        let f = VectorFile::open(&p).unwrap();
+        assert_eq!((f.len(), f.dim(), f.elem()), (3, 2, ElemType::F32));
+        assert_eq!(f.vectors::<f32>().unwrap().row(2), &[2.0, 2.5]);
+        std::fs::write(&p, npy_bytes("|u1", "(2, 3)", false, &[1, 2, 3, 4, 5, 6])).unwrap();
+        let f = VectorFile::open(&p).unwrap();
+        assert_eq!(f.vectors::<u8>().unwrap().row(1), &[4, 5, 6]);
+        std::fs::write(&p, npy_bytes("|i1", "(1, 2)", false, &[255, 1])).unwrap();
+        assert_eq!(
+            VectorFile::open(&p)
+                .unwrap()
+                .vectors::<i8>()
+                .unwrap()
+                .row(0),
+            &[-1, 1]
+        );
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (npy_bytes("<f8", "(1, 1)", false, &[0; 8]), "not supported"),
+            (npy_bytes("<f4", "(1, 1)", true, &[0; 4]), "Fortran"),
+            (npy_bytes("<f4", "(4,)", false, &[0; 16]), "1 dimensions"),
+            (npy_bytes("<f4", "(2, 2)", false, &[0; 12]), "truncated"),
+            (b"PK\x03\x04".to_vec(), "magic"),
+        ];
+        for (bytes, want) in cases {
+            std::fs::write(&p, bytes).unwrap();
+            let e = VectorFile::open(&p).unwrap_err().to_string();
+            assert!(
+                e.contains(want) && e.contains("v.npy"),
+                "{e:?} should name {want:?}"
+            );
+        }
+    }
+
+    fn texmex_bytes<T: bytemuck::Pod>(rows: &[&[T]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in rows {
+            out.extend_from_slice(&(r.len() as i32).to_le_bytes());
+            out.extend_from_slice(bytemuck::cast_slice(r));
+        }
+        out
+    }
+
+    #[test]
+    fn texmex_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.fvecs");
+        std::fs::write(&p, texmex_bytes::<f32>(&[&[1.0, 2.0], &[3.0, 4.0]])).unwrap();
+        let f = VectorFile::open(&p).unwrap();
+        assert_eq!((f.len(), f.dim()), (2, 2));
+        assert_eq!(f.vectors::<f32>().unwrap().row(1), &[3.0, 4.0]);
+        let b = dir.path().join("v.bvecs");
+        std::fs::write(&b, texmex_bytes::<u8>(&[&[9, 8, 7]])).unwrap();
+        assert_eq!(
+            VectorFile::open(&b)
+                .unwrap()
+                .vectors::<u8>()
+                .unwrap()
+                .row(0),
+            &[9, 8, 7]
+        );
+        std::fs::write(&p, texmex_bytes::<f32>(&[&[1.0, 2.0], &[3.0]])).unwrap();
+        let e = VectorFile::open(&p).unwrap_err().to_string();
+        assert!(e.contains("whole number of rows"), "{e}");
+        let g = dir.path().join("gt.ivecs");
+        std::fs::write(&g, texmex_bytes::<i32>(&[&[5, 1], &[2, 0]])).unwrap();
+        let gt = GroundTruth::read(&g).unwrap();
+        assert_eq!((gt.nq, gt.k, gt.row(1)), (2, 2, &[2u32, 0][..]));
+        std::fs::write(&g, texmex_bytes::<i32>(&[&[5, -1]])).unwrap();
+        assert!(GroundTruth::read(&g)
+            .unwrap_err()
+            .to_string()
+            .contains("negative"));
     }
 
     #[test]

@@ -152,12 +152,19 @@ impl Error {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
-    #[error("unknown extension {ext:?}: expected .u8bin, .i8bin or .fbin")]
+    #[error(
+        "unknown extension {ext:?}: expected .u8bin, .i8bin, .fbin, .npy, .fvecs or .bvecs \
+         (ground truth: .bin or .ivecs)"
+    )]
     UnknownExtension { ext: String },
     #[error("file is {len} bytes, too short for the 8-byte header (u32 count, u32 dim)")]
     MissingHeader { len: u64 },
     #[error("header says dimension 0")]
     ZeroDimension,
+    #[error("not a usable .npy file: {why}")]
+    Npy { why: String },
+    #[error("not a usable TEXMEX file: {why}")]
+    Texmex { why: String },
     #[error(
         "header says {count} × {dim} {elem} values = {expected} bytes after the header, \
          but the file has {actual}{hint}"
