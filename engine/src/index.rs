@@ -14,7 +14,10 @@
 //! manifest to the opened index.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
+
+use roaring::RoaringBitmap;
 
 use crate::cache::{CacheError, NodeCache};
 use crate::data::Vectors;
@@ -29,7 +32,7 @@ use crate::layout::{
 use crate::metric::{Element, Metric};
 use crate::pq::{PqCodebook, PqParams};
 use crate::progress::Progress;
-use crate::search::{BeamSearch, Hit, SearchParams, SearchStats};
+use crate::search::{BeamSearch, Hit, Plan, SearchParams, SearchStats};
 use crate::vamana::{self, VamanaParams};
 
 /// Everything `build` needs besides the data.
@@ -164,6 +167,8 @@ pub struct DiskIndex {
     /// The manifest of the segment, when `dir` is one (not a plain index);
     /// attached by [`crate::segment::open`].
     manifest: Option<Manifest>,
+    /// Filtered searches with at most this many matches use the flat plan.
+    flat_max_matches: u64,
 }
 
 impl std::fmt::Debug for DiskIndex {
@@ -261,6 +266,7 @@ impl DiskIndex {
             cache: NodeCache::empty(),
             global_ids: None,
             manifest: None,
+            flat_max_matches: crate::search::FLAT_MAX_MATCHES,
         })
         .and_then(|mut idx| {
             let ids_path = idx.dir.join(IDS_FILE);
@@ -312,6 +318,17 @@ impl DiskIndex {
     /// plain index.
     pub fn segment(&self) -> Option<&Manifest> {
         self.manifest.as_ref()
+    }
+
+    /// Filtered searches with at most `n` matches score them flat (see
+    /// [`crate::search::choose_plan`]); for measuring the switch point.
+    pub fn set_flat_max_matches(&mut self, n: u64) {
+        self.flat_max_matches = n;
+    }
+
+    /// The switch point between the flat and the graph plans.
+    pub fn flat_max_matches(&self) -> u64 {
+        self.flat_max_matches
     }
 
     /// Attaches the manifest the segment layer checked before opening.
@@ -429,19 +446,51 @@ impl DiskIndex {
         if self.is_empty() {
             return Ok((Vec::new(), SearchStats::default()));
         }
-        let node_bytes = self.geometry.node_read_bytes();
-        while scratch.buffers.len() < params.beam {
-            scratch.buffers.push(AlignedBuf::new(node_bytes));
-        }
-        let m = self.pq.num_chunks();
-        let s = &mut scratch.search;
-        s.start(
+        scratch.search.start(
             &self.pq,
             &self.codes,
             self.header.medoid as u32,
             query,
             params,
         );
+        self.drive(scratch)
+    }
+
+    /// Searches among the nodes of `filter` only (segment-local ids), with
+    /// the plan [`crate::search::choose_plan`] picks for its match count.
+    /// Non-matching nodes never count toward k.
+    pub fn search_filtered<T: Element>(
+        &self,
+        scratch: &mut SearchScratch<T>,
+        query: &[T],
+        params: SearchParams,
+        filter: Arc<RoaringBitmap>,
+    ) -> Result<(Vec<Hit>, SearchStats, Plan)> {
+        params.validate()?;
+        self.check_query("query", query)?;
+        if self.is_empty() {
+            return Ok((Vec::new(), SearchStats::default(), Plan::Empty));
+        }
+        let plan = scratch.search.start_filtered(
+            &self.pq,
+            &self.codes,
+            self.header.medoid as u32,
+            self.header.num_points,
+            query,
+            params,
+            filter,
+            self.flat_max_matches,
+        );
+        let (hits, stats) = self.drive(scratch)?;
+        Ok((hits, stats, plan))
+    }
+
+    /// The blocking driver: reads what the search asks for, round by
+    /// round, until it is done.
+    fn drive<T: Element>(&self, scratch: &mut SearchScratch<T>) -> Result<(Vec<Hit>, SearchStats)> {
+        let node_bytes = self.geometry.node_read_bytes();
+        let m = self.pq.num_chunks();
+        let s = &mut scratch.search;
         let path = self.dir.join(INDEX_FILE);
         loop {
             let mut batch: Vec<u32> = s.next_batch().to_vec();
@@ -451,6 +500,10 @@ impl DiskIndex {
             self.visit_cached(s, &mut batch)?;
             if batch.is_empty() {
                 continue;
+            }
+            // A flat plan asks for all its nodes at once: one buffer each.
+            while scratch.buffers.len() < batch.len() {
+                scratch.buffers.push(AlignedBuf::new(node_bytes));
             }
             let mut reqs: Vec<SectorRequest<'_>> = batch
                 .iter()
@@ -496,6 +549,99 @@ impl<T: Element> Default for SearchScratch<T> {
         SearchScratch {
             search: BeamSearch::new(),
             buffers: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::synth::{generate_u8, Stream};
+    use rand::{Rng, SeedableRng};
+
+    /// Filtered search equals brute force among the matching points, for
+    /// every plan the planner can choose, and never returns a non-match.
+    #[test]
+    fn filtered_search_equals_brute_force_for_every_plan() {
+        let (n, dim) = (3000, 128);
+        let base = generate_u8(n, 7, Stream::Base);
+        let queries = generate_u8(20, 7, Stream::Query);
+        let data = Vectors::new(&base, dim);
+        let dir = tempfile::tempdir().unwrap();
+        let params = BuildParams {
+            metric: Metric::L2,
+            vamana: VamanaParams {
+                max_degree: 32,
+                build_list: 64,
+                ..VamanaParams::default()
+            },
+            pq: PqParams {
+                num_chunks: 16,
+                ..PqParams::default()
+            },
+        };
+        build_index(data, &params, dir.path(), &NoProgress).unwrap();
+        let mut index = DiskIndex::open(dir.path(), OpenOptions::buffered()).unwrap();
+        // Small enough that a 3,000-point index reaches every plan.
+        index.set_flat_max_matches(150);
+        let mut scratch = SearchScratch::<u8>::default();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        // A list long enough to make every plan exact here: the point is
+        // that plans return the right points, not how fast.
+        let search = SearchParams {
+            k: 10,
+            list: 1000,
+            beam: 8,
+        };
+        // Selectivities chosen to land on each plan for 3000 points.
+        for (share, want) in [
+            (0.0, "empty"),
+            (0.01, "flat"),
+            (0.04, "flat"),
+            (0.08, "filtered_graph"),
+            (0.3, "filtered_graph"),
+            (0.7, "filtered_graph"),
+            (1.0, "graph"),
+        ] {
+            let filter: RoaringBitmap = (0..n as u32)
+                .filter(|_| rng.random::<f64>() < share)
+                .collect();
+            let filter = Arc::new(filter);
+            let mut found = 0usize;
+            let mut wanted = 0usize;
+            for q in queries.chunks_exact(dim) {
+                let (hits, _, plan) = index
+                    .search_filtered(&mut scratch, q, search, filter.clone())
+                    .unwrap();
+                let name = serde_json::to_value(plan).unwrap()["plan"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                assert_eq!(name, want, "share {share}: {plan:?}");
+                assert!(
+                    hits.iter().all(|h| filter.contains(h.id)),
+                    "a non-match returned"
+                );
+                let mut truth: Vec<(f32, u32)> = filter
+                    .iter()
+                    .map(|id| (Metric::L2.distance(q, data.row(id as usize)), id))
+                    .collect();
+                truth.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                truth.truncate(10);
+                assert_eq!(hits.len(), truth.len(), "share {share}: fewer than k hits");
+                wanted += truth.len();
+                found += hits
+                    .iter()
+                    .filter(|h| truth.iter().any(|t| t.1 == h.id))
+                    .count();
+            }
+            let recall = if wanted == 0 {
+                1.0
+            } else {
+                found as f64 / wanted as f64
+            };
+            assert!(recall >= 0.99, "share {share} ({want}): recall {recall}");
         }
     }
 }

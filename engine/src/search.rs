@@ -14,6 +14,9 @@
 //! their records. A synchronous loop ([`crate::index::DiskIndex::search`])
 //! and an async executor running many searches at once drive the same code.
 
+use std::sync::Arc;
+
+use roaring::RoaringBitmap;
 use rustc_hash::FxHashSet;
 
 use crate::error::{Error, Result};
@@ -44,9 +47,9 @@ impl SearchParams {
                 self.list, self.k
             ));
         }
-        if self.list > 100_000 {
+        if self.list > MAX_LIST {
             return bad(format!(
-                "list size L = {} is above the limit of 100000",
+                "list size L = {} is above the limit of {MAX_LIST}",
                 self.list
             ));
         }
@@ -74,6 +77,65 @@ pub struct SearchStats {
     /// PQ distance evaluations.
     pub pq_distances: u32,
 }
+
+/// How one search visits the index, chosen from the filter's match count
+/// by [`choose_plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "plan", rename_all = "snake_case")]
+pub enum Plan {
+    /// No filter: the graph walk, every node a possible result.
+    Graph,
+    /// A graph walk that admits only matching nodes into the results (the
+    /// others still route the walk), with the list size raised to `list`
+    /// as fewer points match.
+    FilteredGraph { list: usize },
+    /// Few matches: the PQ code of every matching point is scored in RAM
+    /// and the best `rerank` are read together and ranked by exact distance.
+    Flat { rerank: usize },
+    /// Nothing matches: no work.
+    Empty,
+}
+
+/// At or below this many matches a filtered search scores the matches' PQ
+/// codes instead of walking the graph (the default; an index can be given
+/// another with `DiskIndex::set_flat_max_matches`).
+/// Scoring costs `matches × M` table lookups in RAM (about 0.4 ms for 20,000
+/// matches with M = 32 on this project's machine) and one round of reads;
+/// a filtered walk at 2 % selectivity needs a list about 3.4× longer than
+/// unfiltered, so several times the reads. See `bench-datasets/COMPARE.md`
+/// ("Filtered search") for the measurement behind the numbers.
+pub const FLAT_MAX_MATCHES: u64 = 50_000;
+
+/// Chooses how to search for a filter matching `matches` of `total` points.
+///
+/// The list-size rule for filtered walks is DiskANN's (its Rust filter
+/// search): ×1 from 50 % selectivity up, ×2 from 10 %, ×2^(−log10 s) below.
+pub fn choose_plan(matches: u64, total: u64, params: SearchParams, flat_max: u64) -> Plan {
+    if matches == 0 || total == 0 {
+        return Plan::Empty;
+    }
+    let s = matches as f64 / total as f64;
+    if matches <= flat_max && matches < total {
+        return Plan::Flat {
+            rerank: params.list.max(params.k),
+        };
+    }
+    if matches == total {
+        return Plan::Graph;
+    }
+    let scale = if s >= 0.5 {
+        1.0
+    } else if s >= 0.1 {
+        2.0
+    } else {
+        2f64.powf(-s.log10())
+    };
+    let list = ((params.list as f64 * scale).ceil() as usize).clamp(params.list, MAX_LIST);
+    Plan::FilteredGraph { list }
+}
+
+/// The largest list size a search accepts.
+pub const MAX_LIST: usize = 100_000;
 
 /// One search result.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -103,6 +165,11 @@ pub struct BeamSearch<T: Element> {
     unpacked: Vec<T>,
     new_ids: Vec<u32>,
     new_dists: Vec<f32>,
+    /// Only these nodes may be results (a filtered search).
+    admit: Option<Arc<RoaringBitmap>>,
+    /// Flat plan: visit the candidates, never their neighbours, all of them
+    /// in one batch.
+    flat: bool,
     pub stats: SearchStats,
 }
 
@@ -130,6 +197,8 @@ impl<T: Element> BeamSearch<T> {
             unpacked: Vec::new(),
             new_ids: Vec::new(),
             new_dists: Vec::new(),
+            admit: None,
+            flat: false,
             stats: SearchStats::default(),
         }
     }
@@ -152,6 +221,8 @@ impl<T: Element> BeamSearch<T> {
         self.visited.clear();
         self.results.clear();
         self.batch.clear();
+        self.admit = None;
+        self.flat = false;
         self.stats = SearchStats::default();
         self.visited.insert(entry);
         let m = pq.num_chunks();
@@ -167,11 +238,84 @@ impl<T: Element> BeamSearch<T> {
         });
     }
 
+    /// Begins a search for `query` among the nodes of `filter` only, with
+    /// the plan [`choose_plan`] picks for its match count. `total` is the
+    /// index's point count, `flat_max` the most matches scored flat. The drivers then call `next_batch` / `visit` /
+    /// `finish` as for any search; a flat plan asks for all its nodes in
+    /// one batch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_filtered(
+        &mut self,
+        pq: &PqCodebook,
+        codes: &[u8],
+        entry: u32,
+        total: u64,
+        query: &[T],
+        params: SearchParams,
+        filter: Arc<RoaringBitmap>,
+        flat_max: u64,
+    ) -> Plan {
+        let plan = choose_plan(filter.len(), total, params, flat_max);
+        match plan {
+            Plan::Graph => self.start(pq, codes, entry, query, params),
+            Plan::FilteredGraph { list } => {
+                self.start(pq, codes, entry, query, SearchParams { list, ..params });
+                self.admit = Some(filter);
+            }
+            Plan::Empty | Plan::Flat { .. } => {
+                self.start(pq, codes, entry, query, params);
+                self.candidates.clear();
+                self.flat = true;
+                self.admit = Some(filter.clone());
+                if let Plan::Flat { rerank } = plan {
+                    self.score_all(codes, pq.num_chunks(), &filter, rerank);
+                }
+            }
+        }
+        plan
+    }
+
+    /// Flat plan: the `rerank` matching nodes nearest by PQ distance become
+    /// the candidates.
+    fn score_all(&mut self, codes: &[u8], m: usize, filter: &RoaringBitmap, rerank: usize) {
+        self.new_ids.clear();
+        self.new_ids.extend(
+            filter
+                .iter()
+                .filter(|&id| (id as usize + 1) * m <= codes.len()),
+        );
+        self.table
+            .distances(codes, &self.new_ids, &mut self.new_dists);
+        self.stats.pq_distances += self.new_ids.len() as u32;
+        self.candidates.extend(
+            self.new_ids
+                .iter()
+                .zip(&self.new_dists)
+                .map(|(&id, &dist)| Candidate {
+                    dist,
+                    id,
+                    expanded: false,
+                }),
+        );
+        let by_dist =
+            |a: &Candidate, b: &Candidate| a.dist.total_cmp(&b.dist).then(a.id.cmp(&b.id));
+        if self.candidates.len() > rerank && rerank > 0 {
+            self.candidates.select_nth_unstable_by(rerank - 1, by_dist);
+            self.candidates.truncate(rerank);
+        }
+        self.candidates.sort_by(by_dist);
+    }
+
     /// The next nodes to read (marked expanded); empty when the search is done.
     pub fn next_batch(&mut self) -> &[u32] {
         self.batch.clear();
+        let limit = if self.flat {
+            usize::MAX
+        } else {
+            self.params.beam
+        };
         for c in self.candidates.iter_mut() {
-            if self.batch.len() >= self.params.beam {
+            if self.batch.len() >= limit {
                 break;
             }
             if !c.expanded {
@@ -214,11 +358,16 @@ impl<T: Element> BeamSearch<T> {
                 got: vector.len(),
             });
         }
-        self.results.push(Hit {
-            id: node,
-            distance: self.metric.distance(&self.query, vector),
-        });
+        if self.admit.as_ref().is_none_or(|f| f.contains(node)) {
+            self.results.push(Hit {
+                id: node,
+                distance: self.metric.distance(&self.query, vector),
+            });
+        }
         self.stats.visited_nodes += 1;
+        if self.flat {
+            return Ok(());
+        }
 
         self.new_ids.clear();
         for nb in record.neighbors() {
