@@ -92,7 +92,7 @@ impl FilterIndex {
             magic: FILTERS_MAGIC,
             major: MAJOR.into(),
             minor: MINOR.into(),
-            num_docs: self.num_docs.into(),
+            num_docs: self.num_docs().into(),
             num_fields: len32("field count", self.fields.len())?.into(),
             reserved: 0.into(),
         };
@@ -230,7 +230,7 @@ impl FilterIndex {
                 "bytes between the last field and the footer".into(),
             ));
         }
-        Ok(FilterIndex { num_docs, fields })
+        Ok(FilterIndex::new(num_docs, fields))
     }
 }
 

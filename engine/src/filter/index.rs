@@ -61,11 +61,25 @@ impl FieldValues {
 /// with [`FilterIndex::evaluate`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilterIndex {
-    pub(super) num_docs: u32,
+    num_docs: u32,
+    /// Every document, `0..num_docs` (run-compressed: a few bytes): the
+    /// universe of `$not`, `$ne`, `$nin` and `$exists: false`.
+    all: RoaringBitmap,
     pub(super) fields: BTreeMap<String, FieldIndex>,
 }
 
 impl FilterIndex {
+    pub(super) fn new(num_docs: u32, fields: BTreeMap<String, FieldIndex>) -> Self {
+        let mut all = RoaringBitmap::new();
+        all.insert_range(0..num_docs);
+        all.optimize();
+        FilterIndex {
+            num_docs,
+            all,
+            fields,
+        }
+    }
+
     /// Documents in the segment: ids are `0..num_docs`.
     pub fn num_docs(&self) -> u32 {
         self.num_docs
@@ -107,9 +121,10 @@ impl FilterIndex {
     /// indexed, or an operator that does not suit a field's kind, is an
     /// error rather than an empty result.
     pub fn evaluate(&self, filter: &Filter) -> Result<RoaringBitmap, FilterError> {
-        filter.check(&self.schema())?;
-        let all = all_docs(self.num_docs);
-        Ok(self.eval(&filter.root, &all))
+        filter.check_with(&|f| self.fields.get(f).map(|x| x.values.kind()), &|| {
+            self.fields.keys().cloned().collect::<Vec<_>>().join(", ")
+        })?;
+        Ok(self.eval(&filter.root, &self.all))
     }
 
     fn eval(&self, node: &Node, all: &RoaringBitmap) -> RoaringBitmap {
@@ -153,12 +168,6 @@ impl FilterIndex {
     }
 }
 
-fn all_docs(n: u32) -> RoaringBitmap {
-    let mut all = RoaringBitmap::new();
-    all.insert_range(0..n);
-    all
-}
-
 fn eval_cond(f: &FieldIndex, cond: &Cond, all: &RoaringBitmap) -> RoaringBitmap {
     match cond {
         Cond::Eq(s) => eq(f, s),
@@ -173,7 +182,7 @@ fn eval_cond(f: &FieldIndex, cond: &Cond, all: &RoaringBitmap) -> RoaringBitmap 
                     CmpOp::Lt => (0, col.values.partition_point(|v| v < x)),
                     CmpOp::Lte => (0, col.values.partition_point(|v| v <= x)),
                 };
-                col.bitmap(lo, hi)
+                col.bitmap(lo, hi, &f.exists)
             }
             // Ranges are for numbers; `check` refuses them on keyword fields.
             _ => RoaringBitmap::new(),
@@ -197,7 +206,7 @@ fn eq(f: &FieldIndex, s: &Scalar) -> RoaringBitmap {
         (FieldValues::Numeric(col), Scalar::Num(x)) => {
             let lo = col.values.partition_point(|v| v < x);
             let hi = col.values.partition_point(|v| v <= x);
-            col.bitmap(lo, hi)
+            col.bitmap(lo, hi, &f.exists)
         }
         // A string never equals a number (and `check` refuses the mix).
         _ => RoaringBitmap::new(),
@@ -205,12 +214,26 @@ fn eq(f: &FieldIndex, s: &Scalar) -> RoaringBitmap {
 }
 
 impl NumericColumn {
-    /// The documents of entries `lo..hi`.
-    fn bitmap(&self, lo: usize, hi: usize) -> RoaringBitmap {
-        let mut docs: Vec<u32> = self.docs.get(lo..hi).unwrap_or(&[]).to_vec();
-        docs.sort_unstable();
-        RoaringBitmap::from_sorted_iter(docs.iter().copied())
-            .unwrap_or_else(|_| docs.iter().copied().collect())
+    /// The documents of entries `lo..hi`. They come in value order, so
+    /// they are sorted before the bitmap is built; a range wider than half
+    /// the column is built as `exists` minus the entries outside it, so at
+    /// most half the column is ever sorted.
+    fn bitmap(&self, lo: usize, hi: usize, exists: &RoaringBitmap) -> RoaringBitmap {
+        let sorted = |parts: &[&[u32]]| {
+            let mut docs: Vec<u32> = parts.concat();
+            docs.sort_unstable();
+            RoaringBitmap::from_sorted_iter(docs.iter().copied())
+                .unwrap_or_else(|_| docs.iter().copied().collect())
+        };
+        let hi = hi.min(self.docs.len());
+        let lo = lo.min(hi);
+        if 2 * (hi - lo) <= self.docs.len() {
+            sorted(&[self.docs.get(lo..hi).unwrap_or(&[])])
+        } else {
+            let below = self.docs.get(..lo).unwrap_or(&[]);
+            let above = self.docs.get(hi..).unwrap_or(&[]);
+            exists - sorted(&[below, above])
+        }
     }
 }
 
@@ -325,10 +348,7 @@ impl FilterIndexBuilder {
             .into_iter()
             .map(|f| (f.name.clone(), f.finish()))
             .collect();
-        FilterIndex {
-            num_docs: self.num_docs,
-            fields,
-        }
+        FilterIndex::new(self.num_docs, fields)
     }
 }
 

@@ -162,7 +162,20 @@ impl Filter {
     /// no document of the segment holds ([`FieldKind::Empty`]) accepts
     /// anything (and matches as if every document lacked it).
     pub fn check(&self, schema: &FilterSchema) -> Result<(), FilterError> {
-        check_node(&self.root, schema)
+        self.check_with(&|f| schema.get(f), &|| {
+            schema.names().collect::<Vec<_>>().join(", ")
+        })
+    }
+
+    /// [`Filter::check`] with the schema as lookups, so an index checks a
+    /// filter without building a [`FilterSchema`] per query; `indexed`
+    /// lists the fields, for the error message only.
+    pub(super) fn check_with(
+        &self,
+        kind_of: &dyn Fn(&str) -> Option<FieldKind>,
+        indexed: &dyn Fn() -> String,
+    ) -> Result<(), FilterError> {
+        check_node(&self.root, kind_of, indexed)
     }
 
     /// The distinct fields the filter names, sorted.
@@ -433,15 +446,19 @@ fn number(field: &str, op: &str, v: &Value) -> Result<f64, FilterError> {
     }
 }
 
-fn check_node(node: &Node, schema: &FilterSchema) -> Result<(), FilterError> {
+fn check_node(
+    node: &Node,
+    kind_of: &dyn Fn(&str) -> Option<FieldKind>,
+    indexed: &dyn Fn() -> String,
+) -> Result<(), FilterError> {
     match node {
         Node::All => Ok(()),
-        Node::And(v) | Node::Or(v) => v.iter().try_for_each(|n| check_node(n, schema)),
-        Node::Not(n) => check_node(n, schema),
+        Node::And(v) | Node::Or(v) => v.iter().try_for_each(|n| check_node(n, kind_of, indexed)),
+        Node::Not(n) => check_node(n, kind_of, indexed),
         Node::Cond { field, cond } => {
-            let kind = schema.get(field).ok_or_else(|| FilterError::NotIndexed {
+            let kind = kind_of(field).ok_or_else(|| FilterError::NotIndexed {
                 field: field.clone(),
-                indexed: schema.names().collect::<Vec<_>>().join(", "),
+                indexed: indexed(),
             })?;
             check_cond(field, cond, kind)
         }
