@@ -25,6 +25,7 @@
 //! | 0 | `visited` | a reusable visited bitset (internal) |
 //! | 1 | [`metric`] | [`Metric`], [`Element`]: distances; the only module that calls simsimd |
 //! | 1 | [`fs`] | atomic file replacement, fsync, whole-file hashing |
+//! | 1 | [`filter`] | payload filters: the JSON filter language, its index (roaring bitmaps) and `filters.bin` |
 //! | 2 | [`data`] | reading and writing `.u8bin`/`.i8bin`/`.fbin` and ground truth |
 //! | 2 | `kmeans` | k-means++ and Lloyd (PQ training and the k-means partition; internal) |
 //! | 3 | [`synth`] | reproducible synthetic data sets |
@@ -57,6 +58,7 @@ pub mod data;
 pub mod docs;
 pub mod element;
 pub mod error;
+pub mod filter;
 pub mod fs;
 pub mod groundtruth;
 pub mod index;
