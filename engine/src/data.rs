@@ -176,7 +176,7 @@ impl VectorFile {
         }
         let dim = dim as usize;
         let row_bytes = 4 + dim * elem.size();
-        if len as usize % row_bytes != 0 {
+        if !(len as usize).is_multiple_of(row_bytes) {
             return Err(bad(format!(
                 "{len} bytes is not a whole number of rows of {row_bytes} bytes                  (dimension {dim}, {elem}); truncated, or another format?"
             )));
@@ -504,7 +504,7 @@ impl<T: Element> VectorWriter<T> {
 
     /// Appends whole rows (`data.len()` must be a multiple of the dimension).
     pub fn append(&mut self, data: &[T]) -> Result<()> {
-        if data.len() % self.dim != 0 {
+        if !data.len().is_multiple_of(self.dim) {
             return Err(Error::InvalidParameter(format!(
                 "{}: appending {} values, not a multiple of dimension {}",
                 self.path.display(),
@@ -615,7 +615,7 @@ impl GroundTruth {
         }
         let k = k as usize;
         let row_bytes = 4 + 4 * k;
-        if bytes.len() % row_bytes != 0 {
+        if !bytes.len().is_multiple_of(row_bytes) {
             return Err(bad(format!(
                 "{} bytes is not a whole number of rows of {k} ids",
                 bytes.len()

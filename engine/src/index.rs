@@ -21,6 +21,7 @@ use roaring::RoaringBitmap;
 
 use crate::cache::{CacheError, NodeCache};
 use crate::data::Vectors;
+use crate::docs::Documents;
 use crate::element::ElemType;
 use crate::error::FormatError;
 use crate::error::{Error, Result};
@@ -169,6 +170,9 @@ pub struct DiskIndex {
     manifest: Option<Manifest>,
     /// Filtered searches with at most this many matches use the flat plan.
     flat_max_matches: u64,
+    /// User ids, payloads and filter index, when the segment has them;
+    /// attached by [`crate::segment::open`].
+    documents: Option<Documents>,
 }
 
 impl std::fmt::Debug for DiskIndex {
@@ -267,6 +271,7 @@ impl DiskIndex {
             global_ids: None,
             manifest: None,
             flat_max_matches: crate::search::FLAT_MAX_MATCHES,
+            documents: None,
         })
         .and_then(|mut idx| {
             let ids_path = idx.dir.join(IDS_FILE);
@@ -331,6 +336,16 @@ impl DiskIndex {
         self.flat_max_matches
     }
 
+    /// The segment's documents (user ids, payloads, filter index), if any.
+    pub fn documents(&self) -> Option<&Documents> {
+        self.documents.as_ref()
+    }
+
+    /// Attaches the documents the segment layer opened.
+    pub(crate) fn set_documents(&mut self, documents: Option<Documents>) {
+        self.documents = documents;
+    }
+
     /// Attaches the manifest the segment layer checked before opening.
     pub(crate) fn set_manifest(&mut self, manifest: Option<Manifest>) {
         self.manifest = manifest;
@@ -370,11 +385,14 @@ impl DiskIndex {
     pub fn codes(&self) -> &[u8] {
         &self.codes
     }
-    /// Bytes of RAM the index holds: PQ codes and codebook, node cache.
+    /// Bytes of RAM the index holds: PQ codes and codebook, node cache,
+    /// global ids, documents' ids, block table and filter index.
     pub fn memory_bytes(&self) -> usize {
         self.codes.len()
             + 4 * (self.pq.pivots.len() + self.pq.center.len())
             + self.cache.memory_bytes()
+            + self.global_ids.as_ref().map_or(0, |g| 4 * g.len())
+            + self.documents.as_ref().map_or(0, Documents::memory_bytes)
     }
 
     /// Checks a query's length and type against the index.
@@ -453,12 +471,15 @@ impl DiskIndex {
             query,
             params,
         );
-        self.drive(scratch)
+        let (mut hits, stats) = self.drive(scratch)?;
+        self.map_to_global(&mut hits);
+        Ok((hits, stats))
     }
 
     /// Searches among the nodes of `filter` only (segment-local ids), with
     /// the plan [`crate::search::choose_plan`] picks for its match count.
-    /// Non-matching nodes never count toward k.
+    /// Non-matching nodes never count toward k. Hits carry global ids, as
+    /// [`Self::search`]'s do.
     pub fn search_filtered<T: Element>(
         &self,
         scratch: &mut SearchScratch<T>,
@@ -466,11 +487,36 @@ impl DiskIndex {
         params: SearchParams,
         filter: Arc<RoaringBitmap>,
     ) -> Result<(Vec<Hit>, SearchStats, Plan)> {
+        let (mut hits, stats, plan) = self.search_local(scratch, query, params, Some(filter))?;
+        self.map_to_global(&mut hits);
+        Ok((hits, stats, plan))
+    }
+
+    /// The search itself, optionally filtered, with hits as segment-local
+    /// ids: what a caller that fetches documents (keys, payloads) needs.
+    pub fn search_local<T: Element>(
+        &self,
+        scratch: &mut SearchScratch<T>,
+        query: &[T],
+        params: SearchParams,
+        filter: Option<Arc<RoaringBitmap>>,
+    ) -> Result<(Vec<Hit>, SearchStats, Plan)> {
         params.validate()?;
         self.check_query("query", query)?;
         if self.is_empty() {
             return Ok((Vec::new(), SearchStats::default(), Plan::Empty));
         }
+        let Some(filter) = filter else {
+            scratch.search.start(
+                &self.pq,
+                &self.codes,
+                self.header.medoid as u32,
+                query,
+                params,
+            );
+            let (hits, stats) = self.drive(scratch)?;
+            return Ok((hits, stats, Plan::Graph));
+        };
         let plan = scratch.search.start_filtered(
             &self.pq,
             &self.codes,
@@ -486,7 +532,7 @@ impl DiskIndex {
     }
 
     /// The blocking driver: reads what the search asks for, round by
-    /// round, until it is done.
+    /// round, until it is done. Hits are segment-local.
     fn drive<T: Element>(&self, scratch: &mut SearchScratch<T>) -> Result<(Vec<Hit>, SearchStats)> {
         let node_bytes = self.geometry.node_read_bytes();
         let m = self.pq.num_chunks();
@@ -532,9 +578,7 @@ impl DiskIndex {
                 s.visit(id, &rec, &self.codes, m)?;
             }
         }
-        let mut hits = s.finish();
-        self.map_to_global(&mut hits);
-        Ok((hits, s.stats))
+        Ok((s.finish(), s.stats))
     }
 }
 

@@ -443,7 +443,7 @@ mod tests {
         for len in [1, 4096, 5000, 65536] {
             let mut b = AlignedBuf::new(len);
             assert_eq!(b.as_slice().as_ptr() as usize % SECTOR, 0);
-            assert!(b.len() >= len && b.len() % SECTOR == 0);
+            assert!(b.len() >= len && b.len().is_multiple_of(SECTOR));
             b.as_mut_slice()[0] = 1;
         }
     }

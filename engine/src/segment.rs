@@ -16,6 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::docs::Documents;
 use crate::error::{Error, Result, SegmentError};
 use crate::fs::{fsync_path, hash_file};
 use crate::index::{DiskIndex, OpenOptions};
@@ -115,16 +116,23 @@ pub fn check_on_open(dir: &Path) -> Result<Option<Manifest>> {
 /// of its files is parsed; then the index files.
 pub fn open(dir: &Path, opts: OpenOptions) -> Result<DiskIndex> {
     let manifest = check_on_open(dir)?;
-    let mut index = DiskIndex::open(dir, opts)?;
-    index.set_manifest(manifest);
-    Ok(index)
+    let index = DiskIndex::open(dir, opts)?;
+    attach(index, manifest)
 }
 
 /// [`open`], reading node sectors through `reader`.
 pub fn open_with_reader(dir: &Path, reader: Box<dyn SectorReader>) -> Result<DiskIndex> {
     let manifest = check_on_open(dir)?;
-    let mut index = DiskIndex::open_with_reader(dir, reader)?;
+    let index = DiskIndex::open_with_reader(dir, reader)?;
+    attach(index, manifest)
+}
+
+/// What a segment holds beside the vector index: its manifest and its
+/// documents (user ids, payloads, filter index), checked against the index.
+fn attach(mut index: DiskIndex, manifest: Option<Manifest>) -> Result<DiskIndex> {
+    let documents = Documents::open(index.dir(), index.len() as u64)?;
     index.set_manifest(manifest);
+    index.set_documents(documents);
     Ok(index)
 }
 

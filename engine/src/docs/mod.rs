@@ -19,10 +19,20 @@
 //! its vector); the user's id exists only at the edges: in the input, in
 //! `keys.bin`, and in answers. Specs: `format-spec/documents.md`.
 
+mod ingest;
 mod jsonl;
 mod keys;
 mod store;
 
+pub use ingest::{ingest, Ingested};
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, FilterError, FormatError, Result};
+use crate::filter::{Filter, FilterIndex, RoaringBitmap};
+use crate::layout::{DOCS_FILE, FILTERS_FILE, INDEX_FILE, KEYS_FILE};
 pub use jsonl::{DocReader, Document, VectorSource};
 pub use keys::{KeyMap, KEYS_MAGIC};
 pub use store::{DocStore, DocStoreWriter, DEFAULT_BLOCK_BYTES, DOCS_MAGIC};
@@ -77,5 +87,163 @@ impl<'de> serde::Deserialize<'de> for UserId {
         let v = serde_json::Value::deserialize(d)?;
         UserId::from_json(&v)
             .ok_or_else(|| serde::de::Error::custom("an id is a non-negative integer or a string"))
+    }
+}
+
+/// A segment's documents, opened: user ids and the filter index in RAM,
+/// payloads on disk (one block read per fetch).
+#[derive(Debug)]
+pub struct Documents {
+    keys: KeyMap,
+    store: DocStore,
+    filters: Option<FilterIndex>,
+}
+
+/// Which payload fields to return with a hit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Include {
+    /// None (the default): ids and distances only, no payload read.
+    #[default]
+    Nothing,
+    /// Every field (`"*"`).
+    All,
+    /// These fields, where a document has them.
+    Fields(Vec<String>),
+}
+
+impl Include {
+    /// From a list of names: empty → nothing, `["*"]` → all.
+    pub fn from_names(names: &[String]) -> Self {
+        if names.is_empty() {
+            Include::Nothing
+        } else if names.iter().any(|n| n == "*") {
+            Include::All
+        } else {
+            Include::Fields(names.to_vec())
+        }
+    }
+}
+
+impl Documents {
+    /// Opens the documents of the segment in `dir`, `Ok(None)` if it has
+    /// none. `num_points` is the index's point count, which every file must
+    /// agree with.
+    pub fn open(dir: &Path, num_points: u64) -> Result<Option<Self>> {
+        let keys_path = dir.join(KEYS_FILE);
+        if !keys_path.exists() {
+            return Ok(None);
+        }
+        let keys = KeyMap::read(&keys_path)?;
+        let store = DocStore::open(&dir.join(DOCS_FILE))?;
+        let filters_path = dir.join(FILTERS_FILE);
+        let filters = if filters_path.exists() {
+            Some(FilterIndex::read(&filters_path)?)
+        } else {
+            None
+        };
+        let counts = [
+            (KEYS_FILE, keys.len() as u64),
+            (DOCS_FILE, store.len() as u64),
+            (
+                FILTERS_FILE,
+                filters.as_ref().map_or(num_points, |f| f.num_docs() as u64),
+            ),
+        ];
+        for (file, count) in counts {
+            if count != num_points {
+                return Err(Error::format(
+                    dir.join(file),
+                    FormatError::Invalid {
+                        field: "document count",
+                        value: count,
+                        why: format!("{INDEX_FILE} has {num_points} points"),
+                    },
+                ));
+            }
+        }
+        Ok(Some(Documents {
+            keys,
+            store,
+            filters,
+        }))
+    }
+
+    /// Puts what [`ingest`] read into a segment directory (for documents
+    /// `0..n` in ingest order): moves `docs.bin`, writes `keys.bin` and
+    /// `filters.bin`.
+    pub fn install(ingested: &Ingested, seg_dir: &Path) -> Result<()> {
+        let to = seg_dir.join(DOCS_FILE);
+        std::fs::rename(&ingested.store, &to).map_err(|e| Error::io(&to, e))?;
+        ingested.keys.write(&seg_dir.join(KEYS_FILE))?;
+        if let Some(f) = &ingested.filters {
+            f.write(&seg_dir.join(FILTERS_FILE))?;
+        }
+        Ok(())
+    }
+
+    pub fn keys(&self) -> &KeyMap {
+        &self.keys
+    }
+
+    pub fn store(&self) -> &DocStore {
+        &self.store
+    }
+
+    pub fn filters(&self) -> Option<&FilterIndex> {
+        self.filters.as_ref()
+    }
+
+    /// Bytes of RAM held: ids, block table, filter index.
+    pub fn memory_bytes(&self) -> usize {
+        self.keys.memory_bytes()
+            + self.store.memory_bytes()
+            + self
+                .filters
+                .as_ref()
+                .map_or(0, |f| f.memory_bytes() as usize)
+    }
+
+    /// The segment-local ids `filter` matches.
+    pub fn evaluate(&self, filter: &Filter) -> Result<RoaringBitmap> {
+        let index = self
+            .filters
+            .as_ref()
+            .ok_or_else(|| FilterError::NotIndexed {
+                field: filter.fields().first().map_or("", |f| f).to_string(),
+                indexed: "none: this index was built without --filter-fields".into(),
+            })?;
+        Ok(index.evaluate(filter)?)
+    }
+
+    /// The payload fields `include` asks for, of each of `docs`
+    /// (segment-local ids), in order. Nothing is read for
+    /// [`Include::Nothing`].
+    pub fn fetch(&self, docs: &[u32], include: &Include) -> Result<Vec<Map<String, Value>>> {
+        if *include == Include::Nothing {
+            return Ok(vec![Map::new(); docs.len()]);
+        }
+        let raw = self.store.get_many(docs)?;
+        raw.into_iter()
+            .zip(docs)
+            .map(|(bytes, &doc)| {
+                let all: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::format(
+                        self.store.path(),
+                        FormatError::Invalid {
+                            field: "document",
+                            value: doc.into(),
+                            why: format!("stored payload is not a JSON object: {e}"),
+                        },
+                    )
+                })?;
+                Ok(match include {
+                    Include::Fields(names) => all
+                        .into_iter()
+                        .filter(|(k, _)| names.iter().any(|n| n == k))
+                        .collect(),
+                    _ => all,
+                })
+            })
+            .collect()
     }
 }

@@ -337,6 +337,11 @@ impl DocStore {
         })
     }
 
+    /// The file this store reads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Documents in the store.
     pub fn len(&self) -> usize {
         self.num_docs as usize

@@ -23,13 +23,17 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use super::index::{FieldIndex, FieldValues, NumericColumn, MAX_KEYWORD_BYTES};
 use super::{FilterIndex, FILTERS_MAGIC};
 use crate::error::{Error, FormatError, Result};
+use crate::layout::{append_footer, Envelope, FOOTER_BYTES};
 
 const MAJOR: u16 = 1;
 const MINOR: u16 = 0;
 const HEADER: usize = 24;
 const FIELD_HEADER: usize = 12;
-const FOOTER: usize = 8;
-const WHAT: &str = "filters";
+const ENVELOPE: Envelope = Envelope {
+    what: "filters",
+    magic: FILTERS_MAGIC,
+    major: MAJOR,
+};
 
 const KIND_EMPTY: u8 = 0;
 const KIND_KEYWORD: u8 = 1;
@@ -137,8 +141,7 @@ impl FilterIndex {
                 }
             }
         }
-        let sum = xxhash_rust::xxh3::xxh3_64(&out);
-        out.extend_from_slice(&sum.to_le_bytes());
+        append_footer(&mut out);
         Ok(out)
     }
 
@@ -168,41 +171,16 @@ impl FilterIndex {
                 end: HEADER as u64,
                 file_len,
             })?;
-        if header.magic != FILTERS_MAGIC {
-            return Err(FormatError::BadMagic {
-                what: WHAT,
-                found: header.magic.to_vec(),
-            });
-        }
-        if header.major.get() != MAJOR {
-            return Err(FormatError::UnsupportedVersion {
-                major: header.major.get(),
-                minor: header.minor.get(),
-                supported: MAJOR,
-            });
-        }
-        let at = bytes
-            .len()
-            .checked_sub(FOOTER)
-            .filter(|&at| at >= HEADER)
-            .ok_or(FormatError::Truncated {
+        ENVELOPE.check_identity(header.magic, header.major.get(), header.minor.get())?;
+        if bytes.len() < HEADER + FOOTER_BYTES {
+            return Err(FormatError::Truncated {
                 what: "checksum footer",
                 offset: HEADER as u64,
-                end: (HEADER + FOOTER) as u64,
+                end: (HEADER + FOOTER_BYTES) as u64,
                 file_len,
-            })?;
-        let (body, footer) = bytes.split_at(at);
-        let mut word = [0u8; FOOTER];
-        word.copy_from_slice(footer);
-        let stored = u64::from_le_bytes(word);
-        let computed = xxhash_rust::xxh3::xxh3_64(body);
-        if stored != computed {
-            return Err(FormatError::ChecksumMismatch {
-                what: WHAT,
-                stored,
-                computed,
             });
         }
+        let body = ENVELOPE.check_footer(bytes)?;
         let num_docs = header.num_docs.get();
         let mut cur = Cursor {
             bytes: body,

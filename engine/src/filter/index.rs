@@ -409,7 +409,7 @@ impl FieldBuilder {
                         FieldKind::Numeric => "a number",
                         _ => "a string or an array of strings",
                     },
-                    kind: have,
+                    kind: have.name(),
                     first_doc,
                 });
             }

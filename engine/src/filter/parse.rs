@@ -473,7 +473,7 @@ fn check_cond(field: &str, cond: &Cond, kind: FieldKind) -> Result<(), FilterErr
     };
     let mismatch = |found: &'static str| FilterError::KindMismatch {
         field: field.to_string(),
-        kind,
+        kind: kind.name(),
         op: cond.op(),
         found,
     };

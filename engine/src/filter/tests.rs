@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 use super::*;
+use crate::layout::FILTERS_FILE;
 
 fn fields(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()

@@ -65,6 +65,12 @@ pub const BUILD_INFO_FILE: &str = "build.json";
 pub const MANIFEST_FILE: &str = "segment.json";
 /// A shard directory's pointer to its current version.
 pub const CURRENT_FILE: &str = "CURRENT";
+/// Documents' user ids, in segment order (`format-spec/documents.md`).
+pub const KEYS_FILE: &str = "keys.bin";
+/// Documents' payloads in zstd blocks (`format-spec/documents.md`).
+pub const DOCS_FILE: &str = "docs.bin";
+/// The filter index over payload fields (`format-spec/filters.md`).
+pub const FILTERS_FILE: &str = "filters.bin";
 /// A sharded index's description of its shards (`format-spec/cluster.md`).
 pub const CLUSTER_FILE: &str = "cluster.json";
 
