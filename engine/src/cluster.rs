@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::data::Vectors;
+use crate::docs::{Documents, Ingested};
 use crate::element::ElemType;
 use crate::error::{ClusterFileError, Error, Result};
 use crate::index::{BuildParams, DiskIndex, OpenOptions, SearchScratch};
@@ -139,7 +140,9 @@ impl ClusterManifest {
     }
 }
 
-/// Partitions `data` and builds one index per shard under `out`.
+/// Partitions `data` and builds one index per shard under `out`; with
+/// `documents` (what `docs::ingest` read, row i = document i), each shard
+/// gets the documents of its points.
 pub fn build_sharded<T: Element>(
     data: Vectors<'_, T>,
     params: &BuildParams,
@@ -147,6 +150,7 @@ pub fn build_sharded<T: Element>(
     kind: PartitionKind,
     out: &Path,
     progress: &dyn Progress,
+    documents: Option<&Ingested>,
 ) -> Result<ClusterManifest> {
     let part = Partition::compute(data, shards, kind, params.vamana.seed)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -165,7 +169,13 @@ pub fn build_sharded<T: Element>(
             &dir,
             s as u32,
             progress,
-            |seg| layout::write_ids(&seg.join(IDS_FILE), &members).map(|_| ()),
+            |seg| {
+                layout::write_ids(&seg.join(IDS_FILE), &members)?;
+                match documents {
+                    Some(d) => Documents::install_subset(d, &members, seg),
+                    None => Ok(()),
+                }
+            },
         )?;
         infos.push(ShardInfo {
             id: s as u32,

@@ -27,6 +27,8 @@ pub struct Ingested {
     pub keys: KeyMap,
     /// The filter index, when fields to index were named.
     pub filters: Option<FilterIndex>,
+    /// The fields the filter index covers (to index a subset the same way).
+    pub filter_fields: Vec<String>,
 }
 
 /// Reads `path` (JSON Lines), writing `docs.bin` and, for inline vectors,
@@ -106,6 +108,7 @@ pub fn ingest(
         store: store_path,
         keys,
         filters: filters.map(FilterIndexBuilder::finish),
+        filter_fields: filter_fields.to_vec(),
     })
 }
 

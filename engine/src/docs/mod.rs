@@ -31,7 +31,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, FilterError, FormatError, Result};
-use crate::filter::{Filter, FilterIndex, RoaringBitmap};
+use crate::filter::{Filter, FilterIndex, FilterIndexBuilder, RoaringBitmap};
 use crate::layout::{DOCS_FILE, FILTERS_FILE, INDEX_FILE, KEYS_FILE};
 pub use jsonl::{DocReader, Document, VectorSource};
 pub use keys::{KeyMap, KEYS_MAGIC};
@@ -177,6 +177,49 @@ impl Documents {
         ingested.keys.write(&seg_dir.join(KEYS_FILE))?;
         if let Some(f) = &ingested.filters {
             f.write(&seg_dir.join(FILTERS_FILE))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the documents `members` (ingest-order ids, ascending) of what
+    /// [`ingest`] read into a segment directory as its documents `0, 1, …`:
+    /// the part of a sharded build that lands in one shard.
+    pub fn install_subset(ingested: &Ingested, members: &[u32], seg_dir: &Path) -> Result<()> {
+        let source = DocStore::open(&ingested.store)?;
+        let mut store = DocStoreWriter::create(&seg_dir.join(DOCS_FILE), DEFAULT_BLOCK_BYTES)?;
+        let mut filters = if ingested.filter_fields.is_empty() {
+            None
+        } else {
+            Some(FilterIndexBuilder::new(&ingested.filter_fields)?)
+        };
+        let mut ids = Vec::with_capacity(members.len());
+        for chunk in members.chunks(4096) {
+            for (k, payload) in source.get_many(chunk)?.into_iter().enumerate() {
+                let global = chunk.get(k).copied().unwrap_or(0);
+                if let Some(f) = filters.as_mut() {
+                    let map: Map<String, Value> =
+                        serde_json::from_slice(&payload).map_err(|e| {
+                            Error::format(
+                                &ingested.store,
+                                FormatError::Invalid {
+                                    field: "document",
+                                    value: global.into(),
+                                    why: format!("staged payload is not a JSON object: {e}"),
+                                },
+                            )
+                        })?;
+                    f.add(ids.len() as u32, &map)?;
+                }
+                store.add(&payload)?;
+                ids.push(ingested.keys.key(global));
+            }
+        }
+        store.finish()?;
+        KeyMap::from_ids(ids)
+            .map_err(|e| Error::docs(&ingested.store, e))?
+            .write(&seg_dir.join(KEYS_FILE))?;
+        if let Some(f) = filters {
+            f.finish().write(&seg_dir.join(FILTERS_FILE))?;
         }
         Ok(())
     }
