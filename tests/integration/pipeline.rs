@@ -1,6 +1,6 @@
 //! gen → groundtruth → build → search/bench, on generated and real data.
 
-use crate::{bench_json, cli, cli_ok, generated, p, recall_at, report, shared_datasets};
+use crate::{bench_json, cli, cli_ok, generated, mnist_t10k, p, recall_at, report};
 
 fn build_and_bench(
     dir: &std::path::Path,
@@ -108,7 +108,7 @@ fn cosine_pipeline_reaches_recall_floor() {
 /// ground truth computed independently of shardann.
 #[test]
 fn mnist_real_data_reaches_recall_floor() {
-    let m = shared_datasets().join("mnist-t10k");
+    let m = mnist_t10k();
     let dir = tempfile::tempdir().unwrap();
     let r = build_and_bench(
         dir.path(),
@@ -129,7 +129,7 @@ fn mnist_real_data_reaches_recall_floor() {
 /// Our brute force agrees with the independently computed MNIST ground truth.
 #[test]
 fn groundtruth_matches_published_mnist_truth() {
-    let m = shared_datasets().join("mnist-t10k");
+    let m = mnist_t10k();
     let dir = tempfile::tempdir().unwrap();
     let gt = dir.path().join("gt.bin");
     cli_ok(&[

@@ -400,6 +400,6 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Serve(a) => crate::serve::serve(&a, out),
         Command::Verify(a) => crate::inspect::verify(&a, out),
         Command::Replicate(a) => crate::serve::replicate(&a, out),
-        Command::Demo(a) => crate::bench::demo(&a, q, out),
+        Command::Demo(a) => crate::demo::demo(&a, q, out),
     }
 }
