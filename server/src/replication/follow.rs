@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use shardann_engine::segment::{self, Manifest};
 
-use super::pull::{err, get_bytes, pull};
+use super::pull::{get_bytes, pull};
 use super::VERSION_TIMEOUT;
-use crate::error::Result;
-use crate::node::{connect, Node};
+use crate::error::{Result, ServerError};
+use crate::http::{self, PeerError};
+use crate::node::Node;
 use crate::rt::until;
 
 /// The version of shard `shard` the node at `addr` serves now.
@@ -17,9 +18,9 @@ use crate::rt::until;
 /// turn, and one that hangs must not stall the others.
 pub async fn remote_version(addr: SocketAddr, token: Option<&str>, shard: u32) -> Result<u64> {
     let ask = async {
-        let mut sender = connect(addr, VERSION_TIMEOUT)
+        let mut sender = http::connect(addr, VERSION_TIMEOUT)
             .await
-            .map_err(|e| err(addr, e))?;
+            .map_err(|source| ServerError::Peer { addr, source })?;
         get_bytes(
             &mut sender,
             addr,
@@ -30,7 +31,15 @@ pub async fn remote_version(addr: SocketAddr, token: Option<&str>, shard: u32) -
     };
     let bytes = until(Instant::now() + VERSION_TIMEOUT, ask)
         .await
-        .unwrap_or_else(|| Err(err(addr, format!("no manifest within {VERSION_TIMEOUT:?}"))))?;
+        .unwrap_or_else(|| {
+            Err(ServerError::Peer {
+                addr,
+                source: PeerError::Timeout {
+                    what: "manifest",
+                    after: VERSION_TIMEOUT,
+                },
+            })
+        })?;
     Ok(Manifest::from_bytes(Path::new("remote segment.json"), &bytes)?.version)
 }
 

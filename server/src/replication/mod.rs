@@ -35,10 +35,10 @@ pub mod pull;
 pub mod serve;
 
 pub use follow::{follow, remote_version};
+pub use pull::PullError;
 pub use pull::{pull, pull_blocking, PullReport};
 pub use serve::{
-    authorize, cluster_file, file_body, full, is_replication_path, manifest_file, route, Body,
-    Refusal,
+    authorize, cluster_file, file_body, is_replication_path, manifest_file, route, Refusal,
 };
 
 /// Raw bytes per chunk of a file transfer.

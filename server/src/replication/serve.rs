@@ -4,29 +4,72 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::StreamBody;
 use hyper::body::Frame;
 use shardann_engine::cluster::CLUSTER_FILE;
 use shardann_engine::segment::{self, Manifest, MANIFEST_FILE};
 
 use super::{CHUNK, CHUNKS_CONTENT_TYPE, LEVEL};
+use crate::error::{Result, ServerError};
+use crate::http::{full, Body};
 use crate::node::Node;
 
-/// A response body: whole (JSON) or streamed (file transfers). Not `Send`:
-/// a file stream holds the executor's own file handle.
-pub type Body = std::pin::Pin<Box<dyn hyper::body::Body<Data = Bytes, Error = std::io::Error>>>;
-
-/// A whole body.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Box::pin(Full::new(bytes.into()).map_err(|never| match never {}))
+/// Why a replication request is refused. [`crate::http::status`] gives
+/// each its status (401, 400 or 404).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    #[error("replication needs the cluster token (authorization: Bearer …)")]
+    Unauthorized,
+    #[error("{CLUSTER_FILE}: {source} (a plain index has no cluster.json)")]
+    NoClusterFile {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("this node does not serve shard {shard}")]
+    NotServed { shard: u32 },
+    #[error("no shard {shard}")]
+    NoShard { shard: u32 },
+    #[error(
+        "shard {shard} is not a sealed segment ({source}); rebuild it with this version of shardann"
+    )]
+    NotSealed {
+        shard: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("shard {shard} version {version}: {source}")]
+    NoVersion {
+        shard: u32,
+        version: u64,
+        #[source]
+        source: shardann_engine::Error,
+    },
+    #[error("{name:?} is not a file of shard {shard} version {version}")]
+    NotListed {
+        name: String,
+        shard: u32,
+        version: u64,
+    },
+    #[error("offset {offset} is past the end of {name} ({size} bytes)")]
+    OffsetPastEnd {
+        offset: u64,
+        name: String,
+        size: u64,
+    },
+    #[error("{given:?} is not a shard id")]
+    BadShard { given: String },
+    #[error("{given:?} is not a version")]
+    BadVersion { given: String },
+    #[error("offset {given:?} is not a byte offset")]
+    BadOffset { given: String },
+    #[error("no endpoint {path}")]
+    NoEndpoint { path: String },
 }
-
-/// Why a replication request is refused: (status, message).
-pub type Refusal = (u16, String);
 
 /// Checks the `authorization: Bearer TOKEN` header against the node's
 /// `cluster_token`, when it has one.
-pub fn authorize(node: &Node, headers: &hyper::HeaderMap) -> std::result::Result<(), Refusal> {
+pub fn authorize(node: &Node, headers: &hyper::HeaderMap) -> Result<(), Refusal> {
     let Some(token) = &node.config.cluster_token else {
         return Ok(());
     };
@@ -37,45 +80,30 @@ pub fn authorize(node: &Node, headers: &hyper::HeaderMap) -> std::result::Result
     if given == Some(token.as_str()) {
         Ok(())
     } else {
-        Err((
-            401,
-            "replication needs the cluster token (authorization: Bearer …)".into(),
-        ))
+        Err(Refusal::Unauthorized)
     }
 }
 
 /// `GET /v1/cluster`: the bytes of `cluster.json`.
-pub fn cluster_file(node: &Node) -> std::result::Result<Vec<u8>, Refusal> {
+pub fn cluster_file(node: &Node) -> Result<Vec<u8>, Refusal> {
     let path = node.config.index_dir.join(CLUSTER_FILE);
-    std::fs::read(&path).map_err(|e| {
-        (
-            404,
-            format!("{}: {e} (a plain index has no cluster.json)", CLUSTER_FILE),
-        )
-    })
+    std::fs::read(&path).map_err(|source| Refusal::NoClusterFile { source })
 }
 
-fn local_shard_dir(node: &Node, s: u32) -> std::result::Result<PathBuf, Refusal> {
-    if node.local_shard(s).is_none() {
-        return Err((404, format!("this node does not serve shard {s}")));
+fn local_shard_dir(node: &Node, shard: u32) -> Result<PathBuf, Refusal> {
+    if node.local_shard(shard).is_none() {
+        return Err(Refusal::NotServed { shard });
     }
-    node.shard_dir(s)
-        .ok_or_else(|| (404, format!("no shard {s}")))
+    node.shard_dir(shard).ok_or(Refusal::NoShard { shard })
 }
 
 /// `GET /v1/shards/S/manifest`: the current segment's `segment.json`, as
 /// stored (the puller checks its checksum).
-pub fn manifest_file(node: &Node, s: u32) -> std::result::Result<Vec<u8>, Refusal> {
-    let dir = local_shard_dir(node, s)?;
-    let seg = segment::resolve(&dir).map_err(|e| (500, e.to_string()))?;
-    std::fs::read(seg.join(MANIFEST_FILE)).map_err(|e| {
-        (
-            404,
-            format!(
-                "shard {s} is not a sealed segment ({e}); rebuild it with this version of shardann"
-            ),
-        )
-    })
+pub fn manifest_file(node: &Node, shard: u32) -> Result<Vec<u8>> {
+    let dir = local_shard_dir(node, shard)?;
+    let seg = segment::resolve(&dir)?;
+    std::fs::read(seg.join(MANIFEST_FILE))
+        .map_err(|source| Refusal::NotSealed { shard, source }.into())
 }
 
 /// `GET /v1/shards/S/segments/V/files/NAME?offset=N`: the file from byte
@@ -87,28 +115,30 @@ pub async fn file_body(
     version: u64,
     name: &str,
     offset: u64,
-) -> std::result::Result<(Body, u64), Refusal> {
+) -> Result<(Body, u64)> {
     let dir = local_shard_dir(node, s)?.join(segment::version_dir_name(version));
-    let m = Manifest::read(&dir).map_err(|e| (404, format!("shard {s} version {version}: {e}")))?;
-    let entry = m.file(name).ok_or_else(|| {
-        (
-            404,
-            format!("{name:?} is not a file of shard {s} version {version}"),
-        )
+    let m = Manifest::read(&dir).map_err(|source| Refusal::NoVersion {
+        shard: s,
+        version,
+        source,
+    })?;
+    let entry = m.file(name).ok_or_else(|| Refusal::NotListed {
+        name: name.to_string(),
+        shard: s,
+        version,
     })?;
     if offset > entry.size {
-        return Err((
-            400,
-            format!(
-                "offset {offset} is past the end of {name} ({} bytes)",
-                entry.size
-            ),
-        ));
+        return Err(Refusal::OffsetPastEnd {
+            offset,
+            name: name.to_string(),
+            size: entry.size,
+        }
+        .into());
     }
     let path = dir.join(name);
     let file = glommio::io::BufferedFile::open(&path)
         .await
-        .map_err(|e| (500, format!("{}: {e}", path.display())))?;
+        .map_err(|e| ServerError::io(&path, e.into()))?;
     let size = entry.size;
     let stream = futures::stream::unfold((file, offset), move |(file, pos)| async move {
         if pos >= size {
@@ -139,15 +169,12 @@ fn encode_chunk(raw: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Routes a replication request (`path` below `/v1`), after authorization.
-pub async fn route(
-    node: &Node,
-    path: &str,
-    query: Option<&str>,
-) -> std::result::Result<(Body, &'static str), Refusal> {
+pub async fn route(node: &Node, path: &str, query: Option<&str>) -> Result<(Body, &'static str)> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let shard = |s: &str| {
-        s.parse::<u32>()
-            .map_err(|_| (400, format!("{s:?} is not a shard id")))
+        s.parse::<u32>().map_err(|_| Refusal::BadShard {
+            given: s.to_string(),
+        })
     };
     match parts.as_slice() {
         ["v1", "cluster"] => Ok((full(cluster_file(node)?), "application/json")),
@@ -155,20 +182,23 @@ pub async fn route(
             Ok((full(manifest_file(node, shard(s)?)?), "text/plain"))
         }
         ["v1", "shards", s, "segments", v, "files", name] => {
-            let version = v
-                .parse::<u64>()
-                .map_err(|_| (400, format!("{v:?} is not a version")))?;
+            let version = v.parse::<u64>().map_err(|_| Refusal::BadVersion {
+                given: v.to_string(),
+            })?;
             let offset =
                 match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("offset="))) {
-                    Some(o) => o
-                        .parse::<u64>()
-                        .map_err(|_| (400, format!("offset {o:?} is not a byte offset")))?,
+                    Some(o) => o.parse::<u64>().map_err(|_| Refusal::BadOffset {
+                        given: o.to_string(),
+                    })?,
                     None => 0,
                 };
             let (body, _) = file_body(node, shard(s)?, version, name, offset).await?;
             Ok((body, CHUNKS_CONTENT_TYPE))
         }
-        _ => Err((404, format!("no endpoint {path}"))),
+        _ => Err(Refusal::NoEndpoint {
+            path: path.to_string(),
+        }
+        .into()),
     }
 }
 
