@@ -60,8 +60,7 @@ pub fn status(e: &ServerError) -> StatusCode {
             | Refusal::NoShard { .. }
             | Refusal::NotSealed { .. }
             | Refusal::NoVersion { .. }
-            | Refusal::NotListed { .. }
-            | Refusal::NoEndpoint { .. } => StatusCode::NOT_FOUND,
+            | Refusal::NotListed { .. } => StatusCode::NOT_FOUND,
         },
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -10,7 +10,10 @@
 //! | GET | `/healthz` | liveness and this node's shards |
 //! | GET | `/metrics` | Prometheus text |
 //!
-//! Full reference: `server/openapi.yaml`.
+//! and, for peers, the replication endpoints (see [`crate::replication`]).
+//! [`ROUTES`] lists them all; the dispatcher matches requests against that
+//! table alone, and a test checks it against `server/openapi.yaml`, the
+//! full reference.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -303,34 +306,139 @@ async fn serve_connection<T: WireElem>(exec: Rc<Executor<T>>, mut stream: glommi
     };
 }
 
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handler {
+    Search,
+    Batch,
+    Shards,
+    Health,
+    Metrics,
+    Cluster,
+    Manifest,
+    File,
+}
+
+impl Handler {
+    fn endpoint(self) -> Endpoint {
+        match self {
+            Handler::Search => Endpoint::Search,
+            Handler::Batch => Endpoint::Batch,
+            Handler::Shards => Endpoint::Shards,
+            Handler::Health => Endpoint::Health,
+            Handler::Metrics => Endpoint::Metrics,
+            Handler::Cluster | Handler::Manifest | Handler::File => Endpoint::Replication,
+        }
+    }
+}
+
+/// One route: a method and a path in `server/openapi.yaml`'s notation, where
+/// a `{name}` segment matches any one segment of a request's path.
+#[derive(Debug)]
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: Handler,
+}
+
+const fn route(method: Method, path: &'static str, handler: Handler) -> Route {
+    Route {
+        method,
+        path,
+        handler,
+    }
+}
+
+/// Every route the node answers: [`handle`] dispatches through this table
+/// alone, and a test checks it against `server/openapi.yaml` both ways.
+pub const ROUTES: &[Route] = &[
+    route(Method::POST, "/v1/search", Handler::Search),
+    route(Method::POST, "/v1/search/batch", Handler::Batch),
+    route(Method::GET, "/v1/shards", Handler::Shards),
+    route(Method::GET, "/healthz", Handler::Health),
+    route(Method::GET, "/metrics", Handler::Metrics),
+    route(Method::GET, "/v1/cluster", Handler::Cluster),
+    route(
+        Method::GET,
+        "/v1/shards/{shard}/manifest",
+        Handler::Manifest,
+    ),
+    route(
+        Method::GET,
+        "/v1/shards/{shard}/segments/{version}/files/{name}",
+        Handler::File,
+    ),
+];
+
+/// The paths a client may use (the replication endpoints are for peers),
+/// for the message of a 404.
+pub fn public_paths() -> String {
+    let public: Vec<&str> = ROUTES
+        .iter()
+        .filter(|r| r.handler.endpoint() != Endpoint::Replication)
+        .map(|r| r.path)
+        .collect();
+    public.join(", ")
+}
+
+/// The `{name}` segments of `path` if it matches `template`.
+fn match_path<'a>(template: &str, path: &'a str) -> Option<Vec<&'a str>> {
+    let (mut t, mut p) = (template.split('/'), path.split('/'));
+    let mut params = Vec::new();
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(params),
+            (Some(ts), Some(ps)) if ts.starts_with('{') && ts.ends_with('}') => params.push(ps),
+            (Some(ts), Some(ps)) if ts == ps => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The route for a request and its path parameters: 404 when no route has
+/// the path, 405 when none with the path has the method.
+fn find_route<'a>(method: &Method, path: &'a str) -> Result<(&'static Route, Vec<&'a str>)> {
+    let mut path_known = false;
+    for r in ROUTES {
+        if let Some(params) = match_path(r.path, path) {
+            if r.method == *method {
+                return Ok((r, params));
+            }
+            path_known = true;
+        }
+    }
+    Err(if path_known {
+        ApiError::MethodNotAllowed {
+            method: method.clone(),
+            path: path.to_string(),
+        }
+    } else {
+        ApiError::NoEndpoint {
+            path: path.to_string(),
+        }
+    }
+    .into())
+}
+
 /// Routes one request and counts it.
 async fn handle<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Reply {
     let start = Instant::now();
     let path = req.uri().path().to_string();
-    let (endpoint, reply) = match (req.method(), path.as_str()) {
-        (&Method::POST, "/v1/search") => (Endpoint::Search, search(exec, req).await),
-        (&Method::POST, "/v1/search/batch") => (Endpoint::Batch, batch(exec, req).await),
-        (&Method::GET, "/v1/shards") => (Endpoint::Shards, Ok(shards(exec))),
-        (&Method::GET, "/healthz") => (Endpoint::Health, Ok(health(exec))),
-        (&Method::GET, "/metrics") => (Endpoint::Metrics, Ok(metrics(exec))),
-        (&Method::GET, p) if replication::is_replication_path(p) => {
-            (Endpoint::Replication, replicate(exec, &req).await)
+    let (endpoint, reply) = match find_route(req.method(), &path) {
+        Err(e) => (Endpoint::Other, Err(e)),
+        Ok((route, params)) => {
+            let reply = match route.handler {
+                Handler::Search => search(exec, req).await,
+                Handler::Batch => batch(exec, req).await,
+                Handler::Shards => Ok(shards(exec)),
+                Handler::Health => Ok(health(exec)),
+                Handler::Metrics => Ok(metrics(exec)),
+                Handler::Cluster | Handler::Manifest | Handler::File => {
+                    replicate(exec, &req, route.handler, &params).await
+                }
+            };
+            (route.handler.endpoint(), reply)
         }
-        (m, "/v1/search" | "/v1/search/batch" | "/v1/shards" | "/healthz" | "/metrics") => (
-            Endpoint::Other,
-            Err(ApiError::MethodNotAllowed {
-                method: m.clone(),
-                path: path.clone(),
-            }
-            .into()),
-        ),
-        (_, p) => (
-            Endpoint::Other,
-            Err(ApiError::NoEndpoint {
-                path: p.to_string(),
-            }
-            .into()),
-        ),
     };
     let reply = reply.unwrap_or_else(|e| {
         let reply = error_reply(&e);
@@ -347,13 +455,35 @@ async fn handle<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Repl
     reply
 }
 
-/// A replication endpoint (cluster.json, a segment manifest, a file).
-async fn replicate<T: WireElem>(exec: &Executor<T>, req: &Request<Incoming>) -> Result<Reply> {
+/// A replication endpoint (cluster.json, a segment manifest, a file), after
+/// the cluster token is checked.
+async fn replicate<T: WireElem>(
+    exec: &Executor<T>,
+    req: &Request<Incoming>,
+    handler: Handler,
+    params: &[&str],
+) -> Result<Reply> {
     let node = &exec.node;
     replication::authorize(node, req.headers())?;
-    let (body, content_type) =
-        replication::route(node, req.uri().path(), req.uri().query()).await?;
-    Ok(body_reply(body, content_type))
+    match (handler, params) {
+        (Handler::Manifest, [shard]) => {
+            let shard = replication::parse_shard(shard)?;
+            Ok(body_reply(
+                full(replication::manifest_file(node, shard)?),
+                "text/plain",
+            ))
+        }
+        (Handler::File, [shard, version, name]) => {
+            let f = replication::FileRequest::parse(shard, version, name, req.uri().query())?;
+            let (body, _) =
+                replication::file_body(node, f.shard, f.version, f.name, f.offset).await?;
+            Ok(body_reply(body, replication::CHUNKS_CONTENT_TYPE))
+        }
+        _ => Ok(body_reply(
+            full(replication::cluster_file(node)?),
+            "application/json",
+        )),
+    }
 }
 
 async fn search<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
@@ -496,24 +626,84 @@ fn metrics<T: WireElem>(exec: &Executor<T>) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    /// Every route `handle` answers is documented in `server/openapi.yaml`.
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// (method, path) of every operation in `server/openapi.yaml`.
+    fn documented() -> BTreeSet<(String, String)> {
+        let spec = include_str!("../openapi.yaml");
+        let mut out = BTreeSet::new();
+        let mut in_paths = false;
+        let mut path = None;
+        for line in spec.lines() {
+            if !line.starts_with(' ') && !line.trim().is_empty() {
+                in_paths = line == "paths:";
+                continue;
+            }
+            if !in_paths {
+                continue;
+            }
+            if let Some(p) = line.strip_prefix("  /") {
+                path = Some(format!("/{}", p.trim_end_matches(':')));
+            } else if let (Some(m), Some(p)) = (
+                line.strip_prefix("    ")
+                    .and_then(|l| l.strip_suffix(':'))
+                    .filter(|m| ["get", "post", "put", "delete", "patch"].contains(m)),
+                &path,
+            ) {
+                out.insert((m.to_uppercase(), p.clone()));
+            }
+        }
+        out
+    }
+
+    /// Every route the dispatcher answers is documented in
+    /// `server/openapi.yaml` with its method, and every documented
+    /// operation is routed.
     #[test]
     fn openapi_documents_every_route() {
-        let spec = include_str!("../openapi.yaml");
-        for path in [
-            "/v1/search:",
-            "/v1/search/batch:",
-            "/v1/shards:",
-            "/healthz:",
-            "/metrics:",
-            "/v1/cluster:",
-            "/v1/shards/{shard}/manifest:",
-            "/v1/shards/{shard}/segments/{version}/files/{name}:",
-        ] {
-            assert!(
-                spec.contains(&format!("\n  {path}\n")),
-                "openapi.yaml lacks {path}"
-            );
-        }
+        let routed: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        let documented = documented();
+        assert!(
+            documented.len() >= 8,
+            "openapi.yaml parsed to {documented:?}"
+        );
+        let undocumented: Vec<_> = routed.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "openapi.yaml lacks {undocumented:?}"
+        );
+        let unrouted: Vec<_> = documented.difference(&routed).collect();
+        assert!(unrouted.is_empty(), "ROUTES lacks {unrouted:?}");
+    }
+
+    #[test]
+    fn requests_find_their_route() {
+        let (r, params) = find_route(&Method::GET, "/v1/shards/3/segments/7/files/pq.bin").unwrap();
+        assert_eq!(r.handler, Handler::File);
+        assert_eq!(params, ["3", "7", "pq.bin"]);
+        assert_eq!(
+            find_route(&Method::GET, "/v1/shards").unwrap().0.handler,
+            Handler::Shards
+        );
+        let status = |m: &Method, p: &str| crate::http::status(&find_route(m, p).unwrap_err());
+        assert_eq!(
+            status(&Method::GET, "/v1/search"),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(status(&Method::GET, "/v1/shards/1"), StatusCode::NOT_FOUND);
+        assert_eq!(
+            status(&Method::GET, "/v1/shards/1/manifest/x"),
+            StatusCode::NOT_FOUND
+        );
+        let e = find_route(&Method::GET, "/nope").unwrap_err().to_string();
+        assert!(
+            e.contains("/v1/search/batch, /v1/shards, /healthz, /metrics"),
+            "{e}"
+        );
     }
 }

@@ -38,7 +38,7 @@ pub use follow::{follow, remote_version};
 pub use pull::PullError;
 pub use pull::{pull, pull_blocking, PullReport};
 pub use serve::{
-    authorize, cluster_file, file_body, is_replication_path, manifest_file, route, Refusal,
+    authorize, cluster_file, file_body, manifest_file, parse_shard, FileRequest, Refusal,
 };
 
 /// Raw bytes per chunk of a file transfer.

@@ -9,9 +9,9 @@ use hyper::body::Frame;
 use shardann_engine::cluster::CLUSTER_FILE;
 use shardann_engine::segment::{self, Manifest, MANIFEST_FILE};
 
-use super::{CHUNK, CHUNKS_CONTENT_TYPE, LEVEL};
+use super::{CHUNK, LEVEL};
 use crate::error::{Result, ServerError};
-use crate::http::{full, Body};
+use crate::http::Body;
 use crate::node::Node;
 
 /// Why a replication request is refused. [`crate::http::status`] gives
@@ -63,8 +63,6 @@ pub enum Refusal {
     BadVersion { given: String },
     #[error("offset {given:?} is not a byte offset")]
     BadOffset { given: String },
-    #[error("no endpoint {path}")]
-    NoEndpoint { path: String },
 }
 
 /// Checks the `authorization: Bearer TOKEN` header against the node's
@@ -168,43 +166,46 @@ fn encode_chunk(raw: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Routes a replication request (`path` below `/v1`), after authorization.
-pub async fn route(node: &Node, path: &str, query: Option<&str>) -> Result<(Body, &'static str)> {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let shard = |s: &str| {
-        s.parse::<u32>().map_err(|_| Refusal::BadShard {
-            given: s.to_string(),
-        })
-    };
-    match parts.as_slice() {
-        ["v1", "cluster"] => Ok((full(cluster_file(node)?), "application/json")),
-        ["v1", "shards", s, "manifest"] => {
-            Ok((full(manifest_file(node, shard(s)?)?), "text/plain"))
-        }
-        ["v1", "shards", s, "segments", v, "files", name] => {
-            let version = v.parse::<u64>().map_err(|_| Refusal::BadVersion {
-                given: v.to_string(),
-            })?;
-            let offset =
-                match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("offset="))) {
-                    Some(o) => o.parse::<u64>().map_err(|_| Refusal::BadOffset {
-                        given: o.to_string(),
-                    })?,
-                    None => 0,
-                };
-            let (body, _) = file_body(node, shard(s)?, version, name, offset).await?;
-            Ok((body, CHUNKS_CONTENT_TYPE))
-        }
-        _ => Err(Refusal::NoEndpoint {
-            path: path.to_string(),
-        }
-        .into()),
-    }
+/// A shard id in a URL.
+pub fn parse_shard(s: &str) -> Result<u32, Refusal> {
+    s.parse::<u32>().map_err(|_| Refusal::BadShard {
+        given: s.to_string(),
+    })
 }
 
-/// Does `path` name a replication endpoint?
-pub fn is_replication_path(path: &str) -> bool {
-    path == "/v1/cluster"
-        || (path.starts_with("/v1/shards/")
-            && (path.ends_with("/manifest") || path.contains("/segments/")))
+/// `GET /v1/shards/{shard}/segments/{version}/files/{name}?offset=N`, its
+/// URL components checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRequest<'a> {
+    pub shard: u32,
+    pub version: u64,
+    pub name: &'a str,
+    pub offset: u64,
+}
+
+impl<'a> FileRequest<'a> {
+    /// Checks the path components and the query (`offset` defaults to 0).
+    pub fn parse(
+        shard: &str,
+        version: &str,
+        name: &'a str,
+        query: Option<&str>,
+    ) -> Result<Self, Refusal> {
+        let v = version.parse::<u64>().map_err(|_| Refusal::BadVersion {
+            given: version.to_string(),
+        })?;
+        let offset =
+            match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("offset="))) {
+                Some(o) => o.parse::<u64>().map_err(|_| Refusal::BadOffset {
+                    given: o.to_string(),
+                })?,
+                None => 0,
+            };
+        Ok(FileRequest {
+            shard: parse_shard(shard)?,
+            version: v,
+            name,
+            offset,
+        })
+    }
 }
