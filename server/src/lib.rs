@@ -29,6 +29,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod replication;

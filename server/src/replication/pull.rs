@@ -1,0 +1,389 @@
+//! The puller: takes a shard's current version from a peer into a local
+//! index directory (stage, resume, verify, seal, rename, switch).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use shardann_engine::cluster::{read_manifest, CLUSTER_FILE};
+use shardann_engine::segment::{self, Manifest, MANIFEST_FILE};
+
+use super::{CHUNK, STALL_TIMEOUT};
+use crate::error::{Result, ServerError};
+use crate::http::{self, PeerError, Sender};
+use crate::rt::until;
+
+/// What one pull moved.
+#[derive(Debug, Clone, Default)]
+pub struct PullReport {
+    pub shard: u32,
+    pub version: u64,
+    /// True when the shard was already at that version.
+    pub up_to_date: bool,
+    /// Per file: name, file bytes received, bytes on the wire.
+    pub files: Vec<(String, u64, u64)>,
+    pub seconds: f64,
+}
+
+impl PullReport {
+    pub fn raw_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.1).sum()
+    }
+    pub fn wire_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.2).sum()
+    }
+}
+
+/// What was wrong with a peer's answers while pulling a shard.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PullError {
+    #[error("the cluster has no shard {shard}")]
+    NoSuchShard { shard: u32 },
+    #[error("asked for shard {asked}, got a manifest of shard {got}")]
+    WrongShard { asked: u32, got: u32 },
+    #[error("the peer has version {peer} of shard {shard}, older than the local {local}")]
+    Older { shard: u32, peer: u64, local: u64 },
+    #[error("{}: received {size} bytes hashing to {sum:016x}; the manifest says {want_size} bytes, {want_xxh3}", path.display())]
+    Mismatch {
+        path: std::path::PathBuf,
+        size: u64,
+        sum: u64,
+        want_size: u64,
+        want_xxh3: String,
+    },
+    #[error("GET {url}: stalled at byte {pos} for {after:?}")]
+    Stalled {
+        url: String,
+        pos: u64,
+        after: std::time::Duration,
+    },
+    #[error("GET {url}: cut at byte {pos}: {source}")]
+    Cut {
+        url: String,
+        pos: u64,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("GET {url}: {source}")]
+    Chunk {
+        url: String,
+        #[source]
+        source: ChunkError,
+    },
+    #[error("GET {url}: the transfer ended at byte {pos} of {size}")]
+    Ended { url: String, pos: u64, size: u64 },
+}
+
+/// A chunk of a file transfer that breaks `format-spec/replication.md`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChunkError {
+    #[error("malformed chunk header ({zlen}, {rlen})")]
+    Header { zlen: usize, rlen: usize },
+    #[error("chunk at byte {pos} does not decompress: {source}")]
+    Decompress {
+        pos: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("chunk at byte {pos} has the wrong length")]
+    Length { pos: u64 },
+}
+
+fn peer_err(addr: SocketAddr, source: PeerError) -> ServerError {
+    ServerError::Peer { addr, source }
+}
+
+fn pull_err(addr: SocketAddr, source: PullError) -> ServerError {
+    ServerError::Pull { addr, source }
+}
+
+/// GETs `path` from `addr`; the body is returned whole.
+pub(super) async fn get_bytes(
+    sender: &mut Sender,
+    addr: SocketAddr,
+    token: Option<&str>,
+    path: &str,
+) -> Result<Bytes> {
+    let exchange = async {
+        let resp = http::send(sender, http::get(addr, token, path)?).await?;
+        http::read_bytes(resp).await
+    };
+    // A peer that accepts and never answers must not hold a pull (or the
+    // follower, which asks every peer in turn) forever.
+    until(Instant::now() + STALL_TIMEOUT, exchange)
+        .await
+        .unwrap_or(Err(PeerError::Timeout {
+            what: "answer",
+            after: STALL_TIMEOUT,
+        }))
+        .map_err(|e| peer_err(addr, e.on_get(path)))
+}
+
+/// Pulls shard `shard`'s current version from the node at `addr` into
+/// `index_dir` (which gets `cluster.json` too if it has none). Must run on
+/// a glommio executor. Resumes an interrupted pull of the same version.
+pub async fn pull(
+    addr: SocketAddr,
+    token: Option<&str>,
+    shard: u32,
+    index_dir: &Path,
+) -> Result<PullReport> {
+    let start = Instant::now();
+    let mut sender = http::connect(addr, std::time::Duration::from_secs(10))
+        .await
+        .map_err(|e| peer_err(addr, e))?;
+    std::fs::create_dir_all(index_dir).map_err(|e| ServerError::io(index_dir, e))?;
+    let cluster = get_bytes(&mut sender, addr, token, "/v1/cluster").await?;
+    let cluster_path = index_dir.join(CLUSTER_FILE);
+    if !cluster_path.exists() {
+        segment::write_atomic(&cluster_path, &cluster)?;
+    }
+    let cm = read_manifest(index_dir)?;
+    let info = cm
+        .shards
+        .get(shard as usize)
+        .ok_or_else(|| pull_err(addr, PullError::NoSuchShard { shard }))?;
+    let shard_dir = index_dir.join(&info.dir);
+    std::fs::create_dir_all(&shard_dir).map_err(|e| ServerError::io(&shard_dir, e))?;
+
+    let manifest_bytes = get_bytes(
+        &mut sender,
+        addr,
+        token,
+        &format!("/v1/shards/{shard}/manifest"),
+    )
+    .await?;
+    let m = Manifest::from_bytes(Path::new("remote segment.json"), &manifest_bytes)?;
+    if m.shard_id != shard {
+        return Err(pull_err(
+            addr,
+            PullError::WrongShard {
+                asked: shard,
+                got: m.shard_id,
+            },
+        ));
+    }
+    let mut report = PullReport {
+        shard,
+        version: m.version,
+        ..Default::default()
+    };
+    if shard_dir.join(segment::CURRENT_FILE).exists() {
+        let (cur, _) = segment::current(&shard_dir)?;
+        if cur > m.version {
+            return Err(pull_err(
+                addr,
+                PullError::Older {
+                    shard,
+                    peer: m.version,
+                    local: cur,
+                },
+            ));
+        }
+        if cur == m.version {
+            report.up_to_date = true;
+            report.seconds = start.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+    }
+    let final_dir = shard_dir.join(segment::version_dir_name(m.version));
+    if final_dir.exists() {
+        // Staged and renamed before a crash, not yet current: use it if it
+        // verifies, else pull it again.
+        if segment::verify(&final_dir).is_ok() {
+            segment::publish(&shard_dir, m.version)?;
+            report.seconds = start.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+        std::fs::remove_dir_all(&final_dir).map_err(|e| ServerError::io(&final_dir, e))?;
+    }
+    let staging = shard_dir.join(format!("{}.partial", segment::version_dir_name(m.version)));
+    let pending = staging.join("manifest.pending");
+    if staging.exists() && std::fs::read(&pending).ok().as_deref() != Some(&manifest_bytes[..]) {
+        // Staged for other contents of the same version number: start over.
+        std::fs::remove_dir_all(&staging).map_err(|e| ServerError::io(&staging, e))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(|e| ServerError::io(&staging, e))?;
+    segment::write_atomic(&pending, &manifest_bytes)?;
+
+    for f in &m.files {
+        let path = staging.join(&f.name);
+        let have = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
+        let have = if have > f.size {
+            std::fs::remove_file(&path).map_err(|e| ServerError::io(&path, e))?;
+            0
+        } else {
+            have
+        };
+        let (raw, wire) = if have < f.size {
+            fetch_file(
+                &mut sender,
+                addr,
+                token,
+                shard,
+                m.version,
+                &f.name,
+                have,
+                f.size,
+                &path,
+            )
+            .await?
+        } else {
+            (0, 0)
+        };
+        report.files.push((f.name.clone(), raw, wire));
+    }
+    // Every byte against the manifest before anything is renamed.
+    for f in &m.files {
+        let path = staging.join(&f.name);
+        let (sum, size) = segment::hash_file(&path)?;
+        if size != f.size || format!("{sum:016x}") != f.xxh3 {
+            // Pulled again next time.
+            let _ = std::fs::remove_file(&path);
+            return Err(pull_err(
+                addr,
+                PullError::Mismatch {
+                    path,
+                    size,
+                    sum,
+                    want_size: f.size,
+                    want_xxh3: f.xxh3.clone(),
+                },
+            ));
+        }
+    }
+    std::fs::remove_file(&pending).map_err(|e| ServerError::io(&pending, e))?;
+    segment::write_atomic(&staging.join(MANIFEST_FILE), &manifest_bytes)?;
+    std::fs::rename(&staging, &final_dir).map_err(|e| ServerError::io(&final_dir, e))?;
+    std::fs::File::open(&shard_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ServerError::io(&shard_dir, e))?;
+    segment::verify(&final_dir)?;
+    segment::publish(&shard_dir, m.version)?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Appends bytes `have..size` of a remote file to `path`; returns (file
+/// bytes, wire bytes) received.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_file(
+    sender: &mut Sender,
+    addr: SocketAddr,
+    token: Option<&str>,
+    shard: u32,
+    version: u64,
+    name: &str,
+    have: u64,
+    size: u64,
+    path: &Path,
+) -> Result<(u64, u64)> {
+    let url = format!("/v1/shards/{shard}/segments/{version}/files/{name}?offset={have}");
+    let request = http::get(addr, token, &url).map_err(|e| peer_err(addr, e))?;
+    let resp = until(Instant::now() + STALL_TIMEOUT, http::send(sender, request))
+        .await
+        .unwrap_or(Err(PeerError::Timeout {
+            what: "answer",
+            after: STALL_TIMEOUT,
+        }))
+        .map_err(|e| peer_err(addr, e.on_get(&url)))?;
+    if !resp.status().is_success() {
+        let e = match http::read_bytes(resp).await {
+            Err(e) => e,
+            Ok(_) => PeerError::NotSent,
+        };
+        return Err(peer_err(addr, e.on_get(&url)));
+    }
+    let mut body = resp.into_body();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| ServerError::io(path, e))?;
+    let mut buf = BytesMut::new();
+    let (mut raw_total, mut wire_total) = (0u64, 0u64);
+    let mut pos = have;
+    loop {
+        let frame = match until(Instant::now() + STALL_TIMEOUT, body.frame()).await {
+            None => {
+                file.sync_all().map_err(|e| ServerError::io(path, e))?;
+                return Err(pull_err(
+                    addr,
+                    PullError::Stalled {
+                        url,
+                        pos,
+                        after: STALL_TIMEOUT,
+                    },
+                ));
+            }
+            Some(None) => break,
+            Some(Some(Ok(f))) => f,
+            Some(Some(Err(source))) => {
+                file.sync_all().map_err(|e| ServerError::io(path, e))?;
+                return Err(pull_err(addr, PullError::Cut { url, pos, source }));
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        wire_total += data.len() as u64;
+        buf.extend_from_slice(&data);
+        loop {
+            let raw = match next_chunk(&mut buf, pos, size) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(source) => return Err(pull_err(addr, PullError::Chunk { url, source })),
+            };
+            file.write_all(&raw).map_err(|e| ServerError::io(path, e))?;
+            pos += raw.len() as u64;
+            raw_total += raw.len() as u64;
+        }
+    }
+    file.sync_all().map_err(|e| ServerError::io(path, e))?;
+    if pos != size {
+        return Err(pull_err(addr, PullError::Ended { url, pos, size }));
+    }
+    Ok((raw_total, wire_total))
+}
+
+/// Takes the first chunk off `buf` and decompresses it: `None` while `buf`
+/// holds less than a whole chunk. `pos` is the file offset the chunk
+/// starts at, `size` the file's size in the manifest.
+fn next_chunk(buf: &mut BytesMut, pos: u64, size: u64) -> Result<Option<Vec<u8>>, ChunkError> {
+    let (Some(z), Some(r)) = (buf.get(0..4), buf.get(4..8)) else {
+        return Ok(None);
+    };
+    let zlen = u32::from_le_bytes([z[0], z[1], z[2], z[3]]) as usize;
+    let rlen = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize;
+    if rlen > CHUNK * 4 || zlen > CHUNK * 8 {
+        return Err(ChunkError::Header { zlen, rlen });
+    }
+    if buf.len() < 8 + zlen {
+        return Ok(None);
+    }
+    let chunk = buf.split_to(8 + zlen);
+    let raw = zstd::bulk::decompress(&chunk[8..], rlen)
+        .map_err(|source| ChunkError::Decompress { pos, source })?;
+    if raw.len() != rlen || pos + rlen as u64 > size {
+        return Err(ChunkError::Length { pos });
+    }
+    Ok(Some(raw))
+}
+
+/// [`pull`] from a blocking context: runs it on its own glommio executor.
+pub fn pull_blocking(
+    addr: SocketAddr,
+    token: Option<String>,
+    shard: u32,
+    index_dir: &Path,
+) -> Result<PullReport> {
+    let dir = index_dir.to_path_buf();
+    crate::rt::block_on("shardann-pull", move || async move {
+        pull(addr, token.as_deref(), shard, &dir).await
+    })?
+}
