@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use shardann_engine::layout::FormatError;
+use shardann_engine::FormatError;
 
 use crate::api::ApiError;
 use crate::config::{AddrError, ConfigError};

@@ -28,7 +28,7 @@ use glommio::{LocalExecutorPoolBuilder, PoolThreadHandles};
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
-use shardann_engine::data::ElemType;
+use shardann_engine::ElemType;
 
 use crate::api::{ApiError, BatchRequest, BatchResponse, SearchRequest, WireElem};
 use crate::config::NodeConfig;
@@ -176,11 +176,11 @@ fn pull_missing_shards(config: &NodeConfig) -> (u64, u64) {
             .and_then(|m| m.shards.get(s as usize))
             .map(|info| {
                 let d = dir.join(&info.dir);
-                d.join(shardann_engine::segment::CURRENT_FILE).exists()
-                    || d.join(shardann_engine::index::INDEX_FILE).exists()
+                d.join(shardann_engine::layout::CURRENT_FILE).exists()
+                    || d.join(shardann_engine::layout::INDEX_FILE).exists()
             })
             .unwrap_or(false);
-        if present || (manifest.is_none() && dir.join(shardann_engine::index::INDEX_FILE).exists())
+        if present || (manifest.is_none() && dir.join(shardann_engine::layout::INDEX_FILE).exists())
         {
             continue;
         }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use shardann_engine::shard;
 use shardann_engine::data::Vectors;
 use shardann_engine::index::{build_index, BuildParams, DiskIndex, OpenOptions, SearchScratch};
 use shardann_engine::pq::PqParams;
@@ -65,7 +66,7 @@ fn queries() -> Vec<u8> {
 
 fn sync_results(dir: &Path, queries: &[u8]) -> Vec<QueryResult> {
     sync_results_on(
-        &DiskIndex::open(dir, OpenOptions::buffered()).unwrap(),
+        &shard::open(dir, OpenOptions::buffered()).unwrap(),
         queries,
     )
 }
@@ -130,7 +131,7 @@ fn cached_nodes_are_visited_without_io_and_change_no_answer() {
         cache_nodes: 300,
         ..OpenOptions::buffered()
     };
-    let index = Arc::new(DiskIndex::open(dir, opts).unwrap());
+    let index = Arc::new(shard::open(dir, opts).unwrap());
     assert_eq!(index.node_cache().len(), 300);
     let want = sync_results_on(&index, &queries);
 
@@ -193,7 +194,7 @@ fn a_failed_read_names_the_query_node_and_file() {
     for name in ["disk.index", "pq.bin"] {
         std::fs::copy(src.join(name), tmp.path().join(name)).unwrap();
     }
-    let index = Arc::new(DiskIndex::open(tmp.path(), OpenOptions::buffered()).unwrap());
+    let index = Arc::new(shard::open(tmp.path(), OpenOptions::buffered()).unwrap());
     // Cut the node file after opening it: the header sector stays, every
     // node read then hits end of file.
     let file = std::fs::OpenOptions::new()

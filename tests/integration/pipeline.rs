@@ -161,7 +161,8 @@ fn groundtruth_matches_published_mnist_truth() {
 /// Both IO backends and the in-memory reader return the same results.
 #[test]
 fn uring_pread_and_memory_readers_agree() {
-    use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
+    use shardann_engine::shard;
+use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
     use shardann_engine::io::{IoBackend, MemReader};
     use shardann_engine::search::SearchParams;
     let dir = tempfile::tempdir().unwrap();
@@ -200,7 +201,7 @@ fn uring_pread_and_memory_readers_agree() {
     for (name, idx) in [
         (
             "pread",
-            DiskIndex::open(
+            shard::open(
                 &index,
                 OpenOptions {
                     direct_io: true,
@@ -212,7 +213,7 @@ fn uring_pread_and_memory_readers_agree() {
         ),
         (
             "auto",
-            DiskIndex::open(
+            shard::open(
                 &index,
                 OpenOptions {
                     direct_io: true,
@@ -224,11 +225,11 @@ fn uring_pread_and_memory_readers_agree() {
         ),
         (
             "memory",
-            DiskIndex::open_with_reader(
+            shard::open_with_reader(
                 &index,
                 Box::new(
                     MemReader::load(
-                        &shardann_engine::segment::resolve(&index)
+                        &shardann_engine::shard::resolve(&index)
                             .unwrap()
                             .join("disk.index"),
                     )
@@ -259,7 +260,7 @@ fn uring_pread_and_memory_readers_agree() {
             io: IoBackend::Auto,
             cache_nodes,
         };
-        let idx = DiskIndex::open(&index, opts).unwrap();
+        let idx = shard::open(&index, opts).unwrap();
         assert_eq!(idx.node_cache().len(), cache_nodes.min(3000));
         let mut s = SearchScratch::<u8>::default();
         let (mut ios, mut hits) = (0, 0);

@@ -268,7 +268,7 @@ impl ReadArgs {
     /// Opens the index at `dir` as these flags say.
     pub fn open(&self, dir: &std::path::Path) -> anyhow::Result<shardann_engine::index::DiskIndex> {
         use anyhow::Context;
-        shardann_engine::index::DiskIndex::open(dir, self.open_options())
+        shardann_engine::shard::open(dir, self.open_options())
             .with_context(|| format!("opening index {}", dir.display()))
     }
 }

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use shardann_engine::shard;
 use shardann_engine::data::VectorFile;
 use shardann_engine::index::{DiskIndex, OpenOptions};
 
@@ -64,7 +65,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
     } else {
         writeln!(out, "[2/4] reusing ground truth {}", gt.display())?;
     }
-    if DiskIndex::open(&index, OpenOptions::buffered()).is_err() {
+    if shard::open(&index, OpenOptions::buffered()).is_err() {
         writeln!(
             out,
             "[3/4] building the index (R=64, L=100, alpha=1.2, 32-byte PQ)"

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
 
-use shardann_engine::segment::{self, Manifest};
+use shardann_engine::layout::{self, Manifest};
+use shardann_engine::shard;
 
 use super::pull::{get_bytes, pull};
 use super::VERSION_TIMEOUT;
@@ -93,10 +94,10 @@ async fn follow_shard(node: &Node, s: u32) -> Result<()> {
     let Some(dir) = node.shard_dir(s) else {
         return Ok(());
     };
-    if !dir.join(segment::CURRENT_FILE).exists() {
+    if !dir.join(layout::CURRENT_FILE).exists() {
         return Ok(()); // a plain index has no versions to follow
     }
-    let (mut on_disk, _) = segment::current(&dir)?;
+    let (mut on_disk, _) = shard::current(&dir)?;
     let token = node.config.cluster_token.as_deref();
     let mut newest: Option<(u64, usize)> = None;
     for &p in node.replica_indices(s) {

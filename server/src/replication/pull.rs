@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use shardann_engine::cluster::{read_manifest, CLUSTER_FILE};
-use shardann_engine::segment::{self, Manifest, MANIFEST_FILE};
+use shardann_engine::cluster::read_manifest;
+use shardann_engine::layout::{self, Manifest, CLUSTER_FILE, MANIFEST_FILE};
+use shardann_engine::{fs, shard};
 
 use super::{CHUNK, STALL_TIMEOUT};
 use crate::error::{Result, ServerError};
@@ -141,7 +142,7 @@ pub async fn pull(
     let cluster = get_bytes(&mut sender, addr, token, "/v1/cluster").await?;
     let cluster_path = index_dir.join(CLUSTER_FILE);
     if !cluster_path.exists() {
-        segment::write_atomic(&cluster_path, &cluster)?;
+        fs::write_atomic(&cluster_path, &cluster)?;
     }
     let cm = read_manifest(index_dir)?;
     let info = cm
@@ -173,8 +174,8 @@ pub async fn pull(
         version: m.version,
         ..Default::default()
     };
-    if shard_dir.join(segment::CURRENT_FILE).exists() {
-        let (cur, _) = segment::current(&shard_dir)?;
+    if shard_dir.join(layout::CURRENT_FILE).exists() {
+        let (cur, _) = shard::current(&shard_dir)?;
         if cur > m.version {
             return Err(pull_err(
                 addr,
@@ -191,25 +192,25 @@ pub async fn pull(
             return Ok(report);
         }
     }
-    let final_dir = shard_dir.join(segment::version_dir_name(m.version));
+    let final_dir = shard_dir.join(layout::version_dir_name(m.version));
     if final_dir.exists() {
         // Staged and renamed before a crash, not yet current: use it if it
         // verifies, else pull it again.
-        if segment::verify(&final_dir).is_ok() {
-            segment::publish(&shard_dir, m.version)?;
+        if shard::verify(&final_dir).is_ok() {
+            shard::publish(&shard_dir, m.version)?;
             report.seconds = start.elapsed().as_secs_f64();
             return Ok(report);
         }
         std::fs::remove_dir_all(&final_dir).map_err(|e| ServerError::io(&final_dir, e))?;
     }
-    let staging = shard_dir.join(format!("{}.partial", segment::version_dir_name(m.version)));
+    let staging = shard_dir.join(format!("{}.partial", layout::version_dir_name(m.version)));
     let pending = staging.join("manifest.pending");
     if staging.exists() && std::fs::read(&pending).ok().as_deref() != Some(&manifest_bytes[..]) {
         // Staged for other contents of the same version number: start over.
         std::fs::remove_dir_all(&staging).map_err(|e| ServerError::io(&staging, e))?;
     }
     std::fs::create_dir_all(&staging).map_err(|e| ServerError::io(&staging, e))?;
-    segment::write_atomic(&pending, &manifest_bytes)?;
+    fs::write_atomic(&pending, &manifest_bytes)?;
 
     for f in &m.files {
         let path = staging.join(&f.name);
@@ -241,7 +242,7 @@ pub async fn pull(
     // Every byte against the manifest before anything is renamed.
     for f in &m.files {
         let path = staging.join(&f.name);
-        let (sum, size) = segment::hash_file(&path)?;
+        let (sum, size) = fs::hash_file(&path)?;
         if size != f.size || format!("{sum:016x}") != f.xxh3 {
             // Pulled again next time.
             let _ = std::fs::remove_file(&path);
@@ -258,13 +259,13 @@ pub async fn pull(
         }
     }
     std::fs::remove_file(&pending).map_err(|e| ServerError::io(&pending, e))?;
-    segment::write_atomic(&staging.join(MANIFEST_FILE), &manifest_bytes)?;
+    fs::write_atomic(&staging.join(MANIFEST_FILE), &manifest_bytes)?;
     std::fs::rename(&staging, &final_dir).map_err(|e| ServerError::io(&final_dir, e))?;
     std::fs::File::open(&shard_dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| ServerError::io(&shard_dir, e))?;
-    segment::verify(&final_dir)?;
-    segment::publish(&shard_dir, m.version)?;
+    shard::verify(&final_dir)?;
+    shard::publish(&shard_dir, m.version)?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

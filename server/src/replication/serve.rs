@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
-use shardann_engine::cluster::CLUSTER_FILE;
-use shardann_engine::segment::{self, Manifest, MANIFEST_FILE};
+use shardann_engine::layout::CLUSTER_FILE;
+use shardann_engine::layout::{self, Manifest, MANIFEST_FILE};
+use shardann_engine::shard;
 
 use super::{CHUNK, LEVEL};
 use crate::error::{Result, ServerError};
@@ -99,7 +100,7 @@ fn local_shard_dir(node: &Node, shard: u32) -> Result<PathBuf, Refusal> {
 /// stored (the puller checks its checksum).
 pub fn manifest_file(node: &Node, shard: u32) -> Result<Vec<u8>> {
     let dir = local_shard_dir(node, shard)?;
-    let seg = segment::resolve(&dir)?;
+    let seg = shard::resolve(&dir)?;
     std::fs::read(seg.join(MANIFEST_FILE))
         .map_err(|source| Refusal::NotSealed { shard, source }.into())
 }
@@ -114,7 +115,7 @@ pub async fn file_body(
     name: &str,
     offset: u64,
 ) -> Result<(Body, u64)> {
-    let dir = local_shard_dir(node, s)?.join(segment::version_dir_name(version));
+    let dir = local_shard_dir(node, s)?.join(layout::version_dir_name(version));
     let m = Manifest::read(&dir).map_err(|source| Refusal::NoVersion {
         shard: s,
         version,

@@ -192,7 +192,7 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
         ))
     };
     let sharded = index_dir
-        .join(shardann_engine::cluster::CLUSTER_FILE)
+        .join(shardann_engine::layout::CLUSTER_FILE)
         .exists();
     let mut target = if sharded
         && a.concurrency > 0
