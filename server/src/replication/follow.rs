@@ -1,12 +1,11 @@
 //! Following newer versions while serving.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Instant;
 
-use shardann_engine::segment::{self, Manifest};
+use shardann_engine::segment;
 
-use super::pull::{get_bytes, pull};
+use super::pull::{get_bytes, pull, remote_manifest};
 use super::VERSION_TIMEOUT;
 use crate::error::{Result, ServerError};
 use crate::http::{self, PeerError};
@@ -40,7 +39,7 @@ pub async fn remote_version(addr: SocketAddr, token: Option<&str>, shard: u32) -
                 },
             })
         })?;
-    Ok(Manifest::from_bytes(Path::new("remote segment.json"), &bytes)?.version)
+    Ok(remote_manifest(addr, shard, &bytes)?.version)
 }
 
 /// Follows newer versions of the node's shards while it serves: every

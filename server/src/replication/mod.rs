@@ -50,5 +50,9 @@ pub(crate) const LEVEL: i32 = 3;
 pub(crate) const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long the follower waits for a peer's manifest.
 pub const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The largest segment version: its directory name (`v` and 10 digits,
+/// `format-spec/segment-v1.md`) has room for no more. Versions in URLs and
+/// versions a peer announces are refused above it.
+pub const MAX_VERSION: u64 = 9_999_999_999;
 /// The content type of a file transfer.
 pub const CHUNKS_CONTENT_TYPE: &str = "application/x-shardann-zstd-chunks";
