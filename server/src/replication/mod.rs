@@ -15,8 +15,8 @@
 //! | file | what |
 //! |---|---|
 //! | [`serve`] | the source side: the three `GET` endpoints, the cluster token, the chunk stream |
-//! | [`pull`] | the puller: staging, resume, verify, seal, rename, switch `CURRENT` |
-//! | [`follow`] | the follower loop: newer versions from peers or local builds, swapped in while serving |
+//! | [`pull`](mod@pull) | the puller: staging, resume, verify, seal, rename, switch `CURRENT` |
+//! | [`follow`](mod@follow) | the follower loop: newer versions from peers or local builds, swapped in while serving |
 //!
 //! Files are staged in `shard-S/vV.partial/`, which no reader opens; an
 //! interrupted pull resumes from what is there (`offset` = bytes already
