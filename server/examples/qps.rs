@@ -19,11 +19,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use shardann_engine::shard;
 use shardann_engine::data::{recall_at_k, GroundTruth, VectorFile, Vectors};
-use shardann_engine::ElemType;
-use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
+use shardann_engine::index::{OpenOptions, SearchScratch};
 use shardann_engine::search::SearchParams;
+use shardann_engine::shard;
+use shardann_engine::ElemType;
 use shardann_engine::Element;
 use shardann_server::{run_queries_on, QueryResult, RuntimeConfig};
 

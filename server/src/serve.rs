@@ -349,7 +349,7 @@ const fn route(method: Method, path: &'static str, handler: Handler) -> Route {
     }
 }
 
-/// Every route the node answers: [`handle`] dispatches through this table
+/// Every route the node answers: the dispatcher (`handle`) goes through this table
 /// alone, and a test checks it against `server/openapi.yaml` both ways.
 pub const ROUTES: &[Route] = &[
     route(Method::POST, "/v1/search", Handler::Search),

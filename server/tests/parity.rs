@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use shardann_engine::shard;
 use shardann_engine::data::Vectors;
 use shardann_engine::index::{build_index, BuildParams, DiskIndex, OpenOptions, SearchScratch};
 use shardann_engine::pq::PqParams;
 use shardann_engine::progress::NoProgress;
 use shardann_engine::search::SearchParams;
+use shardann_engine::shard;
 use shardann_engine::synth::{generate_u8, Stream};
 use shardann_engine::vamana::VamanaParams;
 use shardann_engine::Metric;
@@ -65,10 +65,7 @@ fn queries() -> Vec<u8> {
 }
 
 fn sync_results(dir: &Path, queries: &[u8]) -> Vec<QueryResult> {
-    sync_results_on(
-        &shard::open(dir, OpenOptions::buffered()).unwrap(),
-        queries,
-    )
+    sync_results_on(&shard::open(dir, OpenOptions::buffered()).unwrap(), queries)
 }
 
 fn sync_results_on(idx: &DiskIndex, queries: &[u8]) -> Vec<QueryResult> {

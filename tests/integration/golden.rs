@@ -5,13 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use shardann_engine::shard;
 use shardann_engine::data::Vectors;
 use shardann_engine::index::{build_index, BuildParams, DiskIndex, OpenOptions, SearchScratch};
 use shardann_engine::io::IoBackend;
 use shardann_engine::pq::PqParams;
 use shardann_engine::progress::NoProgress;
 use shardann_engine::search::SearchParams;
+use shardann_engine::shard;
 use shardann_engine::synth::{generate_u8, Stream};
 use shardann_engine::vamana::VamanaParams;
 use shardann_engine::Metric;

@@ -161,10 +161,10 @@ fn groundtruth_matches_published_mnist_truth() {
 /// Both IO backends and the in-memory reader return the same results.
 #[test]
 fn uring_pread_and_memory_readers_agree() {
-    use shardann_engine::shard;
-use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
+    use shardann_engine::index::{OpenOptions, SearchScratch};
     use shardann_engine::io::{IoBackend, MemReader};
     use shardann_engine::search::SearchParams;
+    use shardann_engine::shard;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     cli_ok(&[

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardann_engine::layout::{self, Manifest};
-use shardann_engine::{fs, shard};
+use shardann_engine::shard;
 use shardann_server::client::{exchange, search_many, HttpParams, Request, Version};
 
 use crate::cluster::{free_addrs, NodeProc};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use shardann_engine::index::{DiskIndex, OpenOptions};
 use shardann_engine::layout::{self, Manifest, CURRENT_FILE, MANIFEST_FILE};
-use shardann_engine::{fs, segment, shard};
+use shardann_engine::shard;
 
 use crate::{build_small, cli, cli_ok, copy_all, generated, p};
 

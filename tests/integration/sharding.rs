@@ -1,11 +1,11 @@
 //! `build --shards`: shards keep global ids and merged results lose no recall.
 
-use shardann_engine::shard;
 use shardann_engine::cluster::{read_manifest, ShardedIndex};
-use shardann_engine::layout::IDS_FILE;
 use shardann_engine::data::{recall_at_k, GroundTruth, VectorFile};
-use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
+use shardann_engine::index::{OpenOptions, SearchScratch};
+use shardann_engine::layout::IDS_FILE;
 use shardann_engine::search::SearchParams;
+use shardann_engine::shard;
 
 use crate::{bench_json, cli, cli_ok, generated, p, recall_at};
 

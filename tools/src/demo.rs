@@ -4,9 +4,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use shardann_engine::shard;
 use shardann_engine::data::VectorFile;
-use shardann_engine::index::{DiskIndex, OpenOptions};
+use shardann_engine::index::OpenOptions;
+use shardann_engine::shard;
 
 use crate::bench::bench;
 use crate::cli::{BenchArgs, DemoArgs, GenArgs, GraphArgs, GroundtruthArgs};

@@ -2,10 +2,10 @@
 
 use std::io::Write;
 
-use shardann_engine::shard;
-use shardann_engine::index::{DiskIndex, OpenOptions};
-use shardann_engine::layout::BUILD_INFO_FILE;
+use shardann_engine::index::OpenOptions;
 use shardann_engine::io::{AlignedBuf, SectorRequest};
+use shardann_engine::layout::BUILD_INFO_FILE;
+use shardann_engine::shard;
 
 use crate::cli::{InspectArgs, VerifyArgs};
 use crate::util::{dir_bytes, human_bytes};

@@ -1,13 +1,12 @@
 //! Following newer versions while serving.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Instant;
 
-use shardann_engine::layout::{self, Manifest};
+use shardann_engine::layout;
 use shardann_engine::shard;
 
-use super::pull::{get_bytes, pull};
+use super::pull::{get_bytes, pull, remote_manifest};
 use super::VERSION_TIMEOUT;
 use crate::error::{Result, ServerError};
 use crate::http::{self, PeerError};
@@ -41,7 +40,7 @@ pub async fn remote_version(addr: SocketAddr, token: Option<&str>, shard: u32) -
                 },
             })
         })?;
-    Ok(Manifest::from_bytes(Path::new("remote segment.json"), &bytes)?.version)
+    Ok(remote_manifest(addr, shard, &bytes)?.version)
 }
 
 /// Follows newer versions of the node's shards while it serves: every

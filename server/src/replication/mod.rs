@@ -15,8 +15,8 @@
 //! | file | what |
 //! |---|---|
 //! | [`serve`] | the source side: the three `GET` endpoints, the cluster token, the chunk stream |
-//! | [`pull`] | the puller: staging, resume, verify, seal, rename, switch `CURRENT` |
-//! | [`follow`] | the follower loop: newer versions from peers or local builds, swapped in while serving |
+//! | [`pull`](mod@pull) | the puller: staging, resume, verify, seal, rename, switch `CURRENT` |
+//! | [`follow`](mod@follow) | the follower loop: newer versions from peers or local builds, swapped in while serving |
 //!
 //! Files are staged in `shard-S/vV.partial/`, which no reader opens; an
 //! interrupted pull resumes from what is there (`offset` = bytes already
@@ -50,5 +50,9 @@ pub(crate) const LEVEL: i32 = 3;
 pub(crate) const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long the follower waits for a peer's manifest.
 pub const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The largest segment version (the engine's: a version directory name has
+/// room for no more). Versions in URLs and versions a peer announces are
+/// refused above it.
+pub(crate) use shardann_engine::layout::MAX_VERSION;
 /// The content type of a file transfer.
 pub const CHUNKS_CONTENT_TYPE: &str = "application/x-shardann-zstd-chunks";

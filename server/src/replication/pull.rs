@@ -12,7 +12,7 @@ use shardann_engine::cluster::read_manifest;
 use shardann_engine::layout::{self, Manifest, CLUSTER_FILE, MANIFEST_FILE};
 use shardann_engine::{fs, shard};
 
-use super::{CHUNK, STALL_TIMEOUT};
+use super::{CHUNK, MAX_VERSION, STALL_TIMEOUT};
 use crate::error::{Result, ServerError};
 use crate::http::{self, PeerError, Sender};
 use crate::rt::until;
@@ -46,6 +46,8 @@ pub enum PullError {
     NoSuchShard { shard: u32 },
     #[error("asked for shard {asked}, got a manifest of shard {got}")]
     WrongShard { asked: u32, got: u32 },
+    #[error("the peer announces version {version} of shard {shard}; versions above {MAX_VERSION} do not fit a version directory name")]
+    VersionTooLarge { shard: u32, version: u64 },
     #[error("the peer has version {peer} of shard {shard}, older than the local {local}")]
     Older { shard: u32, peer: u64, local: u64 },
     #[error("{}: received {size} bytes hashing to {sum:016x}; the manifest says {want_size} bytes, {want_xxh3}", path.display())]
@@ -85,6 +87,10 @@ pub enum PullError {
 pub enum ChunkError {
     #[error("malformed chunk header ({zlen}, {rlen})")]
     Header { zlen: usize, rlen: usize },
+    /// `rlen` must be `1..=4 MiB`: an empty chunk moves the transfer no
+    /// further, so a stream of them would never end.
+    #[error("chunk at byte {pos} says rlen = {rlen}; the chunk length must be in 1..={max}")]
+    RawLength { pos: u64, rlen: usize, max: usize },
     #[error("chunk at byte {pos} does not decompress: {source}")]
     Decompress {
         pos: u64,
@@ -125,6 +131,31 @@ pub(super) async fn get_bytes(
         .map_err(|e| peer_err(addr, e.on_get(path)))
 }
 
+/// A peer's `segment.json` for shard `shard`, checked: the engine's checks,
+/// the shard id asked for, and a version that fits a version directory.
+pub(super) fn remote_manifest(addr: SocketAddr, shard: u32, bytes: &[u8]) -> Result<Manifest> {
+    let m = Manifest::from_bytes(Path::new("remote segment.json"), bytes)?;
+    if m.shard_id != shard {
+        return Err(pull_err(
+            addr,
+            PullError::WrongShard {
+                asked: shard,
+                got: m.shard_id,
+            },
+        ));
+    }
+    if m.version > MAX_VERSION {
+        return Err(pull_err(
+            addr,
+            PullError::VersionTooLarge {
+                shard,
+                version: m.version,
+            },
+        ));
+    }
+    Ok(m)
+}
+
 /// Pulls shard `shard`'s current version from the node at `addr` into
 /// `index_dir` (which gets `cluster.json` too if it has none). Must run on
 /// a glommio executor. Resumes an interrupted pull of the same version.
@@ -138,8 +169,18 @@ pub async fn pull(
     let mut sender = http::connect(addr, std::time::Duration::from_secs(10))
         .await
         .map_err(|e| peer_err(addr, e))?;
-    std::fs::create_dir_all(index_dir).map_err(|e| ServerError::io(index_dir, e))?;
     let cluster = get_bytes(&mut sender, addr, token, "/v1/cluster").await?;
+    // The peer's manifest is checked before anything is written.
+    let manifest_bytes = get_bytes(
+        &mut sender,
+        addr,
+        token,
+        &format!("/v1/shards/{shard}/manifest"),
+    )
+    .await?;
+    let m = remote_manifest(addr, shard, &manifest_bytes)?;
+
+    std::fs::create_dir_all(index_dir).map_err(|e| ServerError::io(index_dir, e))?;
     let cluster_path = index_dir.join(CLUSTER_FILE);
     if !cluster_path.exists() {
         fs::write_atomic(&cluster_path, &cluster)?;
@@ -152,23 +193,6 @@ pub async fn pull(
     let shard_dir = index_dir.join(&info.dir);
     std::fs::create_dir_all(&shard_dir).map_err(|e| ServerError::io(&shard_dir, e))?;
 
-    let manifest_bytes = get_bytes(
-        &mut sender,
-        addr,
-        token,
-        &format!("/v1/shards/{shard}/manifest"),
-    )
-    .await?;
-    let m = Manifest::from_bytes(Path::new("remote segment.json"), &manifest_bytes)?;
-    if m.shard_id != shard {
-        return Err(pull_err(
-            addr,
-            PullError::WrongShard {
-                asked: shard,
-                got: m.shard_id,
-            },
-        ));
-    }
     let mut report = PullReport {
         shard,
         version: m.version,
@@ -361,8 +385,15 @@ fn next_chunk(buf: &mut BytesMut, pos: u64, size: u64) -> Result<Option<Vec<u8>>
     };
     let zlen = u32::from_le_bytes([z[0], z[1], z[2], z[3]]) as usize;
     let rlen = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize;
-    if rlen > CHUNK * 4 || zlen > CHUNK * 8 {
+    if zlen > CHUNK * 8 {
         return Err(ChunkError::Header { zlen, rlen });
+    }
+    if rlen == 0 || rlen > CHUNK * 4 {
+        return Err(ChunkError::RawLength {
+            pos,
+            rlen,
+            max: CHUNK * 4,
+        });
     }
     if buf.len() < 8 + zlen {
         return Ok(None);
@@ -387,4 +418,137 @@ pub fn pull_blocking(
     crate::rt::block_on("shardann-pull", move || async move {
         pull(addr, token.as_deref(), shard, &dir).await
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(raw: &[u8], rlen: u32) -> BytesMut {
+        let z = zstd::bulk::compress(raw, 3).unwrap();
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&(z.len() as u32).to_le_bytes());
+        b.extend_from_slice(&rlen.to_le_bytes());
+        b.extend_from_slice(&z);
+        b
+    }
+
+    /// format-spec/replication.md: a chunk's `rlen` is `1 ..= 4 MiB`. A peer
+    /// sending empty chunks is refused, not followed forever (issue 9).
+    #[test]
+    fn issue_9_an_empty_chunk_is_refused() {
+        let mut buf = chunk(b"", 0);
+        let e = next_chunk(&mut buf, 0, 10).unwrap_err();
+        assert!(e.to_string().contains("rlen = 0"), "{e}");
+        let mut buf = chunk(&[7; 8], (CHUNK * 4 + 1) as u32);
+        assert!(next_chunk(&mut buf, 0, u64::MAX).is_err());
+
+        let mut buf = chunk(b"abc", 3);
+        buf.extend_from_slice(&chunk(b"de", 2)[..5]);
+        assert_eq!(next_chunk(&mut buf, 0, 10).unwrap().unwrap(), b"abc");
+        assert_eq!(
+            next_chunk(&mut buf, 3, 10).unwrap(),
+            None,
+            "half a chunk waits"
+        );
+    }
+    /// A peer answering `/v1/cluster` with `cluster` and anything else with
+    /// `manifest`, over HTTP/2.
+    fn fake_peer(cluster: Vec<u8>, manifest: Vec<u8>) -> SocketAddr {
+        use crate::rt::{AsyncIoTimer, Io, LocalExec};
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = crate::rt::block_on("fake-peer", move || async move {
+                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                while let Ok(stream) = listener.accept().await {
+                    let (c, m) = (cluster.clone(), manifest.clone());
+                    let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                        let body = if req.uri().path() == "/v1/cluster" {
+                            c.clone()
+                        } else {
+                            m.clone()
+                        };
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(http::full(
+                                body,
+                            )))
+                        }
+                    });
+                    glommio::spawn_local(async move {
+                        let _ = hyper::server::conn::http2::Builder::new(LocalExec)
+                            .timer(AsyncIoTimer)
+                            .serve_connection(Io::new(stream), service)
+                            .await;
+                    })
+                    .detach();
+                }
+            });
+        });
+        rx.recv().unwrap()
+    }
+
+    /// A peer announcing a version above 9,999,999,999 (no room in the
+    /// 10-digit directory name) is refused before anything is written
+    /// (issue 9), by the puller and by the follower's version probe.
+    #[test]
+    fn issue_9_a_version_too_large_for_its_directory_is_refused() {
+        use shardann_engine::cluster::{ClusterManifest, ShardInfo};
+        let cluster = ClusterManifest {
+            format: "shardann-cluster".into(),
+            version: 1,
+            metric: shardann_engine::Metric::L2,
+            elem: shardann_engine::ElemType::U8,
+            dim: 4,
+            num_points: 0,
+            partition: shardann_engine::partition::PartitionKind::Random,
+            shards: vec![ShardInfo {
+                id: 0,
+                dir: "shard-0".into(),
+                num_points: 0,
+            }],
+            centroids: vec![],
+        };
+        let manifest = Manifest {
+            format: "shardann-segment".into(),
+            format_version: 1,
+            shard_id: 0,
+            version: super::super::MAX_VERSION + 1,
+            parent_version: None,
+            created_unix_ms: 0,
+            build: layout::BuildInfo {
+                metric: "l2".into(),
+                elem: "u8".into(),
+                dim: 4,
+                num_points: 0,
+                max_degree: 4,
+                build_list: 8,
+                alpha: 1.2,
+                pq_bytes: 1,
+            },
+            files: ["disk.index", "pq.bin"]
+                .map(|name| layout::FileEntry {
+                    name: name.into(),
+                    size: 4096,
+                    xxh3: "0123456789abcdef".into(),
+                })
+                .into(),
+        };
+        let addr = fake_peer(
+            serde_json::to_vec(&cluster).unwrap(),
+            manifest.to_bytes().unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("idx");
+        let e = pull_blocking(addr, None, 0, &target).unwrap_err();
+        assert!(e.to_string().contains("10000000000"), "{e}");
+        assert!(!target.exists(), "written before the version was checked");
+
+        let probe = crate::rt::block_on("probe", move || async move {
+            super::super::remote_version(addr, None, 0).await
+        })
+        .unwrap();
+        let e = probe.unwrap_err().to_string();
+        assert!(e.contains("10000000000"), "{e}");
+    }
 }

@@ -10,7 +10,7 @@ use shardann_engine::layout::CLUSTER_FILE;
 use shardann_engine::layout::{self, Manifest, MANIFEST_FILE};
 use shardann_engine::shard;
 
-use super::{CHUNK, LEVEL};
+use super::{CHUNK, LEVEL, MAX_VERSION};
 use crate::error::{Result, ServerError};
 use crate::http::Body;
 use crate::node::Node;
@@ -60,7 +60,9 @@ pub enum Refusal {
     },
     #[error("{given:?} is not a shard id")]
     BadShard { given: String },
-    #[error("{given:?} is not a version")]
+    #[error(
+        "{given:?} is not a version (1..={MAX_VERSION} in decimal, without sign or leading zeros)"
+    )]
     BadVersion { given: String },
     #[error("offset {given:?} is not a byte offset")]
     BadOffset { given: String },
@@ -167,6 +169,16 @@ fn encode_chunk(raw: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A version in a URL: canonical decimal (no sign, no leading zero) in
+/// `1..=MAX_VERSION`, so that it names one version directory.
+pub fn parse_version(s: &str) -> Option<u64> {
+    let canonical = !s.is_empty()
+        && s.len() <= 10
+        && !s.starts_with('0')
+        && s.bytes().all(|b| b.is_ascii_digit());
+    canonical.then(|| s.parse().ok()).flatten()
+}
+
 /// A shard id in a URL.
 pub fn parse_shard(s: &str) -> Result<u32, Refusal> {
     s.parse::<u32>().map_err(|_| Refusal::BadShard {
@@ -192,7 +204,7 @@ impl<'a> FileRequest<'a> {
         name: &'a str,
         query: Option<&str>,
     ) -> Result<Self, Refusal> {
-        let v = version.parse::<u64>().map_err(|_| Refusal::BadVersion {
+        let v = parse_version(version).ok_or_else(|| Refusal::BadVersion {
             given: version.to_string(),
         })?;
         let offset =
@@ -208,5 +220,37 @@ impl<'a> FileRequest<'a> {
             name,
             offset,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Versions in file URLs are canonical decimal and fit the 10-digit
+    /// version directory name (issue 9): `01`, `+1` and 10^10 are refused
+    /// with a 400 that names the version.
+    #[test]
+    fn issue_9_file_urls_take_only_canonical_versions() {
+        let f = FileRequest::parse("2", "9999999999", "pq.bin", Some("offset=5")).unwrap();
+        assert_eq!(
+            (f.shard, f.version, f.name, f.offset),
+            (2, 9_999_999_999, "pq.bin", 5)
+        );
+        for v in [
+            "01",
+            "+1",
+            "0",
+            "10000000000",
+            "18446744073709551615",
+            "",
+            "1e3",
+        ] {
+            let e = FileRequest::parse("2", v, "pq.bin", None).unwrap_err();
+            assert!(matches!(e, Refusal::BadVersion { .. }), "{v:?}: {e}");
+            assert!(e.to_string().contains(&format!("{v:?}")), "{e}");
+            let status = crate::http::status(&e.into());
+            assert_eq!(status, hyper::StatusCode::BAD_REQUEST);
+        }
     }
 }
