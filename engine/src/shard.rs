@@ -104,13 +104,13 @@ pub fn resolve(dir: &Path) -> Result<PathBuf> {
 
 /// Opens what `dir` holds for search: the current segment of a shard
 /// directory, or `dir` itself (see [`resolve`]).
-pub fn open(dir: &Path, opts: OpenOptions) -> Result<DiskIndex> {
-    segment::open(&resolve(dir)?, opts)
+pub fn open(dir: impl AsRef<Path>, opts: OpenOptions) -> Result<DiskIndex> {
+    segment::open(&resolve(dir.as_ref())?, opts)
 }
 
 /// [`open`], reading node sectors through `reader`.
-pub fn open_with_reader(dir: &Path, reader: Box<dyn SectorReader>) -> Result<DiskIndex> {
-    segment::open_with_reader(&resolve(dir)?, reader)
+pub fn open_with_reader(dir: impl AsRef<Path>, reader: Box<dyn SectorReader>) -> Result<DiskIndex> {
+    segment::open_with_reader(&resolve(dir.as_ref())?, reader)
 }
 
 /// Checks every byte of the current segment of `dir` (or of `dir`, a

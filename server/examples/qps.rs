@@ -19,9 +19,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use shardann_engine::data::{recall_at_k, ElemType, GroundTruth, VectorFile, Vectors};
-use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
+use shardann_engine::data::{recall_at_k, GroundTruth, VectorFile, Vectors};
+use shardann_engine::index::{OpenOptions, SearchScratch};
 use shardann_engine::search::SearchParams;
+use shardann_engine::shard;
+use shardann_engine::ElemType;
 use shardann_engine::Element;
 use shardann_server::{run_queries_on, QueryResult, RuntimeConfig};
 
@@ -96,7 +98,7 @@ fn run<T: Element>(args: &Args, file: &VectorFile) -> anyhow::Result<()> {
         beam: args.beam,
     };
     let index = Arc::new(
-        DiskIndex::open(
+        shard::open(
             &args.index,
             OpenOptions {
                 cache_nodes: args.cache_nodes,
@@ -154,7 +156,7 @@ fn sync_run<T: Element>(
     params: SearchParams,
     threads: usize,
 ) -> anyhow::Result<Line> {
-    let index = DiskIndex::open(dir, opts)?;
+    let index = shard::open(dir, opts)?;
     let next = AtomicUsize::new(0);
     let t = Instant::now();
     let parts = std::thread::scope(|s| {

@@ -199,17 +199,78 @@ impl WireElem for f32 {
     }
 }
 
-/// Checks a vector's length and values; the message names the first bad value.
-pub fn check_vector<T: WireElem>(what: &str, v: &[f64], dim: usize) -> Result<Vec<T>, String> {
+/// What is wrong with a request: the body of its 400 (or 404/405 for a
+/// path or method the node does not serve). The messages name the field
+/// and the value at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("request body is {len} bytes; the limit is {max} (max_body_bytes)")]
+    BodyTooLarge { len: u64, max: usize },
+    #[error("request body exceeds the limit of {max} bytes (max_body_bytes)")]
+    BodyOverLimit { max: usize },
+    #[error("reading the request body: {0}")]
+    ReadBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the request body is empty; expected a JSON object")]
+    EmptyBody,
+    #[error("malformed request: {0}")]
+    Malformed(#[source] serde_json::Error),
+    #[error("{what} has {len} values; this index holds vectors of dimension {dim}")]
+    Dimension {
+        what: String,
+        len: usize,
+        dim: usize,
+    },
+    #[error("{what}[{index}] = {value} {why}")]
+    Value {
+        what: String,
+        index: usize,
+        value: f64,
+        why: &'static str,
+    },
+    #[error("k must be in 1..={MAX_K}, got {0}")]
+    K(usize),
+    #[error("list must be at least k = {k}, got {list}")]
+    ListBelowK { k: usize, list: usize },
+    #[error("list must be at most {MAX_LIST}, got {0}")]
+    ListTooLarge(usize),
+    #[error("beam must be in 1..=128, got {0}")]
+    Beam(usize),
+    #[error("probe_shards must be at least 1 (omit it to search every shard)")]
+    ProbeShardsZero,
+    #[error("vectors is empty")]
+    EmptyBatch,
+    #[error("a batch holds at most {MAX_BATCH} vectors, got {0}")]
+    BatchTooLarge(usize),
+    #[error("shards names shard {shard}; the cluster has {shards}")]
+    UnknownShard { shard: u32, shards: usize },
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: hyper::Method, path: String },
+    #[error(
+        "no endpoint {path}; see /v1/search, /v1/search/batch, /v1/shards, /healthz, /metrics"
+    )]
+    NoEndpoint { path: String },
+}
+
+/// Checks a vector's length and values; the error names the first bad value.
+pub fn check_vector<T: WireElem>(what: &str, v: &[f64], dim: usize) -> Result<Vec<T>, ApiError> {
     if v.len() != dim {
-        return Err(format!(
-            "{what} has {} values; this index holds vectors of dimension {dim}",
-            v.len()
-        ));
+        return Err(ApiError::Dimension {
+            what: what.to_string(),
+            len: v.len(),
+            dim,
+        });
     }
     v.iter()
         .enumerate()
-        .map(|(i, &x)| T::from_wire(x).map_err(|why| format!("{what}[{i}] = {x} {why}")))
+        .map(|(index, &value)| {
+            T::from_wire(value).map_err(|why| ApiError::Value {
+                what: what.to_string(),
+                index,
+                value,
+                why,
+            })
+        })
         .collect()
 }
 
@@ -219,30 +280,30 @@ pub fn check_params(
     list: Option<usize>,
     beam: Option<usize>,
     probe_shards: Option<usize>,
-) -> Result<SearchParams, String> {
+) -> Result<SearchParams, ApiError> {
     if k == 0 || k > MAX_K {
-        return Err(format!("k must be in 1..={MAX_K}, got {k}"));
+        return Err(ApiError::K(k));
     }
     let list = list.unwrap_or(DEFAULT_LIST.max(k));
     if list < k {
-        return Err(format!("list must be at least k = {k}, got {list}"));
+        return Err(ApiError::ListBelowK { k, list });
     }
     if list > MAX_LIST {
-        return Err(format!("list must be at most {MAX_LIST}, got {list}"));
+        return Err(ApiError::ListTooLarge(list));
     }
     let beam = beam.unwrap_or(DEFAULT_BEAM);
     if beam == 0 || beam > 128 {
-        return Err(format!("beam must be in 1..=128, got {beam}"));
+        return Err(ApiError::Beam(beam));
     }
     if probe_shards == Some(0) {
-        return Err("probe_shards must be at least 1 (omit it to search every shard)".into());
+        return Err(ApiError::ProbeShardsZero);
     }
     Ok(SearchParams { k, list, beam })
 }
 
 impl SearchRequest {
-    /// The typed query, or a message for a 400.
-    pub fn check<T: WireElem>(&self, dim: usize) -> Result<Query<T>, String> {
+    /// The typed query, or what is wrong with the request.
+    pub fn check<T: WireElem>(&self, dim: usize) -> Result<Query<T>, ApiError> {
         let params = check_params(self.k, self.list, self.beam, self.probe_shards)?;
         Ok(Query {
             vector: check_vector("vector", &self.vector, dim)?,
@@ -254,16 +315,13 @@ impl SearchRequest {
 }
 
 impl BatchRequest {
-    /// The typed queries, or a message for a 400 naming the first bad one.
-    pub fn check<T: WireElem>(&self, dim: usize) -> Result<Vec<Query<T>>, String> {
+    /// The typed queries, or what is wrong, naming the first bad one.
+    pub fn check<T: WireElem>(&self, dim: usize) -> Result<Vec<Query<T>>, ApiError> {
         if self.vectors.is_empty() {
-            return Err("vectors is empty".into());
+            return Err(ApiError::EmptyBatch);
         }
         if self.vectors.len() > MAX_BATCH {
-            return Err(format!(
-                "a batch holds at most {MAX_BATCH} vectors, got {}",
-                self.vectors.len()
-            ));
+            return Err(ApiError::BatchTooLarge(self.vectors.len()));
         }
         let params = check_params(self.k, self.list, self.beam, self.probe_shards)?;
         self.vectors
@@ -322,13 +380,14 @@ mod tests {
             (r#"{"vector":[1,2,1e39]}"#, "vector[2]"),
         ];
         for (json, want) in cases {
-            let err = req(json).unwrap().check::<f32>(3).unwrap_err();
+            let err = req(json).unwrap().check::<f32>(3).unwrap_err().to_string();
             assert!(err.contains(want), "{json}: {err}");
         }
         let err = req(r#"{"vector":[1,2.5,3]}"#)
             .unwrap()
             .check::<u8>(3)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("vector[1]") && err.contains("integer"),
             "{err}"
@@ -336,12 +395,14 @@ mod tests {
         let err = req(r#"{"vector":[1,256,3]}"#)
             .unwrap()
             .check::<u8>(3)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("range"), "{err}");
         let err = req(r#"{"vector":[-129,0,3]}"#)
             .unwrap()
             .check::<i8>(3)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("vector[0]"), "{err}");
         // Not JSON numbers at all: the parser refuses them.
         assert!(req(r#"{"vector":[NaN,1,2]}"#).is_err());
@@ -352,7 +413,7 @@ mod tests {
     #[test]
     fn batch_names_the_bad_vector() {
         let b: BatchRequest = serde_json::from_str(r#"{"vectors":[[1,2],[1]]}"#).unwrap();
-        let err = b.check::<f32>(2).unwrap_err();
+        let err = b.check::<f32>(2).unwrap_err().to_string();
         assert!(err.contains("vectors[1]"), "{err}");
         let b: BatchRequest = serde_json::from_str(r#"{"vectors":[]}"#).unwrap();
         assert!(b.check::<f32>(2).is_err());

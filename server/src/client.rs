@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::header::CONTENT_TYPE;
 
 use crate::api::{BatchRequest, BatchResponse, SearchRequest, SearchResponse};
 use crate::config::resolve;
-use crate::error::{Result, ServerError};
-use crate::node::{connect, read_json, Sender};
-use crate::rt::{until, Io};
+use crate::error::{Result, ServerError, UrlError};
+use crate::http::{self, PeerError, Sender};
+use crate::rt::until;
 use crate::runtime::DEFAULT_IO_MEMORY;
 
 /// HTTP/2 connections per client executor, used in turn by its tasks: the
@@ -33,21 +33,19 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `http://host:port[/]` (or `host:port`) to a socket address.
 pub fn parse_url(url: &str) -> Result<SocketAddr> {
-    let bad = |message: String| ServerError::Http {
-        addr: url.to_string(),
-        message,
+    let bad = |source: UrlError| ServerError::Url {
+        url: url.to_string(),
+        source,
     };
     let rest = url.strip_prefix("http://").unwrap_or(url);
     if rest.contains("://") {
-        return Err(bad("only http:// (cleartext HTTP/2) is supported".into()));
+        return Err(bad(UrlError::NotHttp));
     }
     let host_port = rest.trim_end_matches('/');
     if host_port.contains('/') {
-        return Err(bad(
-            "give the node's address without a path, e.g. http://127.0.0.1:7001".into(),
-        ));
+        return Err(bad(UrlError::HasPath));
     }
-    resolve(host_port).map_err(bad)
+    resolve(host_port).map_err(|e| bad(e.into()))
 }
 
 /// Search parameters sent with every vector.
@@ -65,7 +63,7 @@ pub struct HttpParams {
 pub struct Outcome {
     /// From sending the request to having the whole response.
     pub micros: u64,
-    pub result: std::result::Result<SearchResponse, String>,
+    pub result: std::result::Result<SearchResponse, PeerError>,
 }
 
 /// Searches every vector through `addr`'s `/v1/search`, `concurrency`
@@ -136,11 +134,10 @@ pub fn search_many_batched(
                                         r.into_iter().map(Ok).collect()
                                     }
                                     Ok(r) => vec![
-                                        Err(format!(
-                                            "{} answers for {} vectors",
-                                            r.len(),
-                                            rows.len()
-                                        ));
+                                        Err(PeerError::Count {
+                                            answers: r.len(),
+                                            vectors: rows.len(),
+                                        });
                                         rows.len()
                                     ],
                                     Err(e) => vec![Err(e); rows.len()],
@@ -182,7 +179,7 @@ pub fn search_many_batched(
         .map(|o| {
             o.unwrap_or(Outcome {
                 micros: 0,
-                result: Err("not sent (internal error)".into()),
+                result: Err(PeerError::NotSent),
             })
         })
         .collect())
@@ -193,7 +190,7 @@ async fn search_once(
     conn: &std::cell::RefCell<Option<Sender>>,
     vector: &[f64],
     params: HttpParams,
-) -> std::result::Result<SearchResponse, String> {
+) -> std::result::Result<SearchResponse, PeerError> {
     let body = SearchRequest {
         vector: vector.to_vec(),
         k: params.k,
@@ -211,7 +208,7 @@ async fn batch_once(
     conn: &std::cell::RefCell<Option<Sender>>,
     vectors: &[Vec<f64>],
     params: HttpParams,
-) -> std::result::Result<Vec<SearchResponse>, String> {
+) -> std::result::Result<Vec<SearchResponse>, PeerError> {
     let body = BatchRequest {
         vectors: vectors.to_vec(),
         k: params.k,
@@ -232,32 +229,30 @@ async fn post_json<R: serde::de::DeserializeOwned>(
     conn: &std::cell::RefCell<Option<Sender>>,
     path: &str,
     body: &impl serde::Serialize,
-) -> std::result::Result<R, String> {
+) -> std::result::Result<R, PeerError> {
     let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    let req = http::post_json(addr, path, body)?;
     let existing = conn.borrow().as_ref().filter(|s| !s.is_closed()).cloned();
     let mut sender = match existing {
         Some(s) => s,
         None => {
-            let s = connect(addr, CLIENT_TIMEOUT).await?;
+            let s = http::connect(addr, CLIENT_TIMEOUT).await?;
             *conn.borrow_mut() = Some(s.clone());
             s
         }
     };
-    let req = hyper::Request::post(format!("http://{addr}{path}"))
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
     let exchange = async {
-        let resp = sender.send_request(req).await.map_err(|e| {
+        let resp = http::send(&mut sender, req).await.inspect_err(|_| {
             *conn.borrow_mut() = None;
-            format!("request failed: {e}")
         })?;
-        read_json(resp).await
+        http::read_json(resp).await
     };
     until(deadline, exchange)
         .await
-        .unwrap_or_else(|| Err("no response within 30 s".into()))
+        .unwrap_or(Err(PeerError::Timeout {
+            what: "response",
+            after: CLIENT_TIMEOUT,
+        }))
 }
 
 /// HTTP version of a [`Request`].
@@ -299,14 +294,17 @@ pub fn exchange(
     addr: SocketAddr,
     version: Version,
     requests: Vec<Request>,
-) -> Result<Vec<std::result::Result<(u16, Bytes), String>>> {
+) -> Result<Vec<std::result::Result<(u16, Bytes), PeerError>>> {
     crate::rt::block_on("shardann-exchange", move || async move {
         let mut out = Vec::with_capacity(requests.len());
         for r in requests {
             let deadline = Instant::now() + CLIENT_TIMEOUT;
             let one = until(deadline, exchange_one(addr, version, r))
                 .await
-                .unwrap_or_else(|| Err("no response within 30 s".into()));
+                .unwrap_or(Err(PeerError::Timeout {
+                    what: "response",
+                    after: CLIENT_TIMEOUT,
+                }));
             out.push(one);
         }
         out
@@ -319,42 +317,29 @@ async fn exchange_one(
     addr: SocketAddr,
     version: Version,
     r: Request,
-) -> std::result::Result<(u16, Bytes), String> {
+) -> std::result::Result<(u16, Bytes), PeerError> {
     let req = hyper::Request::builder()
         .method(r.method)
         .uri(format!("http://{addr}{}", r.path))
         .header(hyper::header::HOST, addr.to_string())
         .header(CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(r.body)))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| PeerError::Request(Arc::new(e)))?;
     let resp = match version {
         Version::Http2 => {
-            let mut sender = connect(addr, CLIENT_TIMEOUT).await?;
-            sender.send_request(req).await
+            let mut sender = http::connect(addr, CLIENT_TIMEOUT).await?;
+            http::send(&mut sender, req).await?
         }
         Version::Http1 => {
-            let stream = glommio::net::TcpStream::connect_timeout(addr, CLIENT_TIMEOUT)
+            let mut sender = http::connect_http1(addr, CLIENT_TIMEOUT).await?;
+            sender
+                .send_request(req)
                 .await
-                .map_err(|e| format!("connecting: {e}"))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(Io::new(stream))
-                .await
-                .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
-            glommio::spawn_local(async move {
-                let _ = conn.await;
-            })
-            .detach();
-            sender.send_request(req).await
+                .map_err(|e| PeerError::Send(Arc::new(e)))?
         }
-    }
-    .map_err(|e| format!("request failed: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading the response: {e}"))?
-        .to_bytes();
-    Ok((status, body))
+    };
+    let (status, body) = http::collect(resp).await?;
+    Ok((status.as_u16(), body))
 }
 
 #[cfg(test)]

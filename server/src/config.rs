@@ -91,24 +91,20 @@ pub struct PeerConfig {
 impl NodeConfig {
     /// Reads and checks a `node.toml`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ServerError::Config {
+        let config_err = |source: ConfigError| ServerError::Config {
             path: path.to_path_buf(),
-            message: source.to_string(),
-        })?;
-        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ServerError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| config_err(ConfigError::Read(e)))?;
+        let mut config: NodeConfig =
+            toml::from_str(&text).map_err(|e| config_err(ConfigError::Parse(e)))?;
         // A relative index directory is relative to the config file.
         if config.index_dir.is_relative() {
             if let Some(parent) = path.parent() {
                 config.index_dir = parent.join(&config.index_dir);
             }
         }
-        config.check().map_err(|message| ServerError::Config {
-            path: path.to_path_buf(),
-            message,
-        })?;
+        config.check().map_err(config_err)?;
         Ok(config)
     }
 
@@ -130,26 +126,38 @@ impl NodeConfig {
     }
 
     /// The listen address, resolved.
-    pub fn listen_addr(&self) -> std::result::Result<SocketAddr, String> {
-        resolve(&self.listen).map_err(|e| format!("listen = {:?}: {e}", self.listen))
+    pub fn listen_addr(&self) -> std::result::Result<SocketAddr, ConfigError> {
+        resolve(&self.listen).map_err(|source| ConfigError::Listen {
+            listen: self.listen.clone(),
+            source,
+        })
     }
 
     /// Checks what can be checked without the index: ids, addresses,
     /// duplicates, limits. The shard ids are checked against the index when
     /// the node opens it.
-    pub fn check(&self) -> std::result::Result<(), String> {
+    pub fn check(&self) -> std::result::Result<(), ConfigError> {
         if self.node_id.trim().is_empty() {
-            return Err("node_id is empty".into());
+            return Err(ConfigError::EmptyNodeId);
         }
         self.listen_addr()?;
         if self.deadline_ms == 0 {
-            return Err("deadline_ms must be at least 1".into());
+            return Err(ConfigError::TooSmall {
+                key: "deadline_ms",
+                min: 1,
+            });
         }
         if self.max_body_bytes < 1024 {
-            return Err("max_body_bytes must be at least 1024".into());
+            return Err(ConfigError::TooSmall {
+                key: "max_body_bytes",
+                min: 1024,
+            });
         }
         if self.executors == Some(0) {
-            return Err("executors must be at least 1".into());
+            return Err(ConfigError::TooSmall {
+                key: "executors",
+                min: 1,
+            });
         }
         if let Some(shards) = &self.shards {
             no_duplicates("shards", shards)?;
@@ -157,15 +165,15 @@ impl NodeConfig {
         let mut ids = BTreeSet::from([self.node_id.as_str()]);
         for p in &self.peers {
             if !ids.insert(p.id.as_str()) {
-                return Err(format!(
-                    "peer id {:?} appears twice (or is this node's id)",
-                    p.id
-                ));
+                return Err(ConfigError::DuplicatePeer { id: p.id.clone() });
             }
-            resolve(&p.address)
-                .map_err(|e| format!("peer {:?}: address {:?}: {e}", p.id, p.address))?;
+            resolve(&p.address).map_err(|source| ConfigError::PeerAddress {
+                id: p.id.clone(),
+                address: p.address.clone(),
+                source,
+            })?;
             if p.shards.is_empty() {
-                return Err(format!("peer {:?} serves no shards", p.id));
+                return Err(ConfigError::PeerWithoutShards { id: p.id.clone() });
             }
             no_duplicates(&format!("peer {:?} shards", p.id), &p.shards)?;
         }
@@ -173,20 +181,66 @@ impl NodeConfig {
     }
 }
 
-fn no_duplicates(what: &str, ids: &[u32]) -> std::result::Result<(), String> {
+/// What is wrong with a `node.toml`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
+    #[error("{0}")]
+    Parse(#[source] toml::de::Error),
+    #[error("node_id is empty")]
+    EmptyNodeId,
+    #[error("listen = {listen:?}: {source}")]
+    Listen {
+        listen: String,
+        #[source]
+        source: AddrError,
+    },
+    #[error("{key} must be at least {min}")]
+    TooSmall { key: &'static str, min: usize },
+    #[error("{what}: shard {shard} is listed twice")]
+    DuplicateShard { what: String, shard: u32 },
+    #[error("peer id {id:?} appears twice (or is this node's id)")]
+    DuplicatePeer { id: String },
+    #[error("peer {id:?}: address {address:?}: {source}")]
+    PeerAddress {
+        id: String,
+        address: String,
+        #[source]
+        source: AddrError,
+    },
+    #[error("peer {id:?} serves no shards")]
+    PeerWithoutShards { id: String },
+}
+
+/// Why a `host:port` is not an address.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddrError {
+    #[error("{0}")]
+    Resolve(#[source] std::io::Error),
+    #[error("resolves to no address")]
+    NoAddress,
+}
+
+fn no_duplicates(what: &str, ids: &[u32]) -> std::result::Result<(), ConfigError> {
     let mut seen = BTreeSet::new();
     match ids.iter().find(|s| !seen.insert(**s)) {
-        Some(s) => Err(format!("{what}: shard {s} is listed twice")),
+        Some(&shard) => Err(ConfigError::DuplicateShard {
+            what: what.to_string(),
+            shard,
+        }),
         None => Ok(()),
     }
 }
 
 /// `host:port` to a socket address (the first one it resolves to).
-pub fn resolve(addr: &str) -> std::result::Result<SocketAddr, String> {
+pub fn resolve(addr: &str) -> std::result::Result<SocketAddr, AddrError> {
     addr.to_socket_addrs()
-        .map_err(|e| e.to_string())?
+        .map_err(AddrError::Resolve)?
         .next()
-        .ok_or_else(|| "resolves to no address".to_string())
+        .ok_or(AddrError::NoAddress)
 }
 
 #[cfg(test)]
@@ -219,7 +273,7 @@ shards = [2, 3, 4, 5]
         let bad = |text: &str, want: &str| {
             let err = match toml::from_str::<NodeConfig>(text) {
                 Err(e) => e.to_string(),
-                Ok(c) => c.check().unwrap_err(),
+                Ok(c) => c.check().unwrap_err().to_string(),
             };
             assert!(err.contains(want), "{err} should mention {want}");
         };

@@ -5,9 +5,15 @@
 //! being read, and which query was running, so a failure in one of thousands
 //! of concurrent searches can be traced to a place on disk.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use shardann_engine::layout::FormatError;
+use shardann_engine::FormatError;
+
+use crate::api::ApiError;
+use crate::config::{AddrError, ConfigError};
+use crate::http::PeerError;
+use crate::replication::{PullError, Refusal};
 
 /// Result alias used across the server.
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
@@ -88,17 +94,126 @@ pub enum ServerError {
         source: Box<ServerError>,
     },
 
+    /// A filesystem operation on `path` failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Local shard `shard` was asked for, but this node does not serve it.
+    #[error("shard {shard} is not local")]
+    NotLocal { shard: u32 },
+
     /// A node configuration that does not parse or does not make sense.
-    #[error("{}: {message}", path.display())]
-    Config { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
 
     /// The node could not start serving (listen address in use, a shard
     /// missing from the index directory, ...).
-    #[error("starting node {node}: {message}")]
-    Start { node: String, message: String },
+    #[error("starting node {node}: {source}")]
+    Start {
+        node: String,
+        #[source]
+        source: StartError,
+    },
 
-    /// An HTTP exchange with a node failed (connection refused, timed out,
-    /// a response that is not what the API promises).
-    #[error("{addr}: {message}")]
-    Http { addr: String, message: String },
+    /// A node address given by a user that is not one.
+    #[error("{url}: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: UrlError,
+    },
+
+    /// A request this node refuses as asked (a 4xx): what is wrong with it.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+
+    /// A replication request this node refuses.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+
+    /// An HTTP exchange with another node failed (connection refused, timed
+    /// out, a status or body that is not what the API promises).
+    #[error("{addr}: {source}")]
+    Peer {
+        addr: SocketAddr,
+        #[source]
+        source: PeerError,
+    },
+
+    /// A peer's answers while pulling a shard were wrong (a version out of
+    /// range, a file that does not hash to its manifest, a cut transfer).
+    #[error("{addr}: {source}")]
+    Pull {
+        addr: SocketAddr,
+        #[source]
+        source: PullError,
+    },
+}
+
+impl ServerError {
+    /// An IO error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ServerError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("shards lists shard {shard}, but {} has {shards} shard(s)", dir.display())]
+    NoSuchShard {
+        shard: u32,
+        dir: PathBuf,
+        shards: usize,
+    },
+    #[error("peer {peer:?} serves shard {shard}, but the cluster has {shards} shard(s)")]
+    PeerShard {
+        peer: String,
+        shard: u32,
+        shards: usize,
+    },
+    #[error("peer {peer:?}: address {address:?}: {source}")]
+    PeerAddress {
+        peer: String,
+        address: String,
+        #[source]
+        source: AddrError,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("listen {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("an executor did not start within 60 s")]
+    ExecutorTimeout,
+    /// An executor failed to open its shard files.
+    #[error(transparent)]
+    Executor(Box<ServerError>),
+}
+
+/// What is wrong with a node URL (`http://host:port`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlError {
+    #[error("only http:// (cleartext HTTP/2) is supported")]
+    NotHttp,
+    #[error("give the node's address without a path, e.g. http://127.0.0.1:7001")]
+    HasPath,
+    #[error(transparent)]
+    Address(#[from] AddrError),
 }

@@ -14,12 +14,27 @@
 //!                  DmaFile::read_at_aligned × W ── decode ──┘
 //! ```
 //!
+//! Modules, bottom up:
+//!
+//! * [`error`]: [`ServerError`], which adds the executor, node, sector,
+//!   query, path or peer to what went wrong.
 //! * [`shard`]: one query driven by async reads; the async twin of the
 //!   engine's synchronous `DiskIndex::search`, with identical results.
 //! * [`runtime`]: starts the executors, hands out queries through one atomic
-//!   counter, gathers results in query order.
-//! * [`error`]: [`ServerError`], which adds the executor, node, sector and
-//!   query to what went wrong.
+//!   counter, gathers results in query order (no HTTP).
+//! * [`rt`]: what hyper needs from a runtime (IO adapter, local spawner,
+//!   timer), provided on glommio; deadlines around futures; `block_on`.
+//! * [`config`]: `node.toml`, checked into a [`NodeConfig`] or a `ConfigError`.
+//! * [`api`]: the JSON bodies and `ApiError`, the checks that make a 400.
+//! * [`metrics`]: relaxed atomic counters, rendered as Prometheus text.
+//! * [`http`]: HTTP plumbing (body limits, JSON and error replies, peer
+//!   connections and requests, `PeerError`) and the one error → status map.
+//! * [`node`]: the node's shared state and one executor's scatter-gather
+//!   over local shards and peers.
+//! * [`replication`]: serving segment files to peers, pulling them, and
+//!   following newer versions while serving.
+//! * [`serve`]: starts a node; the route table and the request handlers.
+//! * [`client`]: blocking entry points for `bench --server` and tests.
 //!
 //! The engine knows nothing of glommio: it only names the nodes it needs.
 //! No `unsafe` is needed here: glommio's `DmaFile` owns the aligned buffers.
@@ -29,6 +44,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod replication;

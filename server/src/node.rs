@@ -31,21 +31,19 @@ use std::sync::Weak;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::future::{join, join_all};
 use futures::stream::{FuturesUnordered, StreamExt};
 use glommio::io::DmaFile;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2::SendRequest;
 use shardann_engine::cluster::ClusterManifest;
 use shardann_engine::index::{DiskIndex, OpenOptions};
 use shardann_engine::search::{BeamSearch, Hit};
 
 use crate::api::{Query, SearchRequest, SearchResponse, WireElem, WireHit, WireStats};
 use crate::config::{resolve, NodeConfig};
-use crate::error::{Result, ServerError};
+use crate::error::{Result, ServerError, StartError};
+use crate::http::{self, PeerError, Sender};
 use crate::metrics::Metrics;
-use crate::rt::{until, AsyncIoTimer, Io, LocalExec};
+use crate::rt::until;
 use crate::shard::{open_index_file, search_one};
 
 /// HTTP/2 connections from each executor to each peer. The peer's kernel
@@ -53,9 +51,6 @@ use crate::shard::{open_index_file, search_one};
 /// addresses), so one connection would put all of this executor's requests
 /// on one core of the peer; a few spread them.
 const PEER_CONNECTIONS: usize = 4;
-
-/// The sending half of one HTTP/2 connection (cheap to clone; clones share it).
-pub type Sender = SendRequest<Full<Bytes>>;
 
 /// How long a peer that refused a connection is passed over when another
 /// replica can answer.
@@ -97,9 +92,9 @@ impl Node {
     /// Reads the manifest, opens the local shards, checks the peers' shard
     /// ids against the manifest.
     pub fn open(config: NodeConfig) -> Result<Self> {
-        let start_err = |message: String| ServerError::Start {
+        let start_err = |source: StartError| ServerError::Start {
             node: config.node_id.clone(),
-            message,
+            source,
         };
         let dir: &Path = &config.index_dir;
         let manifest = ClusterManifest::of_dir(dir)?;
@@ -111,10 +106,11 @@ impl Node {
         let mut local: Vec<Option<RwLock<Arc<DiskIndex>>>> = (0..n).map(|_| None).collect();
         for &s in &mine {
             let slot = local.get_mut(s as usize).ok_or_else(|| {
-                start_err(format!(
-                    "shards lists shard {s}, but {} has {n} shard(s)",
-                    dir.display()
-                ))
+                start_err(StartError::NoSuchShard {
+                    shard: s,
+                    dir: dir.to_path_buf(),
+                    shards: n,
+                })
             })?;
             let opts = OpenOptions {
                 cache_nodes: config.cache_nodes,
@@ -131,16 +127,23 @@ impl Node {
                 replicas
                     .get_mut(s as usize)
                     .ok_or_else(|| {
-                        start_err(format!(
-                            "peer {:?} serves shard {s}, but the cluster has {n} shard(s)",
-                            p.id
-                        ))
+                        start_err(StartError::PeerShard {
+                            peer: p.id.clone(),
+                            shard: s,
+                            shards: n,
+                        })
                     })?
                     .push(i);
             }
             peers.push(Peer {
                 id: p.id.clone(),
-                addr: resolve(&p.address).map_err(start_err)?,
+                addr: resolve(&p.address).map_err(|source| {
+                    start_err(StartError::PeerAddress {
+                        peer: p.id.clone(),
+                        address: p.address.clone(),
+                        source,
+                    })
+                })?,
                 shards: p.shards.clone(),
                 outstanding: AtomicUsize::new(0),
                 down_until_ms: AtomicU64::new(0),
@@ -417,9 +420,7 @@ impl<T: WireElem> Executor<T> {
         // Held for the whole search: a swap to a newer version meanwhile
         // does not pull this version from under the query.
         let Some(index) = self.node.local_shard(s) else {
-            return Err(ServerError::InvalidParameter(format!(
-                "shard {s} is not local"
-            )));
+            return Err(ServerError::NotLocal { shard: s });
         };
         let file = self.file_for(s, &index).await?;
         let mut scratch = self.scratch.borrow_mut().pop().unwrap_or_default();
@@ -559,7 +560,11 @@ impl<T: WireElem> Executor<T> {
         vector: &[f64],
         q: &Query<T>,
         deadline: Instant,
-    ) -> (usize, Vec<u32>, std::result::Result<SearchResponse, String>) {
+    ) -> (
+        usize,
+        Vec<u32>,
+        std::result::Result<SearchResponse, PeerError>,
+    ) {
         let out = self.call_peer(p, vector, q, &group, deadline).await;
         (p, group, out)
     }
@@ -572,7 +577,7 @@ impl<T: WireElem> Executor<T> {
         q: &Query<T>,
         shards: &[u32],
         deadline: Instant,
-    ) -> std::result::Result<SearchResponse, String> {
+    ) -> std::result::Result<SearchResponse, PeerError> {
         let peer = &self.node.peers[p];
         let _in_flight = Outstanding::new(&peer.outstanding);
         let left = deadline.saturating_duration_since(Instant::now());
@@ -585,22 +590,18 @@ impl<T: WireElem> Executor<T> {
             timeout_ms: Some((left.as_millis() as u64).max(1)),
             shards: Some(shards.to_vec()),
         };
-        let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+        let req = http::post_json(peer.addr, "/v1/search", &body)?;
         let exchange = async {
             let slot = self.turn.get() % PEER_CONNECTIONS;
             let mut sender = self.connection(p, slot, deadline).await?;
-            let req = hyper::Request::post(format!("http://{}/v1/search", peer.addr))
-                .header(hyper::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| e.to_string())?;
-            let resp = match sender.send_request(req).await {
+            let resp = match http::send(&mut sender, req).await {
                 Ok(r) => r,
                 Err(e) => {
                     self.drop_connection(p, slot);
-                    return Err(format!("request failed: {e}"));
+                    return Err(e);
                 }
             };
-            read_json::<SearchResponse>(resp).await
+            http::read_json::<SearchResponse>(resp).await
         };
         match until(deadline, exchange).await {
             Some(Ok(resp)) => {
@@ -611,7 +612,7 @@ impl<T: WireElem> Executor<T> {
             None => {
                 // Hung or overloaded: prefer the other replicas for a while.
                 self.node.mark_down(p);
-                Err("deadline passed".into())
+                Err(PeerError::Deadline)
             }
         }
     }
@@ -623,7 +624,7 @@ impl<T: WireElem> Executor<T> {
         p: usize,
         slot: usize,
         deadline: Instant,
-    ) -> std::result::Result<SendRequest<Full<Bytes>>, String> {
+    ) -> std::result::Result<Sender, PeerError> {
         if let Some(Some(s)) = self.pool.borrow().get(p).and_then(|c| c.get(slot)) {
             if !s.is_closed() {
                 return Ok(s.clone());
@@ -631,7 +632,7 @@ impl<T: WireElem> Executor<T> {
         }
         let addr = self.node.peers[p].addr;
         let left = deadline.saturating_duration_since(Instant::now());
-        match connect(addr, left).await {
+        match http::connect(addr, left).await {
             Ok(sender) => {
                 if let Some(c) = self
                     .pool
@@ -660,50 +661,4 @@ impl<T: WireElem> Executor<T> {
             *c = None;
         }
     }
-}
-
-/// The JSON body of a response as `R`, or what went wrong: a non-2xx
-/// status (with the node's message) or a body that is not an `R`.
-pub async fn read_json<R: serde::de::DeserializeOwned>(
-    resp: hyper::Response<hyper::body::Incoming>,
-) -> std::result::Result<R, String> {
-    let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading the response: {e}"))?
-        .to_bytes();
-    if !status.is_success() {
-        return Err(format!(
-            "status {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        ));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| format!("unexpected response body: {e}"))
-}
-
-/// Opens an HTTP/2 (prior knowledge) connection to `addr`; its driver runs
-/// as a detached task on the current executor.
-pub async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> std::result::Result<SendRequest<Full<Bytes>>, String> {
-    let timeout = timeout.max(Duration::from_millis(1));
-    let stream = glommio::net::TcpStream::connect_timeout(addr, timeout)
-        .await
-        .map_err(|e| format!("connecting: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
-        .timer(AsyncIoTimer)
-        .handshake(Io::new(stream))
-        .await
-        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-    glommio::spawn_local(async move {
-        // The connection ends when the peer goes away or every sender is
-        // dropped; requests in flight see the error themselves.
-        let _ = conn.await;
-    })
-    .detach();
-    Ok(sender)
 }

@@ -116,7 +116,10 @@ pub fn run_queries<T: Element>(
     config.validate()?;
     // The engine's own reader is never used for node reads here, so the
     // cheapest one will do: it only reads the header sector.
-    let index = Arc::new(DiskIndex::open(index_dir, OpenOptions::buffered())?);
+    let index = Arc::new(shardann_engine::shard::open(
+        index_dir,
+        OpenOptions::buffered(),
+    )?);
     run_queries_on(&index, queries, params, &config)
 }
 

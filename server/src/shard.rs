@@ -22,7 +22,8 @@ use std::path::PathBuf;
 
 use futures::future::join_all;
 use glommio::io::{DmaFile, ReadResult};
-use shardann_engine::index::{DiskIndex, INDEX_FILE};
+use shardann_engine::index::DiskIndex;
+use shardann_engine::layout::INDEX_FILE;
 use shardann_engine::layout::{NodeLocation, SectorGeometry, SECTOR};
 use shardann_engine::search::{BeamSearch, Hit, SearchParams, SearchStats};
 use shardann_engine::Element;

@@ -10,6 +10,7 @@ use shardann_engine::index::{build_index, BuildParams, DiskIndex, OpenOptions, S
 use shardann_engine::pq::PqParams;
 use shardann_engine::progress::NoProgress;
 use shardann_engine::search::SearchParams;
+use shardann_engine::shard;
 use shardann_engine::synth::{generate_u8, Stream};
 use shardann_engine::vamana::VamanaParams;
 use shardann_engine::Metric;
@@ -64,10 +65,7 @@ fn queries() -> Vec<u8> {
 }
 
 fn sync_results(dir: &Path, queries: &[u8]) -> Vec<QueryResult> {
-    sync_results_on(
-        &DiskIndex::open(dir, OpenOptions::buffered()).unwrap(),
-        queries,
-    )
+    sync_results_on(&shard::open(dir, OpenOptions::buffered()).unwrap(), queries)
 }
 
 fn sync_results_on(idx: &DiskIndex, queries: &[u8]) -> Vec<QueryResult> {
@@ -130,7 +128,7 @@ fn cached_nodes_are_visited_without_io_and_change_no_answer() {
         cache_nodes: 300,
         ..OpenOptions::buffered()
     };
-    let index = Arc::new(DiskIndex::open(dir, opts).unwrap());
+    let index = Arc::new(shard::open(dir, opts).unwrap());
     assert_eq!(index.node_cache().len(), 300);
     let want = sync_results_on(&index, &queries);
 
@@ -193,7 +191,7 @@ fn a_failed_read_names_the_query_node_and_file() {
     for name in ["disk.index", "pq.bin"] {
         std::fs::copy(src.join(name), tmp.path().join(name)).unwrap();
     }
-    let index = Arc::new(DiskIndex::open(tmp.path(), OpenOptions::buffered()).unwrap());
+    let index = Arc::new(shard::open(tmp.path(), OpenOptions::buffered()).unwrap());
     // Cut the node file after opening it: the header sector stays, every
     // node read then hits end of file.
     let file = std::fs::OpenOptions::new()

@@ -74,7 +74,7 @@ fn auto_falls_back_to_pread_when_uring_setup_fails() {
     .unwrap_err();
     assert!(e.contains("disk.index"), "{e}");
     // The engine reports which backend it chose.
-    let idx = shardann_engine::index::DiskIndex::open(&index, Default::default()).unwrap();
+    let idx = shardann_engine::shard::open(&index, Default::default()).unwrap();
     assert!(
         idx.io_backend().starts_with("pread"),
         "{}",

@@ -133,7 +133,7 @@ fn corrupt_index_files_are_refused() {
 
     // The files of the index's current segment, copied into a plain
     // (unversioned) index directory and broken one way at a time.
-    let segment = shardann_engine::segment::resolve(&index).unwrap();
+    let segment = shardann_engine::shard::resolve(&index).unwrap();
     let disk = std::fs::read(segment.join("disk.index")).unwrap();
     let pq = std::fs::read(segment.join("pq.bin")).unwrap();
     let broken = d.join("broken");

@@ -11,6 +11,7 @@ use shardann_engine::io::IoBackend;
 use shardann_engine::pq::PqParams;
 use shardann_engine::progress::NoProgress;
 use shardann_engine::search::SearchParams;
+use shardann_engine::shard;
 use shardann_engine::synth::{generate_u8, Stream};
 use shardann_engine::vamana::VamanaParams;
 use shardann_engine::Metric;
@@ -56,7 +57,7 @@ fn write_v1(dir: &Path) {
 }
 
 fn open(dir: &Path) -> shardann_engine::Result<DiskIndex> {
-    DiskIndex::open(
+    shard::open(
         dir,
         OpenOptions {
             direct_io: false,
@@ -145,18 +146,18 @@ fn v1_corrupt_fixture_is_refused() {
 #[test]
 fn segment_v1_golden_stays_verifiable() {
     let shard = golden_dir().join("segment-v1");
-    let seg = shard.join(shardann_engine::segment::version_dir_name(1));
-    if !shard.join(shardann_engine::segment::CURRENT_FILE).exists() {
+    let seg = shard.join(shardann_engine::layout::version_dir_name(1));
+    if !shard.join(shardann_engine::layout::CURRENT_FILE).exists() {
         let v1 = golden_dir().join("v1");
         std::fs::create_dir_all(&seg).unwrap();
         for f in ["disk.index", "pq.bin"] {
             std::fs::copy(v1.join(f), seg.join(f)).unwrap();
         }
         shardann_engine::segment::seal(&seg, 0, 1, None).unwrap();
-        shardann_engine::segment::publish(&shard, 1).unwrap();
+        shardann_engine::shard::publish(&shard, 1).unwrap();
         eprintln!("wrote the golden segment to {}: commit it", shard.display());
     }
-    let v = shardann_engine::segment::verify(&shard).expect("the committed segment must verify");
+    let v = shardann_engine::shard::verify(&shard).expect("the committed segment must verify");
     assert_eq!((v.manifest.shard_id, v.manifest.version), (0, 1));
     let names: Vec<_> = v.manifest.files.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["disk.index", "pq.bin"]);

@@ -32,15 +32,31 @@ pub fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }
 
-/// The workplace's shared data sets (a sibling of the repository).
-pub fn shared_datasets() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets");
-    assert!(
-        root.join("mnist-t10k/base.u8bin").exists(),
-        "expected the shared data sets at {}",
-        root.display()
-    );
-    root
+/// The MNIST t10k set (`base.u8bin`, `query.u8bin`, `gt100.bin`), from the
+/// zstd files committed in `tests/data/mnist-t10k/` (origin, licence and
+/// checksums: bench-datasets/README.md, section 6). Decompressed once per
+/// test process into Cargo's temp dir for integration tests; each file is
+/// written beside its final name and renamed, so concurrent test processes
+/// never see a partial file. zstd checks each frame's checksum.
+pub fn mnist_t10k() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist-t10k");
+        let to = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mnist-t10k");
+        std::fs::create_dir_all(&to).unwrap();
+        for name in ["base.u8bin", "query.u8bin", "gt100.bin"] {
+            let zst = from.join(format!("{name}.zst"));
+            let file = std::fs::File::open(&zst)
+                .unwrap_or_else(|e| panic!("opening {}: {e}", zst.display()));
+            let bytes = zstd::decode_all(file)
+                .unwrap_or_else(|e| panic!("decompressing {}: {e}", zst.display()));
+            let part = to.join(format!("{name}.{}.part", std::process::id()));
+            std::fs::write(&part, bytes).unwrap();
+            std::fs::rename(&part, to.join(name)).unwrap();
+        }
+        to
+    })
+    .clone()
 }
 
 /// Reads a bench JSON report.

@@ -1,6 +1,6 @@
 //! gen → groundtruth → build → search/bench, on generated and real data.
 
-use crate::{bench_json, cli, cli_ok, generated, p, recall_at, report, shared_datasets};
+use crate::{bench_json, cli, cli_ok, generated, mnist_t10k, p, recall_at, report};
 
 fn build_and_bench(
     dir: &std::path::Path,
@@ -108,7 +108,7 @@ fn cosine_pipeline_reaches_recall_floor() {
 /// ground truth computed independently of shardann.
 #[test]
 fn mnist_real_data_reaches_recall_floor() {
-    let m = shared_datasets().join("mnist-t10k");
+    let m = mnist_t10k();
     let dir = tempfile::tempdir().unwrap();
     let r = build_and_bench(
         dir.path(),
@@ -129,7 +129,7 @@ fn mnist_real_data_reaches_recall_floor() {
 /// Our brute force agrees with the independently computed MNIST ground truth.
 #[test]
 fn groundtruth_matches_published_mnist_truth() {
-    let m = shared_datasets().join("mnist-t10k");
+    let m = mnist_t10k();
     let dir = tempfile::tempdir().unwrap();
     let gt = dir.path().join("gt.bin");
     cli_ok(&[
@@ -161,9 +161,10 @@ fn groundtruth_matches_published_mnist_truth() {
 /// Both IO backends and the in-memory reader return the same results.
 #[test]
 fn uring_pread_and_memory_readers_agree() {
-    use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
+    use shardann_engine::index::{OpenOptions, SearchScratch};
     use shardann_engine::io::{IoBackend, MemReader};
     use shardann_engine::search::SearchParams;
+    use shardann_engine::shard;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     cli_ok(&[
@@ -200,7 +201,7 @@ fn uring_pread_and_memory_readers_agree() {
     for (name, idx) in [
         (
             "pread",
-            DiskIndex::open(
+            shard::open(
                 &index,
                 OpenOptions {
                     direct_io: true,
@@ -212,7 +213,7 @@ fn uring_pread_and_memory_readers_agree() {
         ),
         (
             "auto",
-            DiskIndex::open(
+            shard::open(
                 &index,
                 OpenOptions {
                     direct_io: true,
@@ -224,11 +225,11 @@ fn uring_pread_and_memory_readers_agree() {
         ),
         (
             "memory",
-            DiskIndex::open_with_reader(
+            shard::open_with_reader(
                 &index,
                 Box::new(
                     MemReader::load(
-                        &shardann_engine::segment::resolve(&index)
+                        &shardann_engine::shard::resolve(&index)
                             .unwrap()
                             .join("disk.index"),
                     )
@@ -259,7 +260,7 @@ fn uring_pread_and_memory_readers_agree() {
             io: IoBackend::Auto,
             cache_nodes,
         };
-        let idx = DiskIndex::open(&index, opts).unwrap();
+        let idx = shard::open(&index, opts).unwrap();
         assert_eq!(idx.node_cache().len(), cache_nodes.min(3000));
         let mut s = SearchScratch::<u8>::default();
         let (mut ios, mut hits) = (0, 0);

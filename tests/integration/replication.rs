@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardann_engine::segment::{self, Manifest};
+use shardann_engine::layout::{self, Manifest};
+use shardann_engine::shard;
 use shardann_server::client::{exchange, search_many, HttpParams, Request, Version};
 
 use crate::cluster::{free_addrs, NodeProc};
@@ -115,9 +116,9 @@ fn a_new_node_pulls_its_shards_and_answers_the_same() {
     n3.wait_ready();
     // What n3 pulled verifies, and is what n1 serves.
     for s in [2, 3] {
-        let mine = segment::verify(&empty.join(format!("shard-{s}"))).unwrap();
+        let mine = shard::verify(&empty.join(format!("shard-{s}"))).unwrap();
         let theirs =
-            Manifest::read(&segment::resolve(&idx.join(format!("shard-{s}"))).unwrap()).unwrap();
+            Manifest::read(&shard::resolve(&idx.join(format!("shard-{s}"))).unwrap()).unwrap();
         assert_eq!(mine.manifest, theirs);
     }
     assert!(
@@ -173,15 +174,15 @@ fn pulls_killed_at_any_moment_leave_a_whole_version() {
     let dst = d.join("dst");
     std::fs::create_dir_all(dst.join("shard-0")).unwrap();
     std::fs::copy(cluster.join("cluster.json"), dst.join("cluster.json")).unwrap();
-    let v1 = segment::version_dir_name(1);
+    let v1 = layout::version_dir_name(1);
     copy_all(
         &cluster.join("shard-0").join(&v1),
         &dst.join("shard-0").join(&v1),
     );
-    segment::publish(&dst.join("shard-0"), 1).unwrap();
+    shard::publish(&dst.join("shard-0"), 1).unwrap();
     let v1_manifest = Manifest::read(&dst.join("shard-0").join(&v1)).unwrap();
     build_small(&base, &cluster, 2, "28");
-    let v2_manifest = Manifest::read(&segment::resolve(&cluster.join("shard-0")).unwrap()).unwrap();
+    let v2_manifest = Manifest::read(&shard::resolve(&cluster.join("shard-0")).unwrap()).unwrap();
     assert_eq!(v2_manifest.version, 2);
 
     let addr = free_addrs(1)[0];
@@ -211,7 +212,7 @@ fn pulls_killed_at_any_moment_leave_a_whole_version() {
     let mut rng = 7u64;
     let (mut interrupted, mut completed) = (0, 0);
     let shard = dst.join("shard-0");
-    let staging = shard.join(format!("{}.partial", segment::version_dir_name(2)));
+    let staging = shard.join(format!("{}.partial", layout::version_dir_name(2)));
     for round in 0..16 {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -232,7 +233,7 @@ fn pulls_killed_at_any_moment_leave_a_whole_version() {
         let _ = child.wait();
         // Whatever the moment: the current version is whole and verifies,
         // and it is exactly version 1 or exactly version 2.
-        let v = segment::verify(&shard)
+        let v = shard::verify(&shard)
             .unwrap_or_else(|e| panic!("round {round}, killed after {:?}: {e}", start.elapsed()));
         assert!(
             v.manifest == v1_manifest || v.manifest == v2_manifest,
@@ -247,10 +248,10 @@ fn pulls_killed_at_any_moment_leave_a_whole_version() {
             // publish never goes backwards).
             std::fs::write(
                 shard.join("CURRENT"),
-                format!("{}\n", segment::version_dir_name(1)),
+                format!("{}\n", layout::version_dir_name(1)),
             )
             .unwrap();
-            std::fs::remove_dir_all(shard.join(segment::version_dir_name(2))).unwrap();
+            std::fs::remove_dir_all(shard.join(layout::version_dir_name(2))).unwrap();
         }
     }
     eprintln!(
@@ -268,7 +269,7 @@ fn pulls_killed_at_any_moment_leave_a_whole_version() {
         p(&dst),
     ]);
     assert!(out.contains("version 2"), "{out}");
-    let v = segment::verify(&dst.join("shard-0")).unwrap();
+    let v = shard::verify(&dst.join("shard-0")).unwrap();
     assert_eq!(v.manifest, v2_manifest);
     // Nothing staged is left behind, and the old version is still there.
     let names: Vec<String> = std::fs::read_dir(dst.join("shard-0"))
@@ -383,8 +384,8 @@ fn nodes_follow_a_new_version_while_serving() {
     }
     // n2 pulled exactly n1's version 2, and both answer as version 2 does.
     for s in 0..2 {
-        let a = segment::verify(&idx1.join(format!("shard-{s}"))).unwrap();
-        let b = segment::verify(&idx2.join(format!("shard-{s}"))).unwrap();
+        let a = shard::verify(&idx1.join(format!("shard-{s}"))).unwrap();
+        let b = shard::verify(&idx2.join(format!("shard-{s}"))).unwrap();
         assert_eq!((a.manifest.version, &a.manifest), (2, &b.manifest));
     }
     let vectors = Arc::new(vectors);
@@ -408,7 +409,7 @@ fn nodes_follow_a_new_version_while_serving() {
         assert_eq!(got, want, "query {i}: not version 2's answer");
     }
     // The retired version 1 is removed once no query holds it.
-    let old = idx2.join("shard-0").join(segment::version_dir_name(1));
+    let old = idx2.join("shard-0").join(layout::version_dir_name(1));
     let until = Instant::now() + Duration::from_secs(30);
     while old.exists() {
         assert!(Instant::now() < until, "version 1 was never removed");
@@ -438,7 +439,7 @@ fn a_corrupt_or_older_source_is_refused_and_the_old_version_stays() {
     // a bad disk): same size, different content.
     let victim = src
         .join("shard-0")
-        .join(segment::version_dir_name(2))
+        .join(layout::version_dir_name(2))
         .join("disk.index");
     let mut bytes = std::fs::read(&victim).unwrap();
     let mid = bytes.len() / 2;
@@ -478,7 +479,7 @@ fn a_corrupt_or_older_source_is_refused_and_the_old_version_stays() {
     );
     // The old version is still current and whole; nothing corrupt was renamed in.
     assert_eq!(
-        segment::verify(&dst.join("shard-0"))
+        shard::verify(&dst.join("shard-0"))
             .unwrap()
             .manifest
             .version,
@@ -486,7 +487,7 @@ fn a_corrupt_or_older_source_is_refused_and_the_old_version_stays() {
     );
     assert!(!dst
         .join("shard-0")
-        .join(segment::version_dir_name(2))
+        .join(layout::version_dir_name(2))
         .exists());
 
     // Repaired at the source: the next pull fetches only the bad file again.
@@ -499,7 +500,7 @@ fn a_corrupt_or_older_source_is_refused_and_the_old_version_stays() {
         "pq.bin was staged already and verified: {out}"
     );
     assert_eq!(
-        segment::verify(&dst.join("shard-0"))
+        shard::verify(&dst.join("shard-0"))
             .unwrap()
             .manifest
             .version,
@@ -510,5 +511,5 @@ fn a_corrupt_or_older_source_is_refused_and_the_old_version_stays() {
     let _old_node = serve("old", addrs[1], &old);
     let e = replicate(addrs[1]).unwrap_err();
     assert!(e.contains("older than the local 2"), "{e}");
-    assert_eq!(segment::current(&dst.join("shard-0")).unwrap().0, 2);
+    assert_eq!(shard::current(&dst.join("shard-0")).unwrap().0, 2);
 }

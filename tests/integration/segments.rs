@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use shardann_engine::index::{DiskIndex, OpenOptions};
-use shardann_engine::segment::{self, Manifest, CURRENT_FILE, MANIFEST_FILE};
+use shardann_engine::layout::{self, Manifest, CURRENT_FILE, MANIFEST_FILE};
+use shardann_engine::shard;
 
 use crate::{build_small, cli, cli_ok, copy_all, generated, p};
 
 fn open(dir: &Path) -> shardann_engine::Result<DiskIndex> {
-    DiskIndex::open(dir, OpenOptions::buffered())
+    shard::open(dir, OpenOptions::buffered())
 }
 
 /// Byte positions to damage in a file of `len` bytes: both ends, the
@@ -42,7 +43,7 @@ fn every_flipped_or_truncated_byte_is_caught() {
     let [base, ..] = generated(d, "sift-like", "3000", "10", "5", "l2", "10");
     let out = d.join("idx");
     build_small(&base, &out, 2, "16");
-    let seg = segment::resolve(&out.join("shard-1")).unwrap();
+    let seg = shard::resolve(&out.join("shard-1")).unwrap();
     let m = Manifest::read(&seg).unwrap();
     assert_eq!((m.shard_id, m.version, m.parent_version), (1, 1, None));
     let names: Vec<&str> = m.files.iter().map(|f| f.name.as_str()).collect();
@@ -63,7 +64,7 @@ fn every_flipped_or_truncated_byte_is_caught() {
             let _ = std::fs::remove_dir_all(&broken);
             copy_all(&seg, &broken);
             std::fs::write(broken.join(&name), content).unwrap();
-            let e = segment::verify(&broken)
+            let e = shard::verify(&broken)
                 .err()
                 .unwrap_or_else(|| panic!("verify accepted {what}"));
             let e = e.to_string();
@@ -104,11 +105,11 @@ fn every_flipped_or_truncated_byte_is_caught() {
     let _ = std::fs::remove_dir_all(&broken);
     copy_all(&seg, &broken);
     std::fs::remove_file(broken.join("ids.bin")).unwrap();
-    assert!(open(&broken).is_err() && segment::verify(&broken).is_err());
+    assert!(open(&broken).is_err() && shard::verify(&broken).is_err());
     let _ = std::fs::remove_dir_all(&broken);
     copy_all(&seg, &broken);
     std::fs::write(broken.join("notes.txt"), "x").unwrap();
-    segment::verify(&broken).unwrap();
+    shard::verify(&broken).unwrap();
 }
 
 #[test]
@@ -120,7 +121,7 @@ fn versions_switch_atomically_and_only_forward() {
     let build = |r: &str| build_small(&base, &idx, 1, r);
     assert!(build("12").contains("version 1"));
     assert!(build("16").contains("version 2"));
-    let (v, cur) = segment::current(&idx).unwrap();
+    let (v, cur) = shard::current(&idx).unwrap();
     assert_eq!(v, 2);
     let m = Manifest::read(&cur).unwrap();
     assert_eq!(
@@ -141,23 +142,23 @@ fn versions_switch_atomically_and_only_forward() {
     ]);
 
     // Going back is refused; the pointer is unchanged.
-    let e = segment::publish(&idx, 1).unwrap_err().to_string();
+    let e = shard::publish(&idx, 1).unwrap_err().to_string();
     assert!(e.contains("older than the current version 2"), "{e}");
-    assert_eq!(segment::current(&idx).unwrap().0, 2);
+    assert_eq!(shard::current(&idx).unwrap().0, 2);
     // An unsealed segment (no manifest yet) cannot become current.
-    let v3 = idx.join(segment::version_dir_name(3));
+    let v3 = idx.join(layout::version_dir_name(3));
     copy_all(&cur, &v3);
     std::fs::remove_file(v3.join(MANIFEST_FILE)).unwrap();
-    assert!(segment::publish(&idx, 3).is_err());
-    assert_eq!(segment::current(&idx).unwrap().0, 2);
+    assert!(shard::publish(&idx, 3).is_err());
+    assert_eq!(shard::current(&idx).unwrap().0, 2);
     // A crash between writing CURRENT.tmp and the rename leaves the old
     // pointer, which still opens; the leftover is ignored.
     std::fs::write(idx.join("CURRENT.tmp"), "v0000000003\n").unwrap();
     assert_eq!(open(&idx).unwrap().segment().unwrap().version, 2);
     // The next build replaces the unsealed leftover and moves on.
     assert!(build("16").contains("version 3"));
-    assert_eq!(segment::current(&idx).unwrap().0, 3);
-    segment::verify(&idx).unwrap();
+    assert_eq!(shard::current(&idx).unwrap().0, 3);
+    shard::verify(&idx).unwrap();
     // A pointer that names no version is refused with its file named.
     for bad in ["v3\n", "v0000000003", "../v0000000002\n", ""] {
         std::fs::write(idx.join(CURRENT_FILE), bad).unwrap();

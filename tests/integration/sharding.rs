@@ -1,9 +1,11 @@
 //! `build --shards`: shards keep global ids and merged results lose no recall.
 
-use shardann_engine::cluster::{read_manifest, ShardedIndex, IDS_FILE};
+use shardann_engine::cluster::{read_manifest, ShardedIndex};
 use shardann_engine::data::{recall_at_k, GroundTruth, VectorFile};
-use shardann_engine::index::{DiskIndex, OpenOptions, SearchScratch};
+use shardann_engine::index::{OpenOptions, SearchScratch};
+use shardann_engine::layout::IDS_FILE;
 use shardann_engine::search::SearchParams;
+use shardann_engine::shard;
 
 use crate::{bench_json, cli, cli_ok, generated, p, recall_at};
 
@@ -40,7 +42,7 @@ fn sharded_build_merges_to_the_unsharded_recall() {
         ..Default::default()
     };
     let mut scratch = SearchScratch::<u8>::default();
-    let idx = DiskIndex::open(&whole, opts).unwrap();
+    let idx = shard::open(&whole, opts).unwrap();
     let unsharded: f64 = (0..q.len())
         .map(|i| {
             let ids: Vec<u32> = idx
@@ -76,7 +78,7 @@ fn sharded_build_merges_to_the_unsharded_recall() {
         let manifest = read_manifest(&out).unwrap();
         let mut seen = vec![0u8; 8000];
         for s in &manifest.shards {
-            let segment = shardann_engine::segment::resolve(&out.join(&s.dir)).unwrap();
+            let segment = shardann_engine::shard::resolve(&out.join(&s.dir)).unwrap();
             for id in shardann_engine::layout::read_ids(&segment.join(IDS_FILE)).unwrap() {
                 seen[id as usize] += 1;
             }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use shardann_engine::data::VectorFile;
 use shardann_engine::index::{BuildParams, BuildReport};
 use shardann_engine::pq::PqParams;
-use shardann_engine::segment::build_version;
+use shardann_engine::shard::build_version;
 use shardann_engine::vamana::VamanaParams;
 use shardann_engine::Metric;
 

@@ -268,7 +268,7 @@ impl ReadArgs {
     /// Opens the index at `dir` as these flags say.
     pub fn open(&self, dir: &std::path::Path) -> anyhow::Result<shardann_engine::index::DiskIndex> {
         use anyhow::Context;
-        shardann_engine::index::DiskIndex::open(dir, self.open_options())
+        shardann_engine::shard::open(dir, self.open_options())
             .with_context(|| format!("opening index {}", dir.display()))
     }
 }
@@ -400,6 +400,6 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Serve(a) => crate::serve::serve(&a, out),
         Command::Verify(a) => crate::inspect::verify(&a, out),
         Command::Replicate(a) => crate::serve::replicate(&a, out),
-        Command::Demo(a) => crate::bench::demo(&a, q, out),
+        Command::Demo(a) => crate::demo::demo(&a, q, out),
     }
 }

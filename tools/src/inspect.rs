@@ -2,14 +2,16 @@
 
 use std::io::Write;
 
-use shardann_engine::index::{DiskIndex, OpenOptions, BUILD_INFO_FILE};
+use shardann_engine::index::OpenOptions;
 use shardann_engine::io::{AlignedBuf, SectorRequest};
+use shardann_engine::layout::BUILD_INFO_FILE;
+use shardann_engine::shard;
 
 use crate::cli::{InspectArgs, VerifyArgs};
 use crate::util::{dir_bytes, human_bytes};
 
 pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let idx = DiskIndex::open(&a.index, OpenOptions::buffered())?;
+    let idx = shard::open(&a.index, OpenOptions::buffered())?;
     let h = idx.header();
     let g = idx.geometry();
     let dir = idx.dir().to_path_buf();
@@ -68,7 +70,7 @@ pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         let loc = g.locate(node);
         let mut buf = AlignedBuf::new(g.node_read_bytes());
         let file = shardann_engine::io::FileReader::open(
-            &dir.join(shardann_engine::index::INDEX_FILE),
+            &dir.join(shardann_engine::layout::INDEX_FILE),
             false,
         )?;
         use shardann_engine::io::SectorReader;
@@ -98,14 +100,14 @@ pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 /// `verify`: every byte of one segment, or of every shard's current one.
 pub fn verify(a: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let targets: Vec<std::path::PathBuf> =
-        if a.path.join(shardann_engine::cluster::CLUSTER_FILE).exists() {
+        if a.path.join(shardann_engine::layout::CLUSTER_FILE).exists() {
             let m = shardann_engine::cluster::read_manifest(&a.path)?;
             m.shards.iter().map(|s| a.path.join(&s.dir)).collect()
         } else {
             vec![a.path.clone()]
         };
     for t in &targets {
-        let v = shardann_engine::segment::verify(t)?;
+        let v = shardann_engine::shard::verify(t)?;
         writeln!(
             out,
             "ok {}: shard {} version {}, {} files, {} verified",

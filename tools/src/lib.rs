@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod cli;
 mod data;
+mod demo;
 mod inspect;
 mod progress;
 mod search;

@@ -70,15 +70,15 @@ pub fn cores() -> usize {
 macro_rules! with_elem {
     ($elem:expr, $t:ident => $body:expr) => {
         match $elem {
-            shardann_engine::data::ElemType::U8 => {
+            shardann_engine::ElemType::U8 => {
                 type $t = u8;
                 $body
             }
-            shardann_engine::data::ElemType::I8 => {
+            shardann_engine::ElemType::I8 => {
                 type $t = i8;
                 $body
             }
-            shardann_engine::data::ElemType::F32 => {
+            shardann_engine::ElemType::F32 => {
                 type $t = f32;
                 $body
             }

@@ -1,0 +1,310 @@
+//! HTTP plumbing shared by the node's front end, its calls to peers, the
+//! replication puller and the blocking client.
+//!
+//! ```text
+//!  serving:  Request ─► read_body / parse_body (limit) ─► handler ─► json_reply
+//!                                                           └─ Err ─► error_reply ─► status()
+//!  calling:  connect (TCP + HTTP/2 handshake on rt::Io) ─► Sender
+//!            get / post_json ─► send ─► read_json / read_bytes   (errors: PeerError)
+//! ```
+//!
+//! [`status`] is the one place where an error becomes an HTTP status code.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+
+use crate::api::{ApiError, ErrorBody};
+use crate::error::ServerError;
+use crate::replication::Refusal;
+use crate::rt::{AsyncIoTimer, Io, LocalExec};
+
+/// A response body: whole (JSON) or streamed (file transfers). Not `Send`:
+/// a file stream holds the executor's own file handle.
+pub type Body = std::pin::Pin<Box<dyn hyper::body::Body<Data = Bytes, Error = std::io::Error>>>;
+
+/// A response of this node.
+pub type Reply = Response<Body>;
+
+/// The sending half of one HTTP/2 client connection (cheap to clone;
+/// clones share the connection).
+pub type Sender = SendRequest<Full<Bytes>>;
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Box::pin(Full::new(bytes.into()).map_err(|never| match never {}))
+}
+
+/// The HTTP status for an error: 4xx for what the client got wrong, 5xx
+/// for what went wrong here. The only such mapping in the server.
+pub fn status(e: &ServerError) -> StatusCode {
+    match e {
+        ServerError::Api(ApiError::MethodNotAllowed { .. }) => StatusCode::METHOD_NOT_ALLOWED,
+        ServerError::Api(ApiError::NoEndpoint { .. }) => StatusCode::NOT_FOUND,
+        ServerError::Api(_) => StatusCode::BAD_REQUEST,
+        ServerError::Refused(r) => match r {
+            Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+            Refusal::BadShard { .. }
+            | Refusal::BadVersion { .. }
+            | Refusal::BadOffset { .. }
+            | Refusal::OffsetPastEnd { .. } => StatusCode::BAD_REQUEST,
+            Refusal::NoClusterFile { .. }
+            | Refusal::NotServed { .. }
+            | Refusal::NoShard { .. }
+            | Refusal::NotSealed { .. }
+            | Refusal::NoVersion { .. }
+            | Refusal::NotListed { .. } => StatusCode::NOT_FOUND,
+        },
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// `body` as JSON with `status`.
+pub fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Reply {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|e| {
+        format!("{{\"error\":\"serializing the response: {e}\"}}").into_bytes()
+    });
+    let mut r = Response::new(full(bytes));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `{"error": "..."}` with the status [`status`] gives `e`.
+pub fn error_reply(e: &ServerError) -> Reply {
+    json_reply(
+        status(e),
+        &ErrorBody {
+            error: e.to_string(),
+        },
+    )
+}
+
+/// A body of `content_type`, status 200.
+pub fn body_reply(body: Body, content_type: &'static str) -> Reply {
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// The request body, at most `max` bytes.
+pub async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
+        if len > max as u64 {
+            return Err(ApiError::BodyTooLarge { len, max });
+        }
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::BodyOverLimit { max })
+        }
+        Err(e) => Err(ApiError::ReadBody(e)),
+    }
+}
+
+/// The request body (at most `max` bytes) parsed as JSON.
+pub async fn parse_body<R: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<R, ApiError> {
+    let body = read_body(req, max).await?;
+    if body.is_empty() {
+        return Err(ApiError::EmptyBody);
+    }
+    serde_json::from_slice(&body).map_err(ApiError::Malformed)
+}
+
+/// What went wrong in a call to another node. `Clone`, so one failure can
+/// be reported for every query of a batch.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    #[error("connecting: {0}")]
+    Connect(#[source] Arc<std::io::Error>),
+    #[error("{protocol} handshake: {source}")]
+    Handshake {
+        protocol: &'static str,
+        #[source]
+        source: Arc<hyper::Error>,
+    },
+    #[error("building the request: {0}")]
+    Request(#[source] Arc<hyper::http::Error>),
+    #[error("encoding the request: {0}")]
+    Encode(#[source] Arc<serde_json::Error>),
+    #[error("request failed: {0}")]
+    Send(#[source] Arc<hyper::Error>),
+    #[error("reading the response: {0}")]
+    Body(#[source] Arc<hyper::Error>),
+    /// A non-2xx answer, with the node's message.
+    #[error("status {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("unexpected response body: {0}")]
+    Decode(#[source] Arc<serde_json::Error>),
+    /// No answer in time (`what` names the answer waited for).
+    #[error("no {what} within {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    #[error("deadline passed")]
+    Deadline,
+    /// A batch answered with another number of results than vectors sent.
+    #[error("{answers} answers for {vectors} vectors")]
+    Count { answers: usize, vectors: usize },
+    #[error("not sent (internal error)")]
+    NotSent,
+    /// `source`, while asking for `path`.
+    #[error("GET {path}: {source}")]
+    Get {
+        path: String,
+        #[source]
+        source: Box<PeerError>,
+    },
+}
+
+impl PeerError {
+    /// This error as the answer to `GET path`.
+    pub fn on_get(self, path: &str) -> Self {
+        PeerError::Get {
+            path: path.to_string(),
+            source: Box::new(self),
+        }
+    }
+}
+
+/// Opens an HTTP/2 (prior knowledge) connection to `addr`; its driver runs
+/// as a detached task on the current executor.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, PeerError> {
+    let stream = tcp(addr, timeout).await?;
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
+        .timer(AsyncIoTimer)
+        .handshake(Io::new(stream))
+        .await
+        .map_err(|e| PeerError::Handshake {
+            protocol: "HTTP/2",
+            source: Arc::new(e),
+        })?;
+    glommio::spawn_local(async move {
+        // The connection ends when the peer goes away or every sender is
+        // dropped; requests in flight see the error themselves.
+        let _ = conn.await;
+    })
+    .detach();
+    Ok(sender)
+}
+
+/// Opens an HTTP/1.1 connection to `addr` (tests of the HTTP/1.1 path).
+pub async fn connect_http1(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, PeerError> {
+    let stream = tcp(addr, timeout).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(Io::new(stream))
+        .await
+        .map_err(|e| PeerError::Handshake {
+            protocol: "HTTP/1.1",
+            source: Arc::new(e),
+        })?;
+    glommio::spawn_local(async move {
+        let _ = conn.await;
+    })
+    .detach();
+    Ok(sender)
+}
+
+async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<glommio::net::TcpStream, PeerError> {
+    let timeout = timeout.max(Duration::from_millis(1));
+    let stream = glommio::net::TcpStream::connect_timeout(addr, timeout)
+        .await
+        .map_err(|e| PeerError::Connect(Arc::new(e.into())))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| PeerError::Connect(Arc::new(e.into())))?;
+    Ok(stream)
+}
+
+/// `GET http://addr/path`, with `authorization: Bearer TOKEN` when given.
+pub fn get(
+    addr: SocketAddr,
+    token: Option<&str>,
+    path: &str,
+) -> Result<Request<Full<Bytes>>, PeerError> {
+    let mut b = Request::get(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        b = b.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    b.body(Full::new(Bytes::new()))
+        .map_err(|e| PeerError::Request(Arc::new(e)))
+}
+
+/// `POST http://addr/path` with `body` as JSON.
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<Request<Full<Bytes>>, PeerError> {
+    let body = serde_json::to_vec(body).map_err(|e| PeerError::Encode(Arc::new(e)))?;
+    Request::post(format!("http://{addr}{path}"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| PeerError::Request(Arc::new(e)))
+}
+
+/// Sends `req` on `sender`.
+pub async fn send(
+    sender: &mut Sender,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, PeerError> {
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| PeerError::Send(Arc::new(e)))
+}
+
+/// The whole body of a response, whatever its status.
+pub async fn collect(resp: Response<Incoming>) -> Result<(StatusCode, Bytes), PeerError> {
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| PeerError::Body(Arc::new(e)))?
+        .to_bytes();
+    Ok((status, bytes))
+}
+
+/// The body of a 2xx response; any other status is an error carrying the
+/// node's message.
+pub async fn read_bytes(resp: Response<Incoming>) -> Result<Bytes, PeerError> {
+    let (status, bytes) = collect(resp).await?;
+    if !status.is_success() {
+        return Err(PeerError::Status {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// The JSON body of a 2xx response as `R`.
+pub async fn read_json<R: serde::de::DeserializeOwned>(
+    resp: Response<Incoming>,
+) -> Result<R, PeerError> {
+    let bytes = read_bytes(resp).await?;
+    serde_json::from_slice(&bytes).map_err(|e| PeerError::Decode(Arc::new(e)))
+}
