@@ -77,3 +77,20 @@ impl std::fmt::Display for ElemType {
         f.write_str(self.name())
     }
 }
+
+/// A name that is not an element type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown element type {0:?}: expected u8, i8 or f32")]
+pub struct UnknownElemType(pub String);
+
+impl std::str::FromStr for ElemType {
+    type Err = UnknownElemType;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "u8" | "uint8" => Ok(ElemType::U8),
+            "i8" | "int8" => Ok(ElemType::I8),
+            "f32" | "float32" => Ok(ElemType::F32),
+            _ => Err(UnknownElemType(s.to_string())),
+        }
+    }
+}

@@ -75,11 +75,11 @@ pub enum Error {
     Docs {
         path: PathBuf,
         #[source]
-        source: DocsError,
+        source: Box<DocsError>,
     },
     /// A filter that does not parse or does not fit the indexed fields.
     #[error("filter: {0}")]
-    Filter(#[from] FilterError),
+    Filter(#[source] Box<FilterError>),
     /// A query or data set whose dimension differs from the index's.
     #[error(
         "dimension mismatch: {what} has dimension {got}, but the index has dimension {expected}"
@@ -99,6 +99,12 @@ pub enum Error {
     /// A parameter outside the range the engine supports.
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
+}
+
+impl From<FilterError> for Error {
+    fn from(e: FilterError) -> Self {
+        Error::Filter(Box::new(e))
+    }
 }
 
 impl Error {
@@ -140,7 +146,7 @@ impl Error {
     pub(crate) fn docs(path: impl Into<PathBuf>, source: DocsError) -> Self {
         Error::Docs {
             path: path.into(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -385,11 +385,15 @@ impl DiskIndex {
     pub fn codes(&self) -> &[u8] {
         &self.codes
     }
+    /// Bytes of RAM the PQ codes and codebook take.
+    pub fn pq_memory_bytes(&self) -> usize {
+        self.codes.len() + 4 * (self.pq.pivots.len() + self.pq.center.len())
+    }
+
     /// Bytes of RAM the index holds: PQ codes and codebook, node cache,
     /// global ids, documents' ids, block table and filter index.
     pub fn memory_bytes(&self) -> usize {
-        self.codes.len()
-            + 4 * (self.pq.pivots.len() + self.pq.center.len())
+        self.pq_memory_bytes()
             + self.cache.memory_bytes()
             + self.global_ids.as_ref().map_or(0, |g| 4 * g.len())
             + self.documents.as_ref().map_or(0, Documents::memory_bytes)

@@ -46,6 +46,7 @@ fn build(dir: &Path) {
         PartitionKind::Random,
         dir,
         &NoProgress,
+        None,
     )
     .expect("building the test index");
 }

@@ -4,7 +4,10 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
+use std::path::{Path, PathBuf};
+
 use shardann_engine::data::VectorFile;
+use shardann_engine::docs::{Documents, Ingested, VectorSource};
 use shardann_engine::index::{BuildParams, BuildReport};
 use shardann_engine::pq::PqParams;
 use shardann_engine::shard::build_version;
@@ -38,7 +41,9 @@ impl GraphArgs {
 }
 
 /// Builds the next version of the index in `out_dir` (version 1 in a new
-/// directory) and returns its report, version and wall time.
+/// directory) and returns its report, version and wall time. With
+/// `documents`, the segment gets them too (row i of the base = document i).
+#[allow(clippy::too_many_arguments)]
 pub fn run_build(
     base_path: &std::path::Path,
     metric: Metric,
@@ -46,14 +51,18 @@ pub fn run_build(
     out_dir: &std::path::Path,
     threads: usize,
     quiet: bool,
+    documents: Option<&Ingested>,
 ) -> anyhow::Result<(BuildReport, u64, f64)> {
-    let base = VectorFile::open(base_path)?;
+    let base = open_base(base_path, documents)?;
     let params = graph.to_params(metric);
     let bars = Bars::new(quiet);
     let t = Instant::now();
     let (report, version) = with_threads(threads, || -> anyhow::Result<_> {
         with_elem!(base.elem(), T => {
-            Ok(build_version(base.vectors::<T>()?, &params, out_dir, 0, &bars, |_| Ok(()))?)
+            Ok(build_version(base.vectors::<T>()?, &params, out_dir, 0, &bars, |seg| match documents {
+                Some(d) => Documents::install(d, seg),
+                None => Ok(()),
+            })?)
         })
     })?
     .with_context(|| {
@@ -66,11 +75,81 @@ pub fn run_build(
     Ok((report, version, t.elapsed().as_secs_f64()))
 }
 
-pub fn build(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    if a.shards > 1 {
-        return build_shards(a, quiet, out);
+/// Opens the base vectors, checking them against the documents' count.
+fn open_base(path: &Path, documents: Option<&Ingested>) -> anyhow::Result<VectorFile> {
+    let base = VectorFile::open(path)?;
+    if let Some(d) = documents {
+        if d.count != base.len() {
+            anyhow::bail!(
+                "{} has {} rows but the documents are {}: row i of the vectors is document i",
+                path.display(),
+                base.len(),
+                d.count
+            );
+        }
     }
-    let (r, version, secs) = run_build(&a.base, a.metric, &a.graph, &a.out, a.threads, quiet)?;
+    Ok(base)
+}
+
+/// Reads `--docs` (if given) into a staging directory inside the output
+/// directory, so that a bad line fails before any version is built.
+fn read_documents(a: &BuildArgs, quiet: bool) -> anyhow::Result<Option<(Ingested, PathBuf)>> {
+    let Some(docs) = &a.docs else {
+        if !a.filter_fields.is_empty() {
+            anyhow::bail!(
+                "--filter-fields names fields of documents: give them with --docs FILE.jsonl"
+            );
+        }
+        return Ok(None);
+    };
+    let source = match &a.base {
+        Some(b) => VectorSource::Base {
+            name: b.display().to_string(),
+        },
+        None => VectorSource::Inline {
+            elem: a.vector_type,
+            dim: None,
+        },
+    };
+    let staging = a.out.join(".staging");
+    let bars = Bars::new(quiet);
+    let ingested = shardann_engine::docs::ingest(docs, source, &a.filter_fields, &staging, &bars)
+        .with_context(|| format!("reading documents from {}", docs.display()));
+    match ingested {
+        Ok(i) => Ok(Some((i, staging))),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
+
+pub fn build(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let documents = read_documents(a, quiet)?;
+    let result = build_with(a, quiet, out, documents.as_ref().map(|d| &d.0));
+    if let Some((_, staging)) = &documents {
+        let _ = std::fs::remove_dir_all(staging);
+    }
+    result
+}
+
+fn build_with(
+    a: &BuildArgs,
+    quiet: bool,
+    out: &mut dyn Write,
+    documents: Option<&Ingested>,
+) -> anyhow::Result<()> {
+    let base_path = match (&a.base, documents.and_then(|d| d.vectors.as_ref())) {
+        (Some(b), _) => b.clone(),
+        (None, Some(staged)) => staged.clone(),
+        (None, None) => anyhow::bail!("give the vectors: --base VECTORS, or --docs FILE.jsonl with a \"vector\" in every line"),
+    };
+    if a.shards > 1 {
+        return build_shards(a, &base_path, quiet, out, documents);
+    }
+    let (r, version, secs) = run_build(
+        &base_path, a.metric, &a.graph, &a.out, a.threads, quiet, documents,
+    )?;
     writeln!(
         out,
         "built {} version {version} ({} points, {}-d {}, {}): R={} L={} alpha={} pq-bytes={}",
@@ -95,19 +174,38 @@ pub fn build(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<
         human_bytes(r.pq_file_bytes),
         r.mean_degree
     )?;
+    if let Some(d) = documents {
+        writeln!(
+            out,
+            "documents: {} ({} ids; filter fields: {})",
+            d.count,
+            if d.keys.is_empty() { "no" } else { "user" },
+            if d.filter_fields.is_empty() {
+                "none".to_string()
+            } else {
+                d.filter_fields.join(", ")
+            }
+        )?;
+    }
     Ok(())
 }
 
 /// `build --shards N`: partition, then one index per shard.
-fn build_shards(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let base = VectorFile::open(&a.base)?;
+fn build_shards(
+    a: &BuildArgs,
+    base_path: &Path,
+    quiet: bool,
+    out: &mut dyn Write,
+    documents: Option<&Ingested>,
+) -> anyhow::Result<()> {
+    let base = open_base(base_path, documents)?;
     let params = a.graph.to_params(a.metric);
     let bars = Bars::new(quiet);
     let t = Instant::now();
     let manifest = with_threads(a.threads, || -> anyhow::Result<_> {
         with_elem!(base.elem(), T => {
             Ok(shardann_engine::cluster::build_sharded(
-                base.vectors::<T>()?, &params, a.shards, a.partition, &a.out, &bars,
+                base.vectors::<T>()?, &params, a.shards, a.partition, &a.out, &bars, documents,
             )?)
         })
     })?
@@ -115,7 +213,7 @@ fn build_shards(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Resu
         format!(
             "building {} shards of {} into {}",
             a.shards,
-            a.base.display(),
+            base_path.display(),
             a.out.display()
         )
     })?;

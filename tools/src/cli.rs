@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use shardann_engine::io::IoBackend;
 use shardann_engine::synth::Preset;
-use shardann_engine::Metric;
+use shardann_engine::{ElemType, Metric};
 
 /// shardann: disk-resident approximate nearest-neighbour search.
 ///
@@ -103,9 +103,25 @@ pub struct GroundtruthArgs {
 /// (about n·R·4·1.3 bytes) and the PQ codes (n·pq-bytes).
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Base vectors: .u8bin, .i8bin or .fbin.
+    /// Base vectors: .u8bin, .i8bin, .fbin, .npy, .fvecs or .bvecs. With
+    /// --docs, row i is the vector of the document on line i.
     #[arg(long)]
-    pub base: PathBuf,
+    pub base: Option<PathBuf>,
+    /// Documents as JSON Lines: "id" (an unsigned integer or a string,
+    /// unique, returned as given), "vector" (unless --base gives the
+    /// vectors), and any other fields as the payload, returned with hits
+    /// (search --include) and fetched by id. A bad line stops the build
+    /// before any version is published, naming the line and the field.
+    #[arg(long)]
+    pub docs: Option<PathBuf>,
+    /// Payload fields to index for filtered search, comma-separated: a
+    /// string or an array of strings makes a keyword field, a number a
+    /// numeric (range) field.
+    #[arg(long, value_delimiter = ',')]
+    pub filter_fields: Vec<String>,
+    /// Element type of the "vector" fields of --docs.
+    #[arg(long, default_value = "f32")]
+    pub vector_type: ElemType,
     #[arg(long, default_value = "l2")]
     pub metric: Metric,
     /// Output directory (created). Each build adds a version: OUT/v0000000001/
@@ -172,6 +188,18 @@ pub struct SearchArgs {
     /// Print JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Only documents matching this filter, for every query, e.g.
+    /// '{"lang": "en", "year": {"$gte": 2020}}' (operators: $eq $ne $in
+    /// $nin $gt $gte $lt $lte $exists $and $or $not). Needs an index built
+    /// with --docs and --filter-fields.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// One filter per query: JSON Lines, line i for query i.
+    #[arg(long, conflicts_with = "filter")]
+    pub filters: Option<PathBuf>,
+    /// Payload fields to return with each hit, comma-separated ("*": all).
+    #[arg(long, value_delimiter = ',')]
+    pub include: Vec<String>,
     #[command(flatten)]
     pub read: ReadArgs,
 }

@@ -88,6 +88,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             &index,
             a.threads,
             quiet,
+            None,
         )?;
         writeln!(
             out,

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use shardann_engine::index::OpenOptions;
 use shardann_engine::io::{AlignedBuf, SectorRequest};
-use shardann_engine::layout::BUILD_INFO_FILE;
+use shardann_engine::layout::{BUILD_INFO_FILE, DOCS_FILE, FILTERS_FILE, KEYS_FILE};
 use shardann_engine::shard;
 
 use crate::cli::{InspectArgs, VerifyArgs};
@@ -50,6 +50,41 @@ pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         out,
         "pq         {} bytes per point, {} in RAM",
         h.pq_bytes,
+        human_bytes(idx.pq_memory_bytes() as u64)
+    )?;
+    if let Some(d) = idx.documents() {
+        let size = |name: &str| {
+            std::fs::metadata(dir.join(name)).map_or("missing".into(), |m| human_bytes(m.len()))
+        };
+        writeln!(
+            out,
+            "documents  {} ({}: {}; {}: {} in {} blocks; {}: {})",
+            d.keys().len(),
+            KEYS_FILE,
+            size(KEYS_FILE),
+            DOCS_FILE,
+            size(DOCS_FILE),
+            d.store().num_blocks(),
+            FILTERS_FILE,
+            size(FILTERS_FILE),
+        )?;
+        if let Some(f) = d.filters() {
+            let fields: Vec<String> = f
+                .schema()
+                .iter()
+                .map(|(name, kind)| format!("{name} ({kind})"))
+                .collect();
+            writeln!(out, "filters    {}", fields.join(", "))?;
+        }
+        writeln!(
+            out,
+            "doc RAM    {} (ids, block table, filter index)",
+            human_bytes(d.memory_bytes() as u64)
+        )?;
+    }
+    writeln!(
+        out,
+        "RAM        {} at open (PQ, cache, ids, documents)",
         human_bytes(idx.memory_bytes() as u64)
     )?;
     writeln!(out, "on disk    {}", human_bytes(dir_bytes(&dir)))?;

@@ -31,3 +31,19 @@ where
     let cli = cli::Cli::try_parse_from(args)?;
     cli::dispatch(cli, out)
 }
+
+/// An error and its causes on one line, `a: b: c`, leaving out a cause
+/// whose text the message already ends with (the engine's errors name their
+/// file and repeat their source's text; printed through anyhow's `{:#}`
+/// every such cause would appear twice).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.ends_with(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}

@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::SUCCESS
                 };
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", shardann::error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

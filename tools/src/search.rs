@@ -4,9 +4,13 @@ use std::io::Write;
 
 use shardann_engine::data::VectorFile;
 use shardann_engine::index::{DiskIndex, SearchScratch};
+use std::sync::Arc;
+
+use shardann_engine::docs::Include;
 use shardann_engine::search::SearchParams;
 
 use crate::cli::SearchArgs;
+use crate::util::load_filters;
 use crate::with_elem;
 
 pub fn search(a: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -20,17 +24,59 @@ pub fn search(a: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     params.validate()?;
     let n = a.limit.unwrap_or(queries.len()).min(queries.len());
+    let filters = load_filters(a.filter.as_deref(), a.filters.as_deref(), n)?;
+    let include = Include::from_names(&a.include);
+    let docs = idx.documents();
+    if docs.is_none() && (filters.iter().any(Option::is_some) || include != Include::Nothing) {
+        anyhow::bail!(
+            "{} has no documents: --filter and --include need an index built with --docs",
+            idx.dir().display()
+        );
+    }
     with_elem!(idx.elem(), T => {
         let qv = queries.vectors::<T>()?;
         let mut scratch = SearchScratch::<T>::default();
-        for qi in 0..n {
-            let (hits, stats) = idx.search(&mut scratch, qv.row(qi), params)?;
+        for (qi, filter) in filters.iter().enumerate() {
+            let matches = match (docs, filter) {
+                (Some(d), Some(f)) => Some(Arc::new(d.evaluate(f)?)),
+                _ => None,
+            };
+            let (mut hits, stats, plan) = idx.search_local(&mut scratch, qv.row(qi), params, matches)?;
+            let Some(d) = docs else {
+                idx.map_to_global(&mut hits);
+                if a.json {
+                    let line = serde_json::json!({ "query": qi, "hits": hits, "ios": stats.ios, "hops": stats.hops });
+                    writeln!(out, "{line}")?;
+                } else {
+                    let list: Vec<String> = hits.iter().map(|h| format!("{}:{}", h.id, h.distance)).collect();
+                    writeln!(out, "q{qi}\t{}", list.join(" "))?;
+                }
+                continue;
+            };
+            let locals: Vec<u32> = hits.iter().map(|h| h.id).collect();
+            let fields = d.fetch(&locals, &include)?;
+            let hits: Vec<serde_json::Value> = hits
+                .iter()
+                .zip(fields)
+                .map(|(h, f)| {
+                    let mut hit = serde_json::json!({ "id": d.keys().key(h.id), "distance": h.distance });
+                    if include != Include::Nothing {
+                        hit["fields"] = serde_json::Value::Object(f);
+                    }
+                    hit
+                })
+                .collect();
             if a.json {
-                let line = serde_json::json!({ "query": qi, "hits": hits, "ios": stats.ios, "hops": stats.hops });
+                let line = serde_json::json!({ "query": qi, "hits": hits, "ios": stats.ios, "hops": stats.hops, "plan": plan });
                 writeln!(out, "{line}")?;
             } else {
-                let list: Vec<String> = hits.iter().map(|h| format!("{}:{}", h.id, h.distance)).collect();
+                let list: Vec<String> = hits.iter().map(|h| format!("{}:{}", h["id"], h["distance"])).collect();
                 writeln!(out, "q{qi}\t{}", list.join(" "))?;
+                if include != Include::Nothing {
+                    for h in &hits {
+                        writeln!(out, "  {}\t{}", h["id"], h["fields"])?;
+                    }
+                }
             }
         }
     });

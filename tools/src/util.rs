@@ -86,6 +86,54 @@ macro_rules! with_elem {
     };
 }
 
+/// The filter of each of `n` queries: `--filter JSON` (the same for all),
+/// `--filters FILE` (JSON Lines, line i for query i; `{}` or a blank line
+/// for none), or neither (no filter).
+pub fn load_filters(
+    one: Option<&str>,
+    file: Option<&Path>,
+    n: usize,
+) -> anyhow::Result<Vec<Option<shardann_engine::filter::Filter>>> {
+    use anyhow::Context;
+    use shardann_engine::filter::Filter;
+    let parse = |text: &str, what: &str| -> anyhow::Result<Filter> {
+        let json: serde_json::Value =
+            serde_json::from_str(text).with_context(|| format!("{what}: not JSON"))?;
+        Filter::parse(&json).with_context(|| what.to_string())
+    };
+    match (one, file) {
+        (Some(_), Some(_)) => anyhow::bail!("give --filter or --filters, not both"),
+        (Some(text), None) => {
+            let f = parse(text, "--filter")?;
+            Ok(vec![Some(f); n])
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading filters from {}", path.display()))?;
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.len() < n {
+                anyhow::bail!(
+                    "{} has {} lines, but there are {n} queries: one filter per query",
+                    path.display(),
+                    lines.len()
+                );
+            }
+            lines
+                .iter()
+                .take(n)
+                .enumerate()
+                .map(|(i, l)| {
+                    if l.trim().is_empty() {
+                        return Ok(None);
+                    }
+                    parse(l, &format!("{} line {}", path.display(), i + 1)).map(Some)
+                })
+                .collect()
+        }
+        (None, None) => Ok(vec![None; n]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
