@@ -646,7 +646,7 @@ impl GroundTruth {
             .ids
             .iter()
             .enumerate()
-            .find(|(_, &id)| id as usize >= base_count)
+            .find(|(_, &id)| id != u32::MAX && id as usize >= base_count)
         {
             return Err(Error::data(
                 path,
@@ -679,10 +679,22 @@ impl GroundTruth {
 
 /// Recall@k of one result list against one ground-truth row: the fraction of
 /// the first `k` true neighbours found among the first `k` results.
+///
+/// Ids `u32::MAX` in the truth mean "no neighbour" (a filtered query with
+/// fewer than k matches): the denominator is the number of real neighbours,
+/// and a query with none has recall 1.
 pub fn recall_at_k(found: &[u32], truth: &[u32], k: usize) -> f64 {
-    let truth = &truth[..k.min(truth.len())];
+    let truth: Vec<u32> = truth
+        .iter()
+        .take(k)
+        .copied()
+        .filter(|&id| id != u32::MAX)
+        .collect();
+    if truth.is_empty() {
+        return 1.0;
+    }
     let hits = found.iter().take(k).filter(|id| truth.contains(id)).count();
-    hits as f64 / k as f64
+    hits as f64 / truth.len() as f64
 }
 
 #[cfg(test)]

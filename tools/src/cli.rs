@@ -95,6 +95,17 @@ pub struct GroundtruthArgs {
     /// Threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Exact neighbours among the documents matching this filter (the same
+    /// for every query); needs --index, whose filter index evaluates it.
+    #[arg(long, requires = "index")]
+    pub filter: Option<String>,
+    /// One filter per query (JSON Lines, line i for query i).
+    #[arg(long, requires = "index", conflicts_with = "filter")]
+    pub filters: Option<PathBuf>,
+    /// An index built from the same base with --docs and --filter-fields:
+    /// where the filters are evaluated (its document i is base row i).
+    #[arg(long)]
+    pub index: Option<PathBuf>,
 }
 
 /// Build a disk index (Vamana graph + PQ codes + sector layout) from a vector file.
@@ -255,6 +266,19 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
     #[command(flatten)]
     pub read: ReadArgs,
+    /// Only documents matching this filter, for every query (see `search
+    /// --help`); the report gives the match count and the plan chosen.
+    /// Blocking threads, one unsharded index built with --docs.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// One filter per query: JSON Lines, line i for query i (ground truth
+    /// to match: groundtruth --filters).
+    #[arg(long, conflicts_with = "filter")]
+    pub filters: Option<PathBuf>,
+    /// Filtered searches with at most this many matches score the matches'
+    /// PQ codes instead of walking the graph (default 50000).
+    #[arg(long)]
+    pub flat_max: Option<u64>,
 }
 
 /// How `search` and `bench` read the index.

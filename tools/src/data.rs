@@ -5,12 +5,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use shardann_engine::data::VectorFile;
-use shardann_engine::groundtruth::brute_force;
+use shardann_engine::groundtruth::{brute_force, brute_force_filtered};
+use shardann_engine::index::OpenOptions;
+use shardann_engine::shard;
 use shardann_engine::synth::{generate_to_file, Stream};
 
 use crate::cli::{GenArgs, GroundtruthArgs};
 use crate::progress::Bars;
-use crate::util::with_threads;
+use crate::util::{load_filters, with_threads};
 use crate::with_elem;
 
 pub fn gen(a: &GenArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -71,9 +73,36 @@ pub fn groundtruth(a: &GroundtruthArgs, quiet: bool, out: &mut dyn Write) -> any
     }
     let bars = Bars::new(quiet);
     let t = Instant::now();
+    let filters = load_filters(a.filter.as_deref(), a.filters.as_deref(), queries.len())?;
+    let matches = match &a.index {
+        Some(dir) if filters.iter().any(Option::is_some) => {
+            let idx = shard::open(dir, OpenOptions::buffered())?;
+            if idx.len() != base.len() {
+                bail!(
+                    "{} has {} points, {} has {}: the filters must be evaluated on an index of this base",
+                    dir.display(),
+                    idx.len(),
+                    a.base.display(),
+                    base.len()
+                );
+            }
+            let docs = idx.documents().with_context(|| {
+                format!("{} has no documents (build it with --docs and --filter-fields)", dir.display())
+            })?;
+            filters
+                .iter()
+                .map(|f| f.as_ref().map(|f| docs.evaluate(f)).transpose())
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        _ => Vec::new(),
+    };
     let gt = with_threads(a.threads, || -> anyhow::Result<_> {
         with_elem!(base.elem(), T => {
-            Ok(brute_force(base.vectors::<T>()?, queries.vectors::<T>()?, a.metric, a.k, &bars))
+            if matches.is_empty() {
+                Ok(brute_force(base.vectors::<T>()?, queries.vectors::<T>()?, a.metric, a.k, &bars))
+            } else {
+                Ok(brute_force_filtered(base.vectors::<T>()?, queries.vectors::<T>()?, a.metric, a.k, &matches, &bars))
+            }
         })
     })??;
     gt.write(&a.out)?;

@@ -5,21 +5,22 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use shardann_engine::data::{GroundTruth, VectorFile};
 use shardann_engine::index::{DiskIndex, SearchScratch};
 use shardann_engine::io::IoBackend;
-use shardann_engine::search::SearchParams;
+use shardann_engine::filter::Filter;
+use shardann_engine::search::{Plan, SearchParams};
 use shardann_engine::Element;
 
 use super::report::{BenchReport, Execution, QueryOutcome, Searched};
 use super::{check_gt, run_lists};
 use crate::cli::BenchArgs;
 use crate::search::check_queries;
-use crate::util::{cores, dir_bytes, human_bytes};
+use crate::util::{cores, dir_bytes, human_bytes, load_filters};
 use crate::with_elem;
 
 /// Runs every query once with `threads` workers, each one query at a time.
@@ -29,6 +30,7 @@ fn run_queries<T: Element>(
     params: SearchParams,
     threads: usize,
     probe: usize,
+    filters: &[Option<Filter>],
 ) -> anyhow::Result<(Vec<QueryOutcome>, f64)> {
     let qv = queries.vectors::<T>()?;
     let next = AtomicUsize::new(0);
@@ -45,7 +47,19 @@ fn run_queries<T: Element>(
                             return Ok(());
                         }
                         let t = Instant::now();
+                        let mut filtered = None;
                         let (hits, stats) = match target {
+                            // A filter's evaluation is part of the query's time.
+                            Target::Single(idx) if filters.get(qi).is_some_and(Option::is_some) => {
+                                let filter = filters.get(qi).and_then(Option::as_ref).context("filter")?;
+                                let docs = idx.documents().context("the index has no documents")?;
+                                let matches = Arc::new(docs.evaluate(filter)?);
+                                let count = matches.len();
+                                let (hits, stats, plan) =
+                                    idx.search_filtered(&mut scratch, qv.row(qi), params, matches)?;
+                                filtered = Some((count, plan_name(plan)));
+                                (hits, stats)
+                            }
                             Target::Single(idx) => idx.search(&mut scratch, qv.row(qi), params)?,
                             Target::Sharded(set) => {
                                 set.search_probing(&mut scratch, qv.row(qi), params, probe)?
@@ -63,6 +77,7 @@ fn run_queries<T: Element>(
                                 stats,
                                 failed: false,
                                 partial: false,
+                                filtered,
                             });
                         }
                     }
@@ -82,6 +97,15 @@ fn run_queries<T: Element>(
         .collect::<Option<Vec<_>>>()
         .context("a query produced no result")?;
     Ok((outcomes, wall))
+}
+
+fn plan_name(plan: Plan) -> &'static str {
+    match plan {
+        Plan::Graph => "graph",
+        Plan::FilteredGraph { .. } => "filtered_graph",
+        Plan::Flat { .. } => "flat",
+        Plan::Empty => "empty",
+    }
 }
 
 /// One of the server's glommio runners: `run_queries_on` over one index,
@@ -141,6 +165,7 @@ fn run_glommio<T: Element>(
             stats: r.stats,
             failed: false,
             partial: false,
+            filtered: None,
         })
         .collect();
     Ok((outcomes, wall))
@@ -212,7 +237,11 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
     } else if sharded {
         open_sharded()?
     } else {
-        Target::Single(std::sync::Arc::new(a.read.open(index_dir)?))
+        let mut single = a.read.open(index_dir)?;
+        if let Some(n) = a.flat_max {
+            single.set_flat_max_matches(n);
+        }
+        Target::Single(std::sync::Arc::new(single))
     };
     let idx = target.first();
     let probe = match a.probe_shards {
@@ -225,11 +254,27 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
     check_queries(idx, &queries)?;
     let gt = GroundTruth::read(&a.gt)?;
     check_gt(a, &gt, queries.len(), total_points)?;
+    let filters = load_filters(a.filter.as_deref(), a.filters.as_deref(), queries.len())?;
+    let filtered = filters.iter().any(Option::is_some);
+    if filtered {
+        let Target::Single(single) = &target else {
+            bail!("--filter/--filters: this bench runs filtered searches on one (unsharded) index");
+        };
+        if single.documents().is_none() {
+            bail!(
+                "{} has no documents: filters need an index built with --docs and --filter-fields",
+                index_dir.display()
+            );
+        }
+    }
     let threads = if a.threads == 0 { cores() } else { a.threads };
     // How queries run: blocking threads, or glommio executors with many
     // queries each. pread has no completion queue to wait on, so more
     // queries in flight means more blocking threads.
-    let mut use_glommio = a.concurrency > 0
+    // Filtered searches run on the blocking driver (the glommio runner
+    // does not take filters yet).
+    let mut use_glommio = !filtered
+        && a.concurrency > 0
         && !matches!(a.read.io, IoBackend::Pread)
         && (matches!(target, Target::Node(..)) || idx.io_backend().starts_with("uring"));
     if use_glommio {
@@ -310,7 +355,7 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
                     &|q, p, c| shardann_server::runtime::run_node_queries(node, q, p, probe, c))?)
             }
             _ => {
-                with_elem!(idx.elem(), T => run_queries::<T>(&target, &queries, params, worker_threads, probe)?)
+                with_elem!(idx.elem(), T => run_queries::<T>(&target, &queries, params, worker_threads, probe, &filters)?)
             }
         })
     })?;

@@ -82,6 +82,19 @@ pub struct RunReport {
     /// Over HTTP: requests that failed, and answers marked partial.
     pub failed: usize,
     pub partial: usize,
+    /// Filtered runs: the mean number of matching points per query and how
+    /// many queries ran each plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filtered: Option<FilteredRun>,
+}
+
+/// What the filters of a run selected and how they were searched.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilteredRun {
+    pub mean_matches: f64,
+    pub min_matches: u64,
+    pub max_matches: u64,
+    pub plans: std::collections::BTreeMap<&'static str, usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -216,6 +229,8 @@ pub(super) struct QueryOutcome {
     pub stats: SearchStats,
     pub failed: bool,
     pub partial: bool,
+    /// A filtered query: how many points matched, and the plan run.
+    pub filtered: Option<(u64, &'static str)>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -265,7 +280,25 @@ pub(super) fn summarize(
         wall_seconds: wall,
         failed: outcomes.iter().filter(|o| o.failed).count(),
         partial: outcomes.iter().filter(|o| o.partial).count(),
+        filtered: filtered_run(outcomes),
     }
+}
+
+fn filtered_run(outcomes: &[QueryOutcome]) -> Option<FilteredRun> {
+    let filtered: Vec<(u64, &'static str)> = outcomes.iter().filter_map(|o| o.filtered).collect();
+    if filtered.is_empty() {
+        return None;
+    }
+    let mut plans = std::collections::BTreeMap::new();
+    for (_, plan) in &filtered {
+        *plans.entry(*plan).or_insert(0) += 1;
+    }
+    Some(FilteredRun {
+        mean_matches: filtered.iter().map(|f| f.0 as f64).sum::<f64>() / filtered.len() as f64,
+        min_matches: filtered.iter().map(|f| f.0).min().unwrap_or(0),
+        max_matches: filtered.iter().map(|f| f.0).max().unwrap_or(0),
+        plans,
+    })
 }
 
 /// The table's column names.
@@ -292,6 +325,17 @@ pub(super) fn print_row(out: &mut dyn Write, run: &RunReport) -> std::io::Result
         run.mean_hops,
         run.mean_cache_hits
     )?;
+    if let Some(f) = &run.filtered {
+        let plans: Vec<String> = f.plans.iter().map(|(p, n)| format!("{p} ×{n}")).collect();
+        writeln!(
+            out,
+            "       filter: {:.0} matching points per query ({}..={}); plans {}",
+            f.mean_matches,
+            f.min_matches,
+            f.max_matches,
+            plans.join(", ")
+        )?;
+    }
     if run.failed > 0 || run.partial > 0 {
         writeln!(
             out,

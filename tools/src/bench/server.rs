@@ -126,6 +126,7 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
                     stats: r.stats.to_search_stats(),
                     failed: false,
                     partial: r.partial,
+                    filtered: None,
                 },
                 Err(_) => QueryOutcome {
                     ids: Vec::new(),
@@ -133,6 +134,7 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
                     stats: SearchStats::default(),
                     failed: true,
                     partial: false,
+                    filtered: None,
                 },
             })
             .collect();
