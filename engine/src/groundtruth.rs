@@ -168,7 +168,12 @@ mod tests {
         let (b, q) = (Vectors::new(&base, 128), Vectors::new(&queries, 128));
         let evens: roaring::RoaringBitmap = (0..500u32).filter(|i| i % 2 == 0).collect();
         let three: roaring::RoaringBitmap = [7u32, 9, 11].into_iter().collect();
-        let filters = vec![Some(evens), Some(three), None, Some(roaring::RoaringBitmap::new())];
+        let filters = vec![
+            Some(evens),
+            Some(three),
+            None,
+            Some(roaring::RoaringBitmap::new()),
+        ];
         let gt = brute_force_filtered(b, q, Metric::L2, 5, &filters, &NoProgress);
         let all = brute_force(b, q, Metric::L2, 5, &NoProgress);
         let mut want: Vec<(f64, u32)> = (0..500u32)
@@ -176,7 +181,10 @@ mod tests {
             .map(|i| (scalar::distance(Metric::L2, q.row(0), b.row(i as usize)), i))
             .collect();
         want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        assert_eq!(gt.row(0), want.iter().take(5).map(|w| w.1).collect::<Vec<_>>());
+        assert_eq!(
+            gt.row(0),
+            want.iter().take(5).map(|w| w.1).collect::<Vec<_>>()
+        );
         assert_eq!(&gt.row(1)[3..], &[NO_NEIGHBOR, NO_NEIGHBOR]);
         assert_eq!(gt.row(2), all.row(2));
         assert!(gt.row(3).iter().all(|&i| i == NO_NEIGHBOR));

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cluster;
+mod documents;
 mod golden;
 mod pipeline;
 mod replication;
@@ -19,7 +20,7 @@ pub fn cli(args: &[&str]) -> Result<String, String> {
     argv.extend_from_slice(args);
     match shardann::run(argv, &mut out) {
         Ok(()) => Ok(String::from_utf8_lossy(&out).into_owned()),
-        Err(e) => Err(format!("{e:#}")),
+        Err(e) => Err(shardann::error_chain(&e)),
     }
 }
 

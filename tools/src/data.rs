@@ -87,7 +87,10 @@ pub fn groundtruth(a: &GroundtruthArgs, quiet: bool, out: &mut dyn Write) -> any
                 );
             }
             let docs = idx.documents().with_context(|| {
-                format!("{} has no documents (build it with --docs and --filter-fields)", dir.display())
+                format!(
+                    "{} has no documents (build it with --docs and --filter-fields)",
+                    dir.display()
+                )
             })?;
             filters
                 .iter()

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use shardann_engine::data::{GroundTruth, VectorFile};
+use shardann_engine::filter::Filter;
 use shardann_engine::index::{DiskIndex, SearchScratch};
 use shardann_engine::io::IoBackend;
-use shardann_engine::filter::Filter;
 use shardann_engine::search::{Plan, SearchParams};
 use shardann_engine::Element;
 
@@ -51,7 +51,8 @@ fn run_queries<T: Element>(
                         let (hits, stats) = match target {
                             // A filter's evaluation is part of the query's time.
                             Target::Single(idx) if filters.get(qi).is_some_and(Option::is_some) => {
-                                let filter = filters.get(qi).and_then(Option::as_ref).context("filter")?;
+                                let filter =
+                                    filters.get(qi).and_then(Option::as_ref).context("filter")?;
                                 let docs = idx.documents().context("the index has no documents")?;
                                 let matches = Arc::new(docs.evaluate(filter)?);
                                 let count = matches.len();
