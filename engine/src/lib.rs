@@ -25,7 +25,6 @@
 //! | 0 | `visited` | a reusable visited bitset (internal) |
 //! | 1 | [`metric`] | [`Metric`], [`Element`]: distances; the only module that calls simsimd |
 //! | 1 | [`fs`] | atomic file replacement, fsync, whole-file hashing |
-//! | 1 | [`filter`] | payload filters: the JSON filter language, its index (roaring bitmaps) and `filters.bin` |
 //! | 2 | [`data`] | reading and writing `.u8bin`/`.i8bin`/`.fbin` and ground truth |
 //! | 2 | `kmeans` | k-means++ and Lloyd (PQ training and the k-means partition; internal) |
 //! | 3 | [`synth`] | reproducible synthetic data sets |
@@ -33,10 +32,11 @@
 //! | 3 | [`pq`] | product quantization: training, encoding, ADC tables |
 //! | 3 | [`vamana`] | the DiskANN graph build (greedy search + RobustPrune) |
 //! | 3 | [`partition`] | assigning points to shards (k-means cells or random) |
-//! | 5 | [`docs`] | documents: user ids (`keys.bin`), payloads (`docs.bin`), JSON Lines input |
 //! | 4 | [`layout`] | the on-disk format (see `format-spec/`), bytes ↔ structs; every file name |
+//! | 5 | [`filter`] | payload filters: the JSON filter language, its index (roaring bitmaps) and `filters.bin` |
+//! | 6 | [`docs`] | documents: user ids (`keys.bin`), payloads (`docs.bin`), JSON Lines input |
 //! | 5 | [`io`] | the [`io::SectorReader`] trait, io_uring and `pread` readers |
-//! | 5 | [`search`] | beam search as a state machine that asks for sectors and is fed them |
+//! | 5 | [`search`] | beam search as a state machine that asks for sectors and is fed them; filtered plans |
 //! | 6 | [`cache`] | node records near the entry point, held in RAM |
 //! | 7 | [`index`] | one index directory: build it, open it, search it |
 //! | 8 | [`segment`] | an immutable, sealed, checksummed index directory |

@@ -54,7 +54,7 @@ pub fn run_build(
     documents: Option<&Ingested>,
 ) -> anyhow::Result<(BuildReport, u64, f64)> {
     let base = open_base(base_path, documents)?;
-    let params = graph.to_params(metric);
+    let params = fit_pq(graph.to_params(metric), base.dim());
     let bars = Bars::new(quiet);
     let t = Instant::now();
     let (report, version) = with_threads(threads, || -> anyhow::Result<_> {
@@ -73,6 +73,19 @@ pub fn run_build(
         )
     })?;
     Ok((report, version, t.elapsed().as_secs_f64()))
+}
+
+/// PQ codes cannot have more bytes than the vectors have dimensions: for
+/// small vectors the default (32) becomes the dimension, with a note.
+fn fit_pq(mut params: BuildParams, dim: usize) -> BuildParams {
+    if params.pq.num_chunks > dim {
+        eprintln!(
+            "note: {}-d vectors: using {dim} PQ bytes per point instead of {}",
+            dim, params.pq.num_chunks
+        );
+        params.pq.num_chunks = dim;
+    }
+    params
 }
 
 /// Opens the base vectors, checking them against the documents' count.
@@ -199,7 +212,7 @@ fn build_shards(
     documents: Option<&Ingested>,
 ) -> anyhow::Result<()> {
     let base = open_base(base_path, documents)?;
-    let params = a.graph.to_params(a.metric);
+    let params = fit_pq(a.graph.to_params(a.metric), base.dim());
     let bars = Bars::new(quiet);
     let t = Instant::now();
     let manifest = with_threads(a.threads, || -> anyhow::Result<_> {
