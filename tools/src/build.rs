@@ -31,7 +31,7 @@ impl GraphArgs {
                 ..VamanaParams::default()
             },
             pq: PqParams {
-                num_chunks: self.pq_bytes,
+                num_chunks: self.pq_bytes.unwrap_or(DEFAULT_PQ_BYTES),
                 train_sample: self.pq_sample,
                 seed: self.seed,
                 ..PqParams::default()
@@ -54,7 +54,7 @@ pub fn run_build(
     documents: Option<&Ingested>,
 ) -> anyhow::Result<(BuildReport, u64, f64)> {
     let base = open_base(base_path, documents)?;
-    let params = fit_pq(graph.to_params(metric), base.dim());
+    let params = fit_pq(graph.to_params(metric), base.dim(), graph.pq_bytes);
     let bars = Bars::new(quiet);
     let t = Instant::now();
     let (report, version) = with_threads(threads, || -> anyhow::Result<_> {
@@ -75,10 +75,14 @@ pub fn run_build(
     Ok((report, version, t.elapsed().as_secs_f64()))
 }
 
+/// PQ bytes per point when `--pq-bytes` is not given.
+const DEFAULT_PQ_BYTES: usize = 32;
+
 /// PQ codes cannot have more bytes than the vectors have dimensions: for
-/// small vectors the default (32) becomes the dimension, with a note.
-fn fit_pq(mut params: BuildParams, dim: usize) -> BuildParams {
-    if params.pq.num_chunks > dim {
+/// small vectors the default becomes the dimension, with a note (a value
+/// given with --pq-bytes is kept, and refused by the build if too large).
+fn fit_pq(mut params: BuildParams, dim: usize, given: Option<usize>) -> BuildParams {
+    if given.is_none() && params.pq.num_chunks > dim {
         eprintln!(
             "note: {}-d vectors: using {dim} PQ bytes per point instead of {}",
             dim, params.pq.num_chunks
@@ -212,7 +216,7 @@ fn build_shards(
     documents: Option<&Ingested>,
 ) -> anyhow::Result<()> {
     let base = open_base(base_path, documents)?;
-    let params = fit_pq(a.graph.to_params(a.metric), base.dim());
+    let params = fit_pq(a.graph.to_params(a.metric), base.dim(), a.graph.pq_bytes);
     let bars = Bars::new(quiet);
     let t = Instant::now();
     let manifest = with_threads(a.threads, || -> anyhow::Result<_> {

@@ -167,8 +167,9 @@ pub struct GraphArgs {
     #[arg(long, default_value_t = 1.2)]
     pub alpha: f32,
     /// Bytes per PQ code (1..=dim), held in RAM for every point: M chunks of 256 centroids.
-    #[arg(long, default_value_t = 32)]
-    pub pq_bytes: usize,
+    /// [default: 32, or the dimension when it is smaller]
+    #[arg(long)]
+    pub pq_bytes: Option<usize>,
     /// Points sampled to train PQ.
     #[arg(long, default_value_t = 100_000)]
     pub pq_sample: usize,

@@ -77,7 +77,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             max_degree: 64,
             build_list: 100,
             alpha: 1.2,
-            pq_bytes: 32,
+            pq_bytes: Some(32),
             pq_sample: 100_000,
             seed: 1,
         };
