@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cluster;
+mod documents;
 mod golden;
 mod pipeline;
 mod replication;
