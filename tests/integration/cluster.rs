@@ -378,6 +378,22 @@ fn bad_requests(addr: SocketAddr, good: &[f64]) {
         ),
         ("{\"vector\": [1, 2".into(), "malformed"),
         ("".into(), "empty"),
+        // This index was built without documents.
+        (
+            format!("{{\"vector\": {}, \"include\": [\"text\"]}}", v(good)),
+            "has no documents",
+        ),
+        (
+            format!(
+                "{{\"vector\": {}, \"filter\": {{\"lang\": \"fr\"}}}}",
+                v(good)
+            ),
+            "has no documents",
+        ),
+        (
+            format!("{{\"vector\": {}, \"filter\": {{\"$bogus\": 1}}}}", v(good)),
+            "$bogus",
+        ),
         (big, "limit"),
     ];
     for version in [Version::Http2, Version::Http1] {
