@@ -5,7 +5,12 @@
 //! `"shards": [..]`, which means "search exactly these of your local shards
 //! and do not fan out". Documented for users in `server/openapi.yaml`.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use shardann_engine::docs::UserId;
+use shardann_engine::filter::Filter;
 use shardann_engine::search::{SearchParams, SearchStats};
 use shardann_engine::Element;
 
@@ -45,6 +50,12 @@ pub struct SearchRequest {
     /// Peer-to-peer: search exactly these local shards, no fan-out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<Vec<u32>>,
+    /// Only documents matching this filter (indexes built with documents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<serde_json::Value>,
+    /// Payload fields to return with each hit (`"*"`: all); none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
 }
 
 /// `POST /v1/search/batch`: many vectors, one set of parameters.
@@ -62,14 +73,36 @@ pub struct BatchRequest {
     pub probe_shards: Option<usize>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Only documents matching this filter, for every vector.
+    #[serde(default)]
+    pub filter: Option<serde_json::Value>,
+    /// Payload fields to return with each hit (`"*"`: all).
+    #[serde(default)]
+    pub include: Vec<String>,
 }
 
-/// One hit: a global id, its distance, the shard that holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// One hit: its id, its distance, the shard that holds it. The id is the
+/// global `u32` id for an index without documents, else the document's id
+/// as the user gave it (a string or an integer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireHit {
-    pub id: u32,
+    pub id: UserId,
     pub distance: f32,
     pub shard: u32,
+    /// The payload fields asked for with `include`; absent when none were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl WireHit {
+    /// The id as a global `u32` id (an index without documents), or
+    /// `u32::MAX` when it is not one.
+    pub fn global_id(&self) -> u32 {
+        match self.id {
+            UserId::Int(i) => u32::try_from(i).unwrap_or(u32::MAX),
+            UserId::Str(_) => u32::MAX,
+        }
+    }
 }
 
 /// What answering cost, summed over every shard searched (here and at peers).
@@ -133,6 +166,10 @@ pub struct SearchResponse {
     pub took_us: u64,
     #[serde(default)]
     pub stats: WireStats,
+    /// Per shard searched (key: the shard id), the plan its search took
+    /// (`{"plan": "graph"}`, `{"plan": "flat", "rerank": 40}`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plans: BTreeMap<String, serde_json::Value>,
 }
 
 /// The answer to `/v1/search/batch`: one response per vector, in order.
@@ -155,6 +192,10 @@ pub struct Query<T> {
     pub params: SearchParams,
     pub probe_shards: Option<usize>,
     pub timeout_ms: Option<u64>,
+    /// The filter, parsed, and as the request gave it (passed to peers).
+    pub filter: Option<(Arc<Filter>, serde_json::Value)>,
+    /// Payload fields to return (as the request gave them).
+    pub include: Vec<String>,
 }
 
 /// Element types that can be read from JSON numbers exactly.
@@ -242,14 +283,24 @@ pub enum ApiError {
     EmptyBatch,
     #[error("a batch holds at most {MAX_BATCH} vectors, got {0}")]
     BatchTooLarge(usize),
+    #[error("filter: {0}")]
+    Filter(String),
+    #[error("{0} has no documents: filter and include need an index built with --docs")]
+    NoDocuments(String),
+    #[error("ids is empty")]
+    NoIds,
+    #[error("ids[{index}] is {value}; an id is a non-negative integer or a string")]
+    BadId { index: usize, value: String },
     #[error("shards names shard {shard}; the cluster has {shards}")]
     UnknownShard { shard: u32, shards: usize },
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: hyper::Method, path: String },
     #[error(
-        "no endpoint {path}; see /v1/search, /v1/search/batch, /v1/shards, /healthz, /metrics"
+        "no endpoint {path}; see /v1/search, /v1/search/batch, /v1/shards, /healthz, /metrics, /v1/documents/{{id}}, /v1/documents/get"
     )]
     NoEndpoint { path: String },
+    #[error("no document {0}")]
+    NoDocument(String),
 }
 
 /// Checks a vector's length and values; the error names the first bad value.
@@ -301,6 +352,70 @@ pub fn check_params(
     Ok(SearchParams { k, list, beam })
 }
 
+/// Parses a request's filter; the error names what is wrong (an unknown
+/// operator, a value of the wrong type, ...).
+pub fn check_filter(
+    filter: Option<&serde_json::Value>,
+) -> Result<Option<(Arc<Filter>, serde_json::Value)>, ApiError> {
+    filter
+        .map(|v| {
+            Filter::parse(v)
+                .map(|f| (Arc::new(f), v.clone()))
+                .map_err(|e| ApiError::Filter(e.to_string()))
+        })
+        .transpose()
+}
+
+/// `POST /v1/documents/get`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentsRequest {
+    pub ids: Vec<serde_json::Value>,
+    /// Peer-to-peer: look only in these local shards, do not forward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Vec<u32>>,
+}
+
+/// One document found: its id, the shard holding it, its whole payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireDocument {
+    pub id: UserId,
+    pub shard: u32,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The answer to `POST /v1/documents/get`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DocumentsResponse {
+    pub documents: Vec<WireDocument>,
+    pub missing: Vec<UserId>,
+    /// Shards no node answered for (a missing id may be in one of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_shards: Vec<u32>,
+}
+
+impl DocumentsRequest {
+    /// The ids, or the first that is not one.
+    pub fn check(&self) -> Result<Vec<UserId>, ApiError> {
+        if self.ids.is_empty() {
+            return Err(ApiError::NoIds);
+        }
+        if self.ids.len() > MAX_BATCH {
+            return Err(ApiError::BatchTooLarge(self.ids.len()));
+        }
+        self.ids
+            .iter()
+            .enumerate()
+            .map(|(index, v)| {
+                UserId::from_json(v).ok_or_else(|| ApiError::BadId {
+                    index,
+                    value: v.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
 impl SearchRequest {
     /// The typed query, or what is wrong with the request.
     pub fn check<T: WireElem>(&self, dim: usize) -> Result<Query<T>, ApiError> {
@@ -310,6 +425,8 @@ impl SearchRequest {
             params,
             probe_shards: self.probe_shards,
             timeout_ms: self.timeout_ms,
+            filter: check_filter(self.filter.as_ref())?,
+            include: self.include.clone(),
         })
     }
 }
@@ -324,6 +441,7 @@ impl BatchRequest {
             return Err(ApiError::BatchTooLarge(self.vectors.len()));
         }
         let params = check_params(self.k, self.list, self.beam, self.probe_shards)?;
+        let filter = check_filter(self.filter.as_ref())?;
         self.vectors
             .iter()
             .enumerate()
@@ -333,6 +451,8 @@ impl BatchRequest {
                     params,
                     probe_shards: self.probe_shards,
                     timeout_ms: self.timeout_ms,
+                    filter: filter.clone(),
+                    include: self.include.clone(),
                 })
             })
             .collect()

@@ -199,6 +199,8 @@ async fn search_once(
         probe_shards: params.probe_shards,
         timeout_ms: params.timeout_ms,
         shards: None,
+        filter: None,
+        include: Vec::new(),
     };
     post_json(addr, conn, "/v1/search", &body).await
 }
@@ -216,6 +218,8 @@ async fn batch_once(
         beam: params.beam,
         probe_shards: params.probe_shards,
         timeout_ms: params.timeout_ms,
+        filter: None,
+        include: Vec::new(),
     };
     post_json::<BatchResponse>(addr, conn, "/v1/search/batch", &body)
         .await

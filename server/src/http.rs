@@ -47,7 +47,9 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 pub fn status(e: &ServerError) -> StatusCode {
     match e {
         ServerError::Api(ApiError::MethodNotAllowed { .. }) => StatusCode::METHOD_NOT_ALLOWED,
-        ServerError::Api(ApiError::NoEndpoint { .. }) => StatusCode::NOT_FOUND,
+        ServerError::Api(ApiError::NoEndpoint { .. } | ApiError::NoDocument(_)) => {
+            StatusCode::NOT_FOUND
+        }
         ServerError::Api(_) => StatusCode::BAD_REQUEST,
         ServerError::Refused(r) => match r {
             Refusal::Unauthorized => StatusCode::UNAUTHORIZED,

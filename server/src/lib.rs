@@ -57,4 +57,4 @@ pub use config::NodeConfig;
 pub use error::{Result, ServerError};
 pub use runtime::{run_queries, run_queries_on, QueryResult, RuntimeConfig, DEFAULT_IO_MEMORY};
 pub use serve::{start, RunningNode};
-pub use shard::{open_index_file, search_one};
+pub use shard::{open_index_file, search_one, search_one_filtered};

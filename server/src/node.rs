@@ -35,16 +35,21 @@ use futures::future::{join, join_all};
 use futures::stream::{FuturesUnordered, StreamExt};
 use glommio::io::DmaFile;
 use shardann_engine::cluster::ClusterManifest;
+use shardann_engine::docs::{Include, UserId};
+use shardann_engine::filter::RoaringBitmap;
 use shardann_engine::index::{DiskIndex, OpenOptions};
-use shardann_engine::search::{BeamSearch, Hit};
+use shardann_engine::search::{BeamSearch, Plan, SearchStats};
 
-use crate::api::{Query, SearchRequest, SearchResponse, WireElem, WireHit, WireStats};
+use crate::api::{
+    ApiError, DocumentsRequest, DocumentsResponse, Query, SearchRequest, SearchResponse,
+    WireDocument, WireElem, WireHit, WireStats,
+};
 use crate::config::{resolve, NodeConfig};
 use crate::error::{Result, ServerError, StartError};
 use crate::http::{self, PeerError, Sender};
 use crate::metrics::Metrics;
 use crate::rt::until;
-use crate::shard::{open_index_file, search_one};
+use crate::shard::{open_index_file, search_one_filtered};
 
 /// HTTP/2 connections from each executor to each peer. The peer's kernel
 /// hands each connection to one of its executors (`SO_REUSEPORT` hashes the
@@ -331,7 +336,11 @@ impl<T: WireElem> Executor<T> {
     /// Answers one query. `only`: a peer's request for exactly these local
     /// shards (no fan-out); `None`: a client's request, answered for the
     /// whole index (or the `probe_shards` nearest shards).
-    pub async fn search(&self, q: &Query<T>, only: Option<&[u32]>) -> SearchResponse {
+    ///
+    /// A filter or include that the local shards cannot answer (no
+    /// documents, an unindexed field) is an error (a 400), not a partial
+    /// answer.
+    pub async fn search(&self, q: &Query<T>, only: Option<&[u32]>) -> Result<SearchResponse> {
         let start = Instant::now();
         let timeout = q.timeout_ms.unwrap_or(self.node.config.deadline_ms);
         let deadline = start + Duration::from_millis(timeout.max(1));
@@ -364,25 +373,38 @@ impl<T: WireElem> Executor<T> {
         } else {
             remote
         };
-        let local_part = join_all(
-            local
-                .iter()
-                .map(|&s| async move { (s, until(deadline, self.search_local(s, q)).await) }),
-        );
+        let mut prepared = Vec::with_capacity(local.len());
+        for &s in &local {
+            let Some(index) = self.node.local_shard(s) else {
+                missing.push(s);
+                continue;
+            };
+            let matches = prepare_filter(&index, q)?;
+            prepared.push((s, index, matches));
+        }
+        let local_part = join_all(prepared.into_iter().map(|(s, index, matches)| async move {
+            (
+                s,
+                until(deadline, self.search_local(s, index, matches, q)).await,
+            )
+        }));
         let (local_done, remote_done) =
             join(local_part, self.search_remote(remote, q, deadline)).await;
 
         let mut hits: Vec<WireHit> = Vec::with_capacity(q.params.k * (targets.len() + 1));
         let mut stats = WireStats::default();
+        let mut plans = BTreeMap::new();
         for (s, done) in local_done {
             match done {
-                Some(Ok((shard_hits, st))) => {
+                Some(Ok((shard_hits, st, plan))) => {
                     stats.add_search(&st);
-                    hits.extend(shard_hits.iter().map(|h| WireHit {
-                        id: h.id,
-                        distance: h.distance,
-                        shard: s,
-                    }));
+                    hits.extend(shard_hits);
+                    if q.filter.is_some() {
+                        plans.insert(
+                            s.to_string(),
+                            serde_json::to_value(plan).unwrap_or_default(),
+                        );
+                    }
                 }
                 Some(Err(e)) => {
                     self.node.metrics.add(&self.node.metrics.shard_failures, 1);
@@ -395,44 +417,210 @@ impl<T: WireElem> Executor<T> {
                 }
             }
         }
-        let (remote_hits, remote_missing, remote_stats) = remote_done;
+        let (remote_hits, remote_missing, remote_stats, remote_plans) = remote_done;
         hits.extend(remote_hits);
         missing.extend(remote_missing);
         stats.add(&remote_stats);
+        plans.extend(remote_plans);
         missing.sort_unstable();
-        hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+        // By distance; ties by id, then shard (ids are unique within a
+        // shard). No dedup: a user id lives in one shard.
+        hits.sort_by(|a, b| {
+            a.distance
+                .total_cmp(&b.distance)
+                .then_with(|| a.id.cmp(&b.id))
+                .then(a.shard.cmp(&b.shard))
+        });
         hits.truncate(q.params.k);
-        SearchResponse {
+        Ok(SearchResponse {
             hits,
             partial: !missing.is_empty(),
             missing_shards: missing,
             took_us: start.elapsed().as_micros() as u64,
             stats,
-        }
+            plans,
+        })
     }
 
-    /// Searches one local shard with a pooled scratch.
+    /// Searches one local shard with a pooled scratch (`matches`: the
+    /// segment-local ids the filter admits). Hits carry user ids (and the
+    /// fields asked for) when the shard has documents, global ids otherwise.
     async fn search_local(
         &self,
         s: u32,
-        q: &Query<T>,
-    ) -> Result<(Vec<Hit>, shardann_engine::search::SearchStats)> {
         // Held for the whole search: a swap to a newer version meanwhile
         // does not pull this version from under the query.
-        let Some(index) = self.node.local_shard(s) else {
-            return Err(ServerError::NotLocal { shard: s });
-        };
+        index: Arc<DiskIndex>,
+        matches: Option<Arc<RoaringBitmap>>,
+        q: &Query<T>,
+    ) -> Result<(Vec<WireHit>, SearchStats, Plan)> {
         let file = self.file_for(s, &index).await?;
         let mut scratch = self.scratch.borrow_mut().pop().unwrap_or_default();
-        let out = search_one(&index, &file, &mut scratch, &q.vector, q.params).await;
+        let out =
+            search_one_filtered(&index, &file, &mut scratch, &q.vector, q.params, matches).await;
         self.scratch.borrow_mut().push(scratch);
-        if let Ok((_, st)) = &out {
-            let m = &self.node.metrics;
-            m.add(&m.shard_searches, 1);
-            m.add(&m.sectors_read, u64::from(st.ios));
-            m.add(&m.cache_hits, u64::from(st.cache_hits));
+        let (mut hits, st, plan) = out?;
+        let m = &self.node.metrics;
+        m.add(&m.shard_searches, 1);
+        m.add(&m.sectors_read, u64::from(st.ios));
+        m.add(&m.cache_hits, u64::from(st.cache_hits));
+        let wire = match index.documents() {
+            None => {
+                index.map_to_global(&mut hits);
+                hits.iter()
+                    .map(|h| WireHit {
+                        id: UserId::Int(u64::from(h.id)),
+                        distance: h.distance,
+                        shard: s,
+                        fields: None,
+                    })
+                    .collect()
+            }
+            Some(docs) => {
+                let include = Include::from_names(&q.include);
+                let locals: Vec<u32> = hits.iter().map(|h| h.id).collect();
+                let fields = docs.fetch(&locals, &include)?;
+                hits.iter()
+                    .zip(fields)
+                    .map(|(h, f)| WireHit {
+                        id: docs.keys().key(h.id),
+                        distance: h.distance,
+                        shard: s,
+                        fields: (include != Include::Nothing).then_some(f),
+                    })
+                    .collect()
+            }
+        };
+        Ok((wire, st, plan))
+    }
+
+    /// Looks `ids` up: in the local shards (`only`: exactly these, a peer's
+    /// request), then, for a client's request, the ids not found here at one
+    /// replica of each other shard.
+    pub async fn documents(
+        &self,
+        ids: &[UserId],
+        only: Option<&[u32]>,
+    ) -> Result<DocumentsResponse> {
+        let n = self.node.manifest.shards.len() as u32;
+        let targets: Vec<u32> = match only {
+            Some(s) => s.to_vec(),
+            None => (0..n).collect(),
+        };
+        let mut resp = DocumentsResponse::default();
+        let mut found = vec![false; ids.len()];
+        let mut remote = Vec::new();
+        let mut with_docs = 0;
+        let mut local = 0;
+        for &s in &targets {
+            let Some(index) = self.node.local_shard(s) else {
+                remote.push(s);
+                continue;
+            };
+            local += 1;
+            let Some(docs) = index.documents() else {
+                continue;
+            };
+            with_docs += 1;
+            for (i, id) in ids.iter().enumerate() {
+                if found[i] {
+                    continue;
+                }
+                if let Some(doc) = docs.keys().lookup(id) {
+                    let fields = docs.fetch(&[doc], &Include::All)?;
+                    found[i] = true;
+                    resp.documents.push(WireDocument {
+                        id: id.clone(),
+                        shard: s,
+                        fields: fields.into_iter().next().unwrap_or_default(),
+                    });
+                }
+            }
         }
-        out
+        if local > 0 && with_docs == 0 {
+            return Err(ApiError::NoDocuments(format!(
+                "{} (shards {:?})",
+                self.node.config.index_dir.display(),
+                self.node.local_shards()
+            ))
+            .into());
+        }
+        let mut left: Vec<UserId> = ids
+            .iter()
+            .zip(&found)
+            .filter(|(_, &f)| !f)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if only.is_some() {
+            resp.missing_shards = remote;
+        } else if !left.is_empty() && !remote.is_empty() {
+            let deadline =
+                Instant::now() + Duration::from_millis(self.node.config.deadline_ms.max(1));
+            let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+            for s in remote {
+                match self.pick(s, &[]) {
+                    Some(p) => groups.entry(p).or_default().push(s),
+                    None => resp.missing_shards.push(s),
+                }
+            }
+            let body_ids: Vec<serde_json::Value> = left.iter().map(UserId::to_json).collect();
+            let answers = join_all(groups.into_iter().map(|(p, group)| {
+                let body = DocumentsRequest {
+                    ids: body_ids.clone(),
+                    shards: Some(group.clone()),
+                };
+                async move {
+                    let out = self
+                        .call_json::<_, DocumentsResponse>(p, "/v1/documents/get", &body, deadline)
+                        .await;
+                    (p, group, out)
+                }
+            }))
+            .await;
+            for (p, group, out) in answers {
+                self.node.metrics.peer_call(p, out.is_err());
+                match out {
+                    Ok(r) => {
+                        resp.missing_shards.extend(r.missing_shards);
+                        resp.documents.extend(r.documents);
+                    }
+                    Err(_) => resp.missing_shards.extend(group),
+                }
+            }
+            left.retain(|id| !resp.documents.iter().any(|d| &d.id == id));
+        }
+        resp.missing_shards.sort_unstable();
+        resp.missing = left;
+        Ok(resp)
+    }
+
+    /// One JSON request to peer `p`, bounded by `deadline`.
+    async fn call_json<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        p: usize,
+        path: &str,
+        body: &B,
+        deadline: Instant,
+    ) -> std::result::Result<R, PeerError> {
+        let peer = &self.node.peers[p];
+        let _in_flight = Outstanding::new(&peer.outstanding);
+        let req = http::post_json(peer.addr, path, body)?;
+        let exchange = async {
+            let slot = self.turn.get() % PEER_CONNECTIONS;
+            let mut sender = self.connection(p, slot, deadline).await?;
+            let resp = match http::send(&mut sender, req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.drop_connection(p, slot);
+                    return Err(e);
+                }
+            };
+            http::read_json::<R>(resp).await
+        };
+        match until(deadline, exchange).await {
+            Some(out) => out,
+            None => Err(PeerError::Deadline),
+        }
     }
 
     /// This executor's handle on `index`'s node file, reopened when the
@@ -483,14 +671,20 @@ impl<T: WireElem> Executor<T> {
         shards: Vec<u32>,
         q: &Query<T>,
         deadline: Instant,
-    ) -> (Vec<WireHit>, Vec<u32>, WireStats) {
+    ) -> (
+        Vec<WireHit>,
+        Vec<u32>,
+        WireStats,
+        BTreeMap<String, serde_json::Value>,
+    ) {
         let mut hits = Vec::new();
         let mut missing = Vec::new();
         let mut stats = WireStats::default();
+        let mut plans = BTreeMap::new();
         if shards.is_empty() {
             // Every shard was local (or this is a peer's request): nothing
             // to convert or schedule on the per-query path.
-            return (hits, missing, stats);
+            return (hits, missing, stats, plans);
         }
         let mut tried: Vec<(u32, usize)> = Vec::new();
         let vector: Vec<f64> = q.vector.iter().map(|x| f64::from(x.to_f32())).collect();
@@ -532,6 +726,7 @@ impl<T: WireElem> Executor<T> {
                 Ok(resp) => {
                     hits.extend(resp.hits);
                     stats.add(&resp.stats);
+                    plans.extend(resp.plans);
                     pending.extend(resp.missing_shards.iter().filter(|s| group.contains(s)));
                 }
                 Err(_) => {
@@ -541,7 +736,7 @@ impl<T: WireElem> Executor<T> {
             }
         }
         missing.append(&mut pending);
-        (hits, missing, stats)
+        (hits, missing, stats, plans)
     }
 
     /// Does shard `s` have a replica not yet tried for this query?
@@ -589,6 +784,9 @@ impl<T: WireElem> Executor<T> {
             probe_shards: None,
             timeout_ms: Some((left.as_millis() as u64).max(1)),
             shards: Some(shards.to_vec()),
+            // As the client gave them: the peer parses and checks them.
+            filter: q.filter.as_ref().map(|(_, json)| json.clone()),
+            include: q.include.clone(),
         };
         let req = http::post_json(peer.addr, "/v1/search", &body)?;
         let exchange = async {
@@ -660,5 +858,25 @@ impl<T: WireElem> Executor<T> {
         {
             *c = None;
         }
+    }
+}
+
+/// The segment-local ids of `index` that `q`'s filter admits (`None`: no
+/// filter). A filter or include on a shard without documents, or a filter
+/// naming a field the shard does not index, is the request's fault (a 400).
+fn prepare_filter<T>(index: &DiskIndex, q: &Query<T>) -> Result<Option<Arc<RoaringBitmap>>> {
+    let Some(docs) = index.documents() else {
+        if q.filter.is_some() || !q.include.is_empty() {
+            return Err(ApiError::NoDocuments(index.dir().display().to_string()).into());
+        }
+        return Ok(None);
+    };
+    let Some((filter, _)) = &q.filter else {
+        return Ok(None);
+    };
+    match docs.evaluate(filter) {
+        Ok(m) => Ok(Some(Arc::new(m))),
+        Err(shardann_engine::Error::Filter(e)) => Err(ApiError::Filter(e.to_string()).into()),
+        Err(e) => Err(e.into()),
     }
 }

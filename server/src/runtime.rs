@@ -389,9 +389,20 @@ pub fn run_node_queries<T: crate::api::WireElem>(
                                 probe_shards: probe,
                                 // No deadline worth the name: a bench measures.
                                 timeout_ms: Some(3_600_000),
+                                filter: None,
+                                include: Vec::new(),
                             };
                             let start = Instant::now();
-                            let r = exec.search(&q, None).await;
+                            let r = match exec.search(&q, None).await {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    next.store(n, Ordering::Relaxed);
+                                    return Err(ServerError::Query {
+                                        query: i,
+                                        source: Box::new(e),
+                                    });
+                                }
+                            };
                             if r.partial {
                                 next.store(n, Ordering::Relaxed);
                                 return Err(ServerError::Query {
@@ -405,7 +416,7 @@ pub fn run_node_queries<T: crate::api::WireElem>(
                             done.push((
                                 i,
                                 QueryResult {
-                                    ids: r.hits.iter().map(|h| h.id).collect(),
+                                    ids: r.hits.iter().map(|h| h.global_id()).collect(),
                                     distances: r.hits.iter().map(|h| h.distance).collect(),
                                     micros: start.elapsed().as_micros() as u64,
                                     stats: r.stats.to_search_stats(),

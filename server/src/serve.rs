@@ -6,6 +6,8 @@
 //! |---|---|---|
 //! | POST | `/v1/search` | one vector |
 //! | POST | `/v1/search/batch` | many vectors, one set of parameters |
+//! | GET | `/v1/documents/{id}` | one document by its user id |
+//! | POST | `/v1/documents/get` | many documents by user id |
 //! | GET | `/v1/shards` | the cluster's shards, who serves them |
 //! | GET | `/healthz` | liveness and this node's shards |
 //! | GET | `/metrics` | Prometheus text |
@@ -30,7 +32,11 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
 use shardann_engine::ElemType;
 
-use crate::api::{ApiError, BatchRequest, BatchResponse, SearchRequest, WireElem};
+use shardann_engine::docs::UserId;
+
+use crate::api::{
+    ApiError, BatchRequest, BatchResponse, DocumentsRequest, SearchRequest, WireElem,
+};
 use crate::config::NodeConfig;
 use crate::error::{Result, ServerError, StartError};
 use crate::http::{body_reply, error_reply, full, json_reply, parse_body, Reply};
@@ -311,6 +317,8 @@ async fn serve_connection<T: WireElem>(exec: Rc<Executor<T>>, mut stream: glommi
 enum Handler {
     Search,
     Batch,
+    Document,
+    Documents,
     Shards,
     Health,
     Metrics,
@@ -324,6 +332,7 @@ impl Handler {
         match self {
             Handler::Search => Endpoint::Search,
             Handler::Batch => Endpoint::Batch,
+            Handler::Document | Handler::Documents => Endpoint::Other,
             Handler::Shards => Endpoint::Shards,
             Handler::Health => Endpoint::Health,
             Handler::Metrics => Endpoint::Metrics,
@@ -354,6 +363,8 @@ const fn route(method: Method, path: &'static str, handler: Handler) -> Route {
 pub const ROUTES: &[Route] = &[
     route(Method::POST, "/v1/search", Handler::Search),
     route(Method::POST, "/v1/search/batch", Handler::Batch),
+    route(Method::GET, "/v1/documents/{id}", Handler::Document),
+    route(Method::POST, "/v1/documents/get", Handler::Documents),
     route(Method::GET, "/v1/shards", Handler::Shards),
     route(Method::GET, "/healthz", Handler::Health),
     route(Method::GET, "/metrics", Handler::Metrics),
@@ -430,6 +441,8 @@ async fn handle<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Repl
             let reply = match route.handler {
                 Handler::Search => search(exec, req).await,
                 Handler::Batch => batch(exec, req).await,
+                Handler::Document => document(exec, params.first().copied().unwrap_or("")).await,
+                Handler::Documents => documents(exec, req).await,
                 Handler::Shards => Ok(shards(exec)),
                 Handler::Health => Ok(health(exec)),
                 Handler::Metrics => Ok(metrics(exec)),
@@ -495,7 +508,7 @@ async fn search<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Resu
             return Err(ApiError::UnknownShard { shard, shards: n }.into());
         }
     }
-    let resp = exec.search(&query, request.shards.as_deref()).await;
+    let resp = exec.search(&query, request.shards.as_deref()).await?;
     let m = &exec.node.metrics;
     m.add(&m.queries, 1);
     if resp.partial {
@@ -511,8 +524,10 @@ async fn batch<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Resul
     let results: Vec<_> = futures::stream::iter(queries.iter())
         .map(|q| exec.search(q, None))
         .buffered(BATCH_CONCURRENCY)
-        .collect()
-        .await;
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
     let m = &exec.node.metrics;
     m.add(&m.queries, results.len() as u64);
     m.add(
@@ -526,6 +541,70 @@ async fn batch<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Resul
             took_us: start.elapsed().as_micros() as u64,
         },
     ))
+}
+
+/// `GET /v1/documents/{id}`: the id URL-decoded, tried as an unsigned
+/// integer key when it reads as one, and as a string.
+async fn document<T: WireElem>(exec: &Executor<T>, raw: &str) -> Result<Reply> {
+    let text = percent_decode(raw);
+    let mut ids = Vec::new();
+    if let Ok(n) = text.parse::<u64>() {
+        ids.push(UserId::Int(n));
+    }
+    ids.push(UserId::Str(text.clone()));
+    let resp = exec.documents(&ids, None).await?;
+    // The integer reading first, as it was asked first.
+    let found = ids
+        .iter()
+        .find_map(|id| resp.documents.iter().find(|d| &d.id == id));
+    match found {
+        Some(doc) => Ok(json_reply(StatusCode::OK, doc)),
+        None if !resp.missing_shards.is_empty() => Err(ApiError::NoDocument(format!(
+            "{text:?} in the shards that answered; shards {:?} did not answer",
+            resp.missing_shards
+        ))
+        .into()),
+        None => Err(ApiError::NoDocument(format!("{text:?}")).into()),
+    }
+}
+
+/// `POST /v1/documents/get`.
+async fn documents<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
+    let request: DocumentsRequest = parse_body(req, exec.node.config.max_body_bytes).await?;
+    let ids = request.check()?;
+    if let Some(shards) = &request.shards {
+        let n = exec.node.manifest.shards.len();
+        if let Some(&shard) = shards.iter().find(|&&s| s as usize >= n) {
+            return Err(ApiError::UnknownShard { shard, shards: n }.into());
+        }
+    }
+    let resp = exec.documents(&ids, request.shards.as_deref()).await?;
+    Ok(json_reply(StatusCode::OK, &resp))
+}
+
+/// `%XX` escapes decoded (bytes that do not form UTF-8 are replaced).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn shards<T: WireElem>(exec: &Executor<T>) -> Reply {

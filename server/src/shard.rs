@@ -19,13 +19,15 @@
 //! without a read and counted in `stats.cache_hits`, not `stats.ios`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures::future::join_all;
 use glommio::io::{DmaFile, ReadResult};
+use shardann_engine::filter::RoaringBitmap;
 use shardann_engine::index::DiskIndex;
 use shardann_engine::layout::INDEX_FILE;
 use shardann_engine::layout::{NodeLocation, SectorGeometry, SECTOR};
-use shardann_engine::search::{BeamSearch, Hit, SearchParams, SearchStats};
+use shardann_engine::search::{BeamSearch, Hit, Plan, SearchParams, SearchStats};
 use shardann_engine::Element;
 
 use crate::error::{Result, ServerError};
@@ -88,23 +90,52 @@ pub async fn search_one<T: Element>(
     query: &[T],
     params: SearchParams,
 ) -> Result<(Vec<Hit>, SearchStats)> {
+    let (mut hits, stats, _) =
+        search_one_filtered(index, file, scratch, query, params, None).await?;
+    index.map_to_global(&mut hits);
+    Ok((hits, stats))
+}
+
+/// [`search_one`] restricted to the segment-local ids in `filter` (when
+/// given), returning segment-LOCAL ids and the plan the search took. The
+/// caller maps the ids: to user ids through the index's documents, or to
+/// global ids with `DiskIndex::map_to_global`.
+pub async fn search_one_filtered<T: Element>(
+    index: &DiskIndex,
+    file: &DmaFile,
+    scratch: &mut BeamSearch<T>,
+    query: &[T],
+    params: SearchParams,
+    filter: Option<Arc<RoaringBitmap>>,
+) -> Result<(Vec<Hit>, SearchStats, Plan)> {
     params.validate()?;
     index.check_query("query", query)?;
     if index.is_empty() {
-        return Ok((Vec::new(), SearchStats::default()));
+        return Ok((Vec::new(), SearchStats::default(), Plan::Empty));
     }
     let geometry = index.geometry();
     let codes = index.codes();
     let m = index.pq().num_chunks();
-    scratch.start(
-        index.pq(),
-        codes,
-        index.header().medoid as u32,
-        query,
-        params,
-    );
+    let entry = index.header().medoid as u32;
+    let plan = match filter {
+        None => {
+            scratch.start(index.pq(), codes, entry, query, params);
+            Plan::Graph
+        }
+        Some(filter) => scratch.start_filtered(
+            index.pq(),
+            codes,
+            entry,
+            index.header().num_points,
+            query,
+            params,
+            filter,
+            index.flat_max_matches(),
+        ),
+    };
     // Copied out of the scratch because the records are visited (a mutable
-    // borrow of the scratch) while the batch is still being walked.
+    // borrow of the scratch) while the batch is still being walked. A flat
+    // plan asks for all its nodes at once, so the buffer grows to the batch.
     let mut batch: Vec<u32> = Vec::with_capacity(params.beam);
     loop {
         batch.clear();
@@ -149,7 +180,6 @@ pub async fn search_one<T: Element>(
             scratch.visit(id, &record, codes, m)?;
         }
     }
-    let mut hits = scratch.finish();
-    index.map_to_global(&mut hits);
-    Ok((hits, scratch.stats))
+    let hits = scratch.finish();
+    Ok((hits, scratch.stats, plan))
 }

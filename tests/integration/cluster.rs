@@ -105,7 +105,7 @@ fn mean_recall(outcomes: &[Outcome], gt: &GroundTruth) -> f64 {
         .map(|(i, o)| {
             let r = o.result.as_ref().expect("a failed query");
             recall_at_k(
-                &r.hits.iter().map(|h| h.id).collect::<Vec<_>>(),
+                &r.hits.iter().map(|h| h.global_id()).collect::<Vec<_>>(),
                 gt.row(i),
                 10,
             )
@@ -229,7 +229,7 @@ fn cluster_of_three_nodes() {
         let (hits, _) = set
             .search(&mut scratch, qf.vectors::<u8>().unwrap().row(i), sp)
             .unwrap();
-        let got: Vec<(u32, f32)> = r.hits.iter().map(|h| (h.id, h.distance)).collect();
+        let got: Vec<(u32, f32)> = r.hits.iter().map(|h| (h.global_id(), h.distance)).collect();
         let want: Vec<(u32, f32)> = hits.iter().map(|h| (h.id, h.distance)).collect();
         assert_eq!(got, want, "query {i}: HTTP and in-process searches differ");
     }
@@ -378,6 +378,22 @@ fn bad_requests(addr: SocketAddr, good: &[f64]) {
         ),
         ("{\"vector\": [1, 2".into(), "malformed"),
         ("".into(), "empty"),
+        // This index was built without documents.
+        (
+            format!("{{\"vector\": {}, \"include\": [\"text\"]}}", v(good)),
+            "has no documents",
+        ),
+        (
+            format!(
+                "{{\"vector\": {}, \"filter\": {{\"lang\": \"fr\"}}}}",
+                v(good)
+            ),
+            "has no documents",
+        ),
+        (
+            format!("{{\"vector\": {}, \"filter\": {{\"$bogus\": 1}}}}", v(good)),
+            "$bogus",
+        ),
         (big, "limit"),
     ];
     for version in [Version::Http2, Version::Http1] {

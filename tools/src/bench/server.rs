@@ -121,7 +121,7 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
             .into_iter()
             .map(|o| match o.result {
                 Ok(r) => QueryOutcome {
-                    ids: r.hits.iter().map(|h| h.id).collect(),
+                    ids: r.hits.iter().map(|h| h.global_id()).collect(),
                     micros: o.micros as f64,
                     stats: r.stats.to_search_stats(),
                     failed: false,
