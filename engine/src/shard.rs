@@ -57,15 +57,7 @@ pub fn current(shard_dir: &Path) -> Result<(u64, PathBuf)> {
 /// atomically. Refuses a version older than the current one, and one that
 /// does not fit a version directory name.
 pub fn publish(shard_dir: &Path, version: u64) -> Result<()> {
-    if version > MAX_VERSION {
-        return Err(Error::segment(
-            shard_dir,
-            SegmentError::VersionTooLarge {
-                version,
-                max: MAX_VERSION,
-            },
-        ));
-    }
+    check_fits(shard_dir, version)?;
     let seg = shard_dir.join(version_dir_name(version));
     let m = Manifest::read(&seg)?;
     if m.version != version {
@@ -90,6 +82,20 @@ pub fn publish(shard_dir: &Path, version: u64) -> Result<()> {
         &shard_dir.join(CURRENT_FILE),
         format!("{}\n", version_dir_name(version)).as_bytes(),
     )
+}
+
+/// Refuses a version that does not fit a version directory name.
+fn check_fits(shard_dir: &Path, version: u64) -> Result<()> {
+    if version > MAX_VERSION {
+        return Err(Error::segment(
+            shard_dir,
+            SegmentError::VersionTooLarge {
+                version,
+                max: MAX_VERSION,
+            },
+        ));
+    }
+    Ok(())
 }
 
 /// The directory whose files a search opens: the current segment of a
@@ -141,15 +147,7 @@ pub fn build_version<T: Element>(
     } else {
         (1, None)
     };
-    if version > MAX_VERSION {
-        return Err(Error::segment(
-            shard_dir,
-            SegmentError::VersionTooLarge {
-                version,
-                max: MAX_VERSION,
-            },
-        ));
-    }
+    check_fits(shard_dir, version)?;
     let seg = shard_dir.join(version_dir_name(version));
     if seg.exists() {
         // Newer than the current version, so never served: the leftover of

@@ -618,8 +618,16 @@ impl<T: WireElem> Executor<T> {
             http::read_json::<R>(resp).await
         };
         match until(deadline, exchange).await {
-            Some(out) => out,
-            None => Err(PeerError::Deadline),
+            Some(Ok(resp)) => {
+                self.node.mark_up(p);
+                Ok(resp)
+            }
+            Some(Err(e)) => Err(e),
+            None => {
+                // Hung or overloaded: prefer the other replicas for a while.
+                self.node.mark_down(p);
+                Err(PeerError::Deadline)
+            }
         }
     }
 
@@ -773,8 +781,6 @@ impl<T: WireElem> Executor<T> {
         shards: &[u32],
         deadline: Instant,
     ) -> std::result::Result<SearchResponse, PeerError> {
-        let peer = &self.node.peers[p];
-        let _in_flight = Outstanding::new(&peer.outstanding);
         let left = deadline.saturating_duration_since(Instant::now());
         let body = SearchRequest {
             vector: vector.to_vec(),
@@ -788,31 +794,7 @@ impl<T: WireElem> Executor<T> {
             filter: q.filter.as_ref().map(|(_, json)| json.clone()),
             include: q.include.clone(),
         };
-        let req = http::post_json(peer.addr, "/v1/search", &body)?;
-        let exchange = async {
-            let slot = self.turn.get() % PEER_CONNECTIONS;
-            let mut sender = self.connection(p, slot, deadline).await?;
-            let resp = match http::send(&mut sender, req).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.drop_connection(p, slot);
-                    return Err(e);
-                }
-            };
-            http::read_json::<SearchResponse>(resp).await
-        };
-        match until(deadline, exchange).await {
-            Some(Ok(resp)) => {
-                self.node.mark_up(p);
-                Ok(resp)
-            }
-            Some(Err(e)) => Err(e),
-            None => {
-                // Hung or overloaded: prefer the other replicas for a while.
-                self.node.mark_down(p);
-                Err(PeerError::Deadline)
-            }
-        }
+        self.call_json(p, "/v1/search", &body, deadline).await
     }
 
     /// Pooled connection `slot` to peer `p`, connecting if there is none or
