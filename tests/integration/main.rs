@@ -5,6 +5,7 @@
 mod bad_input;
 mod cluster;
 mod documents;
+mod documents_cluster;
 mod documents_http;
 mod golden;
 mod pipeline;
