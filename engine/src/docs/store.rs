@@ -419,7 +419,7 @@ impl DocStore {
         ENVELOPE
             .check_sum(&packed, e.xxh3.get())
             .map_err(|err| Error::format(&self.path, err))?;
-        let raw = zstd::bulk::decompress(&packed, e.raw_len.get() as usize)
+        let raw = decompress(&packed, e.raw_len.get() as usize)
             .map_err(|err| self.corrupt(b, &format!("does not decompress: {err}")))?;
         if raw.len() != e.raw_len.get() as usize {
             return Err(self.corrupt(b, "decompresses to another size than the table says"));
@@ -447,6 +447,25 @@ impl DocStore {
         raw.get(start..start.saturating_add(len))
             .ok_or_else(|| self.corrupt(b, "a document runs past the block"))
     }
+}
+
+thread_local! {
+    /// One zstd decompression context per thread, kept between fetches:
+    /// creating one per block cost more than decompressing a 4–16 KiB block.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decompresses one block into a buffer of exactly `capacity` bytes at most.
+fn decompress(packed: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let d = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        d.decompress(packed, capacity)
+    })
 }
 
 #[cfg(test)]
