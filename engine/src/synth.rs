@@ -252,6 +252,83 @@ pub fn generate_to_file(
     Ok(())
 }
 
+/// Number of distinct labels of generated documents (`l1` … `l1000`).
+pub const LABELS: u32 = 1000;
+/// Generated documents' `ts` field is uniform in `0..TS_RANGE`, so a range
+/// `ts < x` matches `x / TS_RANGE` of them.
+pub const TS_RANGE: u32 = 1_000_000;
+/// Stream id of the payload generator (vectors use 1 and 2).
+const PAYLOAD_STREAM: u64 = 3;
+
+/// The payload of a generated document: a label and a number, drawn
+/// independently of its vector (as a tenant or a date usually is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynthPayload {
+    /// Label rank, 1-based: rank `r` is the string `l{r}`.
+    pub label: u32,
+    /// Uniform in `0..TS_RANGE`.
+    pub ts: u32,
+}
+
+impl SynthPayload {
+    /// The document's JSON line (without vector): `{"id":…,"label":"l3","ts":…}`.
+    pub fn json_line(&self, id: u64) -> String {
+        format!(
+            "{{\"id\":{id},\"label\":\"l{}\",\"ts\":{}}}",
+            self.label, self.ts
+        )
+    }
+}
+
+/// Expected share of each label rank (index 0 = rank 1): a Zipf law with
+/// exponent 1.75 over [`LABELS`] ranks.
+///
+/// Why 1.75: single labels then cover the selectivities filtered search must
+/// be measured at (rank 1 ≈ 51 %, 2 ≈ 15 %, 3 ≈ 7.5 %, 9 ≈ 1.1 %, 35 ≈ 0.1 %),
+/// so the same workload runs on engines whose filters take one label only.
+/// r^-1.75 = 1 / (r · √r · √√r) needs only `sqrt`, which IEEE 754 rounds
+/// exactly: the same seed gives the same labels on any machine.
+pub fn label_shares() -> Vec<f64> {
+    let w: Vec<f64> = (1..=LABELS)
+        .map(|r| {
+            let r = f64::from(r);
+            1.0 / (r * r.sqrt() * r.sqrt().sqrt())
+        })
+        .collect();
+    let total: f64 = w.iter().sum();
+    w.into_iter().map(|x| x / total).collect()
+}
+
+/// Payloads of documents `0..n` for `seed`, independent of the thread count
+/// (chunks draw from their own positions of one stream).
+pub fn generate_payloads(n: usize, seed: u64) -> Vec<SynthPayload> {
+    let mut cdf = label_shares();
+    let mut acc = 0.0;
+    for c in cdf.iter_mut() {
+        acc += *c;
+        *c = acc;
+    }
+    let chunks = n.div_ceil(CHUNK_ROWS);
+    (0..chunks)
+        .into_par_iter()
+        .flat_map_iter(|c| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(PAYLOAD_STREAM);
+            rng.set_word_pos((c as u128) << 40);
+            let rows = CHUNK_ROWS.min(n - c * CHUNK_ROWS);
+            let cdf = &cdf;
+            (0..rows)
+                .map(move |_| {
+                    let u: f64 = rng.random();
+                    let rank = cdf.partition_point(|&x| x <= u).min(cdf.len() - 1) as u32 + 1;
+                    let ts = rng.random_range(0..TS_RANGE);
+                    SynthPayload { label: rank, ts }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +364,20 @@ mod tests {
     }
     const GOLDEN: (u64, u64) = (0x7f6b_e6dd_f0a0_cb53, 0x7a9f_dac0_898b_4f40);
 
+    /// Pins the payload generator the same way (the filtered benchmarks'
+    /// ground truth depends on it).
+    #[test]
+    fn golden_payloads() {
+        let lines: String = generate_payloads(10_000, 42)
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.json_line(i as u64) + "\n")
+            .collect();
+        let h = xxhash_rust::xxh3::xxh3_64(lines.as_bytes());
+        assert_eq!(h, GOLDEN_PAYLOADS, "payload generator changed: got {h:#x}");
+    }
+    const GOLDEN_PAYLOADS: u64 = 0xb526_03b7_4df1_99cf;
+
     #[test]
     fn file_matches_memory_and_deep_is_normalized() {
         let dir = tempfile::tempdir().unwrap();
@@ -302,5 +393,38 @@ mod tests {
             let n: f32 = row.iter().map(|x| x * x).sum();
             assert!((n - 1.0).abs() < 1e-4);
         }
+    }
+
+    #[test]
+    fn payloads_follow_the_recipe_and_do_not_depend_on_threads() {
+        let a = generate_payloads(100_000, 42);
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        assert_eq!(one.install(|| generate_payloads(100_000, 42)), a);
+        assert_eq!(&generate_payloads(5000, 42)[..], &a[..5000]);
+        assert_ne!(generate_payloads(5000, 43), a[..5000].to_vec());
+        let shares = label_shares();
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        let mut counts = vec![0usize; LABELS as usize];
+        for p in &a {
+            assert!((1..=LABELS).contains(&p.label) && p.ts < TS_RANGE);
+            counts[p.label as usize - 1] += 1;
+        }
+        // Within 5 standard deviations of the expected count, for the
+        // ranks the benchmarks use.
+        for r in [1usize, 2, 3, 9, 35] {
+            let e = shares[r - 1] * a.len() as f64;
+            let sd = (e * (1.0 - shares[r - 1])).sqrt();
+            let got = counts[r - 1] as f64;
+            assert!((got - e).abs() < 5.0 * sd, "rank {r}: {got} vs {e:.0}");
+        }
+        let low = a.iter().filter(|p| p.ts < TS_RANGE / 10).count() as f64;
+        assert!((low / a.len() as f64 - 0.1).abs() < 0.005);
+        assert_eq!(
+            SynthPayload { label: 3, ts: 17 }.json_line(9),
+            r#"{"id":9,"label":"l3","ts":17}"#
+        );
     }
 }

@@ -73,6 +73,14 @@ pub struct GenArgs {
     /// Threads (0 = all cores). The output does not depend on it.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Also write docs.jsonl: one document per base point, line i for row i,
+    /// `{"id": i, "label": "l<r>", "ts": t}`, for `build --docs docs.jsonl
+    /// --base base.<ext> --filter-fields label,ts`. Labels follow a Zipf law
+    /// (exponent 1.75 over l1…l1000: l1 ≈ 51 % of the points, l2 ≈ 15 %,
+    /// l3 ≈ 7.5 %, l9 ≈ 1.1 %, l35 ≈ 0.1 %); ts is uniform in 0..1000000,
+    /// so {"ts": {"$lt": x}} matches x/10^6 of the points. Seeded like the vectors.
+    #[arg(long)]
+    pub docs: bool,
 }
 
 /// Compute exact k nearest neighbours by brute force (the ground truth).

@@ -1,6 +1,7 @@
 //! `gen` and `groundtruth`.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -8,7 +9,7 @@ use shardann_engine::data::VectorFile;
 use shardann_engine::groundtruth::{brute_force, brute_force_filtered};
 use shardann_engine::index::OpenOptions;
 use shardann_engine::shard;
-use shardann_engine::synth::{generate_to_file, Stream};
+use shardann_engine::synth::{generate_payloads, generate_to_file, Stream};
 
 use crate::cli::{GenArgs, GroundtruthArgs};
 use crate::progress::Bars;
@@ -32,6 +33,16 @@ pub fn gen(a: &GenArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> 
         }
         Ok(())
     })??;
+    if a.docs {
+        let path = a.out.join("docs.jsonl");
+        write_synth_docs(&path, a.n, a.seed, a.threads)?;
+        writeln!(
+            out,
+            "wrote {} ({} documents: id, label, ts)",
+            path.display(),
+            a.n
+        )?;
+    }
     writeln!(
         out,
         "wrote {} ({} × {}-d {}) and {} ({} queries) in {:.1}s; metric for this preset: {}",
@@ -44,6 +55,20 @@ pub fn gen(a: &GenArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> 
         t.elapsed().as_secs_f64(),
         a.preset.metric()
     )?;
+    Ok(())
+}
+
+/// Writes the generated payloads of documents `0..n` as JSON Lines
+/// (atomically: a reader never sees half a file).
+pub fn write_synth_docs(path: &Path, n: usize, seed: u64, threads: usize) -> anyhow::Result<()> {
+    let payloads = with_threads(threads, || generate_payloads(n, seed))?;
+    let mut text = String::with_capacity(n * 40);
+    for (i, p) in payloads.iter().enumerate() {
+        text.push_str(&p.json_line(i as u64));
+        text.push('\n');
+    }
+    shardann_engine::fs::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

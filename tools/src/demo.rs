@@ -1,5 +1,7 @@
-//! `demo`: gen → groundtruth → build → bench on a sift-like set, the whole
-//! pipeline on a laptop-sized example, reusing what an earlier run left.
+//! `demo`: gen → groundtruth → build → bench on a sift-like set with
+//! generated documents (a Zipf label and a number per point), then a
+//! filtered bench on two labels, one per plan: the whole pipeline on a
+//! laptop-sized example, reusing what an earlier run left.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,8 +10,11 @@ use shardann_engine::data::VectorFile;
 use shardann_engine::index::OpenOptions;
 use shardann_engine::shard;
 
-use crate::bench::bench;
+use shardann_engine::docs::VectorSource;
+
+use crate::bench::{bench, RunReport};
 use crate::cli::{BenchArgs, DemoArgs, GenArgs, GraphArgs, GroundtruthArgs};
+use crate::progress::Bars;
 use crate::util::human_bytes;
 
 fn exists(p: &Path) -> bool {
@@ -23,12 +28,14 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
     let query = dir.join("query.u8bin");
     let gt = dir.join("gt100.bin");
     let index = dir.join("index");
+    let docs = dir.join("docs.jsonl");
     let data_ok = VectorFile::open(&base).is_ok_and(|f| f.len() == a.n)
-        && VectorFile::open(&query).is_ok_and(|f| f.len() == a.queries);
+        && VectorFile::open(&query).is_ok_and(|f| f.len() == a.queries)
+        && exists(&docs);
     if !data_ok {
         writeln!(
             out,
-            "[1/4] generating {} sift-like points and {} queries (seed {})",
+            "[1/5] generating {} sift-like points with documents and {} queries (seed {})",
             a.n, a.queries, a.seed
         )?;
         crate::data::gen(
@@ -39,6 +46,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
                 seed: a.seed,
                 out: dir.clone(),
                 threads: a.threads,
+                docs: true,
             },
             quiet,
             out,
@@ -46,10 +54,10 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         let _ = std::fs::remove_file(&gt);
         let _ = std::fs::remove_dir_all(&index);
     } else {
-        writeln!(out, "[1/4] reusing data in {}", dir.display())?;
+        writeln!(out, "[1/5] reusing data in {}", dir.display())?;
     }
     if !exists(&gt) {
-        writeln!(out, "[2/4] computing exact ground truth")?;
+        writeln!(out, "[2/5] computing exact ground truth")?;
         crate::data::groundtruth(
             &GroundtruthArgs {
                 base: base.clone(),
@@ -66,12 +74,14 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             out,
         )?;
     } else {
-        writeln!(out, "[2/4] reusing ground truth {}", gt.display())?;
+        writeln!(out, "[2/5] reusing ground truth {}", gt.display())?;
     }
-    if shard::open(&index, OpenOptions::buffered()).is_err() {
+    let has_documents = shard::open(&index, OpenOptions::buffered())
+        .is_ok_and(|i| i.documents().is_some_and(|d| d.filters().is_some()));
+    if !has_documents {
         writeln!(
             out,
-            "[3/4] building the index (R=64, L=100, alpha=1.2, 32-byte PQ)"
+            "[3/5] building the index (R=64, L=100, alpha=1.2, 32-byte PQ) with documents, filter fields label and ts"
         )?;
         let graph = GraphArgs {
             max_degree: 64,
@@ -84,15 +94,27 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         // A leftover that does not open (an interrupted build, an index from
         // an older layout) is rebuilt from scratch.
         let _ = std::fs::remove_dir_all(&index);
-        let (r, _, secs) = crate::build::run_build(
-            &base,
-            shardann_engine::Metric::L2,
-            &graph,
-            &index,
-            a.threads,
-            quiet,
-            None,
-        )?;
+        let staging = index.join(".staging");
+        let fields = ["label".to_string(), "ts".to_string()];
+        let source = VectorSource::Base {
+            name: base.display().to_string(),
+        };
+        let built =
+            shardann_engine::docs::ingest(&docs, source, &fields, &staging, &Bars::new(quiet))
+                .map_err(anyhow::Error::from)
+                .and_then(|ingested| {
+                    crate::build::run_build(
+                        &base,
+                        shardann_engine::Metric::L2,
+                        &graph,
+                        &index,
+                        a.threads,
+                        quiet,
+                        Some(&ingested),
+                    )
+                });
+        let _ = std::fs::remove_dir_all(&staging);
+        let (r, _, secs) = built?;
         writeln!(
             out,
             "built in {secs:.1}s: {} on disk, {} PQ in RAM, mean degree {:.1}",
@@ -101,15 +123,15 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             r.mean_degree
         )?;
     } else {
-        writeln!(out, "[3/4] reusing index {}", index.display())?;
+        writeln!(out, "[3/5] reusing index {}", index.display())?;
     }
-    writeln!(out, "[4/4] benchmarking (O_DIRECT reads, beam 4)")?;
+    writeln!(out, "[4/5] benchmarking (O_DIRECT reads, beam 4)")?;
     let report = bench(
         &BenchArgs {
-            index: Some(index),
+            index: Some(index.clone()),
             server: None,
             batch: 1,
-            queries: query,
+            queries: query.clone(),
             gt,
             k: 10,
             list: a.list.clone(),
@@ -125,11 +147,73 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         },
         out,
     )?;
-    if let Some(best) = report.runs.iter().find(|r| r.recall_at_k >= 0.95) {
+    first_reaching(&report.runs, out)?;
+    // Two labels of the generated Zipf law: l9 (about 1 % of the points:
+    // few enough to score their PQ codes) and l1 (about half: the graph walk).
+    writeln!(
+        out,
+        "[5/5] filtered search: only documents with a given label"
+    )?;
+    for label in ["l9", "l1"] {
+        let filter = format!(r#"{{"label": "{label}"}}"#);
+        let gt = dir.join(format!("gt-{label}.bin"));
+        if !exists(&gt) {
+            crate::data::groundtruth(
+                &GroundtruthArgs {
+                    base: base.clone(),
+                    queries: query.clone(),
+                    k: 10,
+                    metric: shardann_engine::Metric::L2,
+                    out: gt.clone(),
+                    threads: a.threads,
+                    filter: Some(filter.clone()),
+                    filters: None,
+                    index: Some(index.clone()),
+                },
+                quiet,
+                out,
+            )?;
+        }
+        writeln!(out, "filter {filter}:")?;
+        let report = bench(
+            &BenchArgs {
+                index: Some(index.clone()),
+                server: None,
+                batch: 1,
+                queries: query.clone(),
+                gt,
+                k: 10,
+                list: a.list.clone(),
+                beam: 4,
+                threads: a.threads,
+                concurrency: 0,
+                probe_shards: 0,
+                json: Some(dir.join(format!("bench-{label}.json"))),
+                read: crate::cli::ReadArgs::default(),
+                filter: Some(filter),
+                filters: None,
+                flat_max: None,
+            },
+            out,
+        )?;
+        first_reaching(&report.runs, out)?;
+    }
+    writeln!(
+        out,
+        "try: shardann search --index {} --queries {} --k 3 --filter '{{\"ts\": {{\"$lt\": 1000}}}}' --include '*'",
+        index.display(),
+        query.display()
+    )?;
+    Ok(())
+}
+
+/// Says where recall@10 first reaches 0.95.
+fn first_reaching(runs: &[RunReport], out: &mut dyn Write) -> anyhow::Result<()> {
+    if let Some(best) = runs.iter().find(|r| r.recall_at_k >= 0.95) {
         writeln!(
             out,
-            "recall@10 ≥ 0.95 first reached at L={}: recall {:.4}, {:.0} QPS",
-            best.list, best.recall_at_k, best.qps
+            "recall@10 ≥ 0.95 first reached at L={}: recall {:.4}, {:.0} QPS, {:.1} reads per query",
+            best.list, best.recall_at_k, best.qps, best.mean_ios
         )?;
     } else {
         writeln!(out, "recall@10 stayed below 0.95 at every list size tried")?;
