@@ -39,16 +39,10 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-/// The git commit of the working directory, if there is one.
+/// The git commit this binary was built from (`+dirty` when tracked files
+/// differed from it), recorded by `tools/build.rs`.
 pub fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    env!("SHARDANN_GIT_COMMIT").to_string()
 }
 
 /// Runs `f` on a rayon pool of `threads` threads (0 = all cores).
