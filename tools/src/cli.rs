@@ -288,6 +288,12 @@ pub struct BenchArgs {
     /// PQ codes instead of walking the graph (default 50000).
     #[arg(long)]
     pub flat_max: Option<u64>,
+    /// Fetch these payload fields of every hit (comma-separated, `*` for
+    /// all), as a search with "include" does, and count it in the query's
+    /// time; the report gives the document blocks read per query. Blocking
+    /// threads, one unsharded index built with --docs.
+    #[arg(long, value_delimiter = ',')]
+    pub include: Vec<String>,
 }
 
 /// How `search` and `bench` read the index.

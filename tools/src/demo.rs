@@ -144,6 +144,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             filter: None,
             filters: None,
             flat_max: None,
+            include: Vec::new(),
         },
         out,
     )?;
@@ -193,6 +194,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
                 filter: Some(filter),
                 filters: None,
                 flat_max: None,
+                include: Vec::new(),
             },
             out,
         )?;

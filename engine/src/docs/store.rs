@@ -361,6 +361,22 @@ impl DocStore {
         self.table.len()
     }
 
+    /// How many blocks a [`get_many`](Self::get_many) of `docs` reads (each
+    /// distinct block once).
+    pub fn blocks_of(&self, docs: &[u32]) -> usize {
+        let mut blocks: Vec<usize> = docs
+            .iter()
+            .map(|&d| {
+                self.table
+                    .partition_point(|e| e.first_doc.get() <= d)
+                    .saturating_sub(1)
+            })
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        blocks.len()
+    }
+
     /// The payload (JSON text) of document `doc`: one block read.
     pub fn get(&self, doc: u32) -> Result<Vec<u8>> {
         let mut out = self.get_many(&[doc])?;
@@ -480,6 +496,21 @@ mod tests {
             w.add(d).unwrap();
         }
         w.finish().unwrap()
+    }
+
+    #[test]
+    fn blocks_of_counts_distinct_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.bin");
+        let docs: Vec<Vec<u8>> = (0..100).map(|i| vec![b'a' + (i % 26) as u8; 100]).collect();
+        write(&p, &docs, 1000);
+        let s = DocStore::open(&p).unwrap();
+        assert!(s.num_blocks() > 5);
+        assert_eq!(s.blocks_of(&[]), 0);
+        assert_eq!(s.blocks_of(&[0, 1, 0]), 1);
+        assert_eq!(s.blocks_of(&[99, 0]), 2);
+        let all: Vec<u32> = (0..100).collect();
+        assert_eq!(s.blocks_of(&all), s.num_blocks());
     }
 
     proptest! {

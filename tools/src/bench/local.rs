@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use shardann_engine::data::{GroundTruth, VectorFile};
+use shardann_engine::docs::Include;
 use shardann_engine::filter::Filter;
 use shardann_engine::index::{DiskIndex, SearchScratch};
 use shardann_engine::io::IoBackend;
@@ -31,6 +32,7 @@ fn run_queries<T: Element>(
     threads: usize,
     probe: usize,
     filters: &[Option<Filter>],
+    include: &Include,
 ) -> anyhow::Result<(Vec<QueryOutcome>, f64)> {
     let qv = queries.vectors::<T>()?;
     let next = AtomicUsize::new(0);
@@ -69,8 +71,15 @@ fn run_queries<T: Element>(
                                 bail!("internal error: a node target runs on glommio only")
                             }
                         };
+                        let ids: Vec<u32> = hits.iter().map(|h| h.id).collect();
+                        let mut doc_blocks = None;
+                        if let (Target::Single(idx), false) = (target, *include == Include::Nothing)
+                        {
+                            let docs = idx.documents().context("the index has no documents")?;
+                            std::hint::black_box(docs.fetch(&ids, include)?);
+                            doc_blocks = Some(docs.store().blocks_of(&ids) as u32);
+                        }
                         let micros = t.elapsed().as_secs_f64() * 1e6;
-                        let ids = hits.iter().map(|h| h.id).collect();
                         if let Ok(mut slot) = slots[qi].lock() {
                             *slot = Some(QueryOutcome {
                                 ids,
@@ -79,6 +88,7 @@ fn run_queries<T: Element>(
                                 failed: false,
                                 partial: false,
                                 filtered,
+                                doc_blocks,
                             });
                         }
                     }
@@ -167,6 +177,7 @@ fn run_glommio<T: Element>(
             failed: false,
             partial: false,
             filtered: None,
+            doc_blocks: None,
         })
         .collect();
     Ok((outcomes, wall))
@@ -256,14 +267,15 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
     let gt = GroundTruth::read(&a.gt)?;
     check_gt(a, &gt, queries.len(), total_points)?;
     let filters = load_filters(a.filter.as_deref(), a.filters.as_deref(), queries.len())?;
-    let filtered = filters.iter().any(Option::is_some);
+    let include = Include::from_names(&a.include);
+    let filtered = filters.iter().any(Option::is_some) || include != Include::Nothing;
     if filtered {
         let Target::Single(single) = &target else {
-            bail!("--filter/--filters: this bench runs filtered searches on one (unsharded) index");
+            bail!("--filter/--filters/--include: this bench runs them on one (unsharded) index");
         };
         if single.documents().is_none() {
             bail!(
-                "{} has no documents: filters need an index built with --docs and --filter-fields",
+                "{} has no documents: filters and include need an index built with --docs (and --filter-fields)",
                 index_dir.display()
             );
         }
@@ -356,7 +368,7 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
                     &|q, p, c| shardann_server::runtime::run_node_queries(node, q, p, probe, c))?)
             }
             _ => {
-                with_elem!(idx.elem(), T => run_queries::<T>(&target, &queries, params, worker_threads, probe, &filters)?)
+                with_elem!(idx.elem(), T => run_queries::<T>(&target, &queries, params, worker_threads, probe, &filters, &include)?)
             }
         })
     })?;

@@ -86,6 +86,10 @@ pub struct RunReport {
     /// many queries ran each plan.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filtered: Option<FilteredRun>,
+    /// With --include: mean `docs.bin` blocks read per query to fetch the
+    /// hits' payloads (beside `mean_ios`, the index's sector reads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_doc_blocks: Option<f64>,
 }
 
 /// What the filters of a run selected and how they were searched.
@@ -231,6 +235,8 @@ pub(super) struct QueryOutcome {
     pub partial: bool,
     /// A filtered query: how many points matched, and the plan run.
     pub filtered: Option<(u64, &'static str)>,
+    /// With --include: document blocks the fetch of the hits' payloads read.
+    pub doc_blocks: Option<u32>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -281,6 +287,11 @@ pub(super) fn summarize(
         failed: outcomes.iter().filter(|o| o.failed).count(),
         partial: outcomes.iter().filter(|o| o.partial).count(),
         filtered: filtered_run(outcomes),
+        mean_doc_blocks: outcomes
+            .iter()
+            .map(|o| o.doc_blocks.map(f64::from))
+            .sum::<Option<f64>>()
+            .map(|s| s / nq),
     }
 }
 
@@ -335,6 +346,9 @@ pub(super) fn print_row(out: &mut dyn Write, run: &RunReport) -> std::io::Result
             f.max_matches,
             plans.join(", ")
         )?;
+    }
+    if let Some(b) = run.mean_doc_blocks {
+        writeln!(out, "       include: {b:.2} document blocks read per query")?;
     }
     if run.failed > 0 || run.partial > 0 {
         writeln!(

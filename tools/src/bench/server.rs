@@ -127,6 +127,7 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
                     failed: false,
                     partial: r.partial,
                     filtered: None,
+                    doc_blocks: None,
                 },
                 Err(_) => QueryOutcome {
                     ids: Vec::new(),
@@ -135,6 +136,7 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
                     failed: true,
                     partial: false,
                     filtered: None,
+                    doc_blocks: None,
                 },
             })
             .collect();
