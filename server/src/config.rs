@@ -64,6 +64,10 @@ pub struct NodeConfig {
     /// and switch to it while serving. 0 turns following off.
     #[serde(default = "default_follow")]
     pub follow_ms: u64,
+    /// What one request may ask for (`[limits]`: max_list, max_batch,
+    /// max_batch_work, max_timeout_ms); beyond it, a 400 naming the limit.
+    #[serde(default)]
+    pub limits: crate::api::Limits,
 }
 
 fn default_follow() -> u64 {
@@ -122,6 +126,7 @@ impl NodeConfig {
             max_body_bytes: DEFAULT_MAX_BODY,
             cluster_token: None,
             follow_ms: DEFAULT_FOLLOW_MS,
+            limits: crate::api::Limits::default(),
         }
     }
 

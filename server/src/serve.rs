@@ -501,7 +501,7 @@ async fn replicate<T: WireElem>(
 
 async fn search<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
     let request: SearchRequest = parse_body(req, exec.node.config.max_body_bytes).await?;
-    let query = request.check::<T>(exec.node.manifest.dim)?;
+    let query = request.check::<T>(exec.node.manifest.dim, &exec.node.config.limits)?;
     if let Some(shards) = &request.shards {
         let n = exec.node.manifest.shards.len();
         if let Some(&shard) = shards.iter().find(|&&s| s as usize >= n) {
@@ -520,7 +520,7 @@ async fn search<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Resu
 async fn batch<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
     let start = Instant::now();
     let request: BatchRequest = parse_body(req, exec.node.config.max_body_bytes).await?;
-    let queries = request.check::<T>(exec.node.manifest.dim)?;
+    let queries = request.check::<T>(exec.node.manifest.dim, &exec.node.config.limits)?;
     let results: Vec<_> = futures::stream::iter(queries.iter())
         .map(|q| exec.search(q, None))
         .buffered(BATCH_CONCURRENCY)

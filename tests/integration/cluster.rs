@@ -366,6 +366,19 @@ fn bad_requests(addr: SocketAddr, good: &[f64]) {
             format!("{{\"vector\": {}, \"k\": 20, \"list\": 10}}", v(good)),
             "list must be at least k",
         ),
+        // Beyond the node's [limits] (defaults): named with their setting.
+        (
+            format!("{{\"vector\": {}, \"list\": 10000}}", v(good)),
+            "limits.max_list",
+        ),
+        (
+            format!("{{\"vector\": {}, \"timeout_ms\": 0}}", v(good)),
+            "limits.max_timeout_ms",
+        ),
+        (
+            format!("{{\"vector\": {}, \"timeout_ms\": 100000}}", v(good)),
+            "limits.max_timeout_ms",
+        ),
         (format!("{{\"vector\": {}}}", v(&wrong_type)), "vector[3]"),
         (format!("{{\"vector\": {}}}", v(&out_of_range)), "vector[0]"),
         (
