@@ -63,6 +63,7 @@ pub fn status(e: &ServerError) -> StatusCode {
             | Refusal::NotSealed { .. }
             | Refusal::NoVersion { .. }
             | Refusal::NotListed { .. } => StatusCode::NOT_FOUND,
+            Refusal::Unreadable { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         },
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
