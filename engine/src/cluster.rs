@@ -116,27 +116,83 @@ impl ClusterManifest {
         })?;
         let path: PathBuf = dir.join(&s.dir);
         let idx = crate::shard::open(&path, opts)?;
+        self.check_index(id, &idx)
+            .map_err(|e| Error::cluster_file(&file, e))?;
+        Ok(idx)
+    }
+
+    /// Checks an opened shard index against shard `id` of this manifest:
+    /// its size, dimension, element type and metric. [`Self::open_shard`]
+    /// runs it on every open; the puller runs it on a pulled segment before
+    /// making it current, so a node never switches to one it would refuse
+    /// to start with.
+    pub fn check_index(&self, id: usize, idx: &DiskIndex) -> Result<(), ClusterFileError> {
+        let s = self.shards.get(id).ok_or(ClusterFileError::UnknownShard {
+            id,
+            count: self.shards.len(),
+        })?;
         if idx.len() != s.num_points
             || idx.dim() != self.dim
             || idx.metric() != self.metric
             || idx.elem() != self.elem
         {
-            return Err(Error::cluster_file(
-                &file,
-                ClusterFileError::ShardMismatch {
-                    id,
-                    points: idx.len() as u64,
-                    dim: idx.dim(),
-                    elem: idx.elem(),
-                    metric: idx.metric().name(),
-                    want_points: s.num_points as u64,
-                    want_dim: self.dim,
-                    want_elem: self.elem,
-                    want_metric: self.metric.name(),
-                },
-            ));
+            return Err(ClusterFileError::ShardMismatch {
+                id,
+                points: idx.len() as u64,
+                dim: idx.dim(),
+                elem: idx.elem(),
+                metric: idx.metric().name(),
+                want_points: s.num_points as u64,
+                want_dim: self.dim,
+                want_elem: self.elem,
+                want_metric: self.metric.name(),
+            });
         }
-        Ok(idx)
+        Ok(())
+    }
+
+    /// Checks a segment's manifest against shard `id` of this cluster
+    /// before any of its files is trusted: shard id, point count,
+    /// dimension, element type, metric, and the `ids.bin` every shard of a
+    /// cluster carries (without it a shard's hits cannot be merged). The
+    /// puller runs it on a peer's manifest before it stages anything;
+    /// `shardann verify` on every shard of a sharded root.
+    pub fn check_segment(&self, id: usize, m: &layout::Manifest) -> Result<(), ClusterFileError> {
+        let s = self.shards.get(id).ok_or(ClusterFileError::UnknownShard {
+            id,
+            count: self.shards.len(),
+        })?;
+        let b = &m.build;
+        let checks: [(&'static str, String, String); 5] = [
+            ("shard id", m.shard_id.to_string(), s.id.to_string()),
+            (
+                "point count",
+                b.num_points.to_string(),
+                s.num_points.to_string(),
+            ),
+            ("dimension", b.dim.to_string(), self.dim.to_string()),
+            ("element type", b.elem.clone(), self.elem.name().to_string()),
+            ("metric", b.metric.clone(), self.metric.name().to_string()),
+        ];
+        for (what, got, want) in checks {
+            if got != want {
+                return Err(ClusterFileError::SegmentMismatch {
+                    id,
+                    what,
+                    got,
+                    want,
+                });
+            }
+        }
+        if m.file(IDS_FILE).is_none() {
+            return Err(ClusterFileError::SegmentMismatch {
+                id,
+                what: "file list",
+                got: "without ids.bin".into(),
+                want: "ids.bin (global ids) in every shard".into(),
+            });
+        }
+        Ok(())
     }
 }
 

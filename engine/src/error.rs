@@ -350,6 +350,15 @@ pub enum ClusterFileError {
         want_elem: ElemType,
         want_metric: &'static str,
     },
+    /// A segment (a peer's, or one on disk) that is not a segment of this
+    /// cluster's shard `id`: `what` names the first field that disagrees.
+    #[error("shard {id}: the segment's {what} is {got}; cluster.json says {want}")]
+    SegmentMismatch {
+        id: usize,
+        what: &'static str,
+        got: String,
+        want: String,
+    },
 }
 
 /// What can be wrong with documents given as JSON Lines (`build --docs`).

@@ -64,10 +64,29 @@ pub struct NodeConfig {
     /// and switch to it while serving. 0 turns following off.
     #[serde(default = "default_follow")]
     pub follow_ms: u64,
+    /// The largest file a peer's manifest may declare when this node pulls
+    /// a shard, in bytes (default 1 TiB). Larger files are refused before
+    /// anything is written, as are files the disk has no room for.
+    #[serde(default = "default_pull_max_file")]
+    pub pull_max_file_bytes: u64,
+    /// The slowest transfer a pull accepts, in bytes per second (default
+    /// 1 MiB/s): a file of `n` bytes must arrive within 30 s + `n` / this
+    /// rate, so a peer trickling bytes cannot hold a pull forever.
+    #[serde(default = "default_pull_min_rate")]
+    pub pull_min_bytes_per_sec: u64,
     /// What one request may ask for (`[limits]`: max_list, max_batch,
     /// max_batch_work, max_timeout_ms); beyond it, a 400 naming the limit.
+    /// A `[limits]` table goes after every top-level key (TOML's rule).
     #[serde(default)]
     pub limits: crate::api::Limits,
+}
+
+fn default_pull_max_file() -> u64 {
+    crate::replication::DEFAULT_PULL_MAX_FILE_BYTES
+}
+
+fn default_pull_min_rate() -> u64 {
+    crate::replication::DEFAULT_PULL_MIN_BYTES_PER_SEC
 }
 
 fn default_follow() -> u64 {
@@ -126,7 +145,18 @@ impl NodeConfig {
             max_body_bytes: DEFAULT_MAX_BODY,
             cluster_token: None,
             follow_ms: DEFAULT_FOLLOW_MS,
+            pull_max_file_bytes: crate::replication::DEFAULT_PULL_MAX_FILE_BYTES,
+            pull_min_bytes_per_sec: crate::replication::DEFAULT_PULL_MIN_BYTES_PER_SEC,
             limits: crate::api::Limits::default(),
+        }
+    }
+
+    /// What a pull by this node accepts from a peer.
+    pub fn pull_limits(&self) -> crate::replication::PullLimits {
+        crate::replication::PullLimits {
+            max_file_bytes: self.pull_max_file_bytes,
+            min_bytes_per_sec: self.pull_min_bytes_per_sec,
+            ..Default::default()
         }
     }
 
@@ -156,6 +186,12 @@ impl NodeConfig {
             return Err(ConfigError::TooSmall {
                 key: "max_body_bytes",
                 min: 1024,
+            });
+        }
+        if self.pull_min_bytes_per_sec == 0 {
+            return Err(ConfigError::TooSmall {
+                key: "pull_min_bytes_per_sec",
+                min: 1,
             });
         }
         if self.executors == Some(0) {

@@ -5,7 +5,7 @@
 //!  serving:  Request ─► read_body / parse_body (limit) ─► handler ─► json_reply
 //!                                                           └─ Err ─► error_reply ─► status()
 //!  calling:  connect (TCP + HTTP/2 handshake on rt::Io) ─► Sender
-//!            get / post_json ─► send ─► read_json / read_bytes   (errors: PeerError)
+//!            get / post_json ─► send ─► read_json / read_bytes / read_limited (errors: PeerError)
 //! ```
 //!
 //! [`status`] is the one place where an error becomes an HTTP status code.
@@ -63,6 +63,7 @@ pub fn status(e: &ServerError) -> StatusCode {
             | Refusal::NotSealed { .. }
             | Refusal::NoVersion { .. }
             | Refusal::NotListed { .. } => StatusCode::NOT_FOUND,
+            Refusal::Unreadable { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         },
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -170,6 +171,10 @@ pub enum PeerError {
     Count { answers: usize, vectors: usize },
     #[error("not sent (internal error)")]
     NotSent,
+    /// A body longer than the limit set for it (`limit` names it): read no
+    /// further, so a peer cannot make this node buffer without end.
+    #[error("the body is over the {limit} limit of {max} bytes")]
+    TooLarge { limit: &'static str, max: usize },
     /// `source`, while asking for `path`.
     #[error("GET {path}: {source}")]
     Get {
@@ -288,6 +293,44 @@ pub async fn collect(resp: Response<Incoming>) -> Result<(StatusCode, Bytes), Pe
         .map_err(|e| PeerError::Body(Arc::new(e)))?
         .to_bytes();
     Ok((status, bytes))
+}
+
+/// The largest error body read from a peer: it is only shown to a person
+/// (this node's own errors are one line of JSON), and a peer could
+/// otherwise answer an error with a body without end.
+pub const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// The body of a 2xx response, at most `max` bytes (`limit` names the
+/// limit in the error); any other status is an error carrying the peer's
+/// message, itself at most [`MAX_ERROR_BODY`] bytes.
+pub async fn read_limited(
+    resp: Response<Incoming>,
+    limit: &'static str,
+    max: usize,
+) -> Result<Bytes, PeerError> {
+    let status = resp.status();
+    let (limit, max) = if status.is_success() {
+        (limit, max)
+    } else {
+        ("error body", MAX_ERROR_BODY)
+    };
+    let bytes = match Limited::new(resp.into_body(), max).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return Err(match e.downcast::<hyper::Error>() {
+                Ok(e) => PeerError::Body(Arc::new(*e)),
+                // The only other error `Limited` gives is its limit.
+                Err(_) => PeerError::TooLarge { limit, max },
+            });
+        }
+    };
+    if !status.is_success() {
+        return Err(PeerError::Status {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        });
+    }
+    Ok(bytes)
 }
 
 /// The body of a 2xx response; any other status is an error carrying the

@@ -201,7 +201,13 @@ fn pull_missing_shards(config: &NodeConfig) -> (u64, u64) {
                 let Ok(addr) = crate::config::resolve(&peer.address) else {
                     continue;
                 };
-                match replication::pull_blocking(addr, config.cluster_token.clone(), s, dir) {
+                match replication::pull_blocking(
+                    addr,
+                    config.cluster_token.clone(),
+                    s,
+                    dir,
+                    &config.pull_limits(),
+                ) {
                     Ok(r) => {
                         pulls += 1;
                         eprintln!(

@@ -513,3 +513,65 @@ fn a_corrupt_or_older_source_is_refused_and_the_old_version_stays() {
     assert!(e.contains("older than the local 2"), "{e}");
     assert_eq!(shard::current(&dst.join("shard-0")).unwrap().0, 2);
 }
+
+/// Issue 10 item 12: the replication endpoints' refusals name what was
+/// asked for and nothing of the server's filesystem, and shard ids,
+/// versions and offsets in their URLs are taken in one canonical decimal
+/// form only (`01` and `+1` name no other version or shard than `1`).
+#[test]
+fn issue_10_replication_refusals_leak_no_paths_and_urls_are_canonical() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [base, ..] = generated(d, "sift-like", "1200", "10", "7", "l2", "10");
+    let idx = d.join("idx");
+    build_small(&base, &idx, 2, "8");
+    let addr = free_addrs(1)[0];
+    let toml =
+        node_toml("n1", addr, &idx, &[0, 1], &[]).replace("cluster_token = \"s3cret\"\n", "");
+    let path = d.join("n1.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut node = NodeProc::start("n1", addr, &path);
+    node.wait_ready();
+    let get = |path: &str| {
+        let (status, body) = exchange(addr, Version::Http2, vec![Request::get(path)])
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    assert_eq!(get("/v1/shards/1/manifest").0, 200);
+    assert_eq!(get("/v1/shards/1/segments/1/files/pq.bin?offset=0").0, 200);
+
+    // Refusals, and what the node could not read: no path of its disk.
+    let root = p(d).to_string();
+    // shard 0 made unreadable after the node opened it
+    std::fs::write(idx.join("shard-0").join(layout::CURRENT_FILE), "garbage").unwrap();
+    for (url, want) in [
+        ("/v1/shards/1/segments/9/files/pq.bin", 404),
+        ("/v1/shards/1/segments/1/files/nope.bin", 404),
+        ("/v1/shards/7/manifest", 404),
+        ("/v1/shards/0/manifest", 500),
+    ] {
+        let (status, body) = get(url);
+        assert_eq!(status, want, "{url}: {body}");
+        assert!(
+            !body.contains(&root) && !body.contains("/tmp"),
+            "{url}: {body}"
+        );
+    }
+    // One form of each number.
+    for url in [
+        "/v1/shards/1/segments/01/files/pq.bin",
+        "/v1/shards/1/segments/+1/files/pq.bin",
+        "/v1/shards/01/segments/1/files/pq.bin",
+        "/v1/shards/+1/segments/1/files/pq.bin",
+        "/v1/shards/01/manifest",
+        "/v1/shards/+1/manifest",
+        "/v1/shards/1/segments/1/files/pq.bin?offset=+0",
+        "/v1/shards/1/segments/1/files/pq.bin?offset=00",
+    ] {
+        let (status, body) = get(url);
+        assert_eq!(status, 400, "{url}: {body}");
+    }
+    node.kill();
+}

@@ -175,3 +175,29 @@ fn versions_switch_atomically_and_only_forward() {
     let e = cli(&["verify", p(&plain)]).unwrap_err();
     assert!(e.contains(MANIFEST_FILE), "{e}");
 }
+
+/// Issue 10 item 7: `shardann verify` on a sharded root checks each shard
+/// against `cluster.json` as `serve` does when it opens it (point count,
+/// and a segment of that shard with its global ids), not only each
+/// segment against itself: verify used to pass where serve refused.
+#[test]
+fn issue_10_verify_cross_checks_cluster_json_against_each_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [base, ..] = generated(d, "sift-like", "1200", "10", "6", "l2", "10");
+    let out = d.join("idx");
+    build_small(&base, &out, 2, "8");
+    cli_ok(&["verify", p(&out)]);
+
+    // Totals still agree, so cluster.json checks out against itself; the
+    // shards no longer match it.
+    let path = out.join(layout::CLUSTER_FILE);
+    let mut cm: shardann_engine::cluster::ClusterManifest =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cm.shards[0].num_points += 1;
+    cm.shards[1].num_points -= 1;
+    std::fs::write(&path, serde_json::to_vec(&cm).unwrap()).unwrap();
+    let e = cli(&["verify", p(&out)]).unwrap_err();
+    assert!(e.contains("shard 0"), "{e}");
+    assert!(e.contains("cluster.json"), "{e}");
+}

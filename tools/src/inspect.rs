@@ -133,16 +133,33 @@ pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 /// `verify`: every byte of one segment, or of every shard's current one.
+/// On a sharded root each shard is also checked against `cluster.json` the
+/// way `serve` checks it when it opens the shard (and the puller before it
+/// switches to a pulled version), so verify passes only where serve would
+/// start.
 pub fn verify(a: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let targets: Vec<std::path::PathBuf> =
-        if a.path.join(shardann_engine::layout::CLUSTER_FILE).exists() {
-            let m = shardann_engine::cluster::read_manifest(&a.path)?;
-            m.shards.iter().map(|s| a.path.join(&s.dir)).collect()
-        } else {
-            vec![a.path.clone()]
-        };
-    for t in &targets {
+    use shardann_engine::error::Error;
+    use shardann_engine::layout::CLUSTER_FILE;
+    let cluster_path = a.path.join(CLUSTER_FILE);
+    let cluster = if cluster_path.exists() {
+        Some(shardann_engine::cluster::read_manifest(&a.path)?)
+    } else {
+        None
+    };
+    let targets: Vec<std::path::PathBuf> = match &cluster {
+        Some(m) => m.shards.iter().map(|s| a.path.join(&s.dir)).collect(),
+        None => vec![a.path.clone()],
+    };
+    for (id, t) in targets.iter().enumerate() {
         let v = shardann_engine::shard::verify(t)?;
+        if let Some(m) = &cluster {
+            m.check_segment(id, &v.manifest)
+                .map_err(|source| Error::ClusterFile {
+                    path: cluster_path.clone(),
+                    source,
+                })?;
+            m.open_shard(&a.path, id, shardann_engine::index::OpenOptions::buffered())?;
+        }
         writeln!(
             out,
             "ok {}: shard {} version {}, {} files, {} verified",

@@ -72,6 +72,7 @@ pub fn replicate(a: &ReplicateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             a.token.clone(),
             a.shard,
             &a.index_dir,
+            &shardann_server::replication::PullLimits::default(),
         ) {
             Ok(r) if r.up_to_date => {
                 writeln!(out, "shard {} is already at version {}", r.shard, r.version)?;

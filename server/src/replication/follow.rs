@@ -6,7 +6,7 @@ use std::time::Instant;
 use shardann_engine::layout;
 use shardann_engine::shard;
 
-use super::pull::{get_bytes, pull, remote_manifest};
+use super::pull::{get_bytes, pull, remote_manifest, MANIFEST_LIMIT};
 use super::VERSION_TIMEOUT;
 use crate::error::{Result, ServerError};
 use crate::http::{self, PeerError};
@@ -26,6 +26,8 @@ pub async fn remote_version(addr: SocketAddr, token: Option<&str>, shard: u32) -
             addr,
             token,
             &format!("/v1/shards/{shard}/manifest"),
+            MANIFEST_LIMIT,
+            VERSION_TIMEOUT,
         )
         .await
     };
@@ -112,7 +114,15 @@ async fn follow_shard(node: &Node, s: u32) -> Result<()> {
         }
     }
     if let Some((_, p)) = newest {
-        let r = pull(node.peers[p].addr, token, s, &node.config.index_dir).await?;
+        let limits = node.config.pull_limits();
+        let r = pull(
+            node.peers[p].addr,
+            token,
+            s,
+            &node.config.index_dir,
+            &limits,
+        )
+        .await?;
         node.metrics.add(&node.metrics.pulls, 1);
         eprintln!(
             "node {}: pulled shard {s} version {} from {} ({} bytes in {:.2}s)",

@@ -2,11 +2,14 @@
 //!
 //! ```text
 //!  puller (pull.rs)                          source node (serve.rs)
-//!  GET /v1/cluster ───────────────────────► cluster.json bytes
-//!  GET /v1/shards/S/manifest ─────────────► segment.json of S's current version
-//!  for each listed file not yet complete:
+//!  GET /v1/cluster ───────────────────────► cluster.json bytes (≤ 64 MiB)
+//!  GET /v1/shards/S/manifest ─────────────► segment.json of S's current version (≤ 1 MiB)
+//!  check both, the manifest against the local cluster.json, file sizes
+//!  against pull_max_file_bytes and free space ─► only then write anything
+//!  for each listed file not yet complete (each within its deadline):
 //!  GET /v1/shards/S/segments/V/files/F?offset=N ► zstd chunks from byte N
-//!  verify every file ─► segment.json ─► rename staging ─► publish (CURRENT)
+//!  verify every file ─► segment.json ─► rename staging ─► open, fits
+//!  cluster.json ─► publish (CURRENT)
 //!
 //!  follow.rs: every follow_ms, ask each replica's manifest ─► pull a newer
 //!             version ─► Node::swap ─► remove retired versions once unused
@@ -36,7 +39,10 @@ pub mod serve;
 
 pub use follow::{follow, remote_version};
 pub use pull::PullError;
-pub use pull::{pull, pull_blocking, PullReport};
+pub use pull::{
+    pull, pull_blocking, PullLimits, PullReport, DEFAULT_PULL_MAX_FILE_BYTES,
+    DEFAULT_PULL_MIN_BYTES_PER_SEC,
+};
 pub use serve::{
     authorize, cluster_file, file_body, manifest_file, parse_shard, FileRequest, Refusal,
 };

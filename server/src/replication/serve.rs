@@ -39,13 +39,14 @@ pub enum Refusal {
         #[source]
         source: std::io::Error,
     },
-    #[error("shard {shard} version {version}: {source}")]
-    NoVersion {
-        shard: u32,
-        version: u64,
-        #[source]
-        source: shardann_engine::Error,
-    },
+    /// The engine's error names the file it could not read; the peer is
+    /// told only which version, the node's log has the rest.
+    #[error("shard {shard} has no version {version}")]
+    NoVersion { shard: u32, version: u64 },
+    /// A file of a served shard could not be read here (a 500): the
+    /// reason, with its paths, goes to the node's log, not to the peer.
+    #[error("shard {shard}: this node could not read its files (the node's log says why)")]
+    Unreadable { shard: u32 },
     #[error("{name:?} is not a file of shard {shard} version {version}")]
     NotListed {
         name: String,
@@ -58,13 +59,13 @@ pub enum Refusal {
         name: String,
         size: u64,
     },
-    #[error("{given:?} is not a shard id")]
+    #[error("{given:?} is not a shard id (decimal, without sign or leading zeros)")]
     BadShard { given: String },
     #[error(
         "{given:?} is not a version (1..={MAX_VERSION} in decimal, without sign or leading zeros)"
     )]
     BadVersion { given: String },
-    #[error("offset {given:?} is not a byte offset")]
+    #[error("offset {given:?} is not a byte offset (decimal, without sign or leading zeros)")]
     BadOffset { given: String },
 }
 
@@ -102,7 +103,7 @@ fn local_shard_dir(node: &Node, shard: u32) -> Result<PathBuf, Refusal> {
 /// stored (the puller checks its checksum).
 pub fn manifest_file(node: &Node, shard: u32) -> Result<Vec<u8>> {
     let dir = local_shard_dir(node, shard)?;
-    let seg = shard::resolve(&dir)?;
+    let seg = shard::resolve(&dir).map_err(|e| unreadable(node, shard, &e))?;
     std::fs::read(seg.join(MANIFEST_FILE))
         .map_err(|source| Refusal::NotSealed { shard, source }.into())
 }
@@ -118,10 +119,9 @@ pub async fn file_body(
     offset: u64,
 ) -> Result<(Body, u64)> {
     let dir = local_shard_dir(node, s)?.join(layout::version_dir_name(version));
-    let m = Manifest::read(&dir).map_err(|source| Refusal::NoVersion {
-        shard: s,
-        version,
-        source,
+    let m = Manifest::read(&dir).map_err(|e| {
+        log(node, s, &e);
+        Refusal::NoVersion { shard: s, version }
     })?;
     let entry = m.file(name).ok_or_else(|| Refusal::NotListed {
         name: name.to_string(),
@@ -139,7 +139,7 @@ pub async fn file_body(
     let path = dir.join(name);
     let file = glommio::io::BufferedFile::open(&path)
         .await
-        .map_err(|e| ServerError::io(&path, e.into()))?;
+        .map_err(|e| unreadable(node, s, &ServerError::io(&path, e.into())))?;
     let size = entry.size;
     let stream = futures::stream::unfold((file, offset), move |(file, pos)| async move {
         if pos >= size {
@@ -160,6 +160,20 @@ pub async fn file_body(
     Ok((Box::pin(StreamBody::new(stream)), size - offset))
 }
 
+/// Logs why shard `shard`'s files could not be read, paths included.
+fn log(node: &Node, shard: u32, e: &dyn std::fmt::Display) {
+    eprintln!(
+        "node {}: replication of shard {shard}: {e}",
+        node.config.node_id
+    );
+}
+
+/// `e` logged, and refused to the peer without the paths it names.
+fn unreadable(node: &Node, shard: u32, e: &dyn std::fmt::Display) -> Refusal {
+    log(node, shard, e);
+    Refusal::Unreadable { shard }
+}
+
 fn encode_chunk(raw: &[u8]) -> std::io::Result<Vec<u8>> {
     let z = zstd::bulk::compress(raw, LEVEL)?;
     let mut out = Vec::with_capacity(8 + z.len());
@@ -169,19 +183,25 @@ fn encode_chunk(raw: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// A version in a URL: canonical decimal (no sign, no leading zero) in
-/// `1..=MAX_VERSION`, so that it names one version directory.
-pub fn parse_version(s: &str) -> Option<u64> {
-    let canonical = !s.is_empty()
-        && s.len() <= 10
-        && !s.starts_with('0')
-        && s.bytes().all(|b| b.is_ascii_digit());
+/// A number in a URL in its one canonical decimal form: ASCII digits, no
+/// sign, no leading zero (`0` itself excepted). Rust's `parse` also takes
+/// `+1` and `01`, which would give one shard, version or offset several
+/// names.
+fn parse_canonical<T: std::str::FromStr>(s: &str) -> Option<T> {
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     canonical.then(|| s.parse().ok()).flatten()
 }
 
-/// A shard id in a URL.
+/// A version in a URL: canonical decimal in `1..=MAX_VERSION`, so that it
+/// names one version directory.
+pub fn parse_version(s: &str) -> Option<u64> {
+    parse_canonical::<u64>(s).filter(|v| (1..=MAX_VERSION).contains(v))
+}
+
+/// A shard id in a URL, in canonical decimal.
 pub fn parse_shard(s: &str) -> Result<u32, Refusal> {
-    s.parse::<u32>().map_err(|_| Refusal::BadShard {
+    parse_canonical(s).ok_or_else(|| Refusal::BadShard {
         given: s.to_string(),
     })
 }
@@ -209,7 +229,7 @@ impl<'a> FileRequest<'a> {
         })?;
         let offset =
             match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("offset="))) {
-                Some(o) => o.parse::<u64>().map_err(|_| Refusal::BadOffset {
+                Some(o) => parse_canonical::<u64>(o).ok_or_else(|| Refusal::BadOffset {
                     given: o.to_string(),
                 })?,
                 None => 0,
@@ -252,5 +272,17 @@ mod tests {
             let status = crate::http::status(&e.into());
             assert_eq!(status, hyper::StatusCode::BAD_REQUEST);
         }
+        // Issue 10: shard ids and offsets too, in one form each.
+        for s in ["01", "+1", "", "-0", "4294967296"] {
+            assert!(FileRequest::parse(s, "1", "pq.bin", None).is_err(), "{s:?}");
+        }
+        for o in ["offset=+5", "offset=05", "offset=", "offset=-1"] {
+            assert!(
+                FileRequest::parse("0", "1", "pq.bin", Some(o)).is_err(),
+                "{o:?}"
+            );
+        }
+        let f = FileRequest::parse("0", "1", "pq.bin", Some("offset=0")).unwrap();
+        assert_eq!((f.shard, f.offset), (0, 0));
     }
 }
