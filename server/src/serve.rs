@@ -88,15 +88,14 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
         node: node_id.clone(),
         source,
     };
-    let mut addr = config
+    let addr = config
         .listen_addr()
         .map_err(|e| start_err(StartError::Config(e)))?;
-    if addr.port() == 0 {
-        // Every executor must bind the same port: pick one now.
-        addr = std::net::TcpListener::bind(addr)
-            .and_then(|l| l.local_addr())
-            .map_err(|source| start_err(StartError::Listen { addr, source }))?;
-    }
+    let guard = claim_port(addr).map_err(start_err)?;
+    // Port 0: every executor must bind the same port, the one just picked.
+    let addr = guard
+        .local_addr()
+        .map_err(|source| start_err(StartError::Listen { addr, source }))?;
     let executors = config.executors.unwrap_or_else(|| {
         glommio::CpuSet::online()
             .map(|s| s.len())
@@ -110,6 +109,8 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
     let gen_node = Arc::clone(&node);
     let elem = node.manifest.elem;
+    // Released only now, so the port stays claimed while the shards open.
+    drop(guard);
     let handles = LocalExecutorPoolBuilder::new(node_placement(executors))
         .name("shardann-node")
         .io_memory(DEFAULT_IO_MEMORY)
@@ -146,6 +147,28 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
         addr,
         node,
         handles,
+    })
+}
+
+/// Checks that nobody listens on `addr` and holds it: a plain listener
+/// (no `SO_REUSEPORT`) that [`start`] drops just before its executors bind.
+///
+/// The executors share the port through `SO_REUSEPORT`, which would also let
+/// a second process of the same user (another node started on the same
+/// address by mistake) join the group and silently take a share of the
+/// connections. A bind without `SO_REUSEPORT` fails while any socket listens
+/// there, reuse-port or not, so a second node stops here. (Rust's listener
+/// sets `SO_REUSEADDR`, so connections of an earlier run in `TIME_WAIT` do
+/// not count.) What is left is a window of one executor start between the
+/// drop and the executors' binds, in which two nodes starting at the same
+/// instant could both pass.
+fn claim_port(addr: SocketAddr) -> std::result::Result<std::net::TcpListener, StartError> {
+    std::net::TcpListener::bind(addr).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::AddrInUse { addr }
+        } else {
+            StartError::Listen { addr, source }
+        }
     })
 }
 

@@ -7,6 +7,7 @@ mod cluster;
 mod documents;
 mod documents_http;
 mod golden;
+mod ops;
 mod pipeline;
 mod replication;
 mod segments;
