@@ -9,7 +9,7 @@
 //! | GET | `/v1/documents/{id}` | one document by its user id |
 //! | POST | `/v1/documents/get` | many documents by user id |
 //! | GET | `/v1/shards` | the cluster's shards, who serves them |
-//! | GET | `/healthz` | liveness and this node's shards |
+//! | GET | `/healthz` | liveness, this node's shards, peers up or down |
 //! | GET | `/metrics` | Prometheus text |
 //!
 //! and, for peers, the replication endpoints (see [`crate::replication`]).
@@ -647,6 +647,9 @@ fn shards<T: WireElem>(exec: &Executor<T>) -> Reply {
                 "num_points": s.num_points,
                 "local": local.is_some(),
                 "served_by": served_by,
+                // Of those, the ones live as far as this node knows: a peer
+                // whose last call failed is left out until one succeeds.
+                "live": node.live_nodes_of(s.id),
                 "format_version": local.as_ref().map(|_| shardann_engine::layout::MAJOR_VERSION),
                 // The segment version this node serves (null for a plain
                 // index), and the version each peer serving the shard last
@@ -678,6 +681,11 @@ fn shards<T: WireElem>(exec: &Executor<T>) -> Reply {
             "elem": m.elem,
             "partition": m.partition,
             "shards": shards,
+            "peers": node.peers.iter().map(|p| serde_json::json!({
+                "id": p.id,
+                "address": p.addr.to_string(),
+                "up": p.is_up(),
+            })).collect::<Vec<_>>(),
         }),
     )
 }
@@ -711,13 +719,21 @@ fn health<T: WireElem>(exec: &Executor<T>) -> Reply {
             "node_id": node.config.node_id,
             "local_shards": node.local_shards(),
             "unserved_shards": node.unserved_shards(),
+            "unavailable_shards": node.unavailable_shards(),
+            "peers": node
+                .peers
+                .iter()
+                .map(|p| (p.id.clone(), if p.is_up() { "up" } else { "down" }.into()))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
         }),
     )
 }
 
 fn metrics<T: WireElem>(exec: &Executor<T>) -> Reply {
     let node = &exec.node;
-    let text = node.metrics.render(&node.config.node_id, &node.peer_ids());
+    let text = node
+        .metrics
+        .render(&node.config.node_id, &node.peer_states());
     let mut r = Response::new(full(text));
     r.headers_mut().insert(
         CONTENT_TYPE,
