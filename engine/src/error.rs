@@ -290,6 +290,11 @@ pub enum ManifestError {
 pub enum SegmentError {
     #[error("holds a plain (unversioned) index; build into a new directory")]
     PlainIndex,
+    /// A version directory without `segment.json`.
+    #[error(
+        "is not sealed (no segment.json): a build or copy that did not finish; it cannot be opened"
+    )]
+    Unsealed,
     #[error("does not end with a newline")]
     PointerNoNewline,
     #[error("{name:?} is not a version directory name")]

@@ -88,8 +88,22 @@ pub fn seal(
 /// The cheap checks made whenever a segment is opened: the manifest parses
 /// and its checksum holds, and every listed file exists with its size.
 /// `Ok(None)` for a plain index (no manifest).
+///
+/// A directory named as a version (`v0000000001`, which is what `CURRENT`
+/// names) without a manifest is a segment that was never sealed (a build or
+/// pull cut short, a manifest removed by hand): the spec says it MUST NOT
+/// be opened as one, and opening it as a plain index would skip every
+/// check. Only a directory otherwise named is a plain index.
 pub fn check_on_open(dir: &Path) -> Result<Option<Manifest>> {
     if !dir.join(MANIFEST_FILE).exists() {
+        let named_as_version = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(crate::layout::parse_version_dir_name)
+            .is_some();
+        if named_as_version {
+            return Err(Error::segment(dir, SegmentError::Unsealed));
+        }
         return Ok(None);
     }
     let m = Manifest::read(dir)?;

@@ -175,7 +175,16 @@ impl NodeConfig {
         if self.node_id.trim().is_empty() {
             return Err(ConfigError::EmptyNodeId);
         }
-        self.listen_addr()?;
+        let listen = self.listen_addr()?;
+        if self
+            .cluster_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            // Every request would have to carry `Bearer ` and nothing, which
+            // no peer sends: the replication endpoints would refuse all.
+            return Err(ConfigError::EmptyToken);
+        }
         if self.deadline_ms == 0 {
             return Err(ConfigError::TooSmall {
                 key: "deadline_ms",
@@ -208,11 +217,28 @@ impl NodeConfig {
             if !ids.insert(p.id.as_str()) {
                 return Err(ConfigError::DuplicatePeer { id: p.id.clone() });
             }
-            resolve(&p.address).map_err(|source| ConfigError::PeerAddress {
+            let peer_err = |source| ConfigError::PeerAddress {
                 id: p.id.clone(),
                 address: p.address.clone(),
                 source,
-            })?;
+            };
+            let addrs: Vec<SocketAddr> = p
+                .address
+                .to_socket_addrs()
+                .map_err(|e| peer_err(AddrError::Resolve(e)))?
+                .collect();
+            if addrs.is_empty() {
+                return Err(peer_err(AddrError::NoAddress));
+            }
+            // The node would forward queries to itself (and pull its own
+            // shards from itself); almost always a copied line.
+            if addrs.iter().any(|a| is_same_listener(listen, *a)) {
+                return Err(ConfigError::PeerIsSelf {
+                    id: p.id.clone(),
+                    address: p.address.clone(),
+                    listen: self.listen.clone(),
+                });
+            }
             if p.shards.is_empty() {
                 return Err(ConfigError::PeerWithoutShards { id: p.id.clone() });
             }
@@ -253,6 +279,25 @@ pub enum ConfigError {
     },
     #[error("peer {id:?} serves no shards")]
     PeerWithoutShards { id: String },
+    #[error("cluster_token is empty: give a secret, or leave the key out to turn the check off")]
+    EmptyToken,
+    #[error("peer {id:?}: address {address:?} is this node's own address (listen = {listen:?})")]
+    PeerIsSelf {
+        id: String,
+        address: String,
+        listen: String,
+    },
+}
+
+/// Whether a connection to `peer` would reach a node listening on
+/// `listen`: the same address, or the same port when `listen` is a
+/// wildcard (`0.0.0.0`, `::`) and `peer` is a loopback address. Port 0
+/// (any free port) is never a peer's.
+fn is_same_listener(listen: SocketAddr, peer: SocketAddr) -> bool {
+    if listen.port() == 0 || listen.port() != peer.port() {
+        return false;
+    }
+    listen.ip() == peer.ip() || (listen.ip().is_unspecified() && peer.ip().is_loopback())
 }
 
 /// Why a `host:port` is not an address.
@@ -329,5 +374,45 @@ shards = [2, 3, 4, 5]
         );
         bad(&EXAMPLE.replace("node_id", "nodeid"), "nodeid");
         bad(&EXAMPLE.replace("[2, 3, 4, 5]", "[]"), "serves no shards");
+    }
+
+    /// An empty token would lock every peer out of the replication
+    /// endpoints (no request can carry it), and a peer at this node's own
+    /// address would have the node call itself: both refused at load.
+    #[test]
+    fn an_empty_token_and_a_peer_at_our_own_address_are_refused() {
+        let bad = |text: &str, want: &str| {
+            let c: NodeConfig = toml::from_str(text).unwrap();
+            let err = c.check().unwrap_err().to_string();
+            assert!(err.contains(want), "{err} should mention {want}");
+        };
+        bad(
+            &EXAMPLE.replace(
+                "shards = [0, 1, 2, 3]",
+                "shards = [0]\ncluster_token = \"\"",
+            ),
+            "cluster_token",
+        );
+        bad(
+            &EXAMPLE.replace(
+                "shards = [0, 1, 2, 3]",
+                "shards = [0]\ncluster_token = \"  \"",
+            ),
+            "cluster_token",
+        );
+        bad(
+            &EXAMPLE.replace("127.0.0.1:7002", "127.0.0.1:7001"),
+            "own address",
+        );
+        bad(
+            &EXAMPLE.replace("127.0.0.1:7002", "localhost:7001"),
+            "own address",
+        );
+        let ok: NodeConfig = toml::from_str(&EXAMPLE.replace(
+            "shards = [0, 1, 2, 3]",
+            "shards = [0]\ncluster_token = \"s3cret\"",
+        ))
+        .unwrap();
+        ok.check().unwrap();
     }
 }

@@ -199,6 +199,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (often another node) listens on the address.
+    #[error("listen {addr}: address already in use (is another node running there?)")]
+    AddrInUse { addr: SocketAddr },
     #[error("an executor did not start within 60 s")]
     ExecutorTimeout,
     /// An executor failed to open its shard files.

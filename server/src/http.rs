@@ -185,6 +185,17 @@ pub enum PeerError {
 }
 
 impl PeerError {
+    /// Whether the peer sent an answer (an error status, a body that does
+    /// not decode): it is up, whatever it said. Any other error means no
+    /// answer came (refused, reset, timed out).
+    pub fn peer_answered(&self) -> bool {
+        match self {
+            PeerError::Status { .. } | PeerError::Decode(_) | PeerError::Count { .. } => true,
+            PeerError::Get { source, .. } => source.peer_answered(),
+            _ => false,
+        }
+    }
+
     /// This error as the answer to `GET path`.
     pub fn on_get(self, path: &str) -> Self {
         PeerError::Get {

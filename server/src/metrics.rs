@@ -125,9 +125,10 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition (format 0.0.4). `peer_ids` names the
-    /// peers in configuration order.
-    pub fn render(&self, node_id: &str, peer_ids: &[String]) -> String {
+    /// The Prometheus text exposition (format 0.0.4). `peers` names the
+    /// peers in configuration order, each with whether it is up (answered
+    /// its last call).
+    pub fn render(&self, node_id: &str, peers: &[(String, bool)]) -> String {
         let mut out = String::with_capacity(4096);
         let node = escape(node_id);
         let _ = writeln!(
@@ -240,7 +241,7 @@ impl Metrics {
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (id, c) in peer_ids.iter().zip(counters) {
+            for ((id, _), c) in peers.iter().zip(counters) {
                 let _ = writeln!(
                     out,
                     "{name}{{node=\"{node}\",peer=\"{}\"}} {}",
@@ -248,6 +249,18 @@ impl Metrics {
                     get(c)
                 );
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shardann_peer_up 1 if the peer answered this node's last call to it (or was not called yet), 0 if that call failed.\n# TYPE shardann_peer_up gauge"
+        );
+        for (id, up) in peers {
+            let _ = writeln!(
+                out,
+                "shardann_peer_up{{node=\"{node}\",peer=\"{}\"}} {}",
+                escape(id),
+                u8::from(*up)
+            );
         }
         out
     }
@@ -273,7 +286,7 @@ mod tests {
         m.latency(3_000);
         m.latency(10_000_000);
         m.peer_call(1, true);
-        let text = m.render("n\"1", &["a".into(), "b".into()]);
+        let text = m.render("n\"1", &[("a".into(), true), ("b".into(), false)]);
         assert!(
             text.contains("shardann_requests_total{node=\"n\\\"1\",endpoint=\"search\"} 2"),
             "{text}"
@@ -286,5 +299,7 @@ mod tests {
         assert!(text.contains("shardann_request_duration_seconds_count{node=\"n\\\"1\"} 3"));
         assert!(text.contains("shardann_peer_failures_total{node=\"n\\\"1\",peer=\"b\"} 1"));
         assert!(text.contains("shardann_peer_calls_total{node=\"n\\\"1\",peer=\"a\"} 0"));
+        assert!(text.contains("shardann_peer_up{node=\"n\\\"1\",peer=\"a\"} 1"));
+        assert!(text.contains("shardann_peer_up{node=\"n\\\"1\",peer=\"b\"} 0"));
     }
 }

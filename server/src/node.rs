@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Weak;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -71,6 +71,18 @@ pub struct Peer {
     outstanding: AtomicUsize,
     /// Until when (ms since the node started) to prefer other replicas.
     down_until_ms: AtomicU64,
+    /// Did the last call to it get an answer? Set by every call
+    /// ([`Executor::call_json`]): false from a failed call until one gets an
+    /// answer again. True before the first call (nothing has failed yet).
+    /// What `/healthz`, `/v1/shards` and `shardann_peer_up` report.
+    up: AtomicBool,
+}
+
+impl Peer {
+    /// Whether its last call got an answer (see `up`).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
 }
 
 /// What every executor of a node shares.
@@ -152,6 +164,7 @@ impl Node {
                 shards: p.shards.clone(),
                 outstanding: AtomicUsize::new(0),
                 down_until_ms: AtomicU64::new(0),
+                up: AtomicBool::new(true),
             });
         }
         Ok(Node {
@@ -174,6 +187,32 @@ impl Node {
             .filter(|&s| self.local[s].is_none() && self.replicas[s].is_empty())
             .map(|s| s as u32)
             .collect()
+    }
+
+    /// Shards that no live node serves: not local, and every peer serving
+    /// it failed its last call. Queries for them come back partial until a
+    /// peer answers again (a query still tries it).
+    pub fn unavailable_shards(&self) -> Vec<u32> {
+        (0..self.manifest.shards.len() as u32)
+            .filter(|&s| self.live_nodes_of(s).is_empty())
+            .collect()
+    }
+
+    /// The nodes serving shard `s` that are live as far as this node knows:
+    /// itself when local, then the peers serving it that are up.
+    pub fn live_nodes_of(&self, s: u32) -> Vec<&str> {
+        let mut live = Vec::new();
+        if self.local_shard(s).is_some() {
+            live.push(self.config.node_id.as_str());
+        }
+        live.extend(
+            self.replica_indices(s)
+                .iter()
+                .map(|&p| &self.peers[p])
+                .filter(|p| p.is_up())
+                .map(|p| p.id.as_str()),
+        );
+        live
     }
 
     /// The shards this node serves.
@@ -252,6 +291,14 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// Each peer's id and whether it is up, in configuration order.
+    pub fn peer_states(&self) -> Vec<(String, bool)> {
+        self.peers
+            .iter()
+            .map(|p| (p.id.clone(), p.is_up()))
+            .collect()
+    }
+
     pub fn peer_ids(&self) -> Vec<String> {
         self.peers.iter().map(|p| p.id.clone()).collect()
     }
@@ -264,13 +311,18 @@ impl Node {
         self.peers[p].down_until_ms.load(Ordering::Relaxed) > self.now_ms()
     }
 
+    /// Peer `p` failed a call: down until a call gets an answer, and
+    /// passed over for `DOWN_FOR` when another replica can answer.
     fn mark_down(&self, p: usize) {
         let until = self.now_ms() + DOWN_FOR.as_millis() as u64;
         self.peers[p].down_until_ms.store(until, Ordering::Relaxed);
+        self.peers[p].up.store(false, Ordering::Relaxed);
     }
 
+    /// Peer `p` answered a call.
     fn mark_up(&self, p: usize) {
         self.peers[p].down_until_ms.store(0, Ordering::Relaxed);
+        self.peers[p].up.store(true, Ordering::Relaxed);
     }
 }
 
@@ -622,7 +674,17 @@ impl<T: WireElem> Executor<T> {
                 self.node.mark_up(p);
                 Ok(resp)
             }
-            Some(Err(e)) => Err(e),
+            Some(Err(e)) => {
+                if e.peer_answered() {
+                    // An error status (a 400 for a filter it cannot
+                    // evaluate, a 503): the peer is there.
+                    self.node.mark_up(p);
+                } else {
+                    // Refused, reset, or the connection died mid-answer.
+                    self.node.mark_down(p);
+                }
+                Err(e)
+            }
             None => {
                 // Hung or overloaded: prefer the other replicas for a while.
                 self.node.mark_down(p);

@@ -9,7 +9,7 @@
 //! | GET | `/v1/documents/{id}` | one document by its user id |
 //! | POST | `/v1/documents/get` | many documents by user id |
 //! | GET | `/v1/shards` | the cluster's shards, who serves them |
-//! | GET | `/healthz` | liveness and this node's shards |
+//! | GET | `/healthz` | liveness, this node's shards, peers up or down |
 //! | GET | `/metrics` | Prometheus text |
 //!
 //! and, for peers, the replication endpoints (see [`crate::replication`]).
@@ -88,15 +88,14 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
         node: node_id.clone(),
         source,
     };
-    let mut addr = config
+    let addr = config
         .listen_addr()
         .map_err(|e| start_err(StartError::Config(e)))?;
-    if addr.port() == 0 {
-        // Every executor must bind the same port: pick one now.
-        addr = std::net::TcpListener::bind(addr)
-            .and_then(|l| l.local_addr())
-            .map_err(|source| start_err(StartError::Listen { addr, source }))?;
-    }
+    let guard = claim_port(addr).map_err(start_err)?;
+    // Port 0: every executor must bind the same port, the one just picked.
+    let addr = guard
+        .local_addr()
+        .map_err(|source| start_err(StartError::Listen { addr, source }))?;
     let executors = config.executors.unwrap_or_else(|| {
         glommio::CpuSet::online()
             .map(|s| s.len())
@@ -110,6 +109,8 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
     let gen_node = Arc::clone(&node);
     let elem = node.manifest.elem;
+    // Released only now, so the port stays claimed while the shards open.
+    drop(guard);
     let handles = LocalExecutorPoolBuilder::new(node_placement(executors))
         .name("shardann-node")
         .io_memory(DEFAULT_IO_MEMORY)
@@ -146,6 +147,28 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
         addr,
         node,
         handles,
+    })
+}
+
+/// Checks that nobody listens on `addr` and holds it: a plain listener
+/// (no `SO_REUSEPORT`) that [`start`] drops just before its executors bind.
+///
+/// The executors share the port through `SO_REUSEPORT`, which would also let
+/// a second process of the same user (another node started on the same
+/// address by mistake) join the group and silently take a share of the
+/// connections. A bind without `SO_REUSEPORT` fails while any socket listens
+/// there, reuse-port or not, so a second node stops here. (Rust's listener
+/// sets `SO_REUSEADDR`, so connections of an earlier run in `TIME_WAIT` do
+/// not count.) What is left is a window of one executor start between the
+/// drop and the executors' binds, in which two nodes starting at the same
+/// instant could both pass.
+fn claim_port(addr: SocketAddr) -> std::result::Result<std::net::TcpListener, StartError> {
+    std::net::TcpListener::bind(addr).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::AddrInUse { addr }
+        } else {
+            StartError::Listen { addr, source }
+        }
     })
 }
 
@@ -630,6 +653,9 @@ fn shards<T: WireElem>(exec: &Executor<T>) -> Reply {
                 "num_points": s.num_points,
                 "local": local.is_some(),
                 "served_by": served_by,
+                // Of those, the ones live as far as this node knows: a peer
+                // whose last call failed is left out until one succeeds.
+                "live": node.live_nodes_of(s.id),
                 "format_version": local.as_ref().map(|_| shardann_engine::layout::MAJOR_VERSION),
                 // The segment version this node serves (null for a plain
                 // index), and the version each peer serving the shard last
@@ -661,6 +687,11 @@ fn shards<T: WireElem>(exec: &Executor<T>) -> Reply {
             "elem": m.elem,
             "partition": m.partition,
             "shards": shards,
+            "peers": node.peers.iter().map(|p| serde_json::json!({
+                "id": p.id,
+                "address": p.addr.to_string(),
+                "up": p.is_up(),
+            })).collect::<Vec<_>>(),
         }),
     )
 }
@@ -694,13 +725,21 @@ fn health<T: WireElem>(exec: &Executor<T>) -> Reply {
             "node_id": node.config.node_id,
             "local_shards": node.local_shards(),
             "unserved_shards": node.unserved_shards(),
+            "unavailable_shards": node.unavailable_shards(),
+            "peers": node
+                .peers
+                .iter()
+                .map(|p| (p.id.clone(), if p.is_up() { "up" } else { "down" }.into()))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
         }),
     )
 }
 
 fn metrics<T: WireElem>(exec: &Executor<T>) -> Reply {
     let node = &exec.node;
-    let text = node.metrics.render(&node.config.node_id, &node.peer_ids());
+    let text = node
+        .metrics
+        .render(&node.config.node_id, &node.peer_states());
     let mut r = Response::new(full(text));
     r.headers_mut().insert(
         CONTENT_TYPE,

@@ -270,3 +270,72 @@ fn bad_parameters_and_ground_truth() {
         &["out of range"],
     );
 }
+
+/// Counts where 0 means nothing (`build --shards 0` built one unsharded
+/// index, `bench --batch 0` and `replicate --attempts 0` were taken as 1)
+/// are refused by name; an `--out` that exists and is not a directory is
+/// named as such (it was a bare "Not a directory" on a path below it, or
+/// "File exists" with --shards).
+#[test]
+fn zero_counts_and_a_file_as_out_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    generated(d, "sift-like", "300", "5", "2", "l2", "10");
+    let base = d.join("base.u8bin");
+    assert_mentions(
+        &err(&[
+            "build",
+            "--base",
+            p(&base),
+            "--out",
+            p(&d.join("i")),
+            "--shards",
+            "0",
+        ]),
+        &["--shards", "0"],
+    );
+    assert!(!d.join("i").exists(), "build --shards 0 wrote an index");
+    assert_mentions(
+        &err(&[
+            "bench",
+            "--server",
+            "http://127.0.0.1:9",
+            "--queries",
+            p(&d.join("query.u8bin")),
+            "--gt",
+            p(&d.join("gt.bin")),
+            "--batch",
+            "0",
+        ]),
+        &["--batch", "0"],
+    );
+    assert_mentions(
+        &err(&[
+            "replicate",
+            "--from",
+            "http://127.0.0.1:9",
+            "--shard",
+            "0",
+            "--index-dir",
+            p(&d.join("r")),
+            "--attempts",
+            "0",
+        ]),
+        &["--attempts", "0"],
+    );
+    let file = d.join("a-file");
+    std::fs::write(&file, "not an index").unwrap();
+    for shards in ["1", "2"] {
+        let e = err(&[
+            "build",
+            "--base",
+            p(&base),
+            "--out",
+            p(&file),
+            "--shards",
+            shards,
+        ]);
+        assert_mentions(&e, &["a-file", "exists and is not a directory"]);
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not an index");
+}

@@ -17,7 +17,7 @@ use shardann_server::client::{exchange, search_many, HttpParams, Outcome, Reques
 
 use crate::{bench_json, build_small, generated, p, recall_at};
 
-const NODE_ENV: &str = "SHARDANN_TEST_NODE_CONFIG";
+pub(crate) const NODE_ENV: &str = "SHARDANN_TEST_NODE_CONFIG";
 
 /// Not a test: the body of a node process started by the cluster test.
 /// Without its environment variable it returns at once.

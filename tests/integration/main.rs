@@ -8,6 +8,7 @@ mod documents;
 mod documents_cluster;
 mod documents_http;
 mod golden;
+mod ops;
 mod pipeline;
 mod replication;
 mod segments;

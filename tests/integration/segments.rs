@@ -201,3 +201,33 @@ fn issue_10_verify_cross_checks_cluster_json_against_each_shard() {
     assert!(e.contains("shard 0"), "{e}");
     assert!(e.contains("cluster.json"), "{e}");
 }
+
+/// A segment directory (`v…`, named by `CURRENT` or opened directly)
+/// without `segment.json` is not sealed, and format-spec/segment-v1.md says
+/// it MUST NOT be opened as one. It used to open as a plain index, with no
+/// manifest check at all. A plain index (a directory with neither `CURRENT`
+/// nor a manifest, not named as a version) still opens, as the spec allows.
+#[test]
+fn a_segment_without_its_manifest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [base, query, _] = generated(d, "sift-like", "600", "5", "7", "l2", "10");
+    let idx = d.join("idx");
+    build_small(&base, &idx, 1, "16");
+    let seg = idx.join(layout::version_dir_name(1));
+    let plain = d.join("plain");
+    copy_all(&seg, &plain);
+    std::fs::remove_file(seg.join(MANIFEST_FILE)).unwrap();
+    for target in [&idx, &seg] {
+        let e = open(target).unwrap_err().to_string();
+        assert!(
+            e.contains("v0000000001") && e.contains("not sealed"),
+            "{}: {e}",
+            target.display()
+        );
+    }
+    let e = cli(&["search", "--index", p(&idx), "--queries", p(&query)]).unwrap_err();
+    assert!(e.contains("not sealed"), "{e}");
+    std::fs::remove_file(plain.join(MANIFEST_FILE)).unwrap();
+    assert!(open(&plain).unwrap().segment().is_none());
+}

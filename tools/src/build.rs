@@ -142,6 +142,15 @@ fn read_documents(a: &BuildArgs, quiet: bool) -> anyhow::Result<Option<(Ingested
 }
 
 pub fn build(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    // Checked first: every later step creates something below --out, and
+    // the OS error for that ("Not a directory", "File exists") names a path
+    // the user never gave.
+    if a.out.exists() && !a.out.is_dir() {
+        anyhow::bail!(
+            "--out {} exists and is not a directory; give a new path, or an index directory to add a version to",
+            a.out.display()
+        );
+    }
     let documents = read_documents(a, quiet)?;
     let result = build_with(a, quiet, out, documents.as_ref().map(|d| &d.0));
     if let Some((_, staging)) = &documents {

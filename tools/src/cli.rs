@@ -155,7 +155,8 @@ pub struct BuildArgs {
     pub threads: usize,
     /// Split the data into N shards, each a complete index under
     /// OUT/shard-i with the global ids of its points, plus OUT/cluster.json.
-    #[arg(long, default_value_t = 1)]
+    /// 1: one unsharded index.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
     pub shards: usize,
     /// How points are assigned to shards: kmeans (balanced cells, a query's
     /// neighbours concentrate in few shards) or random.
@@ -242,7 +243,7 @@ pub struct BenchArgs {
     pub server: Option<String>,
     /// With --server: vectors per request, sent to /v1/search/batch when
     /// above 1 (latency is then per request, shared by its vectors).
-    #[arg(long, default_value_t = 1, requires = "server")]
+    #[arg(long, default_value_t = 1, requires = "server", value_parser = at_least_one())]
     pub batch: usize,
     #[arg(long)]
     pub queries: PathBuf,
@@ -422,7 +423,7 @@ pub struct ReplicateArgs {
     #[arg(long)]
     pub token: Option<String>,
     /// Attempts before giving up (with 0.5 s, 1 s, 2 s … between them).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub attempts: u32,
 }
 
@@ -453,6 +454,13 @@ pub struct DemoArgs {
     pub list: Vec<usize>,
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+}
+
+/// A count that must be at least 1 (where 0 has no meaning, unlike the
+/// `--threads 0` of "all cores"): refused by clap, naming the flag, rather
+/// than quietly taken as 1.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
