@@ -131,12 +131,56 @@ impl FilterIndex {
         match node {
             Node::All => all.clone(),
             Node::And(children) => {
-                let mut it = children.iter();
-                let mut acc = match it.next() {
-                    Some(first) => self.eval(first, all),
-                    None => return all.clone(),
+                // Comparisons on one numeric field (`{"ts": {"$gte": a,
+                // "$lt": b}}`) become one interval of its sorted column: each
+                // alone would build a bitmap of up to half the documents
+                // (measured at 1M points: a 1 % range took 6× the time of a
+                // 1 % label before this).
+                let mut ranges: Vec<(&str, &NumericColumn, &RoaringBitmap, usize, usize)> =
+                    Vec::new();
+                let mut rest: Vec<&Node> = Vec::new();
+                for child in children {
+                    let numeric = match child {
+                        Node::Cond {
+                            field,
+                            cond: Cond::Cmp(op, x),
+                        } => match self.fields.get(field) {
+                            Some(FieldIndex {
+                                exists,
+                                values: FieldValues::Numeric(col),
+                            }) => Some((field.as_str(), col, exists, col.interval(*op, x))),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    match numeric {
+                        Some((name, col, exists, (lo, hi))) => {
+                            match ranges.iter_mut().find(|r| r.0 == name) {
+                                Some(r) => {
+                                    r.3 = r.3.max(lo);
+                                    r.4 = r.4.min(hi);
+                                }
+                                None => ranges.push((name, col, exists, lo, hi)),
+                            }
+                        }
+                        None => rest.push(child),
+                    }
+                }
+                let mut parts = ranges
+                    .into_iter()
+                    .map(|(_, col, exists, lo, hi)| col.bitmap(lo, hi, exists));
+                let mut acc = match parts.next() {
+                    Some(first) => first,
+                    None => match rest.first() {
+                        Some(first) => self.eval(first, all),
+                        None => return all.clone(),
+                    },
                 };
-                for child in it {
+                for b in parts {
+                    acc &= b;
+                }
+                let skip = usize::from(rest.len() == children.len());
+                for child in rest.into_iter().skip(skip) {
                     if acc.is_empty() {
                         break;
                     }
@@ -176,12 +220,7 @@ fn eval_cond(f: &FieldIndex, cond: &Cond, all: &RoaringBitmap) -> RoaringBitmap 
         Cond::Nin(values) => all - any_of(f, values),
         Cond::Cmp(op, x) => match &f.values {
             FieldValues::Numeric(col) => {
-                let (lo, hi) = match op {
-                    CmpOp::Gt => (col.values.partition_point(|v| v <= x), col.values.len()),
-                    CmpOp::Gte => (col.values.partition_point(|v| v < x), col.values.len()),
-                    CmpOp::Lt => (0, col.values.partition_point(|v| v < x)),
-                    CmpOp::Lte => (0, col.values.partition_point(|v| v <= x)),
-                };
+                let (lo, hi) = col.interval(*op, x);
                 col.bitmap(lo, hi, &f.exists)
             }
             // Ranges are for numbers; `check` refuses them on keyword fields.
@@ -214,6 +253,17 @@ fn eq(f: &FieldIndex, s: &Scalar) -> RoaringBitmap {
 }
 
 impl NumericColumn {
+    /// The entries `lo..hi` of the sorted column that satisfy `op x`.
+    fn interval(&self, op: CmpOp, x: &f64) -> (usize, usize) {
+        let v = &self.values;
+        match op {
+            CmpOp::Gt => (v.partition_point(|y| y <= x), v.len()),
+            CmpOp::Gte => (v.partition_point(|y| y < x), v.len()),
+            CmpOp::Lt => (0, v.partition_point(|y| y < x)),
+            CmpOp::Lte => (0, v.partition_point(|y| y <= x)),
+        }
+    }
+
     /// The documents of entries `lo..hi`. They come in value order, so
     /// they are sorted before the bitmap is built; a range wider than half
     /// the column is built as `exists` minus the entries outside it, so at

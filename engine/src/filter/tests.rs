@@ -102,6 +102,31 @@ fn semantics_on_a_worked_example() {
     assert!(x.memory_bytes() > 0);
 }
 
+/// Comparisons on one field under `$and` are evaluated as one interval;
+/// the answers are those of each comparison intersected.
+#[test]
+fn ranges_on_one_field_combine() {
+    let x = example();
+    let r = |f: Value| eval(&x, f);
+    assert_eq!(r(json!({"year": {"$gte": 2020, "$lt": 2021.5}})), vec![0]);
+    assert_eq!(
+        r(json!({"year": {"$gt": 2019, "$lte": 2021.5}})),
+        vec![0, 1]
+    );
+    assert_eq!(
+        r(json!({"year": {"$gte": 2021, "$lt": 2020}})),
+        Vec::<u32>::new()
+    );
+    assert_eq!(
+        r(json!({"$and": [{"year": {"$gte": 2019}}, {"lang": "en"}, {"year": {"$lt": 2020}}]})),
+        vec![3]
+    );
+    assert_eq!(
+        r(json!({"$and": [{"lang": "en"}, {"year": {"$lte": 2020}}]})),
+        vec![0, 3]
+    );
+}
+
 #[test]
 fn display_is_canonical_json_that_parses_back() {
     let f = Filter::parse(&json!({"year": {"$gte": 2020, "$lt": 2024}, "tag": "a"})).unwrap();
