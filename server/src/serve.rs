@@ -93,9 +93,12 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
         .map_err(|e| start_err(StartError::Config(e)))?;
     let guard = claim_port(addr).map_err(start_err)?;
     // Port 0: every executor must bind the same port, the one just picked.
-    let addr = guard
-        .local_addr()
-        .map_err(|source| start_err(StartError::Listen { addr, source }))?;
+    let addr = match &guard {
+        Some(g) => g
+            .local_addr()
+            .map_err(|source| start_err(StartError::Listen { addr, source }))?,
+        None => addr,
+    };
     let executors = config.executors.unwrap_or_else(|| {
         glommio::CpuSet::online()
             .map(|s| s.len())
@@ -162,14 +165,31 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
 /// not count.) What is left is a window of one executor start between the
 /// drop and the executors' binds, in which two nodes starting at the same
 /// instant could both pass.
-fn claim_port(addr: SocketAddr) -> std::result::Result<std::net::TcpListener, StartError> {
-    std::net::TcpListener::bind(addr).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::AddrInUse {
-            StartError::AddrInUse { addr }
-        } else {
-            StartError::Listen { addr, source }
+///
+/// A plain bind also fails while connections of an earlier node on this
+/// port linger (FIN_WAIT / TIME_WAIT sockets that glommio's listeners made
+/// without `SO_REUSEADDR`): a node restarted on its own address failed to
+/// start in tests. So a refused bind is followed by a connect: only a live
+/// listener answers it; without one the port is free to take (`None`: no
+/// guard to hold).
+fn claim_port(addr: SocketAddr) -> std::result::Result<Option<std::net::TcpListener>, StartError> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let mut probe = addr;
+            if probe.ip().is_unspecified() {
+                probe.set_ip(match addr {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            match std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)) {
+                Ok(_) => Err(StartError::AddrInUse { addr }),
+                Err(_) => Ok(None),
+            }
         }
-    })
+        Err(source) => Err(StartError::Listen { addr, source }),
+    }
 }
 
 /// Executors are pinned one per CPU only when the node has one per CPU, i.e.

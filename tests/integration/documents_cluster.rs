@@ -28,10 +28,10 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 use shardann_engine::layout::{self, Manifest};
 use shardann_engine::shard;
-use shardann_server::client::{exchange, Request, Version};
+use shardann_server::client::Request;
 
 use crate::cluster::{free_addrs, NodeProc};
-use crate::{cli_ok, p};
+use crate::{call, cli_ok, l2, p};
 
 const N: usize = 300;
 const DIM: usize = 16;
@@ -85,24 +85,6 @@ fn documents(integers: bool) -> Vec<Doc> {
             (id_of(i, integers), vector, payload)
         })
         .collect()
-}
-
-fn l2(a: &[u8], b: &[u8]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| {
-            let d = f32::from(x) - f32::from(y);
-            d * d
-        })
-        .sum()
-}
-
-fn call(addr: SocketAddr, req: Request) -> (u16, Value) {
-    let r = exchange(addr, Version::Http2, vec![req]).unwrap();
-    let (status, body) = r.into_iter().next().unwrap().unwrap();
-    let v = serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)));
-    (status, v)
 }
 
 /// Every byte but the unreserved ones as `%XX`.

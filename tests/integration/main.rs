@@ -36,6 +36,30 @@ pub fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }
 
+/// Squared L2 distance between two u8 vectors, as the engine computes it.
+pub fn l2(a: &[u8], b: &[u8]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = f32::from(x) - f32::from(y);
+            d * d
+        })
+        .sum()
+}
+
+/// One HTTP/2 request to a node; its status and JSON body.
+pub fn call(
+    addr: std::net::SocketAddr,
+    req: shardann_server::client::Request,
+) -> (u16, serde_json::Value) {
+    use shardann_server::client::{exchange, Version};
+    let r = exchange(addr, Version::Http2, vec![req]).unwrap();
+    let (status, body) = r.into_iter().next().unwrap().unwrap();
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+    (status, v)
+}
+
 /// The MNIST t10k set (`base.u8bin`, `query.u8bin`, `gt100.bin`), from the
 /// zstd files committed in `tests/data/mnist-t10k/` (origin, licence and
 /// checksums: bench-datasets/README.md, section 6). Decompressed once per

@@ -4,7 +4,7 @@
 //! laptop-sized example, reusing what an earlier run left.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use shardann_engine::data::VectorFile;
 use shardann_engine::index::OpenOptions;
@@ -126,28 +126,26 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         writeln!(out, "[3/5] reusing index {}", index.display())?;
     }
     writeln!(out, "[4/5] benchmarking (O_DIRECT reads, beam 4)")?;
-    let report = bench(
-        &BenchArgs {
-            index: Some(index.clone()),
-            server: None,
-            batch: 1,
-            queries: query.clone(),
-            gt,
-            k: 10,
-            list: a.list.clone(),
-            beam: 4,
-            threads: a.threads,
-            concurrency: 0,
-            probe_shards: 0,
-            json: Some(dir.join("bench.json")),
-            read: crate::cli::ReadArgs::default(),
-            filter: None,
-            filters: None,
-            flat_max: None,
-            include: Vec::new(),
-        },
-        out,
-    )?;
+    let bench_args = |gt: PathBuf, json: &str, filter: Option<String>| BenchArgs {
+        index: Some(index.clone()),
+        server: None,
+        batch: 1,
+        queries: query.clone(),
+        gt,
+        k: 10,
+        list: a.list.clone(),
+        beam: 4,
+        threads: a.threads,
+        concurrency: 0,
+        probe_shards: 0,
+        json: Some(dir.join(json)),
+        read: crate::cli::ReadArgs::default(),
+        filter,
+        filters: None,
+        flat_max: None,
+        include: Vec::new(),
+    };
+    let report = bench(&bench_args(gt, "bench.json", None), out)?;
     first_reaching(&report.runs, out)?;
     // Two labels of the generated Zipf law: l9 (about 1 % of the points:
     // few enough to score their PQ codes) and l1 (about half: the graph walk).
@@ -176,28 +174,8 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             )?;
         }
         writeln!(out, "filter {filter}:")?;
-        let report = bench(
-            &BenchArgs {
-                index: Some(index.clone()),
-                server: None,
-                batch: 1,
-                queries: query.clone(),
-                gt,
-                k: 10,
-                list: a.list.clone(),
-                beam: 4,
-                threads: a.threads,
-                concurrency: 0,
-                probe_shards: 0,
-                json: Some(dir.join(format!("bench-{label}.json"))),
-                read: crate::cli::ReadArgs::default(),
-                filter: Some(filter),
-                filters: None,
-                flat_max: None,
-                include: Vec::new(),
-            },
-            out,
-        )?;
+        let json = format!("bench-{label}.json");
+        let report = bench(&bench_args(gt, &json, Some(filter)), out)?;
         first_reaching(&report.runs, out)?;
     }
     writeln!(
