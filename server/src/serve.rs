@@ -168,29 +168,44 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
 ///
 /// A plain bind also fails while connections of an earlier node on this
 /// port linger (FIN_WAIT / TIME_WAIT sockets that glommio's listeners made
-/// without `SO_REUSEADDR`): a node restarted on its own address failed to
-/// start in tests. So a refused bind is followed by a connect: only a live
-/// listener answers it; without one the port is free to take (`None`: no
-/// guard to hold).
+/// without `SO_REUSEADDR`), so a refused bind is followed by a connect:
+/// only a live listener answers it; without one the port is free to take
+/// (`None`: no guard to hold). And a node that has just exited can still
+/// have a live listener: the kernel tears its io_uring instances down after
+/// the process is gone, and the listening socket stays open until then (a
+/// node restarted on its own address failed to start in CI). So a listener
+/// that answers is waited for, up to [`PORT_WAIT`], before the address
+/// counts as held by another node.
 fn claim_port(addr: SocketAddr) -> std::result::Result<Option<std::net::TcpListener>, StartError> {
-    match std::net::TcpListener::bind(addr) {
-        Ok(l) => Ok(Some(l)),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let mut probe = addr;
-            if probe.ip().is_unspecified() {
-                probe.set_ip(match addr {
-                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                });
+    let mut probe = addr;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let until = Instant::now() + PORT_WAIT;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => return Ok(Some(l)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)).is_err()
+                {
+                    return Ok(None);
+                }
+                if Instant::now() >= until {
+                    return Err(StartError::AddrInUse { addr });
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            match std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)) {
-                Ok(_) => Err(StartError::AddrInUse { addr }),
-                Err(_) => Ok(None),
-            }
+            Err(source) => return Err(StartError::Listen { addr, source }),
         }
-        Err(source) => Err(StartError::Listen { addr, source }),
     }
 }
+
+/// How long a node waits for a listener on its address to go away before
+/// refusing to start (see [`claim_port`]).
+const PORT_WAIT: Duration = Duration::from_secs(3);
 
 /// Executors are pinned one per CPU only when the node has one per CPU, i.e.
 /// owns the machine. A node with fewer executors shares the machine (other
