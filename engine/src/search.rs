@@ -99,12 +99,15 @@ pub enum Plan {
 /// At or below this many matches a filtered search scores the matches' PQ
 /// codes instead of walking the graph (the default; an index can be given
 /// another with `DiskIndex::set_flat_max_matches`).
-/// Scoring costs `matches × M` table lookups in RAM (about 0.4 ms for 20,000
-/// matches with M = 32 on this project's machine) and one round of reads;
-/// a filtered walk at 2 % selectivity needs a list about 3.4× longer than
-/// unfiltered, so several times the reads. See `bench-datasets/COMPARE.md`
-/// ("Filtered search") for the measurement behind the numbers.
-pub const FLAT_MAX_MATCHES: u64 = 50_000;
+/// Scoring costs `matches × M` table lookups in RAM and one round of reads;
+/// a filtered walk at 2–10 % selectivity needs a list several times longer
+/// than unfiltered, so several times the reads. Measured at 1M points
+/// (`gen --docs`, 1,000 queries, 2 threads, each plan forced, two rounds,
+/// smallest L reaching recall@10 ≥ 0.95): 75K matches, flat 218 QPS (L=20)
+/// vs graph 92 (L=160, 360 reads); 100K, flat 153 vs graph 77; 152K, flat
+/// 150 vs graph 180 (L=80). So the crossover is between 100K and 150K
+/// matches (it was 50,000, a guess from a 20K-point run).
+pub const FLAT_MAX_MATCHES: u64 = 125_000;
 
 /// Chooses how to search for a filter matching `matches` of `total` points.
 ///

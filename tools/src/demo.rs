@@ -147,8 +147,8 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
     };
     let report = bench(&bench_args(gt, "bench.json", None), out)?;
     first_reaching(&report.runs, out)?;
-    // Two labels of the generated Zipf law: l9 (about 1 % of the points:
-    // few enough to score their PQ codes) and l1 (about half: the graph walk).
+    // Two labels of the generated Zipf law: l9 (about 1 % of the points)
+    // and l1 (about half); the report names the plan each query ran.
     writeln!(
         out,
         "[5/5] filtered search: only documents with a given label"
