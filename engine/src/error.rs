@@ -378,8 +378,10 @@ pub enum DocsError {
     },
     #[error("line {line}: a document is a JSON object, got {got}")]
     NotObject { line: usize, got: &'static str },
-    #[error("line {line}: no \"id\" field")]
+    #[error("line {line}: no \"id\" field (nor a BEIR-style \"_id\")")]
     MissingId { line: usize },
+    #[error("line {line}: both \"id\" and \"_id\" are given; a document has one id")]
+    TwoIds { line: usize },
     #[error("line {line}: \"id\" must be a non-negative integer or a string, got {got}")]
     BadId { line: usize, got: String },
     #[error("line {line}: id {id} was already used on line {first}")]

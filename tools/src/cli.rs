@@ -129,8 +129,10 @@ pub struct BuildArgs {
     /// Documents as JSON Lines: "id" (an unsigned integer or a string,
     /// unique, returned as given), "vector" (unless --base gives the
     /// vectors), and any other fields as the payload, returned with hits
-    /// (search --include) and fetched by id. A bad line stops the build
-    /// before any version is published, naming the line and the field.
+    /// (search --include) and fetched by id. A BEIR corpus.jsonl works as
+    /// it is: "_id" is taken as the id when there is no "id". A bad line
+    /// stops the build before any version is published, naming the line
+    /// and the field.
     #[arg(long)]
     pub docs: Option<PathBuf>,
     /// Payload fields to index for filtered search, comma-separated: a

@@ -1,5 +1,10 @@
 //! Documents as JSON Lines: one object per line with `"id"`, optionally
 //! `"vector"`, and any other fields as the payload.
+//!
+//! A line may name its id `"_id"` instead, as a BEIR `corpus.jsonl` does
+//! (`{"_id": "12", "title": …, "text": …}`): the id is taken as given (a
+//! string stays a string) and `"_id"` does not go into the payload. A line
+//! with both `"id"` and `"_id"` is refused rather than one of them guessed.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -33,7 +38,7 @@ pub struct Document {
     /// The vector, converted to f32 and checked against the element type
     /// (`VectorSource::Inline` only).
     pub vector: Option<Vec<f32>>,
-    /// Every field but `"id"` and `"vector"`, as given.
+    /// Every field but `"id"` (or `"_id"`) and `"vector"`, as given.
     pub payload: Map<String, Value>,
 }
 
@@ -105,7 +110,11 @@ impl<R: BufRead> DocReader<R> {
                 got: json_kind(&value),
             });
         };
-        let raw_id = payload.remove("id").ok_or(DocsError::MissingId { line })?;
+        let raw_id = match (payload.remove("id"), payload.remove("_id")) {
+            (Some(id), None) | (None, Some(id)) => id,
+            (Some(_), Some(_)) => return Err(DocsError::TwoIds { line }),
+            (None, None) => return Err(DocsError::MissingId { line }),
+        };
         let id = UserId::from_json(&raw_id).ok_or_else(|| DocsError::BadId {
             line,
             got: truncate(&raw_id.to_string()),
@@ -266,6 +275,16 @@ mod tests {
             ),
             ("{\"vector\": [1]}\n", inline(), "line 1: no \"id\""),
             (
+                "{\"id\": 1, \"_id\": \"1\", \"vector\": [1]}\n",
+                inline(),
+                "line 1: both \"id\" and \"_id\"",
+            ),
+            (
+                "{\"_id\": 1, \"vector\": [1]}\n{\"_id\": \"2\", \"vector\": [1]}\n",
+                inline(),
+                "line 2: id \"2\" is a string, but the ids before it are integers",
+            ),
+            (
                 "{\"id\": -3, \"vector\": [1]}\n",
                 inline(),
                 "line 1: \"id\" must be",
@@ -314,6 +333,37 @@ mod tests {
             let e = read_all(text, source).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} should contain {want:?}");
         }
+    }
+
+    #[test]
+    fn beir_corpus_lines_take_their_id_from_underscore_id() {
+        let docs = read_all(
+            "{\"_id\": \"0\", \"title\": \"open(2)\", \"text\": \"open a file\"}\n\
+             {\"_id\": \"doc-17\", \"title\": \"ls(1)\", \"text\": \"list\"}\n",
+            VectorSource::Base {
+                name: "base.fbin".into(),
+            },
+        )
+        .unwrap();
+        // A string id stays a string, even when it looks like a number.
+        assert_eq!(docs[0].id, UserId::Str("0".into()));
+        assert_eq!(docs[1].id, UserId::Str("doc-17".into()));
+        for d in &docs {
+            assert!(!d.payload.contains_key("_id"), "{:?}", d.payload);
+            assert_eq!(d.payload.len(), 2);
+        }
+        assert_eq!(docs[1].payload["text"], "list");
+        // Duplicates are caught across the two spellings too.
+        let e = read_all(
+            "{\"id\": \"a\", \"vector\": [1]}\n{\"_id\": \"a\", \"vector\": [1]}\n",
+            inline(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 2: id \"a\" was already used on line 1"),
+            "{e}"
+        );
     }
 
     #[test]
