@@ -10,6 +10,7 @@
 //! | [`ClusterFileError`] | a sharded index's `cluster.json` | `cluster` |
 //! | [`DocsError`] | documents in JSON Lines: ids, vectors, payloads | `docs` |
 //! | [`FilterError`] | a filter, or a payload the filter index cannot hold | `filter` |
+//! | [`FusionError`] | a fusion of two ranked lists asked with values out of range | `fusion` |
 //!
 //! This module is a leaf (it names only [`ElemType`]), so every other module
 //! can return these errors without a dependency cycle.
@@ -424,6 +425,23 @@ pub enum DocsError {
     Empty,
     #[error("more than {max} documents (segment-local ids are u32)")]
     TooMany { max: u64 },
+}
+
+/// A fusion of two ranked lists asked with a value out of range, or a
+/// method that does not exist. Messages name the value, for an API answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FusionError {
+    #[error("fusion: unknown method {method:?} (methods: rrf, weighted, dbsf)")]
+    UnknownMethod { method: String },
+    #[error("fusion: rrf k must be a finite number above 0, got {k}")]
+    BadK { k: f64 },
+    #[error("fusion: alpha must be in [0, 1], got {alpha}")]
+    BadAlpha { alpha: f64 },
+    #[error("fusion: unknown normalize {name:?} (minmax or zscore)")]
+    UnknownNormalize { name: String },
+    #[error("fusion: {why}")]
+    Malformed { why: String },
 }
 
 /// What can be wrong with a filter or with the payloads being indexed.

@@ -25,6 +25,7 @@
 //! | 0 | `visited` | a reusable visited bitset (internal) |
 //! | 1 | [`metric`] | [`Metric`], [`Element`]: distances; the only module that calls simsimd |
 //! | 1 | [`fs`] | atomic file replacement, fsync, whole-file hashing |
+//! | 1 | [`fusion`] | fusing a dense and a text ranked list: RRF, weighted (min-max, z-score, DBSF) |
 //! | 2 | [`data`] | reading and writing `.u8bin`/`.i8bin`/`.fbin` and ground truth |
 //! | 2 | `kmeans` | k-means++ and Lloyd (PQ training and the k-means partition; internal) |
 //! | 3 | [`synth`] | reproducible synthetic data sets |
@@ -60,6 +61,7 @@ pub mod element;
 pub mod error;
 pub mod filter;
 pub mod fs;
+pub mod fusion;
 pub mod groundtruth;
 pub mod index;
 pub mod io;
@@ -78,6 +80,7 @@ mod visited;
 
 pub use element::ElemType;
 pub use error::{
-    ClusterFileError, DataError, DocsError, Error, FormatError, ManifestError, Result, SegmentError,
+    ClusterFileError, DataError, DocsError, Error, FormatError, FusionError, ManifestError, Result,
+    SegmentError,
 };
 pub use metric::{Element, Metric};
