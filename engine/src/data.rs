@@ -278,7 +278,7 @@ impl VectorFile {
     }
 }
 
-fn map_file(path: &Path) -> Result<(Mmap, u64)> {
+pub(crate) fn map_file(path: &Path) -> Result<(Mmap, u64)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     // SAFETY: the file is opened read-only and we only ever read the map.

@@ -81,6 +81,12 @@ pub enum Error {
     /// A filter that does not parse or does not fit the indexed fields.
     #[error("filter: {0}")]
     Filter(#[source] Box<FilterError>),
+    #[error("{}: {source}", path.display())]
+    Text {
+        path: PathBuf,
+        #[source]
+        source: Box<TextError>,
+    },
     /// A query or data set whose dimension differs from the index's.
     #[error(
         "dimension mismatch: {what} has dimension {got}, but the index has dimension {expected}"
@@ -146,6 +152,14 @@ impl Error {
 
     pub(crate) fn docs(path: impl Into<PathBuf>, source: DocsError) -> Self {
         Error::Docs {
+            path: path.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// A text-index error about the file or segment at `path`.
+    pub fn text(path: impl Into<PathBuf>, source: TextError) -> Self {
+        Error::Text {
             path: path.into(),
             source: Box::new(source),
         }
@@ -415,6 +429,12 @@ pub enum DocsError {
         #[source]
         source: FilterError,
     },
+    #[error("line {line}: {source}")]
+    Text {
+        line: usize,
+        #[source]
+        source: TextError,
+    },
     #[error("line {line}: the payload cannot be stored: {why}")]
     BadPayload { line: usize, why: String },
     #[error("id {id} is used twice")]
@@ -538,4 +558,23 @@ fn on_field(field: &Option<String>) -> String {
         Some(f) => format!(" on field {f:?}"),
         None => String::new(),
     }
+}
+
+/// What can go wrong with a text index: building it, opening it, or asking
+/// it something it cannot answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TextError {
+    /// A text field holds something other than strings.
+    #[error("field {field:?}: text fields hold a string or an array of strings, got {got}")]
+    NotText { field: String, got: &'static str },
+    /// A text query on a segment built without `--text-fields`.
+    #[error("this index has no text fields: build it with --text-fields to search text")]
+    NoTextIndex,
+    /// Something the packed index must hold is not there.
+    #[error("the text index has no {what}")]
+    Missing { what: &'static str },
+    /// tantivy failed; `what` is the step.
+    #[error("{what}: {message}")]
+    Tantivy { what: &'static str, message: String },
 }

@@ -35,6 +35,7 @@
 //! | 3 | [`partition`] | assigning points to shards (k-means cells or random) |
 //! | 4 | [`layout`] | the on-disk format (see `format-spec/`), bytes ↔ structs; every file name |
 //! | 5 | [`filter`] | payload filters: the JSON filter language, its index (roaring bitmaps) and `filters.bin` |
+//! | 5 | [`text`] | BM25 text search with tantivy: analyzers, global statistics, `text.bin` |
 //! | 6 | [`docs`] | documents: user ids (`keys.bin`), payloads (`docs.bin`), JSON Lines input |
 //! | 5 | [`io`] | the [`io::SectorReader`] trait, io_uring and `pread` readers |
 //! | 5 | [`search`] | beam search as a state machine that asks for sectors and is fed them; filtered plans |
@@ -75,12 +76,13 @@ pub mod search;
 pub mod segment;
 pub mod shard;
 pub mod synth;
+pub mod text;
 pub mod vamana;
 mod visited;
 
 pub use element::ElemType;
 pub use error::{
     ClusterFileError, DataError, DocsError, Error, FormatError, FusionError, ManifestError, Result,
-    SegmentError,
+    SegmentError, TextError,
 };
 pub use metric::{Element, Metric};

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use shardann_engine::docs::UserId;
 use shardann_engine::filter::Filter;
+use shardann_engine::fusion::Fusion;
 use shardann_engine::search::{SearchParams, SearchStats};
+use shardann_engine::text::TextStats;
 use shardann_engine::Element;
 
 /// Largest `k` a request may ask for.
@@ -65,7 +67,26 @@ fn default_k() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     /// The query vector, as JSON numbers (integers for u8/i8 indexes).
-    pub vector: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f64>>,
+    /// A text query: BM25 over the index's text fields (`build
+    /// --text-fields`). With `vector` too: a hybrid query, fused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// How a hybrid query fuses its two lists: `{"method": "rrf", "k": 60}`
+    /// (the default) or `{"method": "weighted", "alpha": 0.7, "normalize":
+    /// "minmax" | "zscore" | "dbsf"}`. Peers are never sent it: they return
+    /// both lists, and the node that asked fuses.
+    #[serde(default, skip_serializing)]
+    pub fusion: Option<Fusion>,
+    /// How many hits each signal contributes to a hybrid query before
+    /// fusion (at least k; default `DEFAULT_CANDIDATES`, or k if larger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<usize>,
+    /// Peer-to-peer: BM25 statistics of `text` summed over every shard, so
+    /// that the peer's scores are global.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_stats: Option<TextStats>,
     #[serde(default = "default_k")]
     pub k: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,6 +108,23 @@ pub struct SearchRequest {
     /// Payload fields to return with each hit (`"*"`: all); none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<String>,
+}
+
+/// `POST /v1/text/stats` (peer-to-peer): the BM25 statistics of `text` in
+/// the local `shards`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextStatsRequest {
+    pub text: String,
+    pub shards: Vec<u32>,
+}
+
+/// The answer to `POST /v1/text/stats`: the statistics summed over the
+/// shards that answered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TextStatsResponse {
+    pub stats: TextStats,
+    pub missing_shards: Vec<u32>,
 }
 
 /// `POST /v1/search/batch`: many vectors, one set of parameters.
@@ -112,13 +150,23 @@ pub struct BatchRequest {
     pub include: Vec<String>,
 }
 
-/// One hit: its id, its distance, the shard that holds it. The id is the
-/// global `u32` id for an index without documents, else the document's id
-/// as the user gave it (a string or an integer).
+/// One hit: its id, the shard that holds it, and its scores. The id is
+/// the global `u32` id for an index without documents, else the document's
+/// id as the user gave it (a string or an integer).
+///
+/// A vector query's hits have `distance` (smaller is closer); a text
+/// query's have `score` (BM25, larger is better); a hybrid query's have
+/// `score` (fused, larger is better) and, from each list that held the
+/// hit, `distance` and `text_score`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireHit {
     pub id: UserId,
-    pub distance: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_score: Option<f32>,
     pub shard: u32,
     /// The payload fields asked for with `include`; absent when none were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,6 +201,16 @@ pub struct WireStats {
     pub peer_calls: u32,
     /// Of those, the ones that failed or timed out.
     pub peer_failures: u32,
+    /// Microseconds spent in vector searches, summed over shards.
+    #[serde(default)]
+    pub dense_us: u64,
+    /// Microseconds spent in BM25 searches, summed over shards.
+    #[serde(default)]
+    pub text_us: u64,
+    /// Microseconds (wall) spent collecting BM25 statistics from every
+    /// shard before the search (text queries on more than one shard).
+    #[serde(default)]
+    pub text_stats_us: u64,
 }
 
 impl WireStats {
@@ -184,6 +242,9 @@ impl WireStats {
         self.shards_searched += o.shards_searched;
         self.peer_calls += o.peer_calls;
         self.peer_failures += o.peer_failures;
+        self.dense_us += o.dense_us;
+        self.text_us += o.text_us;
+        self.text_stats_us += o.text_stats_us;
     }
 }
 
@@ -191,6 +252,10 @@ impl WireStats {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SearchResponse {
     pub hits: Vec<WireHit>,
+    /// Peer-to-peer, hybrid queries: the text list (the vector list is
+    /// `hits`), fused by the node that asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text_hits: Vec<WireHit>,
     /// True when some shard asked for did not answer; see `missing_shards`.
     pub partial: bool,
     pub missing_shards: Vec<u32>,
@@ -219,7 +284,10 @@ pub struct ErrorBody {
 /// A query checked against the index: what the search code works with.
 #[derive(Debug, Clone)]
 pub struct Query<T> {
-    pub vector: Vec<T>,
+    /// The vector, for vector and hybrid queries.
+    pub vector: Option<Vec<T>>,
+    /// The text, for text and hybrid queries.
+    pub text: Option<TextPart>,
     pub params: SearchParams,
     pub probe_shards: Option<usize>,
     pub timeout_ms: Option<u64>,
@@ -228,6 +296,28 @@ pub struct Query<T> {
     /// Payload fields to return (as the request gave them).
     pub include: Vec<String>,
 }
+
+/// The text side of a query.
+#[derive(Debug, Clone)]
+pub struct TextPart {
+    pub text: String,
+    /// How to fuse with the vector list (hybrid queries).
+    pub fusion: Fusion,
+    /// Hits each list contributes before fusion (hybrid queries).
+    pub candidates: usize,
+    /// Global statistics, when a peer was given them.
+    pub stats: Option<TextStats>,
+}
+
+impl<T> Query<T> {
+    /// Both a vector and a text.
+    pub fn is_hybrid(&self) -> bool {
+        self.vector.is_some() && self.text.is_some()
+    }
+}
+
+/// Each list's contribution to a hybrid query when the request names none.
+pub const DEFAULT_CANDIDATES: usize = 100;
 
 /// Element types that can be read from JSON numbers exactly.
 pub trait WireElem: Element {
@@ -341,6 +431,18 @@ pub enum ApiError {
     NoEndpoint { path: String },
     #[error("no document {0}")]
     NoDocument(String),
+    #[error("give \"vector\", \"text\", or both")]
+    NoQuery,
+    #[error("text is empty")]
+    EmptyText,
+    #[error("\"fusion\" fuses a vector and a text list: give both \"vector\" and \"text\"")]
+    FusionWithoutBoth,
+    #[error("candidates must be in k = {k} ..= {max} (limits.max_list), got {got}")]
+    Candidates { got: usize, k: usize, max: usize },
+    #[error("probe_shards routes by the vector: a text-only query searches every shard")]
+    ProbeWithoutVector,
+    #[error("{0}: this index has no text fields: build it with --text-fields to search text")]
+    NoText(String),
 }
 
 /// Checks a vector's length and values; the error names the first bad value.
@@ -479,8 +581,50 @@ impl SearchRequest {
     /// The typed query, or what is wrong with the request.
     pub fn check<T: WireElem>(&self, dim: usize, limits: &Limits) -> Result<Query<T>, ApiError> {
         let params = check_params(self.k, self.list, self.beam, self.probe_shards, limits)?;
+        let vector = self
+            .vector
+            .as_ref()
+            .map(|v| check_vector("vector", v, dim))
+            .transpose()?;
+        let text = match &self.text {
+            None => {
+                if self.vector.is_none() {
+                    return Err(ApiError::NoQuery);
+                }
+                if self.fusion.is_some() {
+                    return Err(ApiError::FusionWithoutBoth);
+                }
+                None
+            }
+            Some(t) => {
+                if t.trim().is_empty() {
+                    return Err(ApiError::EmptyText);
+                }
+                if self.vector.is_none() && self.fusion.is_some() {
+                    return Err(ApiError::FusionWithoutBoth);
+                }
+                if self.vector.is_none() && self.probe_shards.is_some() {
+                    return Err(ApiError::ProbeWithoutVector);
+                }
+                let candidates = self.candidates.unwrap_or(DEFAULT_CANDIDATES.max(params.k));
+                if candidates < params.k || candidates > limits.max_list {
+                    return Err(ApiError::Candidates {
+                        got: candidates,
+                        k: params.k,
+                        max: limits.max_list,
+                    });
+                }
+                Some(TextPart {
+                    text: t.clone(),
+                    fusion: self.fusion.unwrap_or_default(),
+                    candidates,
+                    stats: self.text_stats.clone(),
+                })
+            }
+        };
         Ok(Query {
-            vector: check_vector("vector", &self.vector, dim)?,
+            vector,
+            text,
             params,
             probe_shards: self.probe_shards,
             timeout_ms: check_timeout(self.timeout_ms, limits)?,
@@ -524,7 +668,8 @@ impl BatchRequest {
             .enumerate()
             .map(|(i, v)| {
                 Ok(Query {
-                    vector: check_vector(&format!("vectors[{i}]"), v, dim)?,
+                    vector: Some(check_vector(&format!("vectors[{i}]"), v, dim)?),
+                    text: None,
                     params,
                     probe_shards: self.probe_shards,
                     timeout_ms,

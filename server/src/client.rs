@@ -192,7 +192,11 @@ async fn search_once(
     params: HttpParams,
 ) -> std::result::Result<SearchResponse, PeerError> {
     let body = SearchRequest {
-        vector: vector.to_vec(),
+        vector: Some(vector.to_vec()),
+        text: None,
+        fusion: None,
+        candidates: None,
+        text_stats: None,
         k: params.k,
         list: params.list,
         beam: params.beam,

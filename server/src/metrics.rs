@@ -50,6 +50,8 @@ pub struct Metrics {
     pub partial_responses: AtomicU64,
     /// Local shard searches, their sectors read and node-cache hits.
     pub shard_searches: AtomicU64,
+    /// Local shard BM25 searches.
+    pub text_searches: AtomicU64,
     pub sectors_read: AtomicU64,
     pub cache_hits: AtomicU64,
     /// Local shard searches that failed (IO error, deadline).
@@ -190,6 +192,11 @@ impl Metrics {
                 "shardann_shard_searches_total",
                 "Searches of a local shard.",
                 &self.shard_searches,
+            ),
+            (
+                "shardann_text_searches_total",
+                "BM25 searches of a local shard's text index.",
+                &self.text_searches,
             ),
             (
                 "shardann_shard_failures_total",

@@ -37,12 +37,14 @@ use glommio::io::DmaFile;
 use shardann_engine::cluster::ClusterManifest;
 use shardann_engine::docs::{Include, UserId};
 use shardann_engine::filter::RoaringBitmap;
+use shardann_engine::fusion::Fusion;
 use shardann_engine::index::{DiskIndex, OpenOptions};
 use shardann_engine::search::{BeamSearch, Plan, SearchStats};
+use shardann_engine::text::{TextIndex, TextStats};
 
 use crate::api::{
     ApiError, DocumentsRequest, DocumentsResponse, Query, SearchRequest, SearchResponse,
-    WireDocument, WireElem, WireHit, WireStats,
+    TextStatsRequest, TextStatsResponse, WireDocument, WireElem, WireHit, WireStats,
 };
 use crate::config::{resolve, NodeConfig};
 use crate::error::{Result, ServerError, StartError};
@@ -397,27 +399,28 @@ impl<T: WireElem> Executor<T> {
         let timeout = q.timeout_ms.unwrap_or(self.node.config.deadline_ms);
         let deadline = start + Duration::from_millis(timeout.max(1));
         let n = self.node.manifest.shards.len();
-        let targets: Vec<u32> = match only {
-            Some(shards) => {
+        let targets: Vec<u32> = match (only, &q.vector) {
+            (Some(shards), _) => {
                 let mut s = shards.to_vec();
                 s.sort_unstable();
                 s.dedup();
                 s
             }
-            None => self
+            (None, Some(vector)) => self
                 .node
                 .manifest
-                .route(&q.vector, q.probe_shards.unwrap_or(n))
+                .route(vector, q.probe_shards.unwrap_or(n))
                 .into_iter()
                 .map(|s| s as u32)
                 .collect(),
+            (None, None) => (0..n as u32).collect(),
         };
         let (local, remote): (Vec<u32>, Vec<u32>) = targets
             .iter()
             .partition(|&&s| self.node.local_shard(s).is_some());
 
         let mut missing = Vec::new();
-        let remote = if only.is_some() {
+        let mut remote = if only.is_some() {
             // A peer asked for shards this node does not serve: say so, do
             // not forward (the asking node picks another replica).
             missing.extend(remote);
@@ -425,6 +428,25 @@ impl<T: WireElem> Executor<T> {
         } else {
             remote
         };
+        let mut stats = WireStats::default();
+        // A text query's BM25 statistics, summed over every shard searched
+        // (a peer is given them), so that scores compare across shards.
+        let mut query = q.clone();
+        if let Some(text) = query.text.as_mut() {
+            if text.stats.is_none() {
+                let t = Instant::now();
+                let (global, unanswered) = self
+                    .text_stats(&text.text, &local, &remote, deadline)
+                    .await?;
+                // A shard whose statistics are unknown cannot be scored
+                // comparably: it is missing from this answer.
+                remote.retain(|s| !unanswered.contains(s));
+                missing.extend(unanswered);
+                text.stats = Some(global);
+                stats.text_stats_us = t.elapsed().as_micros() as u64;
+            }
+        }
+        let q = &query;
         let mut prepared = Vec::with_capacity(local.len());
         for &s in &local {
             let Some(index) = self.node.local_shard(s) else {
@@ -444,21 +466,33 @@ impl<T: WireElem> Executor<T> {
             join(local_part, self.search_remote(remote, q, deadline)).await;
 
         let mut hits: Vec<WireHit> = Vec::with_capacity(q.params.k * (targets.len() + 1));
-        let mut stats = WireStats::default();
+        let mut text_hits: Vec<WireHit> = Vec::new();
         let mut plans = BTreeMap::new();
         for (s, done) in local_done {
             match done {
-                Some(Ok((shard_hits, st, plan))) => {
-                    stats.add_search(&st);
-                    hits.extend(shard_hits);
-                    if q.filter.is_some() {
+                Some(Ok(found)) => {
+                    if let Some(st) = &found.search {
+                        stats.add_search(st);
+                    } else {
+                        stats.shards_searched += 1;
+                    }
+                    stats.dense_us += found.dense_us;
+                    stats.text_us += found.text_us;
+                    hits.extend(found.hits);
+                    text_hits.extend(found.text_hits);
+                    if q.filter.is_some() && q.vector.is_some() {
                         plans.insert(
                             s.to_string(),
-                            serde_json::to_value(plan).unwrap_or_default(),
+                            serde_json::to_value(found.plan).unwrap_or_default(),
                         );
                     }
                 }
                 Some(Err(e)) => {
+                    if let ServerError::Api(_) = e {
+                        // The request's fault (text on a shard without a
+                        // text index): a 400, not a missing shard.
+                        return Err(e);
+                    }
                     self.node.metrics.add(&self.node.metrics.shard_failures, 1);
                     eprintln!("node {}: shard {s}: {e}", self.node.config.node_id);
                     missing.push(s);
@@ -469,23 +503,42 @@ impl<T: WireElem> Executor<T> {
                 }
             }
         }
-        let (remote_hits, remote_missing, remote_stats, remote_plans) = remote_done;
-        hits.extend(remote_hits);
-        missing.extend(remote_missing);
-        stats.add(&remote_stats);
-        plans.extend(remote_plans);
+        let remote = remote_done;
+        hits.extend(remote.hits);
+        text_hits.extend(remote.text_hits);
+        missing.extend(remote.missing);
+        stats.add(&remote.stats);
+        plans.extend(remote.plans);
         missing.sort_unstable();
-        // By distance; ties by id, then shard (ids are unique within a
-        // shard). No dedup: a user id lives in one shard.
-        hits.sort_by(|a, b| {
-            a.distance
-                .total_cmp(&b.distance)
-                .then_with(|| a.id.cmp(&b.id))
-                .then(a.shard.cmp(&b.shard))
-        });
-        hits.truncate(q.params.k);
+        // Each list merged globally by its own score, as one index would
+        // rank it. No dedup: a user id lives in one shard.
+        sort_by_distance(&mut hits);
+        sort_by_score(&mut text_hits);
+        let hits = match (&q.vector, &q.text) {
+            (Some(_), Some(text)) if only.is_none() => {
+                hits.truncate(text.candidates);
+                text_hits.truncate(text.candidates);
+                let fused = fuse(&text.fusion, hits, std::mem::take(&mut text_hits));
+                fused.into_iter().take(q.params.k).collect()
+            }
+            (Some(_), Some(text)) => {
+                // A peer's part of a hybrid query: both lists, unfused.
+                hits.truncate(text.candidates);
+                text_hits.truncate(text.candidates);
+                hits
+            }
+            (None, Some(_)) => {
+                text_hits.truncate(q.params.k);
+                std::mem::take(&mut text_hits)
+            }
+            _ => {
+                hits.truncate(q.params.k);
+                hits
+            }
+        };
         Ok(SearchResponse {
             hits,
+            text_hits,
             partial: !missing.is_empty(),
             missing_shards: missing,
             took_us: start.elapsed().as_micros() as u64,
@@ -494,9 +547,79 @@ impl<T: WireElem> Executor<T> {
         })
     }
 
+    /// The BM25 statistics of `text` summed over the `local` shards and
+    /// the `remote` ones (one replica each, asked with
+    /// `POST /v1/text/stats`), and the remote shards nobody answered for.
+    async fn text_stats(
+        &self,
+        text: &str,
+        local: &[u32],
+        remote: &[u32],
+        deadline: Instant,
+    ) -> Result<(TextStats, Vec<u32>)> {
+        let mut global = self.local_text_stats(text, local)?;
+        let mut unanswered = Vec::new();
+        if remote.is_empty() {
+            return Ok((global, unanswered));
+        }
+        let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+        for &s in remote {
+            match self.pick(s, &[]) {
+                Some(p) => groups.entry(p).or_default().push(s),
+                None => unanswered.push(s),
+            }
+        }
+        let calls = groups.into_iter().map(|(p, shards)| async move {
+            let body = TextStatsRequest {
+                text: text.to_string(),
+                shards: shards.clone(),
+            };
+            let out: std::result::Result<TextStatsResponse, PeerError> =
+                self.call_json(p, "/v1/text/stats", &body, deadline).await;
+            (p, shards, out)
+        });
+        for (p, shards, out) in join_all(calls).await {
+            self.node.metrics.peer_call(p, out.is_err());
+            match out {
+                Ok(resp) => {
+                    global.add(&resp.stats);
+                    unanswered.extend(resp.missing_shards);
+                }
+                Err(PeerError::Status { status, body }) if status == 400 => {
+                    // The peer's shards cannot answer text (no text index):
+                    // the request's fault, as it would be here.
+                    let msg = serde_json::from_str::<crate::api::ErrorBody>(&body)
+                        .map(|b| b.error)
+                        .unwrap_or(body);
+                    return Err(ApiError::NoText(msg).into());
+                }
+                Err(_) => unanswered.extend(shards),
+            }
+        }
+        Ok((global, unanswered))
+    }
+
+    /// The BM25 statistics of `text` summed over local `shards`: what
+    /// `POST /v1/text/stats` answers.
+    pub fn local_text_stats(&self, text: &str, shards: &[u32]) -> Result<TextStats> {
+        let mut global = TextStats::default();
+        for &s in shards {
+            let Some(index) = self.node.local_shard(s) else {
+                continue;
+            };
+            let t = text_index(&index)?;
+            global
+                .add(&t.stats(&t.analyze(text)).map_err(|e| {
+                    ServerError::from(shardann_engine::Error::text(index.dir(), e))
+                })?);
+        }
+        Ok(global)
+    }
+
     /// Searches one local shard with a pooled scratch (`matches`: the
-    /// segment-local ids the filter admits). Hits carry user ids (and the
-    /// fields asked for) when the shard has documents, global ids otherwise.
+    /// segment-local ids the filter admits): the vector list and the text
+    /// list the query asks for. Hits carry user ids (and the fields asked
+    /// for) when the shard has documents, global ids otherwise.
     async fn search_local(
         &self,
         s: u32,
@@ -505,45 +628,95 @@ impl<T: WireElem> Executor<T> {
         index: Arc<DiskIndex>,
         matches: Option<Arc<RoaringBitmap>>,
         q: &Query<T>,
-    ) -> Result<(Vec<WireHit>, SearchStats, Plan)> {
-        let file = self.file_for(s, &index).await?;
-        let mut scratch = self.scratch.borrow_mut().pop().unwrap_or_default();
-        let out =
-            search_one_filtered(&index, &file, &mut scratch, &q.vector, q.params, matches).await;
-        self.scratch.borrow_mut().push(scratch);
-        let (mut hits, st, plan) = out?;
-        let m = &self.node.metrics;
-        m.add(&m.shard_searches, 1);
-        m.add(&m.sectors_read, u64::from(st.ios));
-        m.add(&m.cache_hits, u64::from(st.cache_hits));
-        let wire = match index.documents() {
-            None => {
-                index.map_to_global(&mut hits);
-                hits.iter()
-                    .map(|h| WireHit {
-                        id: UserId::Int(u64::from(h.id)),
-                        distance: h.distance,
-                        shard: s,
-                        fields: None,
-                    })
-                    .collect()
+    ) -> Result<LocalFound> {
+        let mut found = LocalFound::default();
+        let include = Include::from_names(&q.include);
+        if let Some(vector) = &q.vector {
+            let mut params = q.params;
+            if let Some(text) = &q.text {
+                params.k = text.candidates;
+                params.list = params.list.max(text.candidates);
             }
-            Some(docs) => {
-                let include = Include::from_names(&q.include);
-                let locals: Vec<u32> = hits.iter().map(|h| h.id).collect();
-                let fields = docs.fetch(&locals, &include)?;
-                hits.iter()
-                    .zip(fields)
-                    .map(|(h, f)| WireHit {
-                        id: docs.keys().key(h.id),
-                        distance: h.distance,
-                        shard: s,
-                        fields: (include != Include::Nothing).then_some(f),
-                    })
-                    .collect()
-            }
-        };
-        Ok((wire, st, plan))
+            let t = Instant::now();
+            let file = self.file_for(s, &index).await?;
+            let mut scratch = self.scratch.borrow_mut().pop().unwrap_or_default();
+            let out =
+                search_one_filtered(&index, &file, &mut scratch, vector, params, matches.clone())
+                    .await;
+            self.scratch.borrow_mut().push(scratch);
+            let (mut hits, st, plan) = out?;
+            found.dense_us = t.elapsed().as_micros() as u64;
+            let m = &self.node.metrics;
+            m.add(&m.shard_searches, 1);
+            m.add(&m.sectors_read, u64::from(st.ios));
+            m.add(&m.cache_hits, u64::from(st.cache_hits));
+            found.search = Some(st);
+            found.plan = Some(plan);
+            found.hits = match index.documents() {
+                None => {
+                    index.map_to_global(&mut hits);
+                    hits.iter()
+                        .map(|h| WireHit {
+                            id: UserId::Int(u64::from(h.id)),
+                            distance: Some(h.distance),
+                            score: None,
+                            text_score: None,
+                            shard: s,
+                            fields: None,
+                        })
+                        .collect()
+                }
+                Some(docs) => {
+                    let locals: Vec<u32> = hits.iter().map(|h| h.id).collect();
+                    let fields = docs.fetch(&locals, &include)?;
+                    hits.iter()
+                        .zip(fields)
+                        .map(|(h, f)| WireHit {
+                            id: docs.keys().key(h.id),
+                            distance: Some(h.distance),
+                            score: None,
+                            text_score: None,
+                            shard: s,
+                            fields: (include != Include::Nothing).then_some(f),
+                        })
+                        .collect()
+                }
+            };
+        }
+        if let Some(text) = &q.text {
+            let t = Instant::now();
+            let index_text = text_index(&index)?;
+            let Some(docs) = index.documents() else {
+                return Err(ApiError::NoText(index.dir().display().to_string()).into());
+            };
+            let want = if q.vector.is_some() {
+                text.candidates
+            } else {
+                q.params.k
+            };
+            let terms = index_text.analyze(&text.text);
+            let found_text = index_text
+                .search(&terms, text.stats.as_ref(), want, matches)
+                .map_err(|e| ServerError::from(shardann_engine::Error::text(index.dir(), e)))?;
+            let locals: Vec<u32> = found_text.iter().map(|h| h.0).collect();
+            let fields = docs.fetch(&locals, &include)?;
+            found.text_hits = found_text
+                .iter()
+                .zip(fields)
+                .map(|(&(local, score), f)| WireHit {
+                    id: docs.keys().key(local),
+                    distance: None,
+                    score: Some(score),
+                    text_score: None,
+                    shard: s,
+                    fields: (include != Include::Nothing).then_some(f),
+                })
+                .collect();
+            found.text_us = t.elapsed().as_micros() as u64;
+            let m = &self.node.metrics;
+            m.add(&m.text_searches, 1);
+        }
+        Ok(found)
     }
 
     /// Looks `ids` up: in the local shards (`only`: exactly these, a peer's
@@ -741,23 +914,25 @@ impl<T: WireElem> Executor<T> {
         shards: Vec<u32>,
         q: &Query<T>,
         deadline: Instant,
-    ) -> (
-        Vec<WireHit>,
-        Vec<u32>,
-        WireStats,
-        BTreeMap<String, serde_json::Value>,
-    ) {
-        let mut hits = Vec::new();
-        let mut missing = Vec::new();
-        let mut stats = WireStats::default();
-        let mut plans = BTreeMap::new();
+    ) -> RemoteFound {
+        let mut out = RemoteFound::default();
         if shards.is_empty() {
             // Every shard was local (or this is a peer's request): nothing
             // to convert or schedule on the per-query path.
-            return (hits, missing, stats, plans);
+            return out;
         }
+        let RemoteFound {
+            hits,
+            text_hits,
+            missing,
+            stats,
+            plans,
+        } = &mut out;
         let mut tried: Vec<(u32, usize)> = Vec::new();
-        let vector: Vec<f64> = q.vector.iter().map(|x| f64::from(x.to_f32())).collect();
+        let vector: Option<Vec<f64>> = q
+            .vector
+            .as_ref()
+            .map(|v| v.iter().map(|x| f64::from(x.to_f32())).collect());
         let mut inflight = FuturesUnordered::new();
         let mut pending = shards;
         loop {
@@ -783,7 +958,7 @@ impl<T: WireElem> Executor<T> {
                         } else {
                             deadline
                         };
-                        inflight.push(self.attempt(p, group, &vector, q, attempt));
+                        inflight.push(self.attempt(p, group, vector.as_deref(), q, attempt));
                     }
                 }
             }
@@ -794,7 +969,13 @@ impl<T: WireElem> Executor<T> {
             self.node.metrics.peer_call(p, out.is_err());
             match out {
                 Ok(resp) => {
-                    hits.extend(resp.hits);
+                    if q.vector.is_none() {
+                        // A text query's answer: its hits are the text list.
+                        text_hits.extend(resp.hits);
+                    } else {
+                        hits.extend(resp.hits);
+                        text_hits.extend(resp.text_hits);
+                    }
                     stats.add(&resp.stats);
                     plans.extend(resp.plans);
                     pending.extend(resp.missing_shards.iter().filter(|s| group.contains(s)));
@@ -806,7 +987,7 @@ impl<T: WireElem> Executor<T> {
             }
         }
         missing.append(&mut pending);
-        (hits, missing, stats, plans)
+        out
     }
 
     /// Does shard `s` have a replica not yet tried for this query?
@@ -822,7 +1003,7 @@ impl<T: WireElem> Executor<T> {
         &self,
         p: usize,
         group: Vec<u32>,
-        vector: &[f64],
+        vector: Option<&[f64]>,
         q: &Query<T>,
         deadline: Instant,
     ) -> (
@@ -838,14 +1019,19 @@ impl<T: WireElem> Executor<T> {
     async fn call_peer(
         &self,
         p: usize,
-        vector: &[f64],
+        vector: Option<&[f64]>,
         q: &Query<T>,
         shards: &[u32],
         deadline: Instant,
     ) -> std::result::Result<SearchResponse, PeerError> {
         let left = deadline.saturating_duration_since(Instant::now());
         let body = SearchRequest {
-            vector: vector.to_vec(),
+            vector: vector.map(<[f64]>::to_vec),
+            text: q.text.as_ref().map(|t| t.text.clone()),
+            // Never sent: the peer returns both lists and this node fuses.
+            fusion: None,
+            candidates: q.text.as_ref().map(|t| t.candidates),
+            text_stats: q.text.as_ref().and_then(|t| t.stats.clone()),
             k: q.params.k,
             list: Some(q.params.list),
             beam: Some(q.params.beam),
@@ -903,6 +1089,108 @@ impl<T: WireElem> Executor<T> {
             *c = None;
         }
     }
+}
+
+/// What one local shard found.
+#[derive(Default)]
+struct LocalFound {
+    hits: Vec<WireHit>,
+    text_hits: Vec<WireHit>,
+    /// The vector search's cost, when there was one.
+    search: Option<SearchStats>,
+    plan: Option<Plan>,
+    dense_us: u64,
+    text_us: u64,
+}
+
+/// What the peers found for the remote shards.
+#[derive(Default)]
+struct RemoteFound {
+    hits: Vec<WireHit>,
+    text_hits: Vec<WireHit>,
+    missing: Vec<u32>,
+    stats: WireStats,
+    plans: BTreeMap<String, serde_json::Value>,
+}
+
+/// By distance; ties by id, then shard (ids are unique within a shard).
+fn sort_by_distance(hits: &mut [WireHit]) {
+    hits.sort_by(|a, b| {
+        let d = |h: &WireHit| h.distance.unwrap_or(f32::INFINITY);
+        d(a).total_cmp(&d(b))
+            .then_with(|| a.id.cmp(&b.id))
+            .then(a.shard.cmp(&b.shard))
+    });
+}
+
+/// By BM25 score, best first; ties by id, then shard: the order one index
+/// over the whole corpus gives, whatever the sharding.
+fn sort_by_score(hits: &mut [WireHit]) {
+    hits.sort_by(|a, b| {
+        let s = |h: &WireHit| h.score.unwrap_or(f32::NEG_INFINITY);
+        s(b).total_cmp(&s(a))
+            .then_with(|| a.id.cmp(&b.id))
+            .then(a.shard.cmp(&b.shard))
+    });
+}
+
+/// The fused list of a hybrid query: each hit with its fused score and the
+/// scores it had in each list.
+fn fuse(fusion: &Fusion, dense: Vec<WireHit>, text: Vec<WireHit>) -> Vec<WireHit> {
+    let key = |h: &WireHit| (h.shard, h.id.clone());
+    let d: Vec<_> = dense
+        .iter()
+        .map(|h| (key(h), h.distance.unwrap_or(f32::INFINITY)))
+        .collect();
+    let t: Vec<_> = text
+        .iter()
+        .map(|h| (key(h), h.score.unwrap_or(f32::NEG_INFINITY)))
+        .collect();
+    let mut by_key: BTreeMap<(u32, UserId), WireHit> = BTreeMap::new();
+    for h in text {
+        by_key.insert(key(&h), h);
+    }
+    for h in dense {
+        let k = key(&h);
+        match by_key.get_mut(&k) {
+            Some(t) => {
+                t.text_score = t.score;
+                t.distance = h.distance;
+                if t.fields.is_none() {
+                    t.fields = h.fields;
+                }
+            }
+            None => {
+                by_key.insert(k, h);
+            }
+        }
+    }
+    for h in by_key.values_mut() {
+        if h.distance.is_none() || h.text_score.is_none() {
+            // In one list only: move a text score where hybrid hits keep it.
+            if h.distance.is_none() {
+                h.text_score = h.score;
+            }
+        }
+    }
+    fusion
+        .fuse(&d, &t)
+        .into_iter()
+        .filter_map(|f| {
+            let mut h = by_key.remove(&f.key)?;
+            h.score = Some(f.score as f32);
+            Some(h)
+        })
+        .collect()
+}
+
+/// The text index of a shard, or the request's fault (a 400) if it has
+/// none.
+fn text_index(index: &DiskIndex) -> Result<&TextIndex> {
+    index
+        .documents()
+        .and_then(|d| d.text())
+        .ok_or_else(|| ApiError::NoText(index.dir().display().to_string()).into())
 }
 
 /// The segment-local ids of `index` that `q`'s filter admits (`None`: no

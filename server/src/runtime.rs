@@ -384,7 +384,8 @@ pub fn run_node_queries<T: crate::api::WireElem>(
                                 break;
                             };
                             let q = crate::api::Query {
-                                vector: row.to_vec(),
+                                vector: Some(row.to_vec()),
+                                text: None,
                                 params,
                                 probe_shards: probe,
                                 // No deadline worth the name: a bench measures.
@@ -417,7 +418,11 @@ pub fn run_node_queries<T: crate::api::WireElem>(
                                 i,
                                 QueryResult {
                                     ids: r.hits.iter().map(|h| h.global_id()).collect(),
-                                    distances: r.hits.iter().map(|h| h.distance).collect(),
+                                    distances: r
+                                        .hits
+                                        .iter()
+                                        .map(|h| h.distance.unwrap_or(f32::INFINITY))
+                                        .collect(),
                                     micros: start.elapsed().as_micros() as u64,
                                     stats: r.stats.to_search_stats(),
                                 },

@@ -8,6 +8,7 @@
 //! | POST | `/v1/search/batch` | many vectors, one set of parameters |
 //! | GET | `/v1/documents/{id}` | one document by its user id |
 //! | POST | `/v1/documents/get` | many documents by user id |
+//! | POST | `/v1/text/stats` | peer-to-peer: BM25 statistics of a text in local shards |
 //! | GET | `/v1/shards` | the cluster's shards, who serves them |
 //! | GET | `/healthz` | liveness, this node's shards, peers up or down |
 //! | GET | `/metrics` | Prometheus text |
@@ -35,7 +36,8 @@ use shardann_engine::ElemType;
 use shardann_engine::docs::UserId;
 
 use crate::api::{
-    ApiError, BatchRequest, BatchResponse, DocumentsRequest, SearchRequest, WireElem,
+    ApiError, BatchRequest, BatchResponse, DocumentsRequest, SearchRequest, TextStatsRequest,
+    TextStatsResponse, WireElem,
 };
 use crate::config::NodeConfig;
 use crate::error::{Result, ServerError, StartError};
@@ -381,6 +383,7 @@ async fn serve_connection<T: WireElem>(exec: Rc<Executor<T>>, mut stream: glommi
 enum Handler {
     Search,
     Batch,
+    TextStats,
     Document,
     Documents,
     Shards,
@@ -394,7 +397,7 @@ enum Handler {
 impl Handler {
     fn endpoint(self) -> Endpoint {
         match self {
-            Handler::Search => Endpoint::Search,
+            Handler::Search | Handler::TextStats => Endpoint::Search,
             Handler::Batch => Endpoint::Batch,
             Handler::Document | Handler::Documents => Endpoint::Other,
             Handler::Shards => Endpoint::Shards,
@@ -427,6 +430,7 @@ const fn route(method: Method, path: &'static str, handler: Handler) -> Route {
 pub const ROUTES: &[Route] = &[
     route(Method::POST, "/v1/search", Handler::Search),
     route(Method::POST, "/v1/search/batch", Handler::Batch),
+    route(Method::POST, "/v1/text/stats", Handler::TextStats),
     route(Method::GET, "/v1/documents/{id}", Handler::Document),
     route(Method::POST, "/v1/documents/get", Handler::Documents),
     route(Method::GET, "/v1/shards", Handler::Shards),
@@ -505,6 +509,7 @@ async fn handle<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Repl
             let reply = match route.handler {
                 Handler::Search => search(exec, req).await,
                 Handler::Batch => batch(exec, req).await,
+                Handler::TextStats => text_stats(exec, req).await,
                 Handler::Document => document(exec, params.first().copied().unwrap_or("")).await,
                 Handler::Documents => documents(exec, req).await,
                 Handler::Shards => Ok(shards(exec)),
@@ -579,6 +584,27 @@ async fn search<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Resu
         m.add(&m.partial_responses, 1);
     }
     Ok(json_reply(StatusCode::OK, &resp))
+}
+
+/// `POST /v1/text/stats` (peer-to-peer): BM25 statistics of local shards.
+async fn text_stats<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
+    let request: TextStatsRequest = parse_body(req, exec.node.config.max_body_bytes).await?;
+    let n = exec.node.manifest.shards.len();
+    if let Some(&shard) = request.shards.iter().find(|&&s| s as usize >= n) {
+        return Err(ApiError::UnknownShard { shard, shards: n }.into());
+    }
+    let (local, missing): (Vec<u32>, Vec<u32>) = request
+        .shards
+        .iter()
+        .partition(|&&s| exec.node.local_shard(s).is_some());
+    let stats = exec.local_text_stats(&request.text, &local)?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &TextStatsResponse {
+            stats,
+            missing_shards: missing,
+        },
+    ))
 }
 
 async fn batch<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {

@@ -229,7 +229,11 @@ fn cluster_of_three_nodes() {
         let (hits, _) = set
             .search(&mut scratch, qf.vectors::<u8>().unwrap().row(i), sp)
             .unwrap();
-        let got: Vec<(u32, f32)> = r.hits.iter().map(|h| (h.global_id(), h.distance)).collect();
+        let got: Vec<(u32, f32)> = r
+            .hits
+            .iter()
+            .map(|h| (h.global_id(), h.distance.unwrap_or(f32::NAN)))
+            .collect();
         let want: Vec<(u32, f32)> = hits.iter().map(|h| (h.id, h.distance)).collect();
         assert_eq!(got, want, "query {i}: HTTP and in-process searches differ");
     }

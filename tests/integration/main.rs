@@ -13,6 +13,7 @@ mod pipeline;
 mod replication;
 mod segments;
 mod sharding;
+mod text_cluster;
 
 use std::path::{Path, PathBuf};
 

@@ -404,7 +404,11 @@ fn nodes_follow_a_new_version_while_serving() {
         let (want, _) = set
             .search(&mut scratch, qf.vectors::<u8>().unwrap().row(i), sp)
             .unwrap();
-        let got: Vec<(u32, f32)> = b.hits.iter().map(|h| (h.global_id(), h.distance)).collect();
+        let got: Vec<(u32, f32)> = b
+            .hits
+            .iter()
+            .map(|h| (h.global_id(), h.distance.unwrap_or(f32::NAN)))
+            .collect();
         let want: Vec<(u32, f32)> = want.iter().map(|h| (h.id, h.distance)).collect();
         assert_eq!(got, want, "query {i}: not version 2's answer");
     }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use std::path::{Path, PathBuf};
 
 use shardann_engine::data::VectorFile;
-use shardann_engine::docs::{Documents, Ingested, VectorSource};
+use shardann_engine::docs::{Documents, IndexedFields, Ingested, VectorSource};
 use shardann_engine::index::{BuildParams, BuildReport};
 use shardann_engine::pq::PqParams;
 use shardann_engine::shard::build_version;
@@ -112,9 +112,9 @@ fn open_base(path: &Path, documents: Option<&Ingested>) -> anyhow::Result<Vector
 /// directory, so that a bad line fails before any version is built.
 fn read_documents(a: &BuildArgs, quiet: bool) -> anyhow::Result<Option<(Ingested, PathBuf)>> {
     let Some(docs) = &a.docs else {
-        if !a.filter_fields.is_empty() {
+        if !a.filter_fields.is_empty() || !a.text_fields.is_empty() {
             anyhow::bail!(
-                "--filter-fields names fields of documents: give them with --docs FILE.jsonl"
+                "--filter-fields and --text-fields name fields of documents: give them with --docs FILE.jsonl"
             );
         }
         return Ok(None);
@@ -130,7 +130,12 @@ fn read_documents(a: &BuildArgs, quiet: bool) -> anyhow::Result<Option<(Ingested
     };
     let staging = a.out.join(".staging");
     let bars = Bars::new(quiet);
-    let ingested = shardann_engine::docs::ingest(docs, source, &a.filter_fields, &staging, &bars)
+    let fields = IndexedFields {
+        filter: a.filter_fields.clone(),
+        text: a.text_fields.clone(),
+        analyzer: a.text_analyzer,
+    };
+    let ingested = shardann_engine::docs::ingest(docs, source, &fields, &staging, &bars)
         .with_context(|| format!("reading documents from {}", docs.display()));
     match ingested {
         Ok(i) => Ok(Some((i, staging))),
@@ -203,17 +208,26 @@ fn build_with(
     if let Some(d) = documents {
         writeln!(
             out,
-            "documents: {} ({} ids; filter fields: {})",
+            "documents: {} ({} ids; filter fields: {}; text fields: {})",
             d.count,
             if d.keys.is_empty() { "no" } else { "user" },
-            if d.filter_fields.is_empty() {
+            list_or_none(&d.fields.filter),
+            if d.fields.text.is_empty() {
                 "none".to_string()
             } else {
-                d.filter_fields.join(", ")
+                format!("{} ({})", d.fields.text.join(", "), d.fields.analyzer)
             }
         )?;
     }
     Ok(())
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// `build --shards N`: partition, then one index per shard.

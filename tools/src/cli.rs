@@ -140,6 +140,17 @@ pub struct BuildArgs {
     /// numeric (range) field.
     #[arg(long, value_delimiter = ',')]
     pub filter_fields: Vec<String>,
+    /// Payload fields of --docs to index for BM25 text search (strings or
+    /// arrays of strings), e.g. --text-fields title,text: they are joined in
+    /// this order into one indexed text per document (a tantivy index,
+    /// packed into the segment as text.bin). Queries then take --text.
+    #[arg(long, value_delimiter = ',')]
+    pub text_fields: Vec<String>,
+    /// How text becomes terms: words of 2+ letters, digits or '_'
+    /// (so O_DIRECT stays whole), lower-cased; words-stop also drops
+    /// English stop words, words-stop-stem also stems (Porter).
+    #[arg(long, default_value = "words-stop")]
+    pub text_analyzer: shardann_engine::text::Analyzer,
     /// Element type of the "vector" fields of --docs.
     #[arg(long, default_value = "f32")]
     pub vector_type: ElemType,
@@ -195,8 +206,13 @@ pub struct SearchArgs {
     #[arg(long)]
     pub index: PathBuf,
     /// Query vectors, same element type and dimension as the index.
+    #[arg(long, required_unless_present = "text", conflicts_with = "text")]
+    pub queries: Option<PathBuf>,
+    /// A text query instead: BM25 over the fields the index was built
+    /// with (--text-fields), e.g. --text "list directory contents".
+    /// Hybrid (text + vector) queries: the node's /v1/search, or `eval`.
     #[arg(long)]
-    pub queries: PathBuf,
+    pub text: Option<String>,
     #[arg(long, default_value_t = 10)]
     pub k: usize,
     /// L: candidate list size (≥ k). Larger: better recall, slower.

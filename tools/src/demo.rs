@@ -95,7 +95,10 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         // an older layout) is rebuilt from scratch.
         let _ = std::fs::remove_dir_all(&index);
         let staging = index.join(".staging");
-        let fields = ["label".to_string(), "ts".to_string()];
+        let fields = shardann_engine::docs::IndexedFields {
+            filter: vec!["label".to_string(), "ts".to_string()],
+            ..Default::default()
+        };
         let source = VectorSource::Base {
             name: base.display().to_string(),
         };

@@ -15,7 +15,10 @@ use crate::with_elem;
 
 pub fn search(a: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let idx = a.read.open(&a.index)?;
-    let queries = VectorFile::open(&a.queries)?;
+    let Some(queries) = &a.queries else {
+        return search_text(a, &idx, a.text.as_deref().unwrap_or_default(), out);
+    };
+    let queries = VectorFile::open(queries)?;
     check_queries(&idx, &queries)?;
     let params = SearchParams {
         k: a.k,
@@ -80,6 +83,61 @@ pub fn search(a: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
     });
+    Ok(())
+}
+
+/// `search --text`: one BM25 query.
+fn search_text(
+    a: &SearchArgs,
+    idx: &DiskIndex,
+    text: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let docs = idx.documents();
+    let Some(index) = docs.and_then(|d| d.text()) else {
+        anyhow::bail!(
+            "{}: {}",
+            idx.dir().display(),
+            shardann_engine::TextError::NoTextIndex
+        );
+    };
+    let Some(docs) = docs else { unreachable!() };
+    let filter = load_filters(a.filter.as_deref(), a.filters.as_deref(), 1)?;
+    let allowed = match filter.first() {
+        Some(Some(f)) => Some(Arc::new(docs.evaluate(f)?)),
+        _ => None,
+    };
+    let query = index.analyze(text);
+    let hits = index.search(&query, None, a.k, allowed)?;
+    let include = Include::from_names(&a.include);
+    let locals: Vec<u32> = hits.iter().map(|h| h.0).collect();
+    let fields = docs.fetch(&locals, &include)?;
+    let hits: Vec<serde_json::Value> = hits
+        .iter()
+        .zip(fields)
+        .map(|(&(local, score), f)| {
+            let mut hit = serde_json::json!({ "id": docs.keys().key(local), "score": score });
+            if include != Include::Nothing {
+                hit["fields"] = serde_json::Value::Object(f);
+            }
+            hit
+        })
+        .collect();
+    if a.json {
+        let line = serde_json::json!({ "text": text, "terms": query.terms, "hits": hits });
+        writeln!(out, "{line}")?;
+    } else {
+        let list: Vec<String> = hits
+            .iter()
+            .map(|h| format!("{}:{}", h["id"], h["score"]))
+            .collect();
+        writeln!(out, "terms {}\t{}", query.terms.join(" "), list.join(" "))?;
+        if include != Include::Nothing {
+            for h in &hits {
+                writeln!(out, "  {}\t{}", h["id"], h["fields"])?;
+            }
+        }
+    }
     Ok(())
 }
 

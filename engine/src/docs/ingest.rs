@@ -11,8 +11,20 @@ use super::{DocReader, DocStoreWriter, KeyMap, UserId, VectorSource, DEFAULT_BLO
 use crate::element::ElemType;
 use crate::error::{DocsError, Error, Result};
 use crate::filter::{FilterIndex, FilterIndexBuilder};
-use crate::layout::DOCS_FILE;
+use crate::layout::{DOCS_FILE, TEXT_FILE};
 use crate::progress::Progress;
+use crate::text::{Analyzer, TextIndexBuilder};
+
+/// Which payload fields a build indexes, and how.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IndexedFields {
+    /// Fields of the filter index (`--filter-fields`).
+    pub filter: Vec<String>,
+    /// Fields of the BM25 text index (`--text-fields`), joined in this order.
+    pub text: Vec<String>,
+    /// How the text fields become terms.
+    pub analyzer: Analyzer,
+}
 
 /// What [`ingest`] read.
 #[derive(Debug)]
@@ -27,8 +39,10 @@ pub struct Ingested {
     pub keys: KeyMap,
     /// The filter index, when fields to index were named.
     pub filters: Option<FilterIndex>,
-    /// The fields the filter index covers (to index a subset the same way).
-    pub filter_fields: Vec<String>,
+    /// `text.bin`, in the staging directory, when text fields were named.
+    pub text: Option<PathBuf>,
+    /// The fields indexed (to index a subset the same way).
+    pub fields: IndexedFields,
 }
 
 /// Reads `path` (JSON Lines), writing `docs.bin` and, for inline vectors,
@@ -36,7 +50,7 @@ pub struct Ingested {
 pub fn ingest(
     path: &Path,
     source: VectorSource,
-    filter_fields: &[String],
+    fields: &IndexedFields,
     staging: &Path,
     progress: &dyn Progress,
 ) -> Result<Ingested> {
@@ -59,10 +73,19 @@ pub fn ingest(
         Some(elem) => Some(StagedVectors::create(staging, elem)?),
         None => None,
     };
-    let mut filters = if filter_fields.is_empty() {
+    let mut filters = if fields.filter.is_empty() {
         None
     } else {
-        Some(FilterIndexBuilder::new(filter_fields)?)
+        Some(FilterIndexBuilder::new(&fields.filter)?)
+    };
+    let mut text = if fields.text.is_empty() {
+        None
+    } else {
+        Some(TextIndexBuilder::new(
+            &fields.text,
+            fields.analyzer,
+            &staging.join("text-scratch"),
+        )?)
     };
     let mut ids: Vec<UserId> = Vec::new();
     let docs = |e| Error::docs(path, e);
@@ -75,6 +98,14 @@ pub fn ingest(
         if let Some(f) = filters.as_mut() {
             f.add(n, &doc.payload).map_err(|source| {
                 docs(DocsError::Filter {
+                    line: doc.line,
+                    source,
+                })
+            })?;
+        }
+        if let Some(t) = text.as_mut() {
+            t.add(n, &doc.payload).map_err(|source| {
+                docs(DocsError::Text {
                     line: doc.line,
                     source,
                 })
@@ -102,13 +133,22 @@ pub fn ingest(
         None => None,
     };
     let keys = KeyMap::from_ids(ids).map_err(docs)?;
+    let text = match text {
+        Some(t) => {
+            let out = staging.join(TEXT_FILE);
+            t.finish(&out)?;
+            Some(out)
+        }
+        None => None,
+    };
     Ok(Ingested {
         count: keys.len(),
         vectors,
         store: store_path,
         keys,
         filters: filters.map(FilterIndexBuilder::finish),
-        filter_fields: filter_fields.to_vec(),
+        text,
+        fields: fields.clone(),
     })
 }
 
@@ -209,7 +249,11 @@ mod tests {
                 elem: ElemType::U8,
                 dim: None,
             },
-            &["lang".into(), "year".into()],
+            &IndexedFields {
+                filter: vec!["lang".into(), "year".into()],
+                text: vec!["text".into()],
+                ..IndexedFields::default()
+            },
             &staging,
             &NoProgress,
         )
@@ -224,6 +268,43 @@ mod tests {
         let f = Filter::parse(&serde_json::json!({"year": {"$gte": 2021}})).unwrap();
         let m = got.filters.unwrap().evaluate(&f).unwrap();
         assert_eq!(m.iter().collect::<Vec<_>>(), vec![1]);
+        let text = crate::text::TextIndex::open(&got.text.unwrap()).unwrap();
+        let hits = text.search(&text.analyze("xx"), None, 5, None).unwrap();
+        assert!(hits.is_empty());
+        assert_eq!(text.num_docs(), 2);
+    }
+
+    #[test]
+    fn a_bad_text_field_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("d.jsonl");
+        std::fs::write(
+            &input,
+            "{\"id\": 1, \"vector\": [1], \"t\": \"ok\"}\n{\"id\": 2, \"vector\": [1], \"t\": {\"a\": 1}}\n",
+        )
+        .unwrap();
+        let e = ingest(
+            &input,
+            VectorSource::Inline {
+                elem: ElemType::U8,
+                dim: None,
+            },
+            &IndexedFields {
+                text: vec!["t".into()],
+                ..IndexedFields::default()
+            },
+            &dir.path().join("s"),
+            &NoProgress,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("d.jsonl")
+                && e.contains("line 2")
+                && e.contains("\"t\"")
+                && e.contains("an object"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -241,7 +322,10 @@ mod tests {
                 elem: ElemType::U8,
                 dim: None,
             },
-            &["year".into()],
+            &IndexedFields {
+                filter: vec!["year".into()],
+                ..IndexedFields::default()
+            },
             &dir.path().join("s"),
             &NoProgress,
         )

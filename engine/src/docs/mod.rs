@@ -24,7 +24,7 @@ mod jsonl;
 mod keys;
 mod store;
 
-pub use ingest::{ingest, Ingested};
+pub use ingest::{ingest, IndexedFields, Ingested};
 
 use std::path::Path;
 
@@ -32,7 +32,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, FilterError, FormatError, Result};
 use crate::filter::{Filter, FilterIndex, FilterIndexBuilder, RoaringBitmap};
-use crate::layout::{DOCS_FILE, FILTERS_FILE, INDEX_FILE, KEYS_FILE};
+use crate::layout::{DOCS_FILE, FILTERS_FILE, INDEX_FILE, KEYS_FILE, TEXT_FILE};
+use crate::text::{TextIndex, TextIndexBuilder};
 pub use jsonl::{DocReader, Document, VectorSource};
 pub use keys::{KeyMap, KEYS_MAGIC};
 pub use store::{DocStore, DocStoreWriter, DEFAULT_BLOCK_BYTES, DOCS_MAGIC};
@@ -97,6 +98,7 @@ pub struct Documents {
     keys: KeyMap,
     store: DocStore,
     filters: Option<FilterIndex>,
+    text: Option<TextIndex>,
 }
 
 /// Which payload fields to return with a hit.
@@ -141,12 +143,22 @@ impl Documents {
         } else {
             None
         };
+        let text_path = dir.join(TEXT_FILE);
+        let text = if text_path.exists() {
+            Some(TextIndex::open(&text_path)?)
+        } else {
+            None
+        };
         let counts = [
             (KEYS_FILE, keys.len() as u64),
             (DOCS_FILE, store.len() as u64),
             (
                 FILTERS_FILE,
                 filters.as_ref().map_or(num_points, |f| f.num_docs() as u64),
+            ),
+            (
+                TEXT_FILE,
+                text.as_ref().map_or(num_points, TextIndex::num_docs),
             ),
         ];
         for (file, count) in counts {
@@ -165,6 +177,7 @@ impl Documents {
             keys,
             store,
             filters,
+            text,
         }))
     }
 
@@ -178,6 +191,10 @@ impl Documents {
         if let Some(f) = &ingested.filters {
             f.write(&seg_dir.join(FILTERS_FILE))?;
         }
+        if let Some(t) = &ingested.text {
+            let to = seg_dir.join(TEXT_FILE);
+            std::fs::rename(t, &to).map_err(|e| Error::io(&to, e))?;
+        }
         Ok(())
     }
 
@@ -187,16 +204,26 @@ impl Documents {
     pub fn install_subset(ingested: &Ingested, members: &[u32], seg_dir: &Path) -> Result<()> {
         let source = DocStore::open(&ingested.store)?;
         let mut store = DocStoreWriter::create(&seg_dir.join(DOCS_FILE), DEFAULT_BLOCK_BYTES)?;
-        let mut filters = if ingested.filter_fields.is_empty() {
+        let fields = &ingested.fields;
+        let mut filters = if fields.filter.is_empty() {
             None
         } else {
-            Some(FilterIndexBuilder::new(&ingested.filter_fields)?)
+            Some(FilterIndexBuilder::new(&fields.filter)?)
+        };
+        let mut text = if fields.text.is_empty() {
+            None
+        } else {
+            Some(TextIndexBuilder::new(
+                &fields.text,
+                fields.analyzer,
+                &seg_dir.join(".text-scratch"),
+            )?)
         };
         let mut ids = Vec::with_capacity(members.len());
         for chunk in members.chunks(4096) {
             for (k, payload) in source.get_many(chunk)?.into_iter().enumerate() {
                 let global = chunk.get(k).copied().unwrap_or(0);
-                if let Some(f) = filters.as_mut() {
+                if filters.is_some() || text.is_some() {
                     let map: Map<String, Value> =
                         serde_json::from_slice(&payload).map_err(|e| {
                             Error::format(
@@ -208,7 +235,14 @@ impl Documents {
                                 },
                             )
                         })?;
-                    f.add(ids.len() as u32, &map)?;
+                    let local = ids.len() as u32;
+                    if let Some(f) = filters.as_mut() {
+                        f.add(local, &map)?;
+                    }
+                    if let Some(t) = text.as_mut() {
+                        t.add(local, &map)
+                            .map_err(|e| Error::text(&ingested.store, e))?;
+                    }
                 }
                 store.add(&payload)?;
                 ids.push(ingested.keys.key(global));
@@ -220,6 +254,9 @@ impl Documents {
             .write(&seg_dir.join(KEYS_FILE))?;
         if let Some(f) = filters {
             f.finish().write(&seg_dir.join(FILTERS_FILE))?;
+        }
+        if let Some(t) = text {
+            t.finish(&seg_dir.join(TEXT_FILE))?;
         }
         Ok(())
     }
@@ -234,6 +271,11 @@ impl Documents {
 
     pub fn filters(&self) -> Option<&FilterIndex> {
         self.filters.as_ref()
+    }
+
+    /// The BM25 text index, when the segment was built with text fields.
+    pub fn text(&self) -> Option<&TextIndex> {
+        self.text.as_ref()
     }
 
     /// Bytes of RAM held: ids, block table, filter index.

@@ -71,6 +71,8 @@ pub const KEYS_FILE: &str = "keys.bin";
 pub const DOCS_FILE: &str = "docs.bin";
 /// The filter index over payload fields (`format-spec/filters.md`).
 pub const FILTERS_FILE: &str = "filters.bin";
+/// The BM25 text index over payload fields (`format-spec/text.md`).
+pub const TEXT_FILE: &str = "text.bin";
 /// A sharded index's description of its shards (`format-spec/cluster.md`).
 pub const CLUSTER_FILE: &str = "cluster.json";
 
