@@ -19,9 +19,16 @@ The case: graded qrels (0, 1, 2), runs longer than k with relevant documents
 beyond the cut-off, a tie in scores, a query that retrieves no relevant
 document, a query whose judgments are all 0, a judged query with an empty
 run, and a run for a query without judgments (skipped by pytrec_eval).
+
+With `--beir DIR` (needs numpy too) it instead prints the exact dense scores of
+a BEIR folder with base.fbin/query.fbin: brute-force top 100 by inner product
+(the vectors are unit norm, so cosine ranks alike; ties by smaller row), scored
+by pytrec_eval as above. tests/data/manpages-mini/README.md holds its numbers.
 """
 
 from __future__ import annotations
+
+import sys
 
 import pytrec_eval
 
@@ -69,7 +76,49 @@ def pytrec_order(run: dict[str, float]) -> list[str]:
     return sorted(sorted(run, reverse=True), key=lambda d: -run[d])
 
 
+def exact_dense(beir: str) -> None:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    d = Path(beir)
+
+    def fbin(p: Path) -> np.ndarray:
+        n, dim = np.fromfile(p, dtype="<u4", count=2)
+        return np.fromfile(p, dtype="<f4", offset=8).reshape(n, dim)
+
+    def ids(p: Path) -> list[str]:
+        return [json.loads(l)["_id"] for l in p.open(encoding="utf-8") if l.strip()]
+
+    corpus, queries = ids(d / "corpus.jsonl"), ids(d / "queries.jsonl")
+    qrels: dict[str, dict[str, int]] = {}
+    for line in (d / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+        if line.strip():
+            q, c, s = line.split("\t")
+            qrels.setdefault(q, {})[c] = int(s)
+    sims = fbin(d / "query.fbin").astype(np.float64) @ fbin(d / "base.fbin").astype(np.float64).T
+    runs = {}
+    for qi, q in enumerate(queries):
+        if q not in qrels:
+            continue
+        top = sorted(range(len(corpus)), key=lambda r: (-sims[qi, r], r))[:100]
+        # Distinct descending scores in rank order: pytrec_eval keeps it.
+        runs[q] = {corpus[r]: float(100 - i) for i, r in enumerate(top)}
+    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(runs)
+    cut = {q: {c: s for c, s in r.items() if s > 90} for q, r in runs.items()}
+    rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(cut)
+    n = len(full)
+    print(f"# exact dense, {n} queries, pytrec_eval {getattr(pytrec_eval, '__version__', '?')}")
+    print("nDCG@10", repr(sum(v["ndcg_cut_10"] for v in full.values()) / n))
+    print("recall@100", repr(sum(v["recall_100"] for v in full.values()) / n))
+    print("MRR@10", repr(sum(v["recip_rank"] for v in rr.values()) / n))
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--beir":
+        exact_dense(sys.argv[2])
+        return
     measures = {f"ndcg_cut.{k}" for k in CUTS} | {f"recall.{k}" for k in CUTS}
     full = pytrec_eval.RelevanceEvaluator(QRELS, measures).evaluate(RUNS)
     rr = {}
