@@ -10,6 +10,7 @@
 //! | [`ClusterFileError`] | a sharded index's `cluster.json` | `cluster` |
 //! | [`DocsError`] | documents in JSON Lines: ids, vectors, payloads | `docs` |
 //! | [`FilterError`] | a filter, or a payload the filter index cannot hold | `filter` |
+//! | [`BeirError`] | a data set in the BEIR layout: corpus, queries, judgments | `eval` |
 //! | [`FusionError`] | a fusion of two ranked lists asked with values out of range | `fusion` |
 //!
 //! This module is a leaf (it names only [`ElemType`]), so every other module
@@ -77,6 +78,14 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: Box<DocsError>,
+    },
+    /// A file of a data set in the BEIR layout that is missing or has a bad
+    /// line (the error names the line).
+    #[error("{}: {source}", path.display())]
+    Beir {
+        path: PathBuf,
+        #[source]
+        source: Box<BeirError>,
     },
     /// A filter that does not parse or does not fit the indexed fields.
     #[error("filter: {0}")]
@@ -160,6 +169,13 @@ impl Error {
     /// A text-index error about the file or segment at `path`.
     pub fn text(path: impl Into<PathBuf>, source: TextError) -> Self {
         Error::Text {
+            path: path.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn beir(path: impl Into<PathBuf>, source: BeirError) -> Self {
+        Error::Beir {
             path: path.into(),
             source: Box::new(source),
         }
@@ -445,6 +461,58 @@ pub enum DocsError {
     Empty,
     #[error("more than {max} documents (segment-local ids are u32)")]
     TooMany { max: u64 },
+}
+
+/// What can be wrong with a data set in the BEIR layout (`corpus.jsonl`,
+/// `queries.jsonl`, `qrels/test.tsv`, and optionally `base.fbin` and
+/// `query.fbin`). [`Error::Beir`] names the file; line numbers are 1-based
+/// and count blank lines and the qrels header.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BeirError {
+    #[error("missing: a BEIR data set has corpus.jsonl, queries.jsonl and qrels/test.tsv")]
+    Missing,
+    #[error("line {line}: not JSON: {source}")]
+    NotJson {
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("line {line}: no \"_id\" field")]
+    MissingId { line: usize },
+    #[error("line {line}: \"_id\" must be a string or a non-negative integer, got {got}")]
+    BadId { line: usize, got: String },
+    #[error("line {line}: query {id:?} has no \"text\" string")]
+    MissingText { line: usize, id: String },
+    #[error("line {line}: id {id:?} was already used on line {first}")]
+    DuplicateId {
+        line: usize,
+        id: String,
+        first: usize,
+    },
+    #[error("line 1: the header must be \"query-id<TAB>corpus-id<TAB>score\", got {got:?}")]
+    BadHeader { got: String },
+    #[error("line {line}: {why}")]
+    BadJudgment { line: usize, why: String },
+    #[error("line {line}: query id {id:?} is not in queries.jsonl")]
+    UnknownQuery { line: usize, id: String },
+    #[error("line {line}: corpus id {id:?} is not in corpus.jsonl")]
+    UnknownDoc { line: usize, id: String },
+    #[error("line {line}: query {query:?} judges {doc:?} again (first on line {first})")]
+    JudgedTwice {
+        line: usize,
+        query: String,
+        doc: String,
+        first: usize,
+    },
+    #[error("has {rows} rows, but {lines_of} has {lines} entries: row i is the vector of entry i")]
+    RowCount {
+        rows: usize,
+        lines_of: &'static str,
+        lines: usize,
+    },
+    #[error("has no {what}")]
+    Empty { what: &'static str },
 }
 
 /// A fusion of two ranked lists asked with a value out of range, or a

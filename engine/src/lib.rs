@@ -30,6 +30,7 @@
 //! | 2 | `kmeans` | k-means++ and Lloyd (PQ training and the k-means partition; internal) |
 //! | 3 | [`synth`] | reproducible synthetic data sets |
 //! | 3 | [`groundtruth`] | exact k-NN by brute force |
+//! | 3 | [`eval`] | relevance judgments, nDCG/recall/MRR as pytrec_eval computes them, BEIR data sets |
 //! | 3 | [`pq`] | product quantization: training, encoding, ADC tables |
 //! | 3 | [`vamana`] | the DiskANN graph build (greedy search + RobustPrune) |
 //! | 3 | [`partition`] | assigning points to shards (k-means cells or random) |
@@ -60,6 +61,7 @@ pub mod data;
 pub mod docs;
 pub mod element;
 pub mod error;
+pub mod eval;
 pub mod filter;
 pub mod fs;
 pub mod fusion;
@@ -82,7 +84,7 @@ mod visited;
 
 pub use element::ElemType;
 pub use error::{
-    ClusterFileError, DataError, DocsError, Error, FormatError, FusionError, ManifestError, Result,
-    SegmentError, TextError,
+    BeirError, ClusterFileError, DataError, DocsError, Error, FormatError, FusionError,
+    ManifestError, Result, SegmentError, TextError,
 };
 pub use metric::{Element, Metric};

@@ -7,6 +7,7 @@ mod cluster;
 mod documents;
 mod documents_cluster;
 mod documents_http;
+mod eval;
 mod golden;
 mod ops;
 mod pipeline;

@@ -44,6 +44,7 @@ pub enum Command {
     Search(SearchArgs),
     Bench(BenchArgs),
     Inspect(InspectArgs),
+    Eval(EvalArgs),
     Verify(VerifyArgs),
     Replicate(ReplicateArgs),
     Serve(ServeArgs),
@@ -315,6 +316,79 @@ pub struct BenchArgs {
     pub include: Vec<String>,
 }
 
+/// Measure answer quality: nDCG, recall and MRR against relevance judgments.
+///
+/// Where `bench` asks "did the search find the exact nearest neighbours?",
+/// `eval` asks "are the passages it returns the right ones?", as BEIR
+/// measures it. The data set is a folder in the BEIR layout:
+///
+///   corpus.jsonl     {"_id": "17", "title": "...", "text": "..."} per line
+///   queries.jsonl    {"_id": "3", "text": "..."} per line
+///   qrels/test.tsv   query-id<TAB>corpus-id<TAB>score (header line first;
+///                    score 0 = not relevant, 1, 2, ... = more relevant)
+///   base.fbin        corpus vectors, row i = line i of corpus.jsonl
+///   query.fbin       query vectors, row i = line i of queries.jsonl
+///
+/// Build the index from the same folder, so that hits carry the corpus ids:
+///
+///   shardann build --docs DIR/corpus.jsonl --base DIR/base.fbin --metric cosine --out idx
+///   shardann eval --dataset DIR --index idx --methods dense --report eval.json
+///
+/// Every query with judgments is searched once per method, one at a time
+/// (queries without judgments are skipped, as pytrec_eval skips them).
+/// Metrics are pytrec_eval's: nDCG@k with graded gains (ndcg_cut), recall@R
+/// counting score >= 1 as relevant, MRR@k (recip_rank of the ranking cut to
+/// k); each is the mean over the judged queries. Latency is the time to get
+/// one query's ranking: both signals and the fusion for fused methods.
+///
+/// Methods:
+///   dense               vector search alone (top R by distance)
+///   bm25                BM25 alone (needs an index built with --text-fields)
+///   rrf, rrf:K          reciprocal rank fusion of the dense and BM25 top
+///                       --candidates: sum of 1/(K + rank), K = 60
+///   weighted:A[:NORM]   A * dense + (1 - A) * BM25 after normalising each
+///                       list (NORM: minmax (default), zscore, dbsf)
+///   dbsf                weighted:0.5:dbsf (Qdrant's distribution-based fusion)
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct EvalArgs {
+    /// The data set folder (BEIR layout, see above).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// The index, built with --docs from the data set's corpus.jsonl.
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Comma-separated methods, each measured on its own.
+    #[arg(long, value_delimiter = ',', default_value = "dense")]
+    pub methods: Vec<crate::eval::NamedMethod>,
+    /// Cut-off of nDCG and MRR.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one())]
+    pub k: usize,
+    /// Cut-off of recall (R); also how many hits each method returns.
+    #[arg(long, default_value_t = 100, value_parser = at_least_one())]
+    pub recall_at: usize,
+    /// L of the dense search, at least the dense hits the methods ask for.
+    /// [default: that many: the largest cut-off for dense, --candidates for
+    /// fused methods]
+    #[arg(long)]
+    pub list: Option<usize>,
+    /// W: nodes read per round trip to the disk.
+    #[arg(long, default_value_t = 4)]
+    pub beam: usize,
+    /// Hits each signal contributes to a fused method before fusion.
+    #[arg(long, default_value_t = 100, value_parser = at_least_one())]
+    pub candidates: usize,
+    /// Only the first N queries with judgments (for a quick look).
+    #[arg(long, value_parser = at_least_one())]
+    pub limit: Option<usize>,
+    /// Write the JSON report here: per method the mean scores, latency and
+    /// every query's scores.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
 /// How `search` and `bench` read the index.
 #[derive(Debug, Args, Clone)]
 pub struct ReadArgs {
@@ -490,6 +564,7 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Search(a) => crate::search::search(&a, out),
         Command::Bench(a) => crate::bench::bench(&a, out).map(|_| ()),
         Command::Inspect(a) => crate::inspect::inspect(&a, out),
+        Command::Eval(a) => crate::eval::eval(&a, out),
         Command::Serve(a) => crate::serve::serve(&a, out),
         Command::Verify(a) => crate::inspect::verify(&a, out),
         Command::Replicate(a) => crate::serve::replicate(&a, out),

@@ -8,6 +8,7 @@ mod build;
 mod cli;
 mod data;
 mod demo;
+mod eval;
 mod inspect;
 mod progress;
 mod search;
@@ -21,6 +22,7 @@ use clap::Parser;
 
 pub use bench::{BenchReport, RunReport};
 pub use cli::Cli;
+pub use eval::{EvalReport, Method, MethodReport, Retriever, Signal};
 
 /// Parses `args` (including the program name) and runs the command.
 pub fn run<I, T>(args: I, out: &mut dyn Write) -> anyhow::Result<()>
