@@ -22,12 +22,17 @@ fn mini() -> PathBuf {
 const PYTREC_EXACT: [f64; 3] = [0.509293, 0.702928, 0.719365];
 
 fn build(set: &Path, out: &Path) -> String {
-    cli_ok(&[
+    build_with(set, out, &[])
+}
+
+fn build_with(set: &Path, out: &Path, extra: &[&str]) -> String {
+    let (corpus, base) = (set.join("corpus.jsonl"), set.join("base.fbin"));
+    let mut args = vec![
         "build",
         "--docs",
-        p(&set.join("corpus.jsonl")),
+        p(&corpus),
         "--base",
-        p(&set.join("base.fbin")),
+        p(&base),
         "--metric",
         "cosine",
         "--out",
@@ -36,7 +41,95 @@ fn build(set: &Path, out: &Path) -> String {
         "32",
         "--build-list",
         "64",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    cli_ok(&args)
+}
+
+/// The mean scores of one method of an eval report.
+fn scores(r: &serde_json::Value, method: &str) -> [f64; 3] {
+    let m = r["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["method"] == method)
+        .unwrap_or_else(|| panic!("no {method} in {r}"));
+    [
+        m["ndcg"].as_f64().unwrap(),
+        m["recall"].as_f64().unwrap(),
+        m["mrr"].as_f64().unwrap(),
+    ]
+}
+
+/// BM25 through a 2-node, 2-shard cluster scores as one unsharded index
+/// (global statistics), and the node's own fusion agrees with `eval`'s
+/// fusion of the node's two lists.
+#[test]
+fn bm25_and_hybrid_eval_through_two_nodes_match_one_index() {
+    use crate::cluster::free_addrs;
+    use crate::text_cluster::{node_toml, peer, start};
+    let d = tempfile::tempdir().unwrap();
+    let set = mini();
+    let one = d.path().join("one");
+    let two = d.path().join("two");
+    let text = ["--text-fields", "title,text"];
+    build_with(&set, &one, &text);
+    build_with(&set, &two, &[&text[..], &["--shards", "2"]].concat());
+    let local = d.path().join("local.json");
+    cli_ok(&[
+        "eval",
+        "--dataset",
+        p(&set),
+        "--index",
+        p(&one),
+        "--methods",
+        "bm25,rrf",
+        "--report",
+        p(&local),
+    ]);
+    let local = report(&local);
+    let addrs = free_addrs(2);
+    let n1 = start(
+        d.path(),
+        "n1",
+        addrs[0],
+        node_toml("n1", addrs[0], &two, &[0], &peer("n2", addrs[1], &[1])),
+    );
+    let n2 = start(
+        d.path(),
+        "n2",
+        addrs[1],
+        node_toml("n2", addrs[1], &two, &[1], &peer("n1", addrs[0], &[0])),
+    );
+    let remote = d.path().join("remote.json");
+    let url = format!("http://{}", n1.addr);
+    cli_ok(&[
+        "eval",
+        "--dataset",
+        p(&set),
+        "--server",
+        &url,
+        "--methods",
+        "bm25,rrf,weighted:0.7",
+        "--report",
+        p(&remote),
+    ]);
+    let remote = report(&remote);
+    let (l, r) = (scores(&local, "bm25"), scores(&remote, "bm25"));
+    eprintln!("bm25 one index {l:?}, two nodes {r:?}");
+    for (a, b) in l.iter().zip(&r) {
+        assert!(
+            (a - b).abs() <= 0.002,
+            "bm25: one index {l:?}, two nodes {r:?}"
+        );
+    }
+    // BM25 is worth having on this set: it finds relevant passages.
+    assert!(l[0] > 0.2, "{l:?}");
+    for m in ["rrf", "weighted:0.7"] {
+        let s = scores(&remote, m);
+        assert!(s.iter().all(|x| (0.0..=1.0).contains(x)), "{m}: {s:?}");
+    }
+    drop((n1, n2));
 }
 
 #[test]

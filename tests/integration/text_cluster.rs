@@ -69,7 +69,13 @@ fn documents() -> Vec<Doc> {
         .collect()
 }
 
-fn node_toml(id: &str, addr: SocketAddr, dir: &Path, shards: &[u32], peers: &str) -> String {
+pub(crate) fn node_toml(
+    id: &str,
+    addr: SocketAddr,
+    dir: &Path,
+    shards: &[u32],
+    peers: &str,
+) -> String {
     format!(
         "node_id = \"{id}\"\nlisten = \"{addr}\"\nindex_dir = \"{}\"\nshards = {shards:?}\n\
          executors = 1\ncluster_token = \"s3cret\"\nfollow_ms = 0\n{peers}",
@@ -77,11 +83,11 @@ fn node_toml(id: &str, addr: SocketAddr, dir: &Path, shards: &[u32], peers: &str
     )
 }
 
-fn peer(id: &str, addr: SocketAddr, shards: &[u32]) -> String {
+pub(crate) fn peer(id: &str, addr: SocketAddr, shards: &[u32]) -> String {
     format!("[[peers]]\nid = \"{id}\"\naddress = \"{addr}\"\nshards = {shards:?}\n")
 }
 
-fn start(d: &Path, id: &'static str, addr: SocketAddr, toml: String) -> NodeProc {
+pub(crate) fn start(d: &Path, id: &'static str, addr: SocketAddr, toml: String) -> NodeProc {
     let path = d.join(format!("{id}.toml"));
     std::fs::write(&path, toml).unwrap();
     let mut n = NodeProc::start(id, addr, &path);

@@ -47,6 +47,19 @@ pub trait Retriever {
     /// Whether `signal` can be searched at all: checked for every method
     /// before any query runs, so a missing text index is reported at once.
     fn check(&self, signal: Signal) -> anyhow::Result<()>;
+    /// The fused ranking of a hybrid query, when the retriever fuses
+    /// itself (a node does); `None`: `eval` fuses [`Self::dense`] and
+    /// [`Self::text`] with `engine::fusion`.
+    fn fused(
+        &mut self,
+        _query_row: usize,
+        _text: &str,
+        _fusion: &Fusion,
+        _candidates: usize,
+        _k: usize,
+    ) -> anyhow::Result<Option<Vec<UserId>>> {
+        Ok(None)
+    }
 }
 
 /// One of the two signals.
@@ -249,6 +262,11 @@ pub fn run_methods(
                     .map(|(id, _)| id)
                     .collect(),
                 Method::Fused(f) => {
+                    if let Some(ranking) = r.fused(row, &q.text, f, cfg.candidates, depth)? {
+                        micros.push(t.elapsed().as_secs_f64() * 1e6);
+                        runs.push((q.id.as_str(), ranking.iter().map(id_text).collect()));
+                        continue;
+                    }
                     let dense = r.dense(row, cfg.candidates)?;
                     let text = r.text(&q.text, cfg.candidates)?;
                     f.fuse(&dense, &text)
@@ -393,9 +411,18 @@ impl Retriever for LocalIndex<'_> {
         Ok(hits.iter().map(|h| (keys.key(h.id), h.distance)).collect())
     }
 
-    fn text(&mut self, _text: &str, _k: usize) -> anyhow::Result<Vec<(UserId, f32)>> {
+    fn text(&mut self, text: &str, k: usize) -> anyhow::Result<Vec<(UserId, f32)>> {
         self.check(Signal::Text)?;
-        Ok(Vec::new())
+        let docs = self.idx.documents().context("the index has no documents")?;
+        let index = docs.text().context("the index has no text fields")?;
+        let hits = index.search(&index.analyze(text), None, k, None)?;
+        // Ties by user id, as the node breaks them.
+        let mut hits: Vec<(UserId, f32)> = hits
+            .into_iter()
+            .map(|(local, score)| (docs.keys().key(local), score))
+            .collect();
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(hits)
     }
 
     fn check(&self, signal: Signal) -> anyhow::Result<()> {
@@ -409,11 +436,128 @@ impl Retriever for LocalIndex<'_> {
                 }
                 Ok(())
             }
-            Signal::Text => bail!(
-                "the index at {} has no text fields; build with --text-fields",
-                self.idx.dir().display()
-            ),
+            Signal::Text => {
+                if self.idx.documents().and_then(|d| d.text()).is_none() {
+                    bail!(
+                        "the index at {} has no text fields; build with --text-fields",
+                        self.idx.dir().display()
+                    );
+                }
+                Ok(())
+            }
         }
+    }
+}
+
+/// A running node searched over HTTP/2: `POST /v1/search` per query, the
+/// node fusing hybrid queries itself.
+pub struct ServerIndex<'a> {
+    addr: std::net::SocketAddr,
+    url: String,
+    set: &'a BeirSet,
+    list: usize,
+    beam: usize,
+}
+
+impl ServerIndex<'_> {
+    /// One search; the hits' ids, and the scores under `field`.
+    fn search(&self, body: serde_json::Value, field: &str) -> anyhow::Result<Vec<(UserId, f32)>> {
+        use shardann_server::client::{exchange, Request, Version};
+        let r = exchange(
+            self.addr,
+            Version::Http2,
+            vec![Request::post("/v1/search", body.to_string())],
+        )?;
+        let (status, bytes) = r
+            .into_iter()
+            .next()
+            .context("no response")?
+            .with_context(|| format!("searching {}", self.url))?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: the answer is not JSON", self.url))?;
+        if status != 200 {
+            bail!("{} answered {status}: {}", self.url, v["error"]);
+        }
+        if v["partial"] == true {
+            bail!(
+                "{} answered without shards {}: a partial answer would skew the scores",
+                self.url,
+                v["missing_shards"]
+            );
+        }
+        let hits = v["hits"].as_array().context("no hits in the answer")?;
+        hits.iter()
+            .map(|h| {
+                let id = UserId::from_json(&h["id"]).context("a hit without an id")?;
+                let score = h[field].as_f64().unwrap_or(f64::NAN) as f32;
+                Ok((id, score))
+            })
+            .collect()
+    }
+
+    fn vector(&self, row: usize) -> anyhow::Result<Vec<f32>> {
+        let qv = self
+            .set
+            .query_vectors
+            .as_ref()
+            .context("the data set has no query.fbin")?
+            .vectors::<f32>()?;
+        Ok(qv.row(row).to_vec())
+    }
+}
+
+/// A fusion as the API spells it.
+fn fusion_json(f: &Fusion) -> serde_json::Value {
+    match *f {
+        Fusion::Rrf { k } => serde_json::json!({"method": "rrf", "k": k}),
+        Fusion::Weighted { alpha, normalize } => serde_json::json!({
+            "method": "weighted", "alpha": alpha, "normalize": normalize.name()
+        }),
+    }
+}
+
+impl Retriever for ServerIndex<'_> {
+    fn dense(&mut self, query_row: usize, k: usize) -> anyhow::Result<Vec<(UserId, f32)>> {
+        let body = serde_json::json!({
+            "vector": self.vector(query_row)?, "k": k,
+            "list": self.list.max(k), "beam": self.beam
+        });
+        self.search(body, "distance")
+    }
+
+    fn text(&mut self, text: &str, k: usize) -> anyhow::Result<Vec<(UserId, f32)>> {
+        self.search(serde_json::json!({"text": text, "k": k}), "score")
+    }
+
+    fn check(&self, signal: Signal) -> anyhow::Result<()> {
+        if signal == Signal::Dense && self.set.query_vectors.is_none() {
+            bail!(
+                "{} has no query.fbin: dense search needs the query vectors",
+                self.set.dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn fused(
+        &mut self,
+        query_row: usize,
+        text: &str,
+        fusion: &Fusion,
+        candidates: usize,
+        k: usize,
+    ) -> anyhow::Result<Option<Vec<UserId>>> {
+        let body = serde_json::json!({
+            "vector": self.vector(query_row)?, "text": text, "k": k,
+            "candidates": candidates, "list": self.list.max(candidates),
+            "beam": self.beam, "fusion": fusion_json(fusion)
+        });
+        Ok(Some(
+            self.search(body, "score")?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect(),
+        ))
     }
 }
 
@@ -446,7 +590,24 @@ pub fn eval(a: &EvalArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     let set = BeirSet::open(&a.dataset)
         .with_context(|| format!("reading the data set {}", a.dataset.display()))?;
-    let mut index = LocalIndex::open(&a.index, &set, &a.read, list, a.beam)?;
+    let (mut local, mut remote);
+    let (index, where_): (&mut dyn Retriever, String) = match (&a.index, &a.server) {
+        (Some(dir), _) => {
+            local = LocalIndex::open(dir, &set, &a.read, list, a.beam)?;
+            (&mut local, format!("index {}", dir.display()))
+        }
+        (None, Some(url)) => {
+            remote = ServerIndex {
+                addr: shardann_server::client::parse_url(url)?,
+                url: url.clone(),
+                set: &set,
+                list,
+                beam: a.beam,
+            };
+            (&mut remote, format!("node {url}"))
+        }
+        (None, None) => bail!("give --index DIR or --server URL"),
+    };
     let judged = set.judged_queries().count();
     writeln!(
         out,
@@ -459,12 +620,10 @@ pub fn eval(a: &EvalArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "index {}: L={list} W={} candidates={}",
-        a.index.display(),
-        a.beam,
-        a.candidates
+        "{where_}: L={list} W={} candidates={}",
+        a.beam, a.candidates
     )?;
-    let methods_report = run_methods(&set, &mut index, &methods, cfg)?;
+    let methods_report = run_methods(&set, index, &methods, cfg)?;
     let c = cfg.cutoffs;
     writeln!(
         out,
@@ -489,7 +648,7 @@ pub fn eval(a: &EvalArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION"),
         git_commit: git_commit(),
         dataset: a.dataset.display().to_string(),
-        index: a.index.display().to_string(),
+        index: where_.clone(),
         corpus_documents: set.corpus_ids.len(),
         judged_queries: judged,
         skipped_queries: set.queries.len() - judged,

@@ -68,9 +68,11 @@ pub enum Analyzer {
     /// Words, lower-cased.
     Words,
     /// Words, lower-cased, English stop words removed.
-    #[default]
     WordsStop,
-    /// Words, lower-cased, English stop words removed, Porter-stemmed.
+    /// Words, lower-cased, English stop words removed, Porter-stemmed: the
+    /// default, by measurement (manpages-dev BM25 nDCG@10: 0.2623 against
+    /// 0.2303 without stemming and 0.2253 without stop words either).
+    #[default]
     WordsStopStem,
 }
 
