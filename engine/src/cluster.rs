@@ -80,7 +80,11 @@ impl ClusterManifest {
     /// (unsharded) index directory, a one-shard manifest describing it, so
     /// code that serves shards serves a single index the same way.
     pub fn of_dir(dir: &Path) -> Result<Self> {
-        if dir.join(CLUSTER_FILE).exists() || !dir.join(INDEX_FILE).exists() {
+        // A plain index (disk.index) or a versioned one (CURRENT) is a
+        // cluster of one shard.
+        let single =
+            dir.join(INDEX_FILE).exists() || dir.join(crate::layout::CURRENT_FILE).exists();
+        if dir.join(CLUSTER_FILE).exists() || !single {
             return read_manifest(dir);
         }
         let index = crate::shard::open(dir, OpenOptions::buffered())?;

@@ -433,7 +433,9 @@ impl<T: WireElem> Executor<T> {
         // (a peer is given them), so that scores compare across shards.
         let mut query = q.clone();
         if let Some(text) = query.text.as_mut() {
-            if text.stats.is_none() {
+            // One shard in all: its own statistics are the global ones.
+            let alone = remote.is_empty() && local.len() == 1;
+            if text.stats.is_none() && !alone {
                 let t = Instant::now();
                 let (global, unanswered) = self
                     .text_stats(&text.text, &local, &remote, deadline)

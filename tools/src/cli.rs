@@ -363,8 +363,8 @@ pub struct EvalArgs {
     /// Evaluate a running node instead: http://HOST:PORT, serving an index
     /// built from the data set's corpus (sharded or not). Every query is one
     /// POST /v1/search over HTTP/2 on a fresh connection; fused methods are
-    /// fused by the node ("vector" + "text" + "fusion"). Latency is what the
-    /// client sees, connection setup included.
+    /// fused by the node ("vector" + "text" + "fusion"). Latency is the
+    /// node's own time to answer (took_us), without the connection.
     #[arg(long)]
     pub server: Option<String>,
     /// Comma-separated methods, each measured on its own.

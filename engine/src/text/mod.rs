@@ -407,6 +407,8 @@ impl Bm25StatisticsProvider for StatsProvider<'_> {
 /// A segment's text index, opened from `text.bin`.
 pub struct TextIndex {
     reader: IndexReader,
+    /// Built once: the regex tokenizer is costly to compile, cheap to clone.
+    analyzer: TextAnalyzer,
     index: Index,
     body: Field,
     meta: TextMeta,
@@ -456,6 +458,7 @@ impl TextIndex {
             .map_err(text)?;
         Ok(TextIndex {
             reader,
+            analyzer: meta.analyzer.analyzer(),
             index,
             body,
             meta,
@@ -484,7 +487,7 @@ impl TextIndex {
 
     /// The terms of `text`, analyzed as the documents were.
     pub fn analyze(&self, text: &str) -> TextQuery {
-        analyze(self.meta.analyzer, text)
+        terms_of(&mut self.analyzer.clone(), text)
     }
 
     /// This segment's statistics for `query`'s terms.
@@ -590,7 +593,10 @@ impl TextIndex {
 
 /// The terms of `text` under `analyzer`.
 pub fn analyze(analyzer: Analyzer, text: &str) -> TextQuery {
-    let mut a = analyzer.analyzer();
+    terms_of(&mut analyzer.analyzer(), text)
+}
+
+fn terms_of(a: &mut TextAnalyzer, text: &str) -> TextQuery {
     let mut stream = a.token_stream(text);
     let mut terms = Vec::new();
     while let Some(t) = stream.next() {
