@@ -60,13 +60,7 @@ fn id_of(i: usize, integers: bool) -> Value {
 
 /// A deterministic document set.
 fn documents(integers: bool) -> Vec<Doc> {
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = crate::xorshift(0x2545_f491_4f6c_dd1d);
     (0..N)
         .map(|i| {
             let vector: Vec<u8> = (0..DIM).map(|_| (next() % 256) as u8).collect();

@@ -21,13 +21,7 @@ type Doc = (String, Vec<u8>, serde_json::Map<String, Value>);
 
 /// A deterministic document set.
 fn documents() -> Vec<Doc> {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = crate::xorshift(0x9e37_79b9_7f4a_7c15);
     (0..N)
         .map(|i| {
             let vector: Vec<u8> = (0..DIM).map(|_| (next() % 256) as u8).collect();

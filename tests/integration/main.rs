@@ -38,6 +38,18 @@ pub fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }
 
+/// A seeded xorshift64 generator: deterministic test data without a
+/// dependency on rand's stream staying the same across versions.
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 /// Squared L2 distance between two u8 vectors, as the engine computes it.
 pub fn l2(a: &[u8], b: &[u8]) -> f32 {
     a.iter()
