@@ -131,7 +131,19 @@ pub struct TextStatsResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    /// The query vectors; with `texts` too, query i is hybrid
+    /// (`vectors[i]` and `texts[i]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vectors: Vec<Vec<f64>>,
+    /// Text queries (BM25), or the text halves of hybrid queries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub texts: Vec<String>,
+    /// As in `/v1/search`: hybrid batches only.
+    #[serde(default, skip_serializing)]
+    pub fusion: Option<Fusion>,
+    /// As in `/v1/search`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<usize>,
     #[serde(default = "default_k")]
     pub k: usize,
     #[serde(default)]
@@ -414,7 +426,7 @@ pub enum ApiError {
     Beam(usize),
     #[error("probe_shards must be at least 1 (omit it to search every shard)")]
     ProbeShardsZero,
-    #[error("vectors is empty")]
+    #[error("the batch is empty: give \"vectors\", \"texts\", or both")]
     EmptyBatch,
     #[error("a batch holds at most {max} vectors (limits.max_batch), got {len}")]
     BatchTooLarge { len: usize, max: usize },
@@ -440,6 +452,12 @@ pub enum ApiError {
     NoQuery,
     #[error("text is empty")]
     EmptyText,
+    #[error("texts[{0}] is empty")]
+    EmptyBatchText(usize),
+    #[error(
+        "a hybrid batch pairs vectors[i] with texts[i]: got {vectors} vectors and {texts} texts"
+    )]
+    BatchLengths { vectors: usize, texts: usize },
     #[error("\"fusion\" fuses a vector and a text list: give both \"vector\" and \"text\"")]
     FusionWithoutBoth,
     #[error("candidates must be in k = {k} ..= {max} (limits.max_list), got {got}")]
@@ -591,42 +609,19 @@ impl SearchRequest {
             .as_ref()
             .map(|v| check_vector("vector", v, dim))
             .transpose()?;
-        let text = match &self.text {
-            None => {
-                if self.vector.is_none() {
-                    return Err(ApiError::NoQuery);
-                }
-                if self.fusion.is_some() {
-                    return Err(ApiError::FusionWithoutBoth);
-                }
-                None
-            }
-            Some(t) => {
-                if t.trim().is_empty() {
-                    return Err(ApiError::EmptyText);
-                }
-                if self.vector.is_none() && self.fusion.is_some() {
-                    return Err(ApiError::FusionWithoutBoth);
-                }
-                if self.vector.is_none() && self.probe_shards.is_some() {
-                    return Err(ApiError::ProbeWithoutVector);
-                }
-                let candidates = self.candidates.unwrap_or(DEFAULT_CANDIDATES.max(params.k));
-                if candidates < params.k || candidates > limits.max_list {
-                    return Err(ApiError::Candidates {
-                        got: candidates,
-                        k: params.k,
-                        max: limits.max_list,
-                    });
-                }
-                Some(TextPart {
-                    text: t.clone(),
-                    fusion: self.fusion.unwrap_or_default(),
-                    candidates,
-                    stats: self.text_stats.clone(),
-                })
-            }
-        };
+        let text = check_text(
+            self.text.as_deref(),
+            self.vector.is_some(),
+            self.fusion,
+            self.candidates,
+            self.probe_shards,
+            params.k,
+            limits,
+        )?
+        .map(|mut t| {
+            t.stats = self.text_stats.clone();
+            t
+        });
         Ok(Query {
             vector,
             text,
@@ -639,6 +634,52 @@ impl SearchRequest {
     }
 }
 
+/// Checks the text side of a query (`text`, and `fusion` and `candidates`,
+/// which only make sense with it): what [`SearchRequest::check`] and
+/// [`BatchRequest::check`] share.
+fn check_text(
+    text: Option<&str>,
+    has_vector: bool,
+    fusion: Option<Fusion>,
+    candidates: Option<usize>,
+    probe_shards: Option<usize>,
+    k: usize,
+    limits: &Limits,
+) -> Result<Option<TextPart>, ApiError> {
+    let Some(t) = text else {
+        if !has_vector {
+            return Err(ApiError::NoQuery);
+        }
+        if fusion.is_some() {
+            return Err(ApiError::FusionWithoutBoth);
+        }
+        return Ok(None);
+    };
+    if t.trim().is_empty() {
+        return Err(ApiError::EmptyText);
+    }
+    if !has_vector && fusion.is_some() {
+        return Err(ApiError::FusionWithoutBoth);
+    }
+    if !has_vector && probe_shards.is_some() {
+        return Err(ApiError::ProbeWithoutVector);
+    }
+    let candidates = candidates.unwrap_or(DEFAULT_CANDIDATES.max(k));
+    if candidates < k || candidates > limits.max_list {
+        return Err(ApiError::Candidates {
+            got: candidates,
+            k,
+            max: limits.max_list,
+        });
+    }
+    Ok(Some(TextPart {
+        text: t.to_string(),
+        fusion: fusion.unwrap_or_default(),
+        candidates,
+        stats: None,
+    }))
+}
+
 impl BatchRequest {
     /// The typed queries, or what is wrong, naming the first bad one.
     pub fn check<T: WireElem>(
@@ -646,21 +687,26 @@ impl BatchRequest {
         dim: usize,
         limits: &Limits,
     ) -> Result<Vec<Query<T>>, ApiError> {
-        if self.vectors.is_empty() {
+        let (nv, nt) = (self.vectors.len(), self.texts.len());
+        if nv == 0 && nt == 0 {
             return Err(ApiError::EmptyBatch);
         }
-        let max = limits.max_batch.min(MAX_BATCH);
-        if self.vectors.len() > max {
-            return Err(ApiError::BatchTooLarge {
-                len: self.vectors.len(),
-                max,
+        if nv > 0 && nt > 0 && nv != nt {
+            return Err(ApiError::BatchLengths {
+                vectors: nv,
+                texts: nt,
             });
         }
+        let n = nv.max(nt);
+        let max = limits.max_batch.min(MAX_BATCH);
+        if n > max {
+            return Err(ApiError::BatchTooLarge { len: n, max });
+        }
         let params = check_params(self.k, self.list, self.beam, self.probe_shards, limits)?;
-        let work = self.vectors.len().saturating_mul(params.list);
+        let work = n.saturating_mul(params.list);
         if work > limits.max_batch_work {
             return Err(ApiError::BatchWork {
-                queries: self.vectors.len(),
+                queries: n,
                 list: params.list,
                 work,
                 max: limits.max_batch_work,
@@ -668,13 +714,29 @@ impl BatchRequest {
         }
         let timeout_ms = check_timeout(self.timeout_ms, limits)?;
         let filter = check_filter(self.filter.as_ref())?;
-        self.vectors
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
+        (0..n)
+            .map(|i| {
+                let vector = self
+                    .vectors
+                    .get(i)
+                    .map(|v| check_vector(&format!("vectors[{i}]"), v, dim))
+                    .transpose()?;
+                let text = check_text(
+                    self.texts.get(i).map(String::as_str),
+                    vector.is_some(),
+                    self.fusion,
+                    self.candidates,
+                    self.probe_shards,
+                    params.k,
+                    limits,
+                )
+                .map_err(|e| match e {
+                    ApiError::EmptyText => ApiError::EmptyBatchText(i),
+                    e => e,
+                })?;
                 Ok(Query {
-                    vector: Some(check_vector(&format!("vectors[{i}]"), v, dim)?),
-                    text: None,
+                    vector,
+                    text,
                     params,
                     probe_shards: self.probe_shards,
                     timeout_ms,

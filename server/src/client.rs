@@ -217,6 +217,9 @@ async fn batch_once(
 ) -> std::result::Result<Vec<SearchResponse>, PeerError> {
     let body = BatchRequest {
         vectors: vectors.to_vec(),
+        texts: Vec::new(),
+        fusion: None,
+        candidates: None,
         k: params.k,
         list: params.list,
         beam: params.beam,

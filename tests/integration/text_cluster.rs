@@ -248,6 +248,24 @@ fn bm25_and_hybrid_rank_as_one_index_across_shards_and_nodes() {
         }
     }
 
+    // A batch of texts answers as the single requests do.
+    let (status, r) = call(
+        n2.addr,
+        Request::post(
+            "/v1/search/batch",
+            json!({"texts": queries, "k": 10}).to_string(),
+        ),
+    );
+    assert_eq!(status, 200, "{r}");
+    for (i, q) in queries.iter().enumerate() {
+        let want = reference(q, 10, false);
+        assert_same_ranking(
+            &scored(&r["results"][i]["hits"], "score"),
+            &want,
+            &format!("batch texts[{i}] {q:?}"),
+        );
+    }
+
     // Hybrid: each list merged across shards, then fused, as one index
     // would: dense exact (list ≥ corpus), BM25 with global statistics.
     let by_id: BTreeMap<&str, &Doc> = docs.iter().map(|d| (d.id.as_str(), d)).collect();
@@ -317,6 +335,23 @@ fn bm25_and_hybrid_rank_as_one_index_across_shards_and_nodes() {
         ),
         (json!({"text": "file", "probe_shards": 1}), "probe_shards"),
     ];
+    let bad_batches = [
+        (json!({"k": 10}), "give \"vectors\", \"texts\", or both"),
+        (
+            json!({"vectors": [vector], "texts": ["a", "b"]}),
+            "got 1 vectors and 2 texts",
+        ),
+        (json!({"texts": ["file", ""]}), "texts[1] is empty"),
+    ];
+    for (body, says) in bad_batches {
+        let (status, r) = call(n1.addr, Request::post("/v1/search/batch", body.to_string()));
+        assert_eq!(status, 400, "{body}: {r}");
+        let msg = r["error"].as_str().unwrap();
+        assert!(
+            msg.contains(says),
+            "{body}: {msg:?} should mention {says:?}"
+        );
+    }
     for (body, says) in bad {
         let (status, r) = call(n1.addr, Request::post("/v1/search", body.to_string()));
         assert_eq!(status, 400, "{body}: {r}");
