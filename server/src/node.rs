@@ -431,11 +431,12 @@ impl<T: WireElem> Executor<T> {
         let mut stats = WireStats::default();
         // A text query's BM25 statistics, summed over every shard searched
         // (a peer is given them), so that scores compare across shards.
-        let mut query = q.clone();
-        if let Some(text) = query.text.as_mut() {
+        // Only a query that needs them is copied to carry them: a vector
+        // query goes through untouched.
+        let with_stats;
+        let q = match &q.text {
             // One shard in all: its own statistics are the global ones.
-            let alone = remote.is_empty() && local.len() == 1;
-            if text.stats.is_none() && !alone {
+            Some(text) if text.stats.is_none() && !(remote.is_empty() && local.len() == 1) => {
                 let t = Instant::now();
                 let (global, unanswered) = self
                     .text_stats(&text.text, &local, &remote, deadline)
@@ -444,11 +445,16 @@ impl<T: WireElem> Executor<T> {
                 // comparably: it is missing from this answer.
                 remote.retain(|s| !unanswered.contains(s));
                 missing.extend(unanswered);
-                text.stats = Some(global);
                 stats.text_stats_us = t.elapsed().as_micros() as u64;
+                let mut copy = q.clone();
+                if let Some(t) = copy.text.as_mut() {
+                    t.stats = Some(global);
+                }
+                with_stats = copy;
+                &with_stats
             }
-        }
-        let q = &query;
+            _ => q,
+        };
         let mut prepared = Vec::with_capacity(local.len());
         for &s in &local {
             let Some(index) = self.node.local_shard(s) else {
