@@ -283,6 +283,8 @@ pub enum ApiError {
     BodyOverLimit { max: usize },
     #[error("reading the request body: {0}")]
     ReadBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the request body did not arrive within {ms} ms (connections.body_timeout_ms)")]
+    BodyTimeout { ms: u64 },
     #[error("the request body is empty; expected a JSON object")]
     EmptyBody,
     #[error("malformed request: {0}")]

@@ -2,8 +2,8 @@
 //! replication puller and the blocking client.
 //!
 //! ```text
-//!  serving:  Request ─► read_body / parse_body (limit) ─► handler ─► json_reply
-//!                                                           └─ Err ─► error_reply ─► status()
+//!  serving:  Request ─► read_body / parse_body (limit, timeout) ─► handler ─► json_reply
+//!                                                                    └─ Err ─► error_reply ─► status()
 //!  calling:  connect (TCP + HTTP/2 handshake on rt::Io) ─► Sender
 //!            get / post_json ─► send ─► read_json / read_bytes / read_limited (errors: PeerError)
 //! ```
@@ -47,6 +47,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 pub fn status(e: &ServerError) -> StatusCode {
     match e {
         ServerError::Api(ApiError::MethodNotAllowed { .. }) => StatusCode::METHOD_NOT_ALLOWED,
+        ServerError::Api(ApiError::BodyTimeout { .. }) => StatusCode::REQUEST_TIMEOUT,
         ServerError::Api(ApiError::NoEndpoint { .. } | ApiError::NoDocument(_)) => {
             StatusCode::NOT_FOUND
         }
@@ -99,8 +100,14 @@ pub fn body_reply(body: Body, content_type: &'static str) -> Reply {
     r
 }
 
-/// The request body, at most `max` bytes.
-pub async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+/// The request body, at most `max` bytes, whole within `timeout` (a
+/// client that stops sending mid-body gets a 408 instead of holding its
+/// stream, and its connection, forever).
+pub async fn read_body(
+    req: Request<Incoming>,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -111,7 +118,14 @@ pub async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiE
             return Err(ApiError::BodyTooLarge { len, max });
         }
     }
-    match Limited::new(req.into_body(), max).collect().await {
+    let deadline = std::time::Instant::now() + timeout;
+    let Some(read) = crate::rt::until(deadline, Limited::new(req.into_body(), max).collect()).await
+    else {
+        return Err(ApiError::BodyTimeout {
+            ms: timeout.as_millis() as u64,
+        });
+    };
+    match read {
         Ok(body) => Ok(body.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -123,16 +137,21 @@ pub async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiE
     }
 }
 
-/// The request body (at most `max` bytes) parsed as JSON.
+/// The request body (at most `max` bytes, within `timeout`) parsed as JSON.
 pub async fn parse_body<R: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     max: usize,
+    timeout: Duration,
 ) -> Result<R, ApiError> {
-    let body = read_body(req, max).await?;
+    parse_json(&read_body(req, max, timeout).await?)
+}
+
+/// A request body parsed as JSON.
+pub fn parse_json<R: serde::de::DeserializeOwned>(body: &[u8]) -> Result<R, ApiError> {
     if body.is_empty() {
         return Err(ApiError::EmptyBody);
     }
-    serde_json::from_slice(&body).map_err(ApiError::Malformed)
+    serde_json::from_slice(body).map_err(ApiError::Malformed)
 }
 
 /// What went wrong in a call to another node. `Clone`, so one failure can

@@ -31,6 +31,8 @@
 //!   connections and requests, `PeerError`) and the one error → status map.
 //! * [`node`]: the node's shared state and one executor's scatter-gather
 //!   over local shards and peers.
+//! * [`admission`]: the node's connection cap, connection activity for
+//!   idle timeouts; `[connections]` in `node.toml`.
 //! * [`replication`]: serving segment files to peers, pulling them, and
 //!   following newer versions while serving.
 //! * [`serve`]: starts a node; the route table and the request handlers.
@@ -40,6 +42,7 @@
 //! No `unsafe` is needed here: glommio's `DmaFile` owns the aligned buffers.
 #![deny(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod client;
 pub mod config;

@@ -34,6 +34,19 @@ const ENDPOINTS: [&str; 7] = [
     "other",
 ];
 
+/// Why the node closed a client's connection (or one of its requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Headers (or a new connection's first bytes) not sent in time.
+    HeaderTimeout = 0,
+    /// A request body not sent in time (the request gets a 408).
+    BodyTimeout = 1,
+    /// An HTTP/2 connection without a request for `idle_timeout_ms`.
+    Idle = 2,
+}
+
+const CLOSE_REASONS: [&str; 3] = ["header_timeout", "body_timeout", "idle"];
+
 /// Every counter of one node.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -54,6 +67,11 @@ pub struct Metrics {
     pub cache_hits: AtomicU64,
     /// Local shard searches that failed (IO error, deadline).
     pub shard_failures: AtomicU64,
+    /// Gauge: client connections open (the node's cap counts these).
+    pub connections_open: AtomicU64,
+    /// Connections refused at the cap, and those closed for slowness.
+    pub connections_refused: AtomicU64,
+    closed: [AtomicU64; 3],
     /// Shard pulls from peers (at startup or `replicate`), and failed ones.
     pub pulls: AtomicU64,
     pub pull_failures: AtomicU64,
@@ -123,6 +141,21 @@ impl Metrics {
 
     pub fn add(&self, counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn gauge_add(&self, gauge: &AtomicU64, n: u64) {
+        gauge.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn gauge_sub(&self, gauge: &AtomicU64, n: u64) {
+        gauge.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// A connection (or a request on it) cut for slowness.
+    pub fn closed(&self, why: Closed) {
+        if let Some(c) = self.closed.get(why as usize) {
+            inc(c);
+        }
     }
 
     /// The Prometheus text exposition (format 0.0.4). `peers` names the
@@ -197,6 +230,11 @@ impl Metrics {
                 &self.shard_failures,
             ),
             (
+                "shardann_connections_refused_total",
+                "Connections refused at connections.max_connections.",
+                &self.connections_refused,
+            ),
+            (
                 "shardann_sectors_read_total",
                 "4 KiB sectors read from local shards.",
                 &self.sectors_read,
@@ -228,6 +266,22 @@ impl Metrics {
                 get(c)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP shardann_connections_closed_total Client connections (body_timeout: requests) cut for slowness or idleness, by reason.\n# TYPE shardann_connections_closed_total counter"
+        );
+        for (i, reason) in CLOSE_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shardann_connections_closed_total{{node=\"{node}\",reason=\"{reason}\"}} {}",
+                get(&self.closed[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shardann_connections_open Client connections open.\n# TYPE shardann_connections_open gauge\nshardann_connections_open{{node=\"{node}\"}} {}",
+            get(&self.connections_open)
+        );
         for (name, help, counters) in [
             (
                 "shardann_peer_calls_total",
@@ -286,7 +340,14 @@ mod tests {
         m.latency(3_000);
         m.latency(10_000_000);
         m.peer_call(1, true);
+        m.closed(Closed::Idle);
+        m.gauge_add(&m.connections_open, 3);
+        m.gauge_sub(&m.connections_open, 1);
         let text = m.render("n\"1", &[("a".into(), true), ("b".into(), false)]);
+        assert!(
+            text.contains("shardann_connections_closed_total{node=\"n\\\"1\",reason=\"idle\"} 1\n")
+        );
+        assert!(text.contains("shardann_connections_open{node=\"n\\\"1\"} 2\n"));
         assert!(
             text.contains("shardann_requests_total{node=\"n\\\"1\",endpoint=\"search\"} 2"),
             "{text}"

@@ -16,6 +16,14 @@
 //! [`ROUTES`] lists them all; the dispatcher matches requests against that
 //! table alone, and a test checks it against `server/openapi.yaml`, the
 //! full reference.
+//!
+//! What a connection may take ([`crate::admission`], `[connections]`): a
+//! node holds at most `max_connections` (beyond: a 503 and close, at once);
+//! a connection must send its first bytes and each request's headers within
+//! `header_timeout_ms` (HTTP/1.1 through hyper; HTTP/2: before its first
+//! request, then `idle_timeout_ms` without a request in flight closes it
+//! with a GOAWAY), a body within `body_timeout_ms` (else a 408), and answer
+//! HTTP/2 pings.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,7 +32,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::io::AsyncReadExt;
+use futures::future::Either;
+use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::StreamExt;
 use glommio::{LocalExecutorPoolBuilder, PoolThreadHandles};
 use hyper::body::Incoming;
@@ -34,24 +43,28 @@ use shardann_engine::ElemType;
 
 use shardann_engine::docs::UserId;
 
+use crate::admission::{Activity, Busy, ConnectionSlot};
 use crate::api::{
     ApiError, BatchRequest, BatchResponse, DocumentsRequest, SearchRequest, WireElem,
 };
 use crate::config::NodeConfig;
 use crate::error::{Result, ServerError, StartError};
-use crate::http::{body_reply, error_reply, full, json_reply, parse_body, Reply};
-use crate::metrics::Endpoint;
+use crate::http::{body_reply, error_reply, full, json_reply, parse_json, read_body, Body, Reply};
+use crate::metrics::{Closed, Endpoint};
 use crate::node::{Executor, Node};
 use crate::replication;
-use crate::rt::{AsyncIoTimer, Io, LocalExec};
+use crate::rt::{until, AsyncIoTimer, Io, LocalExec};
 use crate::runtime::DEFAULT_IO_MEMORY;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// How long a new connection may take to send its first bytes.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 /// Vectors of one batch searched at once on an executor.
 const BATCH_CONCURRENCY: usize = 32;
+/// The body of the answer to a connection over
+/// `connections.max_connections`, before it is closed.
+const REFUSAL: &str = r#"{"error":"too many connections (connections.max_connections)","limit":"connections.max_connections"}"#;
+/// How long a refused connection is given to take [`REFUSAL`].
+const REFUSAL_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// A node that is serving.
 pub struct RunningNode {
@@ -326,54 +339,174 @@ async fn executor_main<T: WireElem>(
         }
     };
     let _ = ready.send(Ok(()));
+    let node = Arc::clone(&exec.node);
+    let max_connections = node.config.connections.max_connections();
     loop {
         match listener.accept().await {
-            Ok(stream) => {
-                glommio::spawn_local(serve_connection(Rc::clone(&exec), stream)).detach();
-            }
+            Ok(stream) => match ConnectionSlot::take(&node, max_connections) {
+                Some(slot) => {
+                    glommio::spawn_local(serve_connection(Rc::clone(&exec), stream, slot)).detach();
+                }
+                None => {
+                    node.metrics.add(&node.metrics.connections_refused, 1);
+                    glommio::spawn_local(refuse(stream)).detach();
+                }
+            },
             Err(e) => {
                 // Out of file descriptors and the like: pause, keep serving.
-                eprintln!("node {}: accept: {e}", exec.node.config.node_id);
+                eprintln!("node {}: accept: {e}", node.config.node_id);
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
+/// A connection over the node's cap: a 503 (HTTP/1.1, which an HTTP/2
+/// client reports as a protocol error) if the client takes it at once,
+/// then close. Bounded by [`REFUSAL_TIMEOUT`], so refusals cost nothing
+/// that lasts.
+async fn refuse(mut stream: glommio::net::TcpStream) {
+    let answer = async {
+        let refusal = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{REFUSAL}",
+            REFUSAL.len()
+        );
+        stream.write_all(refusal.as_bytes()).await?;
+        stream.flush().await?;
+        stream.shutdown(std::net::Shutdown::Write).await?;
+        // Read what the client sent, so the close is a FIN, not a reset
+        // that could discard the answer before the client reads it.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = until(Instant::now() + REFUSAL_TIMEOUT, answer).await;
+}
+
 /// Serves one connection: HTTP/2 if it opens with the HTTP/2 preface, else
-/// HTTP/1.1.
-async fn serve_connection<T: WireElem>(exec: Rc<Executor<T>>, mut stream: glommio::net::TcpStream) {
+/// HTTP/1.1. `_slot` counts it against the node's cap until it ends.
+async fn serve_connection<T: WireElem>(
+    exec: Rc<Executor<T>>,
+    mut stream: glommio::net::TcpStream,
+    _slot: ConnectionSlot,
+) {
+    let node = Arc::clone(&exec.node);
+    let c = node.config.connections;
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(FIRST_BYTES_TIMEOUT));
-    let mut first = Vec::with_capacity(H2_PREFACE.len());
-    let mut buf = [0u8; 24];
-    while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
-        let want = H2_PREFACE.len() - first.len();
-        match stream.read(&mut buf[..want]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => first.extend_from_slice(&buf[..n]),
+    // A client that takes no response bytes for this long is gone.
+    let _ = stream.set_write_timeout(Some(c.body_timeout()));
+    // The first bytes within the header bound, however they are spread.
+    let first = async {
+        let mut first = Vec::with_capacity(H2_PREFACE.len());
+        let mut buf = [0u8; 24];
+        while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
+            let want = H2_PREFACE.len() - first.len();
+            match stream.read(&mut buf[..want]).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => first.extend_from_slice(&buf[..n]),
+            }
         }
-    }
-    let _ = stream.set_read_timeout(None);
-    let service = hyper::service::service_fn(move |req| {
-        let exec = Rc::clone(&exec);
-        async move { Ok::<_, Infallible>(handle(&exec, req).await) }
-    });
+        Some(first)
+    };
+    let first = match until(Instant::now() + c.header_timeout(), first).await {
+        Some(Some(first)) => first,
+        Some(None) => return,
+        None => {
+            node.metrics.closed(Closed::HeaderTimeout);
+            return;
+        }
+    };
+    let activity = Rc::new(Activity::default());
+    let service = {
+        let activity = Rc::clone(&activity);
+        hyper::service::service_fn(move |req| {
+            let exec = Rc::clone(&exec);
+            let busy = activity.begin();
+            async move { Ok::<_, Infallible>(tracked(handle(&exec, req).await, busy)) }
+        })
+    };
     let io = Io::with_prefix(stream, first.clone());
     // A connection that ends in an error (the client went away, a protocol
     // error) only concerns that client.
-    let _ = if first == H2_PREFACE {
-        hyper::server::conn::http2::Builder::new(LocalExec)
+    if first != H2_PREFACE {
+        let served = hyper::server::conn::http1::Builder::new()
             .timer(AsyncIoTimer)
-            .max_concurrent_streams(1024)
+            .header_read_timeout(c.header_timeout())
             .serve_connection(io, service)
-            .await
-    } else {
-        hyper::server::conn::http1::Builder::new()
-            .timer(AsyncIoTimer)
-            .serve_connection(io, service)
-            .await
-    };
+            .await;
+        if served.is_err_and(|e| e.is_timeout()) {
+            node.metrics.closed(Closed::HeaderTimeout);
+        }
+        return;
+    }
+    let conn = hyper::server::conn::http2::Builder::new(LocalExec)
+        .timer(AsyncIoTimer)
+        .max_concurrent_streams(c.max_streams)
+        .keep_alive_interval(c.keepalive())
+        .keep_alive_timeout(c.keepalive_timeout())
+        .serve_connection(io, service);
+    futures::pin_mut!(conn);
+    // The idle bound: checked when it could have passed; once passed, a
+    // GOAWAY (requests already received still finish), and the connection
+    // is dropped if it has not ended by the next check.
+    let mut closing = false;
+    loop {
+        let idle_at = activity.idle_at(c.header_timeout(), c.idle_timeout());
+        let check_at = idle_at.unwrap_or_else(|| Instant::now() + c.idle_timeout());
+        let wait = glommio::timer::Timer::new(check_at.saturating_duration_since(Instant::now()));
+        if let Either::Left(_) = futures::future::select(conn.as_mut(), wait).await {
+            return;
+        }
+        match activity.idle_at(c.header_timeout(), c.idle_timeout()) {
+            Some(at) if Instant::now() >= at => {
+                if closing {
+                    return;
+                }
+                node.metrics.closed(if activity.requests() == 0 {
+                    Closed::HeaderTimeout
+                } else {
+                    Closed::Idle
+                });
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `reply` with `busy` held until hyper is done with its body (sent, or
+/// the stream reset): a response still streaming keeps its connection
+/// from counting as idle.
+fn tracked(reply: Reply, busy: Busy) -> Reply {
+    reply.map(|body| -> Body { Box::pin(Tracked { body, _busy: busy }) })
+}
+
+/// A response body and the [`Busy`] guard of its request.
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>>
+    {
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// What a route does.
@@ -563,8 +696,25 @@ async fn replicate<T: WireElem>(
     }
 }
 
+/// A request body as JSON, within the node's body size and time limits.
+async fn read_json<T: WireElem, R: serde::de::DeserializeOwned>(
+    exec: &Executor<T>,
+    req: Request<Incoming>,
+) -> Result<R> {
+    let config = &exec.node.config;
+    let timeout = config.connections.body_timeout();
+    let body = read_body(req, config.max_body_bytes, timeout)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ApiError::BodyTimeout { .. }) {
+                exec.node.metrics.closed(Closed::BodyTimeout);
+            }
+        })?;
+    Ok(parse_json(&body)?)
+}
+
 async fn search<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
-    let request: SearchRequest = parse_body(req, exec.node.config.max_body_bytes).await?;
+    let request: SearchRequest = read_json(exec, req).await?;
     let query = request.check::<T>(exec.node.manifest.dim, &exec.node.config.limits)?;
     if let Some(shards) = &request.shards {
         let n = exec.node.manifest.shards.len();
@@ -583,7 +733,7 @@ async fn search<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Resu
 
 async fn batch<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
     let start = Instant::now();
-    let request: BatchRequest = parse_body(req, exec.node.config.max_body_bytes).await?;
+    let request: BatchRequest = read_json(exec, req).await?;
     let queries = request.check::<T>(exec.node.manifest.dim, &exec.node.config.limits)?;
     let results: Vec<_> = futures::stream::iter(queries.iter())
         .map(|q| exec.search(q, None))
@@ -634,7 +784,7 @@ async fn document<T: WireElem>(exec: &Executor<T>, raw: &str) -> Result<Reply> {
 
 /// `POST /v1/documents/get`.
 async fn documents<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
-    let request: DocumentsRequest = parse_body(req, exec.node.config.max_body_bytes).await?;
+    let request: DocumentsRequest = read_json(exec, req).await?;
     let ids = request.check()?;
     if let Some(shards) = &request.shards {
         let n = exec.node.manifest.shards.len();

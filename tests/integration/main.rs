@@ -9,6 +9,7 @@ mod documents_cluster;
 mod documents_http;
 mod golden;
 mod ops;
+mod overload;
 mod pipeline;
 mod replication;
 mod segments;
