@@ -153,6 +153,10 @@ pub struct WireStats {
     pub peer_calls: u32,
     /// Of those, the ones that failed or timed out.
     pub peer_failures: u32,
+    /// Shards whose search missed the deadline on the node that searched
+    /// them (this one or a peer).
+    #[serde(default)]
+    pub shards_timed_out: u32,
 }
 
 impl WireStats {
@@ -184,6 +188,7 @@ impl WireStats {
         self.shards_searched += o.shards_searched;
         self.peer_calls += o.peer_calls;
         self.peer_failures += o.peer_failures;
+        self.shards_timed_out += o.shards_timed_out;
     }
 }
 
@@ -194,6 +199,11 @@ pub struct SearchResponse {
     /// True when some shard asked for did not answer; see `missing_shards`.
     pub partial: bool,
     pub missing_shards: Vec<u32>,
+    /// Of `missing_shards`, the ones this node serves itself whose search
+    /// missed the deadline (the node is overloaded or its disk stalls), as
+    /// opposed to shards no peer answered for. Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timed_out_shards: Vec<u32>,
     pub took_us: u64,
     #[serde(default)]
     pub stats: WireStats,

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub cache_hits: AtomicU64,
     /// Local shard searches that failed (IO error, deadline).
     pub shard_failures: AtomicU64,
+    /// Of those, the ones that missed the deadline.
+    pub shard_timeouts: AtomicU64,
     /// Gauge: client connections open (the node's cap counts these).
     pub connections_open: AtomicU64,
     /// Connections refused at the cap, and those closed for slowness.
@@ -228,6 +230,11 @@ impl Metrics {
                 "shardann_shard_failures_total",
                 "Local shard searches that failed or missed the deadline.",
                 &self.shard_failures,
+            ),
+            (
+                "shardann_shard_timeouts_total",
+                "Local shard searches that missed the deadline (also counted as failures).",
+                &self.shard_timeouts,
             ),
             (
                 "shardann_connections_refused_total",
