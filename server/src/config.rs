@@ -12,9 +12,9 @@
 //! ```
 //!
 //! Optional tables, after every top-level key: `[limits]` (what one
-//! request may ask for) and `[connections]` (connection cap, HTTP/2
-//! streams, header, body and idle timeouts, pings); see the README's node
-//! configuration.
+//! request may ask for), `[admission]` (searches each executor runs and
+//! lets wait) and `[connections]` (connection cap, HTTP/2 streams, header,
+//! body and idle timeouts, pings); see the README's node configuration.
 //!
 //! Every node of a cluster has its own file; nothing is discovered at run
 //! time. A node only opens the shards it serves, so `index_dir` needs just
@@ -84,6 +84,11 @@ pub struct NodeConfig {
     /// A `[limits]` table goes after every top-level key (TOML's rule).
     #[serde(default)]
     pub limits: crate::api::Limits,
+    /// How many searches each executor runs and lets wait (`[admission]`:
+    /// max_running, max_queued, max_wait_ms, refusals_per_sec); beyond it,
+    /// a 503 with `Retry-After` naming the limit.
+    #[serde(default)]
+    pub admission: crate::admission::AdmissionConfig,
     /// What the node accepts from client connections (`[connections]`:
     /// max_connections, max_streams, header_timeout_ms, body_timeout_ms,
     /// idle_timeout_ms, keepalive_ms, keepalive_timeout_ms).
@@ -158,6 +163,7 @@ impl NodeConfig {
             pull_max_file_bytes: crate::replication::DEFAULT_PULL_MAX_FILE_BYTES,
             pull_min_bytes_per_sec: crate::replication::DEFAULT_PULL_MIN_BYTES_PER_SEC,
             limits: crate::api::Limits::default(),
+            admission: crate::admission::AdmissionConfig::default(),
             connections: crate::admission::ConnectionConfig::default(),
         }
     }
@@ -406,16 +412,18 @@ shards = [2, 3, 4, 5]
         bad(&EXAMPLE.replace("[2, 3, 4, 5]", "[]"), "serves no shards");
     }
 
-    /// `[connections]` parses with every key optional; an unknown key or a
-    /// zero bound is refused with its name.
+    /// `[admission]` and `[connections]` parse with every key optional;
+    /// an unknown key or a zero bound is refused with its name.
     #[test]
-    fn connection_table() {
+    fn admission_and_connection_tables() {
         let text = format!(
-            "{}[connections]\nmax_connections = 50\nbody_timeout_ms = 250\n",
+            "{}[admission]\nmax_running = 8\nmax_wait_ms = 100\n[connections]\nmax_connections = 50\nbody_timeout_ms = 250\n",
             EXAMPLE.split("[[peers]]").next().unwrap()
         );
         let c: NodeConfig = toml::from_str(&text).unwrap();
         c.check().unwrap();
+        assert_eq!(c.admission.max_running, 8);
+        assert_eq!(c.admission.max_queued, crate::admission::DEFAULT_MAX_QUEUED);
         assert_eq!(c.connections.max_connections(), 50);
         assert_eq!(
             c.connections.body_timeout(),
@@ -432,10 +440,7 @@ shards = [2, 3, 4, 5]
             };
             assert!(err.contains(want), "{err} should mention {want}");
         };
-        bad(
-            &text.replace("max_connections", "max_conections"),
-            "max_conections",
-        );
+        bad(&text.replace("max_wait_ms", "max_wiat_ms"), "max_wiat_ms");
         bad(
             &text.replace("body_timeout_ms = 250", "body_timeout_ms = 0"),
             "connections.body_timeout_ms",

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 
 use crate::api::{ApiError, ErrorBody};
@@ -48,6 +48,7 @@ pub fn status(e: &ServerError) -> StatusCode {
     match e {
         ServerError::Api(ApiError::MethodNotAllowed { .. }) => StatusCode::METHOD_NOT_ALLOWED,
         ServerError::Api(ApiError::BodyTimeout { .. }) => StatusCode::REQUEST_TIMEOUT,
+        ServerError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         ServerError::Api(ApiError::NoEndpoint { .. } | ApiError::NoDocument(_)) => {
             StatusCode::NOT_FOUND
         }
@@ -82,14 +83,31 @@ pub fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Reply {
     r
 }
 
-/// `{"error": "..."}` with the status [`status`] gives `e`.
+/// `{"error": "..."}` with the status [`status`] gives `e`. A 503 for
+/// overload also names the limit (`"limit"`), says when to come back
+/// (`Retry-After` and `"retry_after_s"`) and, for local shards that timed
+/// out, which (`"timed_out_shards"`).
 pub fn error_reply(e: &ServerError) -> Reply {
-    json_reply(
-        status(e),
-        &ErrorBody {
-            error: e.to_string(),
-        },
-    )
+    let ServerError::Overloaded(o) = e else {
+        return json_reply(
+            status(e),
+            &ErrorBody {
+                error: e.to_string(),
+            },
+        );
+    };
+    let mut body = serde_json::json!({
+        "error": o.to_string(),
+        "limit": o.limit(),
+        "retry_after_s": o.retry_after_s(),
+    });
+    if !o.timed_out_shards().is_empty() {
+        body["timed_out_shards"] = o.timed_out_shards().into();
+    }
+    let mut r = json_reply(status(e), &body);
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(o.retry_after_s()));
+    r
 }
 
 /// A body of `content_type`, status 200.

@@ -34,6 +34,19 @@ const ENDPOINTS: [&str; 7] = [
     "other",
 ];
 
+/// Why a search request was refused before it ran (a 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The executor's line was full (`admission.max_queued`).
+    QueueFull = 0,
+    /// The line ahead would take longer than the request may wait.
+    Busy = 1,
+    /// It waited as long as it may without getting a slot.
+    WaitTimeout = 2,
+}
+
+const SHED_REASONS: [&str; 3] = ["queue_full", "busy", "wait_timeout"];
+
 /// Why the node closed a client's connection (or one of its requests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closed {
@@ -69,6 +82,17 @@ pub struct Metrics {
     pub shard_failures: AtomicU64,
     /// Of those, the ones that missed the deadline.
     pub shard_timeouts: AtomicU64,
+    /// Search requests given slots ([`crate::admission::Gate`]), the time
+    /// those that waited spent in line, and the ones refused, by reason.
+    pub admitted: AtomicU64,
+    admission_wait_us: AtomicU64,
+    admission_waits: AtomicU64,
+    shed: [AtomicU64; 3],
+    /// Refusals to clients held back to `admission.refusals_per_sec`.
+    pub refusals_paced: AtomicU64,
+    /// Gauges: search slots taken and requests waiting, all executors.
+    pub searches_running: AtomicU64,
+    pub searches_queued: AtomicU64,
     /// Gauge: client connections open (the node's cap counts these).
     pub connections_open: AtomicU64,
     /// Connections refused at the cap, and those closed for slowness.
@@ -153,11 +177,30 @@ impl Metrics {
         gauge.fetch_sub(n, Ordering::Relaxed);
     }
 
+    /// A search request refused before it ran.
+    pub fn shed(&self, why: Shed) {
+        if let Some(c) = self.shed.get(why as usize) {
+            inc(c);
+        }
+    }
+
+    /// A request that waited `waited` in line got its slots.
+    pub fn admission_wait(&self, waited: std::time::Duration) {
+        inc(&self.admission_waits);
+        self.admission_wait_us
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// A connection (or a request on it) cut for slowness.
     pub fn closed(&self, why: Closed) {
         if let Some(c) = self.closed.get(why as usize) {
             inc(c);
         }
+    }
+
+    /// Requests refused for `why` so far.
+    pub fn shed_count(&self, why: Shed) -> u64 {
+        self.shed.get(why as usize).map_or(0, get)
     }
 
     /// The Prometheus text exposition (format 0.0.4). `peers` names the
@@ -237,6 +280,21 @@ impl Metrics {
                 &self.shard_timeouts,
             ),
             (
+                "shardann_admitted_total",
+                "Search requests given search slots (admission).",
+                &self.admitted,
+            ),
+            (
+                "shardann_admission_waits_total",
+                "Admitted search requests that waited in line for a slot.",
+                &self.admission_waits,
+            ),
+            (
+                "shardann_refusals_paced_total",
+                "503s to clients held back to admission.refusals_per_sec.",
+                &self.refusals_paced,
+            ),
+            (
                 "shardann_connections_refused_total",
                 "Connections refused at connections.max_connections.",
                 &self.connections_refused,
@@ -275,6 +333,22 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP shardann_admission_wait_seconds_total Time admitted search requests waited in line.\n# TYPE shardann_admission_wait_seconds_total counter\nshardann_admission_wait_seconds_total{{node=\"{node}\"}} {}",
+            get(&self.admission_wait_us) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shardann_shed_total Search requests refused with a 503 before they ran, by reason.\n# TYPE shardann_shed_total counter"
+        );
+        for (i, reason) in SHED_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shardann_shed_total{{node=\"{node}\",reason=\"{reason}\"}} {}",
+                get(&self.shed[i])
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP shardann_connections_closed_total Client connections (body_timeout: requests) cut for slowness or idleness, by reason.\n# TYPE shardann_connections_closed_total counter"
         );
         for (i, reason) in CLOSE_REASONS.iter().enumerate() {
@@ -284,11 +358,29 @@ impl Metrics {
                 get(&self.closed[i])
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP shardann_connections_open Client connections open.\n# TYPE shardann_connections_open gauge\nshardann_connections_open{{node=\"{node}\"}} {}",
-            get(&self.connections_open)
-        );
+        for (name, help, g) in [
+            (
+                "shardann_searches_running",
+                "Search slots taken, all executors.",
+                &self.searches_running,
+            ),
+            (
+                "shardann_searches_queued",
+                "Search requests waiting for a slot, all executors.",
+                &self.searches_queued,
+            ),
+            (
+                "shardann_connections_open",
+                "Client connections open.",
+                &self.connections_open,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} {}",
+                get(g)
+            );
+        }
         for (name, help, counters) in [
             (
                 "shardann_peer_calls_total",
@@ -347,14 +439,23 @@ mod tests {
         m.latency(3_000);
         m.latency(10_000_000);
         m.peer_call(1, true);
+        m.shed(Shed::QueueFull);
+        m.shed(Shed::Busy);
+        m.shed(Shed::Busy);
         m.closed(Closed::Idle);
         m.gauge_add(&m.connections_open, 3);
         m.gauge_sub(&m.connections_open, 1);
+        m.admission_wait(std::time::Duration::from_millis(250));
         let text = m.render("n\"1", &[("a".into(), true), ("b".into(), false)]);
+        assert!(text.contains("shardann_shed_total{node=\"n\\\"1\",reason=\"busy\"} 2\n"));
+        assert!(text.contains("reason=\"queue_full\"} 1\n"));
+        assert!(text.contains("reason=\"wait_timeout\"} 0\n"));
         assert!(
             text.contains("shardann_connections_closed_total{node=\"n\\\"1\",reason=\"idle\"} 1\n")
         );
         assert!(text.contains("shardann_connections_open{node=\"n\\\"1\"} 2\n"));
+        assert!(text.contains("shardann_admission_wait_seconds_total{node=\"n\\\"1\"} 0.25\n"));
+        assert!(text.contains("# TYPE shardann_searches_queued gauge"));
         assert!(
             text.contains("shardann_requests_total{node=\"n\\\"1\",endpoint=\"search\"} 2"),
             "{text}"

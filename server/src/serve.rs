@@ -23,7 +23,8 @@
 //! `header_timeout_ms` (HTTP/1.1 through hyper; HTTP/2: before its first
 //! request, then `idle_timeout_ms` without a request in flight closes it
 //! with a GOAWAY), a body within `body_timeout_ms` (else a 408), and answer
-//! HTTP/2 pings.
+//! HTTP/2 pings. Searches then pass their executor's [`Gate`]
+//! (`[admission]`), or get a 503 with `Retry-After`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -43,7 +44,7 @@ use shardann_engine::ElemType;
 
 use shardann_engine::docs::UserId;
 
-use crate::admission::{Activity, Busy, ConnectionSlot};
+use crate::admission::{Activity, Busy, ConnectionSlot, Gate, Overload};
 use crate::api::{
     ApiError, BatchRequest, BatchResponse, DocumentsRequest, SearchRequest, WireElem,
 };
@@ -58,13 +59,29 @@ use crate::runtime::DEFAULT_IO_MEMORY;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Vectors of one batch searched at once on an executor.
+/// Vectors of one batch searched at once on an executor (at most the
+/// executor's `admission.max_running`).
 const BATCH_CONCURRENCY: usize = 32;
 /// The body of the answer to a connection over
 /// `connections.max_connections`, before it is closed.
 const REFUSAL: &str = r#"{"error":"too many connections (connections.max_connections)","limit":"connections.max_connections"}"#;
 /// How long a refused connection is given to take [`REFUSAL`].
 const REFUSAL_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// CPU shares of an executor's search task queue, against glommio's
+/// default queue (1,000 shares), where connections are read and requests
+/// parsed, refused and answered. When both have work (requests pour in),
+/// admitted searches get 9/10 of the core instead of being a few tasks
+/// among thousands of requests being read and refused.
+const SEARCH_SHARES: usize = 9000;
+
+/// One executor's front end: its search state, its admission gate, and the
+/// task queue that admitted searches run in.
+struct Front<T: WireElem> {
+    exec: Executor<T>,
+    gate: Gate,
+    searches: glommio::TaskQueueHandle,
+}
 
 /// A node that is serving.
 pub struct RunningNode {
@@ -319,17 +336,34 @@ async fn executor_main<T: WireElem>(
     ready: mpsc::Sender<Result<()>>,
 ) -> Result<()> {
     let exec = match Executor::<T>::open(node).await {
-        Ok(e) => Rc::new(e),
+        Ok(e) => e,
         Err(e) => {
             let _ = ready.send(Err(e));
             return Ok(());
         }
     };
+    let config = &exec.node.config;
+    let gate = Gate::new(
+        &config.admission,
+        exec.node.local_shards().len(),
+        config.deadline_ms,
+    );
+    let max_connections = config.connections.max_connections();
+    let searches = glommio::executor().create_task_queue(
+        glommio::Shares::Static(SEARCH_SHARES),
+        glommio::Latency::NotImportant,
+        "shardann-search",
+    );
+    let exec = Rc::new(Front {
+        exec,
+        gate,
+        searches,
+    });
     let listener = match glommio::net::TcpListener::bind(addr) {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(ServerError::Start {
-                node: exec.node.config.node_id.clone(),
+                node: exec.exec.node.config.node_id.clone(),
                 source: StartError::Listen {
                     addr,
                     source: e.into(),
@@ -339,8 +373,7 @@ async fn executor_main<T: WireElem>(
         }
     };
     let _ = ready.send(Ok(()));
-    let node = Arc::clone(&exec.node);
-    let max_connections = node.config.connections.max_connections();
+    let node = Arc::clone(&exec.exec.node);
     loop {
         match listener.accept().await {
             Ok(stream) => match ConnectionSlot::take(&node, max_connections) {
@@ -386,11 +419,11 @@ async fn refuse(mut stream: glommio::net::TcpStream) {
 /// Serves one connection: HTTP/2 if it opens with the HTTP/2 preface, else
 /// HTTP/1.1. `_slot` counts it against the node's cap until it ends.
 async fn serve_connection<T: WireElem>(
-    exec: Rc<Executor<T>>,
+    front: Rc<Front<T>>,
     mut stream: glommio::net::TcpStream,
     _slot: ConnectionSlot,
 ) {
-    let node = Arc::clone(&exec.node);
+    let node = Arc::clone(&front.exec.node);
     let c = node.config.connections;
     let _ = stream.set_nodelay(true);
     // A client that takes no response bytes for this long is gone.
@@ -420,9 +453,9 @@ async fn serve_connection<T: WireElem>(
     let service = {
         let activity = Rc::clone(&activity);
         hyper::service::service_fn(move |req| {
-            let exec = Rc::clone(&exec);
+            let front = Rc::clone(&front);
             let busy = activity.begin();
-            async move { Ok::<_, Infallible>(tracked(handle(&exec, req).await, busy)) }
+            async move { Ok::<_, Infallible>(tracked(handle(&front, req).await, busy)) }
         })
     };
     let io = Io::with_prefix(stream, first.clone());
@@ -629,15 +662,16 @@ fn find_route<'a>(method: &Method, path: &'a str) -> Result<(&'static Route, Vec
 }
 
 /// Routes one request and counts it.
-async fn handle<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Reply {
+async fn handle<T: WireElem>(front: &Rc<Front<T>>, req: Request<Incoming>) -> Reply {
+    let exec = &front.exec;
     let start = Instant::now();
     let path = req.uri().path().to_string();
     let (endpoint, reply) = match find_route(req.method(), &path) {
         Err(e) => (Endpoint::Other, Err(e)),
         Ok((route, params)) => {
             let reply = match route.handler {
-                Handler::Search => search(exec, req).await,
-                Handler::Batch => batch(exec, req).await,
+                Handler::Search => search(front, req, start).await,
+                Handler::Batch => batch(front, req, start).await,
                 Handler::Document => document(exec, params.first().copied().unwrap_or("")).await,
                 Handler::Documents => documents(exec, req).await,
                 Handler::Shards => Ok(shards(exec)),
@@ -652,7 +686,9 @@ async fn handle<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Repl
     };
     let reply = reply.unwrap_or_else(|e| {
         let reply = error_reply(&e);
-        if reply.status().is_server_error() {
+        // Refusals under overload are counted, not logged: a flood of
+        // them would flood the log too.
+        if reply.status().is_server_error() && !matches!(e, ServerError::Overloaded(_)) {
             eprintln!("node {}: {path}: {e}", exec.node.config.node_id);
         }
         reply
@@ -713,8 +749,57 @@ async fn read_json<T: WireElem, R: serde::de::DeserializeOwned>(
     Ok(parse_json(&body)?)
 }
 
-async fn search<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
+/// A search's refusal to a client (`peer`: false) goes out when the
+/// executor's pace of refusals allows ([`Gate::pace`]); a peer's at once.
+async fn paced<T: WireElem>(front: &Front<T>, peer: bool, out: Result<Reply>) -> Result<Reply> {
+    if let (Err(ServerError::Overloaded(o)), false) = (&out, peer) {
+        front
+            .gate
+            .pace(&front.exec.node.metrics, o.retry_after_s())
+            .await;
+    }
+    out
+}
+
+/// `timeout_ms` less what has passed since `arrived` (at least 1 ms).
+fn time_left(timeout_ms: u64, arrived: Instant) -> u64 {
+    timeout_ms
+        .saturating_sub(arrived.elapsed().as_millis() as u64)
+        .max(1)
+}
+
+/// Runs `work` (admission, search, answer) as a task of the executor's
+/// search queue ([`SEARCH_SHARES`]) and waits for it. If the request is
+/// dropped meanwhile (the client went away), the task is cancelled and its
+/// slots given back.
+async fn in_search_queue<T: WireElem>(
+    front: &Front<T>,
+    work: impl std::future::Future<Output = Result<Reply>> + 'static,
+) -> Result<Reply> {
+    match glommio::spawn_local_into(work, front.searches) {
+        Ok(task) => task.await,
+        Err(e) => Err(ServerError::Runtime {
+            executors: 1,
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+/// `POST /v1/search`: read and checked here, then, in the search queue,
+/// admitted by the executor's gate (or a 503) and searched with what is
+/// left of its deadline, counted from `arrived`.
+async fn search<T: WireElem>(
+    front: &Rc<Front<T>>,
+    req: Request<Incoming>,
+    arrived: Instant,
+) -> Result<Reply> {
+    let exec = &front.exec;
     let request: SearchRequest = read_json(exec, req).await?;
+    let peer = request.shards.is_some();
+    // Refused before anything else is done for it, if it would be anyway.
+    if let Err(e) = front.gate.precheck(&exec.node.metrics) {
+        return paced(front, peer, Err(e.into())).await;
+    }
     let query = request.check::<T>(exec.node.manifest.dim, &exec.node.config.limits)?;
     if let Some(shards) = &request.shards {
         let n = exec.node.manifest.shards.len();
@@ -722,37 +807,114 @@ async fn search<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Resu
             return Err(ApiError::UnknownShard { shard, shards: n }.into());
         }
     }
-    let resp = exec.search(&query, request.shards.as_deref()).await?;
+    let work = search_admitted(Rc::clone(front), query, request.shards, arrived);
+    paced(front, peer, in_search_queue(front, work).await).await
+}
+
+/// The admitted part of `POST /v1/search`. A client's answer that lacks a
+/// local shard because it timed out is a 503, not a shorter list.
+async fn search_admitted<T: WireElem>(
+    front: Rc<Front<T>>,
+    mut query: crate::api::Query<T>,
+    shards: Option<Vec<u32>>,
+    arrived: Instant,
+) -> Result<Reply> {
+    let exec = &front.exec;
     let m = &exec.node.metrics;
+    let timeout_ms = query.timeout_ms.unwrap_or(exec.node.config.deadline_ms);
+    let deadline = arrived + Duration::from_millis(timeout_ms);
+    let permit = front.gate.admit(m, 1, 1, deadline).await?;
+    query.timeout_ms = Some(time_left(timeout_ms, arrived));
+    let mut resp = exec.search(&query, shards.as_deref()).await?;
+    drop(permit);
     m.add(&m.queries, 1);
     if resp.partial {
         m.add(&m.partial_responses, 1);
     }
+    // A client never gets a list that lacks a local shard for want of
+    // time: that is overload, a 503. A peer's request (`shards`) gets the
+    // answer as it is: the asking node sees the timed-out shards and tries
+    // another replica.
+    if shards.is_none() && !resp.timed_out_shards.is_empty() {
+        return Err(Overload::TimedOut {
+            shards: resp.timed_out_shards,
+            timeout_ms,
+            retry_after_s: front.gate.retry_after(),
+        }
+        .into());
+    }
+    resp.took_us = arrived.elapsed().as_micros() as u64;
     Ok(json_reply(StatusCode::OK, &resp))
 }
 
-async fn batch<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
-    let start = Instant::now();
+/// `POST /v1/search/batch`: admitted as a whole on as many slots as it
+/// runs queries at once (in the search queue, as a search); each query's
+/// deadline counts from its start, less the time the batch waited for its
+/// slots.
+async fn batch<T: WireElem>(
+    front: &Rc<Front<T>>,
+    req: Request<Incoming>,
+    arrived: Instant,
+) -> Result<Reply> {
+    let exec = &front.exec;
     let request: BatchRequest = read_json(exec, req).await?;
+    if let Err(e) = front.gate.precheck(&exec.node.metrics) {
+        return paced(front, false, Err(e.into())).await;
+    }
     let queries = request.check::<T>(exec.node.manifest.dim, &exec.node.config.limits)?;
+    let work = batch_admitted(Rc::clone(front), queries, request.timeout_ms, arrived);
+    paced(front, false, in_search_queue(front, work).await).await
+}
+
+/// The admitted part of `POST /v1/search/batch`.
+async fn batch_admitted<T: WireElem>(
+    front: Rc<Front<T>>,
+    mut queries: Vec<crate::api::Query<T>>,
+    timeout_ms: Option<u64>,
+    arrived: Instant,
+) -> Result<Reply> {
+    let exec = &front.exec;
+    let m = &exec.node.metrics;
+    let timeout_ms = timeout_ms.unwrap_or(exec.node.config.deadline_ms);
+    let deadline = arrived + Duration::from_millis(timeout_ms);
+    let weight = BATCH_CONCURRENCY.min(queries.len());
+    let permit = front.gate.admit(m, weight, queries.len(), deadline).await?;
+    let left = time_left(timeout_ms, arrived);
+    for q in &mut queries {
+        q.timeout_ms = Some(left);
+    }
     let results: Vec<_> = futures::stream::iter(queries.iter())
         .map(|q| exec.search(q, None))
-        .buffered(BATCH_CONCURRENCY)
+        .buffered(permit.weight())
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    let m = &exec.node.metrics;
+    drop(permit);
     m.add(&m.queries, results.len() as u64);
     m.add(
         &m.partial_responses,
         results.iter().filter(|r| r.partial).count() as u64,
     );
+    let mut timed_out: Vec<u32> = results
+        .iter()
+        .flat_map(|r| r.timed_out_shards.iter().copied())
+        .collect();
+    if !timed_out.is_empty() {
+        timed_out.sort_unstable();
+        timed_out.dedup();
+        return Err(Overload::TimedOut {
+            shards: timed_out,
+            timeout_ms,
+            retry_after_s: front.gate.retry_after(),
+        }
+        .into());
+    }
     Ok(json_reply(
         StatusCode::OK,
         &BatchResponse {
             results,
-            took_us: start.elapsed().as_micros() as u64,
+            took_us: arrived.elapsed().as_micros() as u64,
         },
     ))
 }

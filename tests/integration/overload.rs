@@ -1,5 +1,5 @@
-//! Issue 10: clients that are slow, idle or never answer, and too many
-//! connections.
+//! Issue 10, items 1 and 3: a node under far more concurrent searches than
+//! it can serve, and clients that are slow, idle or never answer.
 //!
 //! Nodes are processes (see `cluster::NodeProc`), on 127.0.0.1, each with
 //! one executor; every client loop here is bounded in requests and time.
@@ -7,6 +7,8 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardann_server::client::{exchange, Request, Version};
@@ -14,6 +16,78 @@ use shardann_server::http;
 
 use crate::cluster::{free_addrs, NodeProc};
 use crate::{build_small, generated, p};
+
+/// One answer of the storm, as the client saw it.
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    body: serde_json::Value,
+}
+
+/// `conns` HTTP/2 connections to `addr` with `streams` requests in flight on
+/// each, every one of them sending `rounds` searches in turn (the i-th
+/// request takes vector i mod `vectors.len()`).
+fn storm(
+    addr: SocketAddr,
+    vectors: Vec<Vec<f64>>,
+    extra: serde_json::Value,
+    conns: usize,
+    streams: usize,
+    rounds: usize,
+) -> Vec<Answer> {
+    shardann_server::rt::block_on("storm", move || async move {
+        let mut senders = Vec::new();
+        for _ in 0..conns {
+            senders.push(
+                http::connect(addr, Duration::from_secs(5))
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let vectors = &vectors;
+        let extra = &extra;
+        let tasks = (0..conns * streams).map(|i| {
+            let mut sender = senders[i % conns].clone();
+            async move {
+                let mut out = Vec::new();
+                for r in 0..rounds {
+                    let mut body = extra.clone();
+                    body["vector"] = vectors[(i * rounds + r) % vectors.len()].clone().into();
+                    let req = http::post_json(addr, "/v1/search", &body).unwrap();
+                    let one = async {
+                        let resp = http::send(&mut sender, req).await?;
+                        let retry_after = resp
+                            .headers()
+                            .get("retry-after")
+                            .map(|v| v.to_str().unwrap_or("?").to_string());
+                        let (status, bytes) = http::collect(resp).await?;
+                        Ok::<_, http::PeerError>((status.as_u16(), retry_after, bytes))
+                    };
+                    let until = Instant::now() + Duration::from_secs(20);
+                    let (status, retry_after, bytes) = shardann_server::rt::until(until, one)
+                        .await
+                        .expect("an answer within 20 s")
+                        .expect("an answer");
+                    let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                        panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
+                    });
+                    out.push(Answer {
+                        status,
+                        retry_after,
+                        body,
+                    });
+                }
+                out
+            }
+        });
+        futures::future::join_all(tasks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+    })
+    .unwrap()
+}
 
 fn metric(addr: SocketAddr, name: &str) -> f64 {
     let r = exchange(addr, Version::Http1, vec![Request::get("/metrics")]).unwrap();
@@ -24,6 +98,157 @@ fn metric(addr: SocketAddr, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
+/// Issue 10, item 1: 3,000 searches, 1,000 at a time over 8 HTTP/2
+/// connections, to a node with one executor that serves one shard itself
+/// and the other through a peer. It used to start every search at once,
+/// so all of them missed the deadline together: 200s with `partial: true`
+/// and no hits from its own shard. Now every answer is either complete
+/// (within its deadline) or a 503 with `Retry-After` naming the limit;
+/// `/healthz` answers throughout, and no local search times out.
+#[test]
+fn issue_10_an_overloaded_node_sheds_instead_of_answering_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [base, query, _] = generated(d, "sift-like", "10000", "100", "10", "l2", "10");
+    let index = d.join("index");
+    build_small(&base, &index, 2, "32");
+    let addrs = free_addrs(2);
+    let config = |id: &str, me: usize, shard: u32| {
+        let other = 1 - me;
+        let path = d.join(format!("{id}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "node_id = \"{id}\"\nlisten = \"{}\"\nindex_dir = \"{}\"\nshards = [{shard}]\nexecutors = 1\nfollow_ms = 0\n\
+                 [[peers]]\nid = \"{}\"\naddress = \"{}\"\nshards = [{}]\n",
+                addrs[me],
+                p(&index),
+                if me == 0 { "b" } else { "a" },
+                addrs[other],
+                1 - shard
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let mut a = NodeProc::start("a", addrs[0], &config("a", 0, 0));
+    let mut b = NodeProc::start("b", addrs[1], &config("b", 1, 1));
+    a.wait_ready();
+    b.wait_ready();
+
+    let timeout_ms = 1000;
+    let storming = Arc::new(AtomicBool::new(true));
+    let health = {
+        let storming = Arc::clone(&storming);
+        let addr = a.addr;
+        std::thread::spawn(move || {
+            let mut slowest = Duration::ZERO;
+            let mut answered = 0;
+            let until = Instant::now() + Duration::from_secs(60);
+            while storming.load(Ordering::Relaxed) && Instant::now() < until {
+                let t = Instant::now();
+                let r = exchange(addr, Version::Http1, vec![Request::get("/healthz")]).unwrap();
+                assert!(
+                    matches!(r.first(), Some(Ok((200, _)))),
+                    "/healthz during the storm: {r:?}"
+                );
+                slowest = slowest.max(t.elapsed());
+                answered += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (answered, slowest)
+        })
+    };
+    let t = Instant::now();
+    let answers = storm(
+        a.addr,
+        crate::query_rows(&query),
+        serde_json::json!({"k": 10, "list": 200, "timeout_ms": timeout_ms}),
+        8,
+        125,
+        3,
+    );
+    let took = t.elapsed();
+    storming.store(false, Ordering::Relaxed);
+    let (health_answers, health_slowest) = health.join().unwrap();
+
+    let mut ok = 0;
+    let mut shed = 0;
+    for (i, r) in answers.iter().enumerate() {
+        match r.status {
+            200 => {
+                ok += 1;
+                assert_eq!(r.body["partial"], false, "answer {i}: {}", r.body);
+                assert_eq!(
+                    r.body["hits"].as_array().map(Vec::len),
+                    Some(10),
+                    "answer {i}: {}",
+                    r.body
+                );
+                let took_us = r.body["took_us"].as_u64().unwrap();
+                assert!(
+                    took_us <= timeout_ms * 1000,
+                    "answer {i} took {took_us} µs, deadline {timeout_ms} ms"
+                );
+            }
+            503 => {
+                shed += 1;
+                let secs: u64 = r
+                    .retry_after
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("answer {i}: a 503 without Retry-After"))
+                    .parse()
+                    .expect("Retry-After in seconds");
+                assert!(secs >= 1, "answer {i}: Retry-After {secs}");
+                let limit = r.body["limit"].as_str().unwrap_or("");
+                assert!(
+                    limit.starts_with("admission."),
+                    "answer {i}: a 503 for {limit:?}: {}",
+                    r.body
+                );
+                let error = r.body["error"].as_str().unwrap_or("");
+                assert!(error.contains(limit), "answer {i}: {error}");
+            }
+            s => panic!("answer {i}: status {s}: {}", r.body),
+        }
+    }
+    eprintln!(
+        "storm of {} searches: {ok} answered 200, {shed} shed (503) in {took:.2?}; \
+         /healthz answered {health_answers} times, slowest {health_slowest:.2?}",
+        answers.len()
+    );
+    assert!(ok >= 100, "only {ok} searches answered");
+    assert!(shed > 0, "nothing shed: not an overload");
+    assert!(
+        health_answers >= 1,
+        "/healthz was not tried during the storm"
+    );
+    assert!(
+        health_slowest < Duration::from_secs(2),
+        "/healthz took {health_slowest:?} during the storm"
+    );
+    for (node, name) in [(&a, "a"), (&b, "b")] {
+        let failures = metric(node.addr, "shardann_shard_failures_total");
+        assert_eq!(
+            failures, 0.0,
+            "node {name}: local searches failed or timed out"
+        );
+    }
+    assert!(
+        metric(
+            a.addr,
+            "shardann_shed_total{node=\"a\",reason=\"queue_full\"}"
+        ) + metric(a.addr, "shardann_shed_total{node=\"a\",reason=\"busy\"}")
+            + metric(
+                a.addr,
+                "shardann_shed_total{node=\"a\",reason=\"wait_timeout\"}"
+            )
+            == shed as f64
+    );
+    a.kill();
+    b.kill();
 }
 
 /// A node of one executor over `index` with `extra` lines in its config.
@@ -338,5 +563,73 @@ fn issue_10_unanswered_pings_and_the_connection_cap() {
     drop(held);
     std::thread::sleep(Duration::from_millis(300));
     assert!(metric(addr, "shardann_connections_refused_total") >= 1.0);
+    n.kill();
+}
+
+/// Issue 10, item 1: a local shard that misses the deadline is said apart
+/// from a peer that did not answer. A client's answer that lacks a
+/// timed-out local shard is a 503 naming it (it used to be a 200 with an
+/// empty list); a peer's request gets it in `timed_out_shards`, and a dead
+/// peer's shard stays in `missing_shards` alone.
+#[test]
+fn issue_10_a_local_timeout_is_said_apart_from_a_missing_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [base, query, _] = generated(d, "sift-like", "6000", "10", "6", "l2", "10");
+    let index = d.join("index");
+    build_small(&base, &index, 2, "32");
+    // Shard 1's only replica is a port nobody listens on.
+    let dead = free_addrs(1)[0];
+    let mut n = node(
+        d,
+        &index,
+        "half",
+        &format!("shards = [0]\n[[peers]]\nid = \"dead\"\naddress = \"{dead}\"\nshards = [1]\n"),
+    );
+    let vector = crate::query_rows(&query)[0].clone();
+    let search = |extra: serde_json::Value| {
+        let mut body = extra;
+        body["vector"] = vector.clone().into();
+        let r = shardann_server::rt::block_on("one", {
+            let addr = n.addr;
+            move || async move {
+                let mut sender = http::connect(addr, Duration::from_secs(5)).await.unwrap();
+                let req = http::post_json(addr, "/v1/search", &body).unwrap();
+                let resp = http::send(&mut sender, req).await.unwrap();
+                let retry_after = resp.headers().get("retry-after").is_some();
+                let (status, bytes) = http::collect(resp).await.unwrap();
+                (status.as_u16(), retry_after, bytes)
+            }
+        })
+        .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&r.2).unwrap();
+        (r.0, r.1, body)
+    };
+
+    // The peer is missing; the local shard answered.
+    let (status, _, body) = search(serde_json::json!({"k": 10}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["missing_shards"], serde_json::json!([1]), "{body}");
+    assert!(body.get("timed_out_shards").is_none(), "{body}");
+    assert_eq!(body["hits"].as_array().unwrap().len(), 10);
+
+    // The local shard cannot finish a list of 2,000 in 1 ms: a 503 that
+    // names the shard and the deadline.
+    let (status, retry_after, body) =
+        search(serde_json::json!({"k": 10, "list": 2000, "timeout_ms": 1}));
+    assert_eq!(status, 503, "{body}");
+    assert!(retry_after, "a 503 without Retry-After: {body}");
+    assert_eq!(body["limit"], "timeout_ms", "{body}");
+    assert_eq!(body["timed_out_shards"], serde_json::json!([0]), "{body}");
+
+    // A peer's request for the local shard: the answer says it timed out.
+    let (status, _, body) =
+        search(serde_json::json!({"k": 10, "list": 2000, "timeout_ms": 1, "shards": [0]}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["missing_shards"], serde_json::json!([0]), "{body}");
+    assert_eq!(body["timed_out_shards"], serde_json::json!([0]), "{body}");
+    assert_eq!(body["stats"]["shards_timed_out"], 1, "{body}");
+
+    assert!(metric(n.addr, "shardann_shard_timeouts_total") >= 2.0);
     n.kill();
 }
