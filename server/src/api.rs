@@ -223,6 +223,10 @@ pub struct WireStats {
     /// shard before the search (text queries on more than one shard).
     #[serde(default)]
     pub text_stats_us: u64,
+    /// Shards whose search missed the deadline on the node that searched
+    /// them (this one or a peer).
+    #[serde(default)]
+    pub shards_timed_out: u32,
 }
 
 impl WireStats {
@@ -257,6 +261,7 @@ impl WireStats {
         self.dense_us += o.dense_us;
         self.text_us += o.text_us;
         self.text_stats_us += o.text_stats_us;
+        self.shards_timed_out += o.shards_timed_out;
     }
 }
 
@@ -271,6 +276,11 @@ pub struct SearchResponse {
     /// True when some shard asked for did not answer; see `missing_shards`.
     pub partial: bool,
     pub missing_shards: Vec<u32>,
+    /// Of `missing_shards`, the ones this node serves itself whose search
+    /// missed the deadline (the node is overloaded or its disk stalls), as
+    /// opposed to shards no peer answered for. Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timed_out_shards: Vec<u32>,
     pub took_us: u64,
     #[serde(default)]
     pub stats: WireStats,
@@ -390,6 +400,8 @@ pub enum ApiError {
     BodyOverLimit { max: usize },
     #[error("reading the request body: {0}")]
     ReadBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the request body did not arrive within {ms} ms (connections.body_timeout_ms)")]
+    BodyTimeout { ms: u64 },
     #[error("the request body is empty; expected a JSON object")]
     EmptyBody,
     #[error("malformed request: {0}")]

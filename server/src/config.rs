@@ -11,6 +11,11 @@
 //! shards = [2, 3, 4, 5]
 //! ```
 //!
+//! Optional tables, after every top-level key: `[limits]` (what one
+//! request may ask for), `[admission]` (searches each executor runs and
+//! lets wait) and `[connections]` (connection cap, HTTP/2 streams, header,
+//! body and idle timeouts, pings); see the README's node configuration.
+//!
 //! Every node of a cluster has its own file; nothing is discovered at run
 //! time. A node only opens the shards it serves, so `index_dir` needs just
 //! those shard directories and `cluster.json`.
@@ -79,6 +84,16 @@ pub struct NodeConfig {
     /// A `[limits]` table goes after every top-level key (TOML's rule).
     #[serde(default)]
     pub limits: crate::api::Limits,
+    /// How many searches each executor runs and lets wait (`[admission]`:
+    /// max_running, max_queued, max_wait_ms, refusals_per_sec); beyond it,
+    /// a 503 with `Retry-After` naming the limit.
+    #[serde(default)]
+    pub admission: crate::admission::AdmissionConfig,
+    /// What the node accepts from client connections (`[connections]`:
+    /// max_connections, max_streams, header_timeout_ms, body_timeout_ms,
+    /// idle_timeout_ms, keepalive_ms, keepalive_timeout_ms).
+    #[serde(default)]
+    pub connections: crate::admission::ConnectionConfig,
 }
 
 fn default_pull_max_file() -> u64 {
@@ -148,6 +163,8 @@ impl NodeConfig {
             pull_max_file_bytes: crate::replication::DEFAULT_PULL_MAX_FILE_BYTES,
             pull_min_bytes_per_sec: crate::replication::DEFAULT_PULL_MIN_BYTES_PER_SEC,
             limits: crate::api::Limits::default(),
+            admission: crate::admission::AdmissionConfig::default(),
+            connections: crate::admission::ConnectionConfig::default(),
         }
     }
 
@@ -208,6 +225,25 @@ impl NodeConfig {
                 key: "executors",
                 min: 1,
             });
+        }
+        let c = &self.connections;
+        for (key, value, min) in [
+            ("connections.max_streams", u64::from(c.max_streams), 1),
+            ("connections.header_timeout_ms", c.header_timeout_ms, 1),
+            ("connections.body_timeout_ms", c.body_timeout_ms, 1),
+            ("connections.idle_timeout_ms", c.idle_timeout_ms, 1),
+            (
+                "connections.keepalive_timeout_ms",
+                c.keepalive_timeout_ms,
+                1,
+            ),
+        ] {
+            if value < min {
+                return Err(ConfigError::TooSmall {
+                    key,
+                    min: min as usize,
+                });
+            }
         }
         if let Some(shards) = &self.shards {
             no_duplicates("shards", shards)?;
@@ -374,6 +410,45 @@ shards = [2, 3, 4, 5]
         );
         bad(&EXAMPLE.replace("node_id", "nodeid"), "nodeid");
         bad(&EXAMPLE.replace("[2, 3, 4, 5]", "[]"), "serves no shards");
+    }
+
+    /// `[admission]` and `[connections]` parse with every key optional;
+    /// an unknown key or a zero bound is refused with its name.
+    #[test]
+    fn admission_and_connection_tables() {
+        let text = format!(
+            "{}[admission]\nmax_running = 8\nmax_wait_ms = 100\n[connections]\nmax_connections = 50\nbody_timeout_ms = 250\n",
+            EXAMPLE.split("[[peers]]").next().unwrap()
+        );
+        let c: NodeConfig = toml::from_str(&text).unwrap();
+        c.check().unwrap();
+        assert_eq!(c.admission.max_running, 8);
+        assert_eq!(c.admission.max_queued, crate::admission::DEFAULT_MAX_QUEUED);
+        assert_eq!(c.connections.max_connections(), 50);
+        assert_eq!(
+            c.connections.body_timeout(),
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            c.connections.max_streams,
+            crate::admission::DEFAULT_MAX_STREAMS
+        );
+        let bad = |text: &str, want: &str| {
+            let err = match toml::from_str::<NodeConfig>(text) {
+                Err(e) => e.to_string(),
+                Ok(c) => c.check().unwrap_err().to_string(),
+            };
+            assert!(err.contains(want), "{err} should mention {want}");
+        };
+        bad(&text.replace("max_wait_ms", "max_wiat_ms"), "max_wiat_ms");
+        bad(
+            &text.replace("body_timeout_ms = 250", "body_timeout_ms = 0"),
+            "connections.body_timeout_ms",
+        );
+        bad(
+            &text.replace("max_connections = 50", "max_streams = 0"),
+            "connections.max_streams",
+        );
     }
 
     /// An empty token would lock every peer out of the replication

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use shardann_engine::FormatError;
 
+use crate::admission::Overload;
 use crate::api::ApiError;
 use crate::config::{AddrError, ConfigError};
 use crate::http::PeerError;
@@ -138,6 +139,10 @@ pub enum ServerError {
     /// A replication request this node refuses.
     #[error(transparent)]
     Refused(#[from] Refusal),
+
+    /// A search this node has no room for now (a 503 with `Retry-After`).
+    #[error(transparent)]
+    Overloaded(#[from] Overload),
 
     /// An HTTP exchange with another node failed (connection refused, timed
     /// out, a status or body that is not what the API promises).

@@ -2,8 +2,8 @@
 //! replication puller and the blocking client.
 //!
 //! ```text
-//!  serving:  Request ─► read_body / parse_body (limit) ─► handler ─► json_reply
-//!                                                           └─ Err ─► error_reply ─► status()
+//!  serving:  Request ─► read_body / parse_body (limit, timeout) ─► handler ─► json_reply
+//!                                                                    └─ Err ─► error_reply ─► status()
 //!  calling:  connect (TCP + HTTP/2 handshake on rt::Io) ─► Sender
 //!            get / post_json ─► send ─► read_json / read_bytes / read_limited (errors: PeerError)
 //! ```
@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 
 use crate::api::{ApiError, ErrorBody};
@@ -47,6 +47,8 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 pub fn status(e: &ServerError) -> StatusCode {
     match e {
         ServerError::Api(ApiError::MethodNotAllowed { .. }) => StatusCode::METHOD_NOT_ALLOWED,
+        ServerError::Api(ApiError::BodyTimeout { .. }) => StatusCode::REQUEST_TIMEOUT,
+        ServerError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         ServerError::Api(ApiError::NoEndpoint { .. } | ApiError::NoDocument(_)) => {
             StatusCode::NOT_FOUND
         }
@@ -81,14 +83,31 @@ pub fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Reply {
     r
 }
 
-/// `{"error": "..."}` with the status [`status`] gives `e`.
+/// `{"error": "..."}` with the status [`status`] gives `e`. A 503 for
+/// overload also names the limit (`"limit"`), says when to come back
+/// (`Retry-After` and `"retry_after_s"`) and, for local shards that timed
+/// out, which (`"timed_out_shards"`).
 pub fn error_reply(e: &ServerError) -> Reply {
-    json_reply(
-        status(e),
-        &ErrorBody {
-            error: e.to_string(),
-        },
-    )
+    let ServerError::Overloaded(o) = e else {
+        return json_reply(
+            status(e),
+            &ErrorBody {
+                error: e.to_string(),
+            },
+        );
+    };
+    let mut body = serde_json::json!({
+        "error": o.to_string(),
+        "limit": o.limit(),
+        "retry_after_s": o.retry_after_s(),
+    });
+    if !o.timed_out_shards().is_empty() {
+        body["timed_out_shards"] = o.timed_out_shards().into();
+    }
+    let mut r = json_reply(status(e), &body);
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(o.retry_after_s()));
+    r
 }
 
 /// A body of `content_type`, status 200.
@@ -99,8 +118,14 @@ pub fn body_reply(body: Body, content_type: &'static str) -> Reply {
     r
 }
 
-/// The request body, at most `max` bytes.
-pub async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+/// The request body, at most `max` bytes, whole within `timeout` (a
+/// client that stops sending mid-body gets a 408 instead of holding its
+/// stream, and its connection, forever).
+pub async fn read_body(
+    req: Request<Incoming>,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -111,7 +136,14 @@ pub async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiE
             return Err(ApiError::BodyTooLarge { len, max });
         }
     }
-    match Limited::new(req.into_body(), max).collect().await {
+    let deadline = std::time::Instant::now() + timeout;
+    let Some(read) = crate::rt::until(deadline, Limited::new(req.into_body(), max).collect()).await
+    else {
+        return Err(ApiError::BodyTimeout {
+            ms: timeout.as_millis() as u64,
+        });
+    };
+    match read {
         Ok(body) => Ok(body.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -123,16 +155,21 @@ pub async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiE
     }
 }
 
-/// The request body (at most `max` bytes) parsed as JSON.
+/// The request body (at most `max` bytes, within `timeout`) parsed as JSON.
 pub async fn parse_body<R: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     max: usize,
+    timeout: Duration,
 ) -> Result<R, ApiError> {
-    let body = read_body(req, max).await?;
+    parse_json(&read_body(req, max, timeout).await?)
+}
+
+/// A request body parsed as JSON.
+pub fn parse_json<R: serde::de::DeserializeOwned>(body: &[u8]) -> Result<R, ApiError> {
     if body.is_empty() {
         return Err(ApiError::EmptyBody);
     }
-    serde_json::from_slice(&body).map_err(ApiError::Malformed)
+    serde_json::from_slice(body).map_err(ApiError::Malformed)
 }
 
 /// What went wrong in a call to another node. `Clone`, so one failure can

@@ -31,6 +31,9 @@
 //!   connections and requests, `PeerError`) and the one error → status map.
 //! * [`node`]: the node's shared state and one executor's scatter-gather
 //!   over local shards and peers.
+//! * [`admission`]: search slots and a bounded line per executor (503 with
+//!   `Retry-After` beyond), the node's connection cap, connection activity
+//!   for idle timeouts; `[admission]` and `[connections]` in `node.toml`.
 //! * [`replication`]: serving segment files to peers, pulling them, and
 //!   following newer versions while serving.
 //! * [`serve`]: starts a node; the route table and the request handlers.
@@ -40,6 +43,7 @@
 //! No `unsafe` is needed here: glommio's `DmaFile` owns the aligned buffers.
 #![deny(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod client;
 pub mod config;

@@ -34,6 +34,32 @@ const ENDPOINTS: [&str; 7] = [
     "other",
 ];
 
+/// Why a search request was refused before it ran (a 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The executor's line was full (`admission.max_queued`).
+    QueueFull = 0,
+    /// The line ahead would take longer than the request may wait.
+    Busy = 1,
+    /// It waited as long as it may without getting a slot.
+    WaitTimeout = 2,
+}
+
+const SHED_REASONS: [&str; 3] = ["queue_full", "busy", "wait_timeout"];
+
+/// Why the node closed a client's connection (or one of its requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Headers (or a new connection's first bytes) not sent in time.
+    HeaderTimeout = 0,
+    /// A request body not sent in time (the request gets a 408).
+    BodyTimeout = 1,
+    /// An HTTP/2 connection without a request for `idle_timeout_ms`.
+    Idle = 2,
+}
+
+const CLOSE_REASONS: [&str; 3] = ["header_timeout", "body_timeout", "idle"];
+
 /// Every counter of one node.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -56,6 +82,24 @@ pub struct Metrics {
     pub cache_hits: AtomicU64,
     /// Local shard searches that failed (IO error, deadline).
     pub shard_failures: AtomicU64,
+    /// Of those, the ones that missed the deadline.
+    pub shard_timeouts: AtomicU64,
+    /// Search requests given slots ([`crate::admission::Gate`]), the time
+    /// those that waited spent in line, and the ones refused, by reason.
+    pub admitted: AtomicU64,
+    admission_wait_us: AtomicU64,
+    admission_waits: AtomicU64,
+    shed: [AtomicU64; 3],
+    /// Refusals to clients held back to `admission.refusals_per_sec`.
+    pub refusals_paced: AtomicU64,
+    /// Gauges: search slots taken and requests waiting, all executors.
+    pub searches_running: AtomicU64,
+    pub searches_queued: AtomicU64,
+    /// Gauge: client connections open (the node's cap counts these).
+    pub connections_open: AtomicU64,
+    /// Connections refused at the cap, and those closed for slowness.
+    pub connections_refused: AtomicU64,
+    closed: [AtomicU64; 3],
     /// Shard pulls from peers (at startup or `replicate`), and failed ones.
     pub pulls: AtomicU64,
     pub pull_failures: AtomicU64,
@@ -125,6 +169,40 @@ impl Metrics {
 
     pub fn add(&self, counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn gauge_add(&self, gauge: &AtomicU64, n: u64) {
+        gauge.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn gauge_sub(&self, gauge: &AtomicU64, n: u64) {
+        gauge.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// A search request refused before it ran.
+    pub fn shed(&self, why: Shed) {
+        if let Some(c) = self.shed.get(why as usize) {
+            inc(c);
+        }
+    }
+
+    /// A request that waited `waited` in line got its slots.
+    pub fn admission_wait(&self, waited: std::time::Duration) {
+        inc(&self.admission_waits);
+        self.admission_wait_us
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A connection (or a request on it) cut for slowness.
+    pub fn closed(&self, why: Closed) {
+        if let Some(c) = self.closed.get(why as usize) {
+            inc(c);
+        }
+    }
+
+    /// Requests refused for `why` so far.
+    pub fn shed_count(&self, why: Shed) -> u64 {
+        self.shed.get(why as usize).map_or(0, get)
     }
 
     /// The Prometheus text exposition (format 0.0.4). `peers` names the
@@ -204,6 +282,31 @@ impl Metrics {
                 &self.shard_failures,
             ),
             (
+                "shardann_shard_timeouts_total",
+                "Local shard searches that missed the deadline (also counted as failures).",
+                &self.shard_timeouts,
+            ),
+            (
+                "shardann_admitted_total",
+                "Search requests given search slots (admission).",
+                &self.admitted,
+            ),
+            (
+                "shardann_admission_waits_total",
+                "Admitted search requests that waited in line for a slot.",
+                &self.admission_waits,
+            ),
+            (
+                "shardann_refusals_paced_total",
+                "503s to clients held back to admission.refusals_per_sec.",
+                &self.refusals_paced,
+            ),
+            (
+                "shardann_connections_refused_total",
+                "Connections refused at connections.max_connections.",
+                &self.connections_refused,
+            ),
+            (
                 "shardann_sectors_read_total",
                 "4 KiB sectors read from local shards.",
                 &self.sectors_read,
@@ -233,6 +336,56 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node}\"}} {}",
                 get(c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shardann_admission_wait_seconds_total Time admitted search requests waited in line.\n# TYPE shardann_admission_wait_seconds_total counter\nshardann_admission_wait_seconds_total{{node=\"{node}\"}} {}",
+            get(&self.admission_wait_us) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shardann_shed_total Search requests refused with a 503 before they ran, by reason.\n# TYPE shardann_shed_total counter"
+        );
+        for (i, reason) in SHED_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shardann_shed_total{{node=\"{node}\",reason=\"{reason}\"}} {}",
+                get(&self.shed[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shardann_connections_closed_total Client connections (body_timeout: requests) cut for slowness or idleness, by reason.\n# TYPE shardann_connections_closed_total counter"
+        );
+        for (i, reason) in CLOSE_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shardann_connections_closed_total{{node=\"{node}\",reason=\"{reason}\"}} {}",
+                get(&self.closed[i])
+            );
+        }
+        for (name, help, g) in [
+            (
+                "shardann_searches_running",
+                "Search slots taken, all executors.",
+                &self.searches_running,
+            ),
+            (
+                "shardann_searches_queued",
+                "Search requests waiting for a slot, all executors.",
+                &self.searches_queued,
+            ),
+            (
+                "shardann_connections_open",
+                "Client connections open.",
+                &self.connections_open,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} {}",
+                get(g)
             );
         }
         for (name, help, counters) in [
@@ -293,7 +446,23 @@ mod tests {
         m.latency(3_000);
         m.latency(10_000_000);
         m.peer_call(1, true);
+        m.shed(Shed::QueueFull);
+        m.shed(Shed::Busy);
+        m.shed(Shed::Busy);
+        m.closed(Closed::Idle);
+        m.gauge_add(&m.connections_open, 3);
+        m.gauge_sub(&m.connections_open, 1);
+        m.admission_wait(std::time::Duration::from_millis(250));
         let text = m.render("n\"1", &[("a".into(), true), ("b".into(), false)]);
+        assert!(text.contains("shardann_shed_total{node=\"n\\\"1\",reason=\"busy\"} 2\n"));
+        assert!(text.contains("reason=\"queue_full\"} 1\n"));
+        assert!(text.contains("reason=\"wait_timeout\"} 0\n"));
+        assert!(
+            text.contains("shardann_connections_closed_total{node=\"n\\\"1\",reason=\"idle\"} 1\n")
+        );
+        assert!(text.contains("shardann_connections_open{node=\"n\\\"1\"} 2\n"));
+        assert!(text.contains("shardann_admission_wait_seconds_total{node=\"n\\\"1\"} 0.25\n"));
+        assert!(text.contains("# TYPE shardann_searches_queued gauge"));
         assert!(
             text.contains("shardann_requests_total{node=\"n\\\"1\",endpoint=\"search\"} 2"),
             "{text}"

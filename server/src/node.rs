@@ -476,6 +476,7 @@ impl<T: WireElem> Executor<T> {
         let mut hits: Vec<WireHit> = Vec::with_capacity(q.params.k * (targets.len() + 1));
         let mut text_hits: Vec<WireHit> = Vec::new();
         let mut plans = BTreeMap::new();
+        let mut timed_out = Vec::new();
         for (s, done) in local_done {
             match done {
                 Some(Ok(found)) => {
@@ -506,7 +507,13 @@ impl<T: WireElem> Executor<T> {
                     missing.push(s);
                 }
                 None => {
-                    self.node.metrics.add(&self.node.metrics.shard_failures, 1);
+                    // Missed the deadline here: said apart from a peer
+                    // that did not answer (`timed_out_shards`).
+                    let m = &self.node.metrics;
+                    m.add(&m.shard_failures, 1);
+                    m.add(&m.shard_timeouts, 1);
+                    stats.shards_timed_out += 1;
+                    timed_out.push(s);
                     missing.push(s);
                 }
             }
@@ -549,6 +556,7 @@ impl<T: WireElem> Executor<T> {
             text_hits,
             partial: !missing.is_empty(),
             missing_shards: missing,
+            timed_out_shards: timed_out,
             took_us: start.elapsed().as_micros() as u64,
             stats,
             plans,

@@ -17,6 +17,15 @@
 //! [`ROUTES`] lists them all; the dispatcher matches requests against that
 //! table alone, and a test checks it against `server/openapi.yaml`, the
 //! full reference.
+//!
+//! What a connection may take ([`crate::admission`], `[connections]`): a
+//! node holds at most `max_connections` (beyond: a 503 and close, at once);
+//! a connection must send its first bytes and each request's headers within
+//! `header_timeout_ms` (HTTP/1.1 through hyper; HTTP/2: before its first
+//! request, then `idle_timeout_ms` without a request in flight closes it
+//! with a GOAWAY), a body within `body_timeout_ms` (else a 408), and answer
+//! HTTP/2 pings. Searches then pass their executor's [`Gate`]
+//! (`[admission]`), or get a 503 with `Retry-After`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,7 +34,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::io::AsyncReadExt;
+use futures::future::Either;
+use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::StreamExt;
 use glommio::{LocalExecutorPoolBuilder, PoolThreadHandles};
 use hyper::body::Incoming;
@@ -35,25 +45,45 @@ use shardann_engine::ElemType;
 
 use shardann_engine::docs::UserId;
 
+use crate::admission::{Activity, Busy, ConnectionSlot, Gate, Overload};
 use crate::api::{
     ApiError, BatchRequest, BatchResponse, DocumentsRequest, SearchRequest, TextStatsRequest,
     TextStatsResponse, WireElem,
 };
 use crate::config::NodeConfig;
 use crate::error::{Result, ServerError, StartError};
-use crate::http::{body_reply, error_reply, full, json_reply, parse_body, Reply};
-use crate::metrics::Endpoint;
+use crate::http::{body_reply, error_reply, full, json_reply, parse_json, read_body, Body, Reply};
+use crate::metrics::{Closed, Endpoint};
 use crate::node::{Executor, Node};
 use crate::replication;
-use crate::rt::{AsyncIoTimer, Io, LocalExec};
+use crate::rt::{until, AsyncIoTimer, Io, LocalExec};
 use crate::runtime::DEFAULT_IO_MEMORY;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// How long a new connection may take to send its first bytes.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
-/// Vectors of one batch searched at once on an executor.
+/// Vectors of one batch searched at once on an executor (at most the
+/// executor's `admission.max_running`).
 const BATCH_CONCURRENCY: usize = 32;
+/// The body of the answer to a connection over
+/// `connections.max_connections`, before it is closed.
+const REFUSAL: &str = r#"{"error":"too many connections (connections.max_connections)","limit":"connections.max_connections"}"#;
+/// How long a refused connection is given to take [`REFUSAL`].
+const REFUSAL_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// CPU shares of an executor's search task queue, against glommio's
+/// default queue (1,000 shares), where connections are read and requests
+/// parsed, refused and answered. When both have work (requests pour in),
+/// admitted searches get 9/10 of the core instead of being a few tasks
+/// among thousands of requests being read and refused.
+const SEARCH_SHARES: usize = 9000;
+
+/// One executor's front end: its search state, its admission gate, and the
+/// task queue that admitted searches run in.
+struct Front<T: WireElem> {
+    exec: Executor<T>,
+    gate: Gate,
+    searches: glommio::TaskQueueHandle,
+}
 
 /// A node that is serving.
 pub struct RunningNode {
@@ -308,17 +338,34 @@ async fn executor_main<T: WireElem>(
     ready: mpsc::Sender<Result<()>>,
 ) -> Result<()> {
     let exec = match Executor::<T>::open(node).await {
-        Ok(e) => Rc::new(e),
+        Ok(e) => e,
         Err(e) => {
             let _ = ready.send(Err(e));
             return Ok(());
         }
     };
+    let config = &exec.node.config;
+    let gate = Gate::new(
+        &config.admission,
+        exec.node.local_shards().len(),
+        config.deadline_ms,
+    );
+    let max_connections = config.connections.max_connections();
+    let searches = glommio::executor().create_task_queue(
+        glommio::Shares::Static(SEARCH_SHARES),
+        glommio::Latency::NotImportant,
+        "shardann-search",
+    );
+    let exec = Rc::new(Front {
+        exec,
+        gate,
+        searches,
+    });
     let listener = match glommio::net::TcpListener::bind(addr) {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(ServerError::Start {
-                node: exec.node.config.node_id.clone(),
+                node: exec.exec.node.config.node_id.clone(),
                 source: StartError::Listen {
                     addr,
                     source: e.into(),
@@ -328,54 +375,173 @@ async fn executor_main<T: WireElem>(
         }
     };
     let _ = ready.send(Ok(()));
+    let node = Arc::clone(&exec.exec.node);
     loop {
         match listener.accept().await {
-            Ok(stream) => {
-                glommio::spawn_local(serve_connection(Rc::clone(&exec), stream)).detach();
-            }
+            Ok(stream) => match ConnectionSlot::take(&node, max_connections) {
+                Some(slot) => {
+                    glommio::spawn_local(serve_connection(Rc::clone(&exec), stream, slot)).detach();
+                }
+                None => {
+                    node.metrics.add(&node.metrics.connections_refused, 1);
+                    glommio::spawn_local(refuse(stream)).detach();
+                }
+            },
             Err(e) => {
                 // Out of file descriptors and the like: pause, keep serving.
-                eprintln!("node {}: accept: {e}", exec.node.config.node_id);
+                eprintln!("node {}: accept: {e}", node.config.node_id);
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
+/// A connection over the node's cap: a 503 (HTTP/1.1, which an HTTP/2
+/// client reports as a protocol error) if the client takes it at once,
+/// then close. Bounded by [`REFUSAL_TIMEOUT`], so refusals cost nothing
+/// that lasts.
+async fn refuse(mut stream: glommio::net::TcpStream) {
+    let answer = async {
+        let refusal = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{REFUSAL}",
+            REFUSAL.len()
+        );
+        stream.write_all(refusal.as_bytes()).await?;
+        stream.flush().await?;
+        stream.shutdown(std::net::Shutdown::Write).await?;
+        // Read what the client sent, so the close is a FIN, not a reset
+        // that could discard the answer before the client reads it.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = until(Instant::now() + REFUSAL_TIMEOUT, answer).await;
+}
+
 /// Serves one connection: HTTP/2 if it opens with the HTTP/2 preface, else
-/// HTTP/1.1.
-async fn serve_connection<T: WireElem>(exec: Rc<Executor<T>>, mut stream: glommio::net::TcpStream) {
+/// HTTP/1.1. `_slot` counts it against the node's cap until it ends.
+async fn serve_connection<T: WireElem>(
+    front: Rc<Front<T>>,
+    mut stream: glommio::net::TcpStream,
+    _slot: ConnectionSlot,
+) {
+    let node = Arc::clone(&front.exec.node);
+    let c = node.config.connections;
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(FIRST_BYTES_TIMEOUT));
-    let mut first = Vec::with_capacity(H2_PREFACE.len());
-    let mut buf = [0u8; 24];
-    while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
-        let want = H2_PREFACE.len() - first.len();
-        match stream.read(&mut buf[..want]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => first.extend_from_slice(&buf[..n]),
+    // A client that takes no response bytes for this long is gone.
+    let _ = stream.set_write_timeout(Some(c.body_timeout()));
+    // The first bytes within the header bound, however they are spread.
+    let first = async {
+        let mut first = Vec::with_capacity(H2_PREFACE.len());
+        let mut buf = [0u8; 24];
+        while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
+            let want = H2_PREFACE.len() - first.len();
+            match stream.read(&mut buf[..want]).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => first.extend_from_slice(&buf[..n]),
+            }
         }
-    }
-    let _ = stream.set_read_timeout(None);
-    let service = hyper::service::service_fn(move |req| {
-        let exec = Rc::clone(&exec);
-        async move { Ok::<_, Infallible>(handle(&exec, req).await) }
-    });
+        Some(first)
+    };
+    let first = match until(Instant::now() + c.header_timeout(), first).await {
+        Some(Some(first)) => first,
+        Some(None) => return,
+        None => {
+            node.metrics.closed(Closed::HeaderTimeout);
+            return;
+        }
+    };
+    let activity = Rc::new(Activity::default());
+    let service = {
+        let activity = Rc::clone(&activity);
+        hyper::service::service_fn(move |req| {
+            let front = Rc::clone(&front);
+            let busy = activity.begin();
+            async move { Ok::<_, Infallible>(tracked(handle(&front, req).await, busy)) }
+        })
+    };
     let io = Io::with_prefix(stream, first.clone());
     // A connection that ends in an error (the client went away, a protocol
     // error) only concerns that client.
-    let _ = if first == H2_PREFACE {
-        hyper::server::conn::http2::Builder::new(LocalExec)
+    if first != H2_PREFACE {
+        let served = hyper::server::conn::http1::Builder::new()
             .timer(AsyncIoTimer)
-            .max_concurrent_streams(1024)
+            .header_read_timeout(c.header_timeout())
             .serve_connection(io, service)
-            .await
-    } else {
-        hyper::server::conn::http1::Builder::new()
-            .timer(AsyncIoTimer)
-            .serve_connection(io, service)
-            .await
-    };
+            .await;
+        if served.is_err_and(|e| e.is_timeout()) {
+            node.metrics.closed(Closed::HeaderTimeout);
+        }
+        return;
+    }
+    let conn = hyper::server::conn::http2::Builder::new(LocalExec)
+        .timer(AsyncIoTimer)
+        .max_concurrent_streams(c.max_streams)
+        .keep_alive_interval(c.keepalive())
+        .keep_alive_timeout(c.keepalive_timeout())
+        .serve_connection(io, service);
+    futures::pin_mut!(conn);
+    // The idle bound: checked when it could have passed; once passed, a
+    // GOAWAY (requests already received still finish), and the connection
+    // is dropped if it has not ended by the next check.
+    let mut closing = false;
+    loop {
+        let idle_at = activity.idle_at(c.header_timeout(), c.idle_timeout());
+        let check_at = idle_at.unwrap_or_else(|| Instant::now() + c.idle_timeout());
+        let wait = glommio::timer::Timer::new(check_at.saturating_duration_since(Instant::now()));
+        if let Either::Left(_) = futures::future::select(conn.as_mut(), wait).await {
+            return;
+        }
+        match activity.idle_at(c.header_timeout(), c.idle_timeout()) {
+            Some(at) if Instant::now() >= at => {
+                if closing {
+                    return;
+                }
+                node.metrics.closed(if activity.requests() == 0 {
+                    Closed::HeaderTimeout
+                } else {
+                    Closed::Idle
+                });
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `reply` with `busy` held until hyper is done with its body (sent, or
+/// the stream reset): a response still streaming keeps its connection
+/// from counting as idle.
+fn tracked(reply: Reply, busy: Busy) -> Reply {
+    reply.map(|body| -> Body { Box::pin(Tracked { body, _busy: busy }) })
+}
+
+/// A response body and the [`Busy`] guard of its request.
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>>
+    {
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// What a route does.
@@ -500,15 +666,16 @@ fn find_route<'a>(method: &Method, path: &'a str) -> Result<(&'static Route, Vec
 }
 
 /// Routes one request and counts it.
-async fn handle<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Reply {
+async fn handle<T: WireElem>(front: &Rc<Front<T>>, req: Request<Incoming>) -> Reply {
+    let exec = &front.exec;
     let start = Instant::now();
     let path = req.uri().path().to_string();
     let (endpoint, reply) = match find_route(req.method(), &path) {
         Err(e) => (Endpoint::Other, Err(e)),
         Ok((route, params)) => {
             let reply = match route.handler {
-                Handler::Search => search(exec, req).await,
-                Handler::Batch => batch(exec, req).await,
+                Handler::Search => search(front, req, start).await,
+                Handler::Batch => batch(front, req, start).await,
                 Handler::TextStats => text_stats(exec, req).await,
                 Handler::Document => document(exec, params.first().copied().unwrap_or("")).await,
                 Handler::Documents => documents(exec, req).await,
@@ -524,7 +691,9 @@ async fn handle<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Repl
     };
     let reply = reply.unwrap_or_else(|e| {
         let reply = error_reply(&e);
-        if reply.status().is_server_error() {
+        // Refusals under overload are counted, not logged: a flood of
+        // them would flood the log too.
+        if reply.status().is_server_error() && !matches!(e, ServerError::Overloaded(_)) {
             eprintln!("node {}: {path}: {e}", exec.node.config.node_id);
         }
         reply
@@ -568,8 +737,74 @@ async fn replicate<T: WireElem>(
     }
 }
 
-async fn search<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
-    let request: SearchRequest = parse_body(req, exec.node.config.max_body_bytes).await?;
+/// A request body as JSON, within the node's body size and time limits.
+async fn read_json<T: WireElem, R: serde::de::DeserializeOwned>(
+    exec: &Executor<T>,
+    req: Request<Incoming>,
+) -> Result<R> {
+    let config = &exec.node.config;
+    let timeout = config.connections.body_timeout();
+    let body = read_body(req, config.max_body_bytes, timeout)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ApiError::BodyTimeout { .. }) {
+                exec.node.metrics.closed(Closed::BodyTimeout);
+            }
+        })?;
+    Ok(parse_json(&body)?)
+}
+
+/// A search's refusal to a client (`peer`: false) goes out when the
+/// executor's pace of refusals allows ([`Gate::pace`]); a peer's at once.
+async fn paced<T: WireElem>(front: &Front<T>, peer: bool, out: Result<Reply>) -> Result<Reply> {
+    if let (Err(ServerError::Overloaded(o)), false) = (&out, peer) {
+        front
+            .gate
+            .pace(&front.exec.node.metrics, o.retry_after_s())
+            .await;
+    }
+    out
+}
+
+/// `timeout_ms` less what has passed since `arrived` (at least 1 ms).
+fn time_left(timeout_ms: u64, arrived: Instant) -> u64 {
+    timeout_ms
+        .saturating_sub(arrived.elapsed().as_millis() as u64)
+        .max(1)
+}
+
+/// Runs `work` (admission, search, answer) as a task of the executor's
+/// search queue ([`SEARCH_SHARES`]) and waits for it. If the request is
+/// dropped meanwhile (the client went away), the task is cancelled and its
+/// slots given back.
+async fn in_search_queue<T: WireElem>(
+    front: &Front<T>,
+    work: impl std::future::Future<Output = Result<Reply>> + 'static,
+) -> Result<Reply> {
+    match glommio::spawn_local_into(work, front.searches) {
+        Ok(task) => task.await,
+        Err(e) => Err(ServerError::Runtime {
+            executors: 1,
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+/// `POST /v1/search`: read and checked here, then, in the search queue,
+/// admitted by the executor's gate (or a 503) and searched with what is
+/// left of its deadline, counted from `arrived`.
+async fn search<T: WireElem>(
+    front: &Rc<Front<T>>,
+    req: Request<Incoming>,
+    arrived: Instant,
+) -> Result<Reply> {
+    let exec = &front.exec;
+    let request: SearchRequest = read_json(exec, req).await?;
+    let peer = request.shards.is_some();
+    // Refused before anything else is done for it, if it would be anyway.
+    if let Err(e) = front.gate.precheck(&exec.node.metrics) {
+        return paced(front, peer, Err(e.into())).await;
+    }
     let query = request.check::<T>(exec.node.manifest.dim, &exec.node.config.limits)?;
     if let Some(shards) = &request.shards {
         let n = exec.node.manifest.shards.len();
@@ -577,18 +812,49 @@ async fn search<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Resu
             return Err(ApiError::UnknownShard { shard, shards: n }.into());
         }
     }
-    let resp = exec.search(&query, request.shards.as_deref()).await?;
+    let work = search_admitted(Rc::clone(front), query, request.shards, arrived);
+    paced(front, peer, in_search_queue(front, work).await).await
+}
+
+/// The admitted part of `POST /v1/search`. A client's answer that lacks a
+/// local shard because it timed out is a 503, not a shorter list.
+async fn search_admitted<T: WireElem>(
+    front: Rc<Front<T>>,
+    mut query: crate::api::Query<T>,
+    shards: Option<Vec<u32>>,
+    arrived: Instant,
+) -> Result<Reply> {
+    let exec = &front.exec;
     let m = &exec.node.metrics;
+    let timeout_ms = query.timeout_ms.unwrap_or(exec.node.config.deadline_ms);
+    let deadline = arrived + Duration::from_millis(timeout_ms);
+    let permit = front.gate.admit(m, 1, 1, deadline).await?;
+    query.timeout_ms = Some(time_left(timeout_ms, arrived));
+    let mut resp = exec.search(&query, shards.as_deref()).await?;
+    drop(permit);
     m.add(&m.queries, 1);
     if resp.partial {
         m.add(&m.partial_responses, 1);
     }
+    // A client never gets a list that lacks a local shard for want of
+    // time: that is overload, a 503. A peer's request (`shards`) gets the
+    // answer as it is: the asking node sees the timed-out shards and tries
+    // another replica.
+    if shards.is_none() && !resp.timed_out_shards.is_empty() {
+        return Err(Overload::TimedOut {
+            shards: resp.timed_out_shards,
+            timeout_ms,
+            retry_after_s: front.gate.retry_after(),
+        }
+        .into());
+    }
+    resp.took_us = arrived.elapsed().as_micros() as u64;
     Ok(json_reply(StatusCode::OK, &resp))
 }
 
 /// `POST /v1/text/stats` (peer-to-peer): BM25 statistics of local shards.
 async fn text_stats<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
-    let request: TextStatsRequest = parse_body(req, exec.node.config.max_body_bytes).await?;
+    let request: TextStatsRequest = read_json(exec, req).await?;
     let n = exec.node.manifest.shards.len();
     if let Some(&shard) = request.shards.iter().find(|&&s| s as usize >= n) {
         return Err(ApiError::UnknownShard { shard, shards: n }.into());
@@ -607,28 +873,74 @@ async fn text_stats<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> 
     ))
 }
 
-async fn batch<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
-    let start = Instant::now();
-    let request: BatchRequest = parse_body(req, exec.node.config.max_body_bytes).await?;
+/// `POST /v1/search/batch`: admitted as a whole on as many slots as it
+/// runs queries at once (in the search queue, as a search); each query's
+/// deadline counts from its start, less the time the batch waited for its
+/// slots.
+async fn batch<T: WireElem>(
+    front: &Rc<Front<T>>,
+    req: Request<Incoming>,
+    arrived: Instant,
+) -> Result<Reply> {
+    let exec = &front.exec;
+    let request: BatchRequest = read_json(exec, req).await?;
+    if let Err(e) = front.gate.precheck(&exec.node.metrics) {
+        return paced(front, false, Err(e.into())).await;
+    }
     let queries = request.check::<T>(exec.node.manifest.dim, &exec.node.config.limits)?;
+    let work = batch_admitted(Rc::clone(front), queries, request.timeout_ms, arrived);
+    paced(front, false, in_search_queue(front, work).await).await
+}
+
+/// The admitted part of `POST /v1/search/batch`.
+async fn batch_admitted<T: WireElem>(
+    front: Rc<Front<T>>,
+    mut queries: Vec<crate::api::Query<T>>,
+    timeout_ms: Option<u64>,
+    arrived: Instant,
+) -> Result<Reply> {
+    let exec = &front.exec;
+    let m = &exec.node.metrics;
+    let timeout_ms = timeout_ms.unwrap_or(exec.node.config.deadline_ms);
+    let deadline = arrived + Duration::from_millis(timeout_ms);
+    let weight = BATCH_CONCURRENCY.min(queries.len());
+    let permit = front.gate.admit(m, weight, queries.len(), deadline).await?;
+    let left = time_left(timeout_ms, arrived);
+    for q in &mut queries {
+        q.timeout_ms = Some(left);
+    }
     let results: Vec<_> = futures::stream::iter(queries.iter())
         .map(|q| exec.search(q, None))
-        .buffered(BATCH_CONCURRENCY)
+        .buffered(permit.weight())
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    let m = &exec.node.metrics;
+    drop(permit);
     m.add(&m.queries, results.len() as u64);
     m.add(
         &m.partial_responses,
         results.iter().filter(|r| r.partial).count() as u64,
     );
+    let mut timed_out: Vec<u32> = results
+        .iter()
+        .flat_map(|r| r.timed_out_shards.iter().copied())
+        .collect();
+    if !timed_out.is_empty() {
+        timed_out.sort_unstable();
+        timed_out.dedup();
+        return Err(Overload::TimedOut {
+            shards: timed_out,
+            timeout_ms,
+            retry_after_s: front.gate.retry_after(),
+        }
+        .into());
+    }
     Ok(json_reply(
         StatusCode::OK,
         &BatchResponse {
             results,
-            took_us: start.elapsed().as_micros() as u64,
+            took_us: arrived.elapsed().as_micros() as u64,
         },
     ))
 }
@@ -660,7 +972,7 @@ async fn document<T: WireElem>(exec: &Executor<T>, raw: &str) -> Result<Reply> {
 
 /// `POST /v1/documents/get`.
 async fn documents<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
-    let request: DocumentsRequest = parse_body(req, exec.node.config.max_body_bytes).await?;
+    let request: DocumentsRequest = read_json(exec, req).await?;
     let ids = request.check()?;
     if let Some(shards) = &request.shards {
         let n = exec.node.manifest.shards.len();

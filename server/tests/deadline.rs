@@ -144,6 +144,8 @@ fn a_hung_replica_is_retried_and_a_hung_shard_is_reported_missing() {
         let r = o.result.as_ref().unwrap();
         assert!(r.partial);
         assert_eq!(r.missing_shards, vec![3]);
+        // A peer that did not answer, not a local search out of time.
+        assert!(r.timed_out_shards.is_empty());
         assert_eq!(r.hits.len(), 10);
         assert!(r.hits.iter().all(|h| h.shard != 3));
     }

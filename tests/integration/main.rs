@@ -10,6 +10,7 @@ mod documents_http;
 mod eval;
 mod golden;
 mod ops;
+mod overload;
 mod pipeline;
 mod replication;
 mod segments;
