@@ -369,4 +369,30 @@ mod tests {
             .contains("twice"));
         assert!(KeyMap::from_ids(vec![UserId::Str("a".into()), UserId::Int(5)]).is_err());
     }
+
+    /// The golden files, written once if missing and never regenerated:
+    /// one of integer keys, one of string keys.
+    #[test]
+    fn golden_keys_v1_still_read() {
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/keys-v1");
+        let ints: Vec<UserId> = [9u64, 3, u64::MAX, 0, 12].map(UserId::Int).to_vec();
+        let strs: Vec<UserId> = ["man.1#0", "ls(1)", "", "ünïcode", "man.1#10"]
+            .map(|s| UserId::Str(s.to_string()))
+            .to_vec();
+        for (name, ids) in [("int", &ints), ("str", &strs)] {
+            let path = dir.join(format!("{name}-{}", crate::layout::KEYS_FILE));
+            if !path.exists() {
+                std::fs::create_dir_all(&dir).unwrap();
+                KeyMap::from_ids(ids.clone()).unwrap().write(&path).unwrap();
+                eprintln!("wrote the golden keys file {}: commit it", path.display());
+            }
+            let map = KeyMap::read(&path).unwrap();
+            assert_eq!(map.len(), ids.len());
+            for (i, id) in ids.iter().enumerate() {
+                assert_eq!(map.key(i as u32), *id);
+                assert_eq!(map.lookup(id), Some(i as u32));
+            }
+        }
+    }
 }

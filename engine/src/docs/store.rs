@@ -571,4 +571,33 @@ mod tests {
         assert!(store.num_blocks() > 10, "{}", store.num_blocks());
         assert_eq!(store.get(57).unwrap(), b"{\"n\":57}");
     }
+
+    /// The golden file, written once if missing and never regenerated.
+    #[test]
+    fn golden_docs_v1_still_reads() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/docs-v1")
+            .join(crate::layout::DOCS_FILE);
+        let docs: Vec<Vec<u8>> = (0..40)
+            .map(|i| {
+                format!(
+                    "{{\"id\":{i},\"text\":\"passage {i} {}\"}}",
+                    "x".repeat(i * 7)
+                )
+                .into_bytes()
+            })
+            .chain([Vec::new()])
+            .collect();
+        if !path.exists() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            write(&path, &docs, 256);
+            eprintln!("wrote the golden docs file {}: commit it", path.display());
+        }
+        let store = DocStore::open(&path).unwrap();
+        assert_eq!(store.len(), docs.len());
+        assert!(store.num_blocks() > 3, "{}", store.num_blocks());
+        for (i, d) in docs.iter().enumerate() {
+            assert_eq!(&store.get(i as u32).unwrap(), d);
+        }
+    }
 }

@@ -109,4 +109,19 @@ mod tests {
             prop_assert!(parse_ids(&bytes[..i]).is_err());
         }
     }
+
+    /// The golden file, written once if missing and never regenerated.
+    #[test]
+    fn golden_ids_v1_still_reads() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/golden/ids-v1")
+            .join(crate::layout::IDS_FILE);
+        let ids = [7u32, 0, 4_000_000_000, 42, 1, 99];
+        if !path.exists() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            write_ids(&path, &ids).unwrap();
+            eprintln!("wrote the golden ids file {}: commit it", path.display());
+        }
+        assert_eq!(read_ids(&path).unwrap(), ids);
+    }
 }

@@ -1,5 +1,8 @@
 use super::*;
 use serde_json::json;
+use std::path::PathBuf;
+
+use crate::layout::TEXT_FILE;
 
 fn payload(v: Value) -> Map<String, Value> {
     match v {
@@ -240,4 +243,47 @@ fn many_documents_merge_to_one_segment_and_keep_their_ids() {
         .unwrap();
     assert!(hits.iter().all(|h| h.0 % 17 == 5));
     assert_eq!(hits.len(), 3000 / 17 + usize::from(3000 % 17 > 5));
+}
+
+/// The golden file: a `text.bin` committed to git, written once if missing
+/// and never regenerated, must open and score the same forever (a tantivy
+/// upgrade that changes its segment format fails here, not in a user's
+/// cluster).
+#[test]
+fn golden_text_v1_still_reads_and_scores() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/text-v1");
+    let path = dir.join(TEXT_FILE);
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let index = build(scratch.path(), &all_docs(), Analyzer::WordsStopStem);
+        drop(index);
+        std::fs::copy(scratch.path().join("text.bin"), &path).unwrap();
+        eprintln!("wrote the golden text file {}: commit it", path.display());
+    }
+    let golden = TextIndex::open(&path).unwrap();
+    assert_eq!(golden.num_docs(), CORPUS.len() as u64);
+    assert_eq!(golden.fields(), ["title", "text"]);
+    assert_eq!(golden.analyzer(), Analyzer::WordsStopStem);
+    let ids = |q: &str| -> Vec<u32> {
+        let query = golden.analyze(q);
+        golden
+            .search(&query, None, 10, None)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    };
+    // Stemmed: "descriptors" finds "descriptor". 2 before 1: "to" is a
+    // stop word and "from" is not, so 1 is the longer document.
+    assert_eq!(ids("file descriptors"), vec![7, 2, 1, 0, 3]);
+    assert_eq!(ids("O_DIRECT"), vec![3]);
+    assert_eq!(ids("perf_event_open"), vec![6]);
+    assert_eq!(ids("the"), Vec::<u32>::new());
+    let query = golden.analyze("descriptor");
+    let stats = golden.stats(&query).unwrap();
+    assert_eq!(
+        (stats.num_docs, stats.doc_freq.get("descriptor")),
+        (8, Some(&3))
+    );
 }
