@@ -75,9 +75,9 @@ pub struct SearchRequest {
     pub text: Option<String>,
     /// How a hybrid query fuses its two lists: `{"method": "rrf", "k": 60}`
     /// (the default) or `{"method": "weighted", "alpha": 0.7, "normalize":
-    /// "minmax" | "zscore" | "dbsf"}`. Peers are never sent it: they return
-    /// both lists, and the node that asked fuses.
-    #[serde(default, skip_serializing)]
+    /// "minmax" | "zscore" | "dbsf"}`. Peers are never sent it (`None`):
+    /// they return both lists, and the node that asked fuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fusion: Option<Fusion>,
     /// How many hits each signal contributes to a hybrid query before
     /// fusion (at least k; default `DEFAULT_CANDIDATES`, or k if larger).
@@ -139,7 +139,7 @@ pub struct BatchRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub texts: Vec<String>,
     /// As in `/v1/search`: hybrid batches only.
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fusion: Option<Fusion>,
     /// As in `/v1/search`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

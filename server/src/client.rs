@@ -15,6 +15,7 @@ use bytes::Bytes;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use http_body_util::Full;
 use hyper::header::CONTENT_TYPE;
+use shardann_engine::fusion::Fusion;
 
 use crate::api::{BatchRequest, BatchResponse, SearchRequest, SearchResponse};
 use crate::config::resolve;
@@ -48,7 +49,7 @@ pub fn parse_url(url: &str) -> Result<SocketAddr> {
     resolve(host_port).map_err(|e| bad(e.into()))
 }
 
-/// Search parameters sent with every vector.
+/// Search parameters sent with every query.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpParams {
     pub k: usize,
@@ -56,6 +57,17 @@ pub struct HttpParams {
     pub beam: Option<usize>,
     pub probe_shards: Option<usize>,
     pub timeout_ms: Option<u64>,
+    /// Hybrid queries: how the node fuses the two lists (its default when
+    /// `None`), and how many hits each list contributes.
+    pub fusion: Option<Fusion>,
+    pub candidates: Option<usize>,
+}
+
+/// One query of a run: a vector (dense), a text (BM25), or both (hybrid).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryInput {
+    pub vector: Option<Vec<f64>>,
+    pub text: Option<String>,
 }
 
 /// One request's outcome, as the client saw it.
@@ -85,6 +97,34 @@ pub fn search_many(
 pub fn search_many_batched(
     addr: SocketAddr,
     vectors: Arc<Vec<Vec<f64>>>,
+    params: HttpParams,
+    batch: usize,
+    concurrency: usize,
+    executors: usize,
+) -> Result<Vec<Outcome>> {
+    let queries = vectors
+        .iter()
+        .map(|v| QueryInput {
+            vector: Some(v.clone()),
+            text: None,
+        })
+        .collect();
+    search_queries(
+        addr,
+        Arc::new(queries),
+        params,
+        batch,
+        concurrency,
+        executors,
+    )
+}
+
+/// Searches every query (vector, text or both) as [`search_many_batched`]
+/// does vectors. A batch sends the vectors and the texts of its queries,
+/// so the queries of one run should all be of one kind.
+pub fn search_queries(
+    addr: SocketAddr,
+    vectors: Arc<Vec<QueryInput>>,
     params: HttpParams,
     batch: usize,
     concurrency: usize,
@@ -188,14 +228,14 @@ pub fn search_many_batched(
 async fn search_once(
     addr: SocketAddr,
     conn: &std::cell::RefCell<Option<Sender>>,
-    vector: &[f64],
+    query: &QueryInput,
     params: HttpParams,
 ) -> std::result::Result<SearchResponse, PeerError> {
     let body = SearchRequest {
-        vector: Some(vector.to_vec()),
-        text: None,
-        fusion: None,
-        candidates: None,
+        vector: query.vector.clone(),
+        text: query.text.clone(),
+        fusion: params.fusion,
+        candidates: params.candidates,
         text_stats: None,
         k: params.k,
         list: params.list,
@@ -212,14 +252,14 @@ async fn search_once(
 async fn batch_once(
     addr: SocketAddr,
     conn: &std::cell::RefCell<Option<Sender>>,
-    vectors: &[Vec<f64>],
+    queries: &[QueryInput],
     params: HttpParams,
 ) -> std::result::Result<Vec<SearchResponse>, PeerError> {
     let body = BatchRequest {
-        vectors: vectors.to_vec(),
-        texts: Vec::new(),
-        fusion: None,
-        candidates: None,
+        vectors: queries.iter().filter_map(|q| q.vector.clone()).collect(),
+        texts: queries.iter().filter_map(|q| q.text.clone()).collect(),
+        fusion: params.fusion,
+        candidates: params.candidates,
         k: params.k,
         list: params.list,
         beam: params.beam,

@@ -361,6 +361,7 @@ fn bm25_and_hybrid_rank_as_one_index_across_shards_and_nodes() {
             "{body}: {msg:?} should mention {says:?}"
         );
     }
+    bench_runs_every_method(d, &docs, &docs_path, n1.addr);
     drop((n1, n2));
 
     // An index built without --text-fields: text queries are a 400 that
@@ -403,4 +404,132 @@ fn bm25_and_hybrid_rank_as_one_index_across_shards_and_nodes() {
             "{r}"
         );
     }
+}
+
+/// `bench --server --methods dense,bm25,rrf --texts`: one run per method at
+/// each list size, in the report's shape for text and hybrid runs: recall
+/// for the dense run only, and the node's time in each signal.
+fn bench_runs_every_method(d: &Path, docs: &[Doc], corpus: &Path, node: SocketAddr) {
+    let base: Vec<u8> = docs.iter().flat_map(|doc| doc.vector.clone()).collect();
+    let queries: Vec<u8> = docs[..20]
+        .iter()
+        .flat_map(|doc| doc.vector.clone())
+        .collect();
+    let (base_path, query_path, gt) = (d.join("base.u8bin"), d.join("q.u8bin"), d.join("gt.bin"));
+    shardann_engine::data::write_vectors(&base_path, DIM, &base).unwrap();
+    shardann_engine::data::write_vectors(&query_path, DIM, &queries).unwrap();
+    cli_ok(&[
+        "groundtruth",
+        "--base",
+        p(&base_path),
+        "--queries",
+        p(&query_path),
+        "--k",
+        "10",
+        "--out",
+        p(&gt),
+    ]);
+    let texts = d.join("texts.jsonl");
+    let lines: Vec<String> = docs[..20]
+        .iter()
+        .map(|doc| json!({"_id": doc.id, "text": doc.payload["text"]}).to_string())
+        .collect();
+    std::fs::write(&texts, lines.join("\n")).unwrap();
+    let (url, report) = (format!("http://{node}"), d.join("bench.json"));
+    cli_ok(&[
+        "bench",
+        "--server",
+        &url,
+        "--queries",
+        p(&query_path),
+        "--gt",
+        p(&gt),
+        "--texts",
+        p(&texts),
+        "--corpus",
+        p(corpus),
+        "--methods",
+        "dense,bm25,rrf",
+        "--list",
+        "20,40",
+        "--k",
+        "10",
+        "--concurrency",
+        "4",
+        "--json",
+        p(&report),
+    ]);
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let runs = r["runs"].as_array().unwrap();
+    let shape: Vec<(u64, &str)> = runs
+        .iter()
+        .map(|x| (x["list"].as_u64().unwrap(), x["method"].as_str().unwrap()))
+        .collect();
+    // The order turns by one at each list size.
+    assert_eq!(
+        shape,
+        [
+            (20, "dense"),
+            (20, "bm25"),
+            (20, "rrf"),
+            (40, "bm25"),
+            (40, "rrf"),
+            (40, "dense")
+        ]
+    );
+    for run in runs {
+        let (method, t) = (run["method"].as_str().unwrap(), &run["node_us"]);
+        assert_eq!(run["failed"], 0, "{run}");
+        assert_eq!(run["partial"], 0, "{run}");
+        // Each query is its own document's vector and text: found.
+        match method {
+            "dense" => assert!(run["recall_at_k"].as_f64().unwrap() > 0.9, "{run}"),
+            _ => assert!(run["recall_at_k"].is_null(), "{run}"),
+        }
+        assert_eq!(
+            t["dense"].as_f64().unwrap() > 0.0,
+            method != "bm25",
+            "{run}"
+        );
+        assert_eq!(
+            t["text"].as_f64().unwrap() > 0.0,
+            method != "dense",
+            "{run}"
+        );
+        // Statistics are collected across the 4 shards of 2 nodes.
+        assert_eq!(
+            t["text_stats"].as_f64().unwrap() > 0.0,
+            method != "dense",
+            "{run}"
+        );
+    }
+    assert_eq!(r["texts"].as_str().unwrap(), p(&texts));
+
+    // Text runs without texts, and text runs in process: errors that say so.
+    let err = crate::cli(&[
+        "bench",
+        "--server",
+        &url,
+        "--queries",
+        p(&query_path),
+        "--gt",
+        p(&gt),
+        "--methods",
+        "bm25",
+    ])
+    .unwrap_err();
+    assert!(err.contains("--texts"), "{err}");
+    let err = crate::cli(&[
+        "bench",
+        "--index",
+        p(&d.join("one")),
+        "--queries",
+        p(&query_path),
+        "--gt",
+        p(&gt),
+        "--methods",
+        "dense,rrf",
+    ])
+    .unwrap_err();
+    assert!(err.contains("bench --server"), "{err}");
 }

@@ -316,6 +316,31 @@ pub struct BenchArgs {
     /// threads, one unsharded index built with --docs.
     #[arg(long, value_delimiter = ',')]
     pub include: Vec<String>,
+    /// With --server: what each query runs, spelled as `eval --methods`:
+    /// dense, bm25, rrf[:K], weighted[:ALPHA[:minmax|zscore|dbsf]], dbsf.
+    /// Every method runs at every list size, one after the other (their
+    /// order turning by one at each list size), so that their numbers come
+    /// from the same minutes of the machine's load.
+    /// bm25 and the fused methods need --texts. recall@k is reported for
+    /// dense runs only (the ground truth is of vectors); the report gives
+    /// the node's time in each signal.
+    #[arg(long, value_delimiter = ',', default_value = "dense")]
+    pub methods: Vec<crate::eval::NamedMethod>,
+    /// With --server: the query texts, in --queries order: JSON Lines (a
+    /// BEIR queries.jsonl; each line's "text") or plain text, a query a
+    /// line.
+    #[arg(long, requires = "server")]
+    pub texts: Option<PathBuf>,
+    /// Fused methods: hits each signal contributes before fusion (default:
+    /// the node's, 64).
+    #[arg(long, requires = "server")]
+    pub candidates: Option<usize>,
+    /// With --server, a node over an index built with --docs: its documents
+    /// file (JSON Lines, or a BEIR corpus.jsonl), whose line i holds the id
+    /// of base row i, so that the node's answers (the documents' own ids)
+    /// count against the ground truth (base rows).
+    #[arg(long, requires = "server")]
+    pub corpus: Option<PathBuf>,
 }
 
 /// Measure answer quality: nDCG, recall and MRR against relevance judgments.

@@ -147,6 +147,13 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         filters: None,
         flat_max: None,
         include: Vec::new(),
+        methods: vec![crate::eval::NamedMethod {
+            name: "dense".into(),
+            method: crate::eval::Method::Dense,
+        }],
+        texts: None,
+        candidates: None,
+        corpus: None,
     };
     let report = bench(&bench_args(gt, "bench.json", None), out)?;
     first_reaching(&report.runs, out)?;
@@ -192,11 +199,14 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
 
 /// Says where recall@10 first reaches 0.95.
 fn first_reaching(runs: &[RunReport], out: &mut dyn Write) -> anyhow::Result<()> {
-    if let Some(best) = runs.iter().find(|r| r.recall_at_k >= 0.95) {
+    let reaching = runs
+        .iter()
+        .find_map(|r| r.recall_at_k.filter(|&x| x >= 0.95).map(|x| (r, x)));
+    if let Some((best, recall)) = reaching {
         writeln!(
             out,
-            "recall@10 ≥ 0.95 first reached at L={}: recall {:.4}, {:.0} QPS, {:.1} reads per query",
-            best.list, best.recall_at_k, best.qps, best.mean_ios
+            "recall@10 ≥ 0.95 first reached at L={}: recall {recall:.4}, {:.0} QPS, {:.1} reads per query",
+            best.list, best.qps, best.mean_ios
         )?;
     } else {
         writeln!(out, "recall@10 stayed below 0.95 at every list size tried")?;

@@ -89,6 +89,7 @@ fn run_queries<T: Element>(
                                 partial: false,
                                 filtered,
                                 doc_blocks,
+                                node_us: None,
                             });
                         }
                     }
@@ -178,6 +179,7 @@ fn run_glommio<T: Element>(
             partial: false,
             filtered: None,
             doc_blocks: None,
+            node_us: None,
         })
         .collect();
     Ok((outcomes, wall))
@@ -221,6 +223,7 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
         .index
         .as_ref()
         .context("bench needs --index DIR or --server URL")?;
+    super::dense_only(a)?;
     let t = Instant::now();
     let open_sharded = || -> anyhow::Result<Target> {
         Ok(Target::Sharded(
@@ -350,7 +353,7 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
             format!("{} ({worker_threads} blocking threads)", idx.io_backend())
         }
     )?;
-    let runs = run_lists(a, &gt, out, |list| {
+    let runs = run_lists(a, &gt, out, |list, _dense| {
         let params = SearchParams {
             k: a.k,
             list,

@@ -31,6 +31,7 @@ use anyhow::bail;
 use shardann_engine::data::GroundTruth;
 
 use crate::cli::BenchArgs;
+use crate::eval::{Method, NamedMethod};
 use report::{print_header, print_row, summarize, QueryOutcome};
 pub use report::{BenchReport, RunReport};
 
@@ -42,24 +43,43 @@ pub fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> 
     }
 }
 
-/// Runs each list size of `--list` in turn: `run(list)` searches every
-/// query once and returns the outcomes and the wall time. Prints the table
-/// header, then a row per run.
+/// Runs each list size of `--list` in turn, and at each every method of
+/// `--methods`: `run(list, method)` searches every query once and returns
+/// the outcomes and the wall time. Prints the table header, then a row per
+/// run. The methods' order turns by one at each list size (`--list 64,64,64`
+/// with three methods runs each first, second and third once), so that no
+/// method always runs in the same place of a round while the machine's load
+/// drifts.
 fn run_lists(
     a: &BenchArgs,
     gt: &GroundTruth,
     out: &mut dyn Write,
-    mut run: impl FnMut(usize) -> anyhow::Result<(Vec<QueryOutcome>, f64)>,
+    mut run: impl FnMut(usize, &NamedMethod) -> anyhow::Result<(Vec<QueryOutcome>, f64)>,
 ) -> anyhow::Result<Vec<RunReport>> {
     print_header(out)?;
     let mut runs = Vec::new();
-    for &list in &a.list {
-        let (outcomes, wall) = run(list)?;
-        let run = summarize(list, a.beam, a.k, &outcomes, wall, gt);
-        print_row(out, &run)?;
-        runs.push(run);
+    for (round, &list) in a.list.iter().enumerate() {
+        let turn = round % a.methods.len().max(1);
+        for method in a.methods[turn..].iter().chain(&a.methods[..turn]) {
+            let (outcomes, wall) = run(list, method)?;
+            let run = summarize(list, a.beam, a.k, method, &outcomes, wall, gt);
+            print_row(out, &run)?;
+            runs.push(run);
+        }
     }
     Ok(runs)
+}
+
+/// In process, only vector search runs (text and fusion live in the
+/// node): anything else in `--methods` is an error that says so.
+fn dense_only(a: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(m) = a.methods.iter().find(|m| m.method != Method::Dense) {
+        bail!(
+            "--methods {}: text and hybrid runs go through a node (bench --server URL); in process only dense runs",
+            m.name
+        );
+    }
+    Ok(())
 }
 
 /// Checks ground truth against a query set and the index size.
@@ -83,6 +103,9 @@ fn check_gt(a: &BenchArgs, gt: &GroundTruth, nq: usize, points: usize) -> anyhow
     }
     if a.list.is_empty() {
         bail!("--list needs at least one list size");
+    }
+    if a.methods.is_empty() {
+        bail!("--methods needs at least one method");
     }
     Ok(())
 }

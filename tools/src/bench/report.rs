@@ -12,6 +12,7 @@ use shardann_engine::data::{recall_at_k, GroundTruth};
 use shardann_engine::search::SearchStats;
 
 use crate::cli::BenchArgs;
+use crate::eval::{Method, NamedMethod};
 use crate::util::{cores, git_commit, peak_rss_bytes};
 
 /// The JSON report of one `bench` invocation.
@@ -26,6 +27,10 @@ pub struct BenchReport {
     pub index: String,
     pub queries: String,
     pub ground_truth: String,
+    /// `--texts`: the query texts of bm25 and fused runs.
+    pub texts: Option<String>,
+    /// Fused runs: hits each signal contributed (null: the node's default).
+    pub candidates: Option<usize>,
     pub num_points: u64,
     /// Shards in the index (1 for an unsharded index), and how many each
     /// query searched (the nearest by partition centroid).
@@ -68,7 +73,12 @@ pub struct BenchReport {
 pub struct RunReport {
     pub list: usize,
     pub beam: usize,
-    pub recall_at_k: f64,
+    /// As `--methods` spelled it: dense, bm25, rrf, weighted:0.5, ...
+    pub method: String,
+    /// Of the exact nearest neighbours (the ground truth); null for bm25
+    /// and fused runs, whose answers are not meant to be those (their
+    /// quality is `eval`'s nDCG).
+    pub recall_at_k: Option<f64>,
     pub qps: f64,
     pub latency_us: Latency,
     pub mean_ios: f64,
@@ -90,6 +100,18 @@ pub struct RunReport {
     /// hits' payloads (beside `mean_ios`, the index's sector reads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_doc_blocks: Option<f64>,
+    /// Over HTTP: the node's time per query in each signal (summed over
+    /// shards), and collecting BM25 statistics across shards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_us: Option<NodeTimes>,
+}
+
+/// Mean microseconds per query the node reported in each part of a search.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct NodeTimes {
+    pub dense: f64,
+    pub text: f64,
+    pub text_stats: f64,
 }
 
 /// What the filters of a run selected and how they were searched.
@@ -186,6 +208,8 @@ impl BenchReport {
             index,
             queries: a.queries.display().to_string(),
             ground_truth: a.gt.display().to_string(),
+            texts: a.texts.as_ref().map(|p| p.display().to_string()),
+            candidates: a.candidates,
             num_points,
             shards,
             probe_shards,
@@ -237,6 +261,8 @@ pub(super) struct QueryOutcome {
     pub filtered: Option<(u64, &'static str)>,
     /// With --include: document blocks the fetch of the hits' payloads read.
     pub doc_blocks: Option<u32>,
+    /// Over HTTP: what the node reported spending in each signal.
+    pub node_us: Option<NodeTimes>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -252,17 +278,29 @@ pub(super) fn summarize(
     list: usize,
     beam: usize,
     k: usize,
+    method: &NamedMethod,
     outcomes: &[QueryOutcome],
     wall: f64,
     gt: &GroundTruth,
 ) -> RunReport {
     let nq = outcomes.len().max(1) as f64;
-    let recall = outcomes
+    let recall = (method.method == Method::Dense).then(|| {
+        outcomes
+            .iter()
+            .enumerate()
+            .map(|(qi, o)| recall_at_k(&o.ids, gt.row(qi), k))
+            .sum::<f64>()
+            / nq
+    });
+    let node_us = outcomes
         .iter()
-        .enumerate()
-        .map(|(qi, o)| recall_at_k(&o.ids, gt.row(qi), k))
-        .sum::<f64>()
-        / nq;
+        .map(|o| o.node_us)
+        .sum::<Option<NodeTimes>>()
+        .map(|t| NodeTimes {
+            dense: t.dense / nq,
+            text: t.text / nq,
+            text_stats: t.text_stats / nq,
+        });
     let mut lat: Vec<f64> = outcomes.iter().map(|o| o.micros).collect();
     lat.sort_by(f64::total_cmp);
     let mean = |f: &dyn Fn(&SearchStats) -> u32| {
@@ -271,6 +309,7 @@ pub(super) fn summarize(
     RunReport {
         list,
         beam,
+        method: method.name.clone(),
         recall_at_k: recall,
         qps: outcomes.len() as f64 / wall,
         latency_us: Latency {
@@ -292,6 +331,17 @@ pub(super) fn summarize(
             .map(|o| o.doc_blocks.map(f64::from))
             .sum::<Option<f64>>()
             .map(|s| s / nq),
+        node_us,
+    }
+}
+
+impl std::iter::Sum for NodeTimes {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(NodeTimes::default(), |a, b| NodeTimes {
+            dense: a.dense + b.dense,
+            text: a.text + b.text,
+            text_stats: a.text_stats + b.text_stats,
+        })
     }
 }
 
@@ -316,26 +366,38 @@ fn filtered_run(outcomes: &[QueryOutcome]) -> Option<FilteredRun> {
 pub(super) fn print_header(out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7} {:>7}",
+        "{:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7} {:>7}  method",
         "L", "recall@k", "QPS", "mean_us", "p50_us", "p99_us", "ios", "hops", "cached"
     )
 }
 
 /// One table row per run, plus a line when requests failed.
 pub(super) fn print_row(out: &mut dyn Write, run: &RunReport) -> std::io::Result<()> {
+    let recall = match run.recall_at_k {
+        Some(r) => format!("{r:.4}"),
+        None => "-".into(),
+    };
     writeln!(
         out,
-        "{:>6} {:>9.4} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8.1} {:>7.1} {:>7.1}",
+        "{:>6} {:>9} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8.1} {:>7.1} {:>7.1}  {}",
         run.list,
-        run.recall_at_k,
+        recall,
         run.qps,
         run.latency_us.mean,
         run.latency_us.p50,
         run.latency_us.p99,
         run.mean_ios,
         run.mean_hops,
-        run.mean_cache_hits
+        run.mean_cache_hits,
+        run.method
     )?;
+    if let Some(t) = run.node_us.filter(|t| t.text > 0.0 || t.text_stats > 0.0) {
+        writeln!(
+            out,
+            "       node: {:.0} µs dense, {:.0} µs BM25, {:.0} µs BM25 statistics per query",
+            t.dense, t.text, t.text_stats
+        )?;
+    }
     if let Some(f) = &run.filtered {
         let plans: Vec<String> = f.plans.iter().map(|(p, n)| format!("{p} ×{n}")).collect();
         writeln!(

@@ -2,20 +2,24 @@
 //! HTTP/2 endpoint (`/v1/search`, or `/v1/search/batch` with `--batch N`)
 //! from client executors with several requests in flight each.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use shardann_engine::data::{GroundTruth, VectorFile};
+use shardann_engine::docs::UserId;
 use shardann_engine::search::SearchStats;
 use shardann_engine::Element;
 use shardann_server::client::{
-    exchange, parse_url, search_many_batched, HttpParams, Request, Version,
+    exchange, parse_url, search_queries, HttpParams, QueryInput, Request, Version,
 };
 
-use super::report::{BenchReport, Execution, QueryOutcome, Searched};
+use super::report::{BenchReport, Execution, NodeTimes, QueryOutcome, Searched};
 use super::{check_gt, run_lists};
 use crate::cli::BenchArgs;
+use crate::eval::Method;
 use crate::with_elem;
 
 /// `bench --server URL`: the same runs through a node's HTTP/2 endpoint.
@@ -80,7 +84,19 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
         .iter()
         .map(|row| row.iter().map(|x| f64::from(x.to_f32())).collect())
         .collect());
-    let vectors = std::sync::Arc::new(vectors);
+    let texts = match &a.texts {
+        Some(path) => Some(load_texts(path, queries.len())?),
+        None => None,
+    };
+    if let Some(m) = a.methods.iter().find(|m| m.method != Method::Dense) {
+        if texts.is_none() {
+            bail!("--methods {}: needs the query texts (--texts FILE)", m.name);
+        }
+    }
+    let rows = match &a.corpus {
+        Some(path) => Some(load_rows(path)?),
+        None => None,
+    };
     let clients = a.threads.max(1);
     let concurrency = a.concurrency.max(1);
     writeln!(
@@ -93,18 +109,37 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
         a.beam,
         a.batch,
     )?;
-    let runs = run_lists(a, &gt, out, |list| {
+    let runs = run_lists(a, &gt, out, |list, method| {
+        let fusion = match method.method {
+            Method::Fused(f) => Some(f),
+            _ => None,
+        };
         let params = HttpParams {
             k: a.k,
             list: Some(list),
             beam: Some(a.beam),
             probe_shards: (a.probe_shards > 0).then_some(a.probe_shards),
             timeout_ms: None,
+            fusion,
+            candidates: a.candidates.filter(|_| fusion.is_some()),
         };
+        let (dense, text) = match method.method {
+            Method::Dense => (true, false),
+            Method::Bm25 => (false, true),
+            Method::Fused(_) => (true, true),
+        };
+        let inputs: Vec<QueryInput> = (0..vectors.len())
+            .map(|i| QueryInput {
+                vector: dense.then(|| vectors[i].clone()),
+                text: text
+                    .then(|| texts.as_ref().and_then(|t| t.get(i)).cloned())
+                    .flatten(),
+            })
+            .collect();
         let start = Instant::now();
-        let results = search_many_batched(
+        let results = search_queries(
             addr,
-            std::sync::Arc::clone(&vectors),
+            std::sync::Arc::new(inputs),
             params,
             a.batch,
             concurrency,
@@ -121,13 +156,25 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
             .into_iter()
             .map(|o| match o.result {
                 Ok(r) => QueryOutcome {
-                    ids: r.hits.iter().map(|h| h.global_id()).collect(),
+                    ids: r
+                        .hits
+                        .iter()
+                        .map(|h| match &rows {
+                            Some(rows) => rows.get(&h.id).copied().unwrap_or(u32::MAX),
+                            None => h.global_id(),
+                        })
+                        .collect(),
                     micros: o.micros as f64,
                     stats: r.stats.to_search_stats(),
                     failed: false,
                     partial: r.partial,
                     filtered: None,
                     doc_blocks: None,
+                    node_us: Some(NodeTimes {
+                        dense: r.stats.dense_us as f64,
+                        text: r.stats.text_us as f64,
+                        text_stats: r.stats.text_stats_us as f64,
+                    }),
                 },
                 Err(_) => QueryOutcome {
                     ids: Vec::new(),
@@ -137,6 +184,7 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
                     partial: false,
                     filtered: None,
                     doc_blocks: None,
+                    node_us: None,
                 },
             })
             .collect();
@@ -179,4 +227,69 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
     );
     report.write_json(a, out)?;
     Ok(report)
+}
+
+/// The query texts of `path`, the first `n` of them (one per query
+/// vector): JSON Lines whose lines have a "text" (a BEIR `queries.jsonl`),
+/// or plain text, one query a line. A line without text is an error that
+/// names it.
+fn load_texts(path: &Path, n: usize) -> anyhow::Result<Vec<String>> {
+    let body = std::fs::read_to_string(path)
+        .with_context(|| format!("reading query texts from {}", path.display()))?;
+    let json = body.trim_start().starts_with('{');
+    let mut texts = Vec::with_capacity(n);
+    for (i, line) in body.lines().enumerate().take(n) {
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let text = if json {
+            let v: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+            v.get("text")
+                .and_then(serde_json::Value::as_str)
+                .with_context(|| format!("{}: no \"text\" string", at()))?
+                .to_string()
+        } else {
+            line.to_string()
+        };
+        if text.trim().is_empty() {
+            bail!("{}: the query text is empty", at());
+        }
+        texts.push(text);
+    }
+    if texts.len() < n {
+        bail!(
+            "{} has {} query texts, but there are {n} query vectors: one text per query",
+            path.display(),
+            texts.len()
+        );
+    }
+    Ok(texts)
+}
+
+/// Each document id of a JSON Lines documents file (its "id", or "_id" as
+/// in a BEIR corpus) and its line number: the base row it was built from.
+fn load_rows(path: &Path) -> anyhow::Result<HashMap<UserId, u32>> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("reading document ids from {}", path.display()))?;
+    let mut rows = HashMap::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let line = line.with_context(at)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("{}: not JSON", at()))?;
+        let id = v
+            .get("id")
+            .or_else(|| v.get("_id"))
+            .and_then(UserId::from_json)
+            .with_context(|| {
+                format!(
+                    "{}: no \"id\" (or \"_id\"): a string or an unsigned integer",
+                    at()
+                )
+            })?;
+        let row = u32::try_from(i).with_context(|| format!("{}: more rows than u32 ids", at()))?;
+        if rows.insert(id.clone(), row).is_some() {
+            bail!("{}: the id {id} was already used", at());
+        }
+    }
+    Ok(rows)
 }
