@@ -308,6 +308,20 @@ fn bm25_and_hybrid_rank_as_one_index_across_shards_and_nodes() {
                         "{at}: {h}"
                     );
                 }
+                // With fields: the same hits, each with its own payload's
+                // fields, read after fusion from local shards and peers.
+                let mut body = body;
+                body["include"] = json!(["title", "lang"]);
+                let (status, with) = call(node.addr, Request::post("/v1/search", body.to_string()));
+                assert_eq!(status, 200, "{at} include: {with}");
+                assert_eq!(with["partial"], false, "{at} include: {with}");
+                assert_same_ranking(&scored(&with["hits"], "score"), &want, &at);
+                for h in with["hits"].as_array().unwrap() {
+                    let doc = by_id[h["id"].as_str().unwrap()];
+                    let want_fields =
+                        json!({"title": doc.payload["title"], "lang": doc.payload["lang"]});
+                    assert_eq!(h["fields"], want_fields, "{at}: {h}");
+                }
             }
         }
     }

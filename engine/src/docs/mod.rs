@@ -114,6 +114,18 @@ pub enum Include {
 }
 
 impl Include {
+    /// The fields of a whole payload this asks for.
+    pub fn project(&self, all: Map<String, Value>) -> Map<String, Value> {
+        match self {
+            Include::Nothing => Map::new(),
+            Include::All => all,
+            Include::Fields(names) => all
+                .into_iter()
+                .filter(|(k, _)| names.iter().any(|n| n == k))
+                .collect(),
+        }
+    }
+
     /// From a list of names: empty → nothing, `["*"]` → all.
     pub fn from_names(names: &[String]) -> Self {
         if names.is_empty() {
@@ -321,13 +333,7 @@ impl Documents {
                         },
                     )
                 })?;
-                Ok(match include {
-                    Include::Fields(names) => all
-                        .into_iter()
-                        .filter(|(k, _)| names.iter().any(|n| n == k))
-                        .collect(),
-                    _ => all,
-                })
+                Ok(include.project(all))
             })
             .collect()
     }
