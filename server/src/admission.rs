@@ -104,6 +104,11 @@ pub struct AdmissionConfig {
     /// (at least 1). Light requests always have the rest: a few searches
     /// of `list` 2,000 hold an executor for long, and without a share of
     /// their own they could take every slot while ordinary searches wait.
+    /// Measured (debug build, 30K points in 2 shards, one executor,
+    /// `max_running` 8, 12 clients looping `k` 1,000 / `list` 2,000
+    /// searches, one client of ordinary ones, 20 s, two rounds each):
+    /// ordinary searches' p50 34-40 ms with the share, 1.6-2.0 s without;
+    /// the heavy ones answered 84-92 times against 84-108.
     pub max_running_heavy: usize,
 }
 
