@@ -280,7 +280,19 @@ impl VectorFile {
 
 pub(crate) fn map_file(path: &Path) -> Result<(Mmap, u64)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    // mmap refuses anything but a regular file with ENODEV, "No such
+    // device", which tells a user nothing about a directory given as a
+    // vector file (issue 10).
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a directory"
+        } else {
+            "a special file (FIFO, socket or device)"
+        };
+        return Err(Error::data(path, DataError::NotAFile { kind }));
+    }
+    let len = meta.len();
     // SAFETY: the file is opened read-only and we only ever read the map.
     // A concurrent truncation by another process could fault; that is the
     // documented risk of mmap and the price of not copying 100s of GB.
@@ -828,6 +840,20 @@ mod tests {
         std::fs::write(&p, [1u8, 0, 0]).unwrap();
         let msg = VectorFile::open(&p).unwrap_err().to_string();
         assert!(msg.contains("too short"), "{msg}");
+    }
+
+    /// Issue 10, item 12: `build --base d.u8bin` on a directory said "No
+    /// such device" (mmap's ENODEV); it must say what the path is.
+    #[test]
+    fn a_directory_is_named_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["d.u8bin", "d.npy", "d.fvecs"] {
+            let p = dir.path().join(name);
+            std::fs::create_dir(&p).unwrap();
+            let msg = VectorFile::open(&p).unwrap_err().to_string();
+            assert!(msg.contains(name), "{msg}");
+            assert!(msg.contains("is a directory, not a file"), "{msg}");
+        }
     }
 
     #[test]

@@ -198,6 +198,10 @@ pub enum DataError {
          (ground truth: .bin or .ivecs)"
     )]
     UnknownExtension { ext: String },
+    /// A path that names a directory or a special file where a file's bytes
+    /// are to be mapped.
+    #[error("is {kind}, not a file")]
+    NotAFile { kind: &'static str },
     #[error("file is {len} bytes, too short for the 8-byte header (u32 count, u32 dim)")]
     MissingHeader { len: u64 },
     #[error("header says dimension 0")]

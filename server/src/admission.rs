@@ -22,7 +22,10 @@
 //! its deadline, so an admitted search keeps time to run. It also keeps
 //! the time a query holds a slot (a moving average), and refuses a request
 //! at once when the line ahead of it would take longer than it may wait,
-//! instead of letting it wait in vain.
+//! instead of letting it wait in vain. Heavy requests (a `list` above
+//! `heavy_list`) share at most `max_running_heavy` of the slots: a few
+//! searches of `list` 2,000 ran seconds each and, taking every slot, made
+//! ordinary searches wait behind them (issue 10, item 2).
 //!
 //! | item | what |
 //! |---|---|
@@ -57,6 +60,10 @@ use crate::rt::until;
 pub const TARGET_SHARD_SEARCHES: usize = 128;
 /// Requests that may wait for a slot, per executor, by default.
 pub const DEFAULT_MAX_QUEUED: usize = 512;
+/// A request is heavy, by default, when one of its queries has a list
+/// longer than this (8 times the default list of 64; `limits.max_list`
+/// allows 2,000).
+pub const DEFAULT_HEAVY_LIST: usize = 512;
 /// Refusals sent at once per executor and second, by default. A client
 /// that retries every 503 at once (h2load, 1,000 streams on 8 connections)
 /// had an executor send 25,000 of them a second, and the searches it had
@@ -90,6 +97,19 @@ pub struct AdmissionConfig {
     /// `Retry-After` later. A peer's request is always refused at once (it
     /// tries another replica). 0: every refusal at once.
     pub refusals_per_sec: u64,
+    /// A request with a query whose list (or hybrid candidates) is longer
+    /// than this is heavy; 0: [`DEFAULT_HEAVY_LIST`].
+    pub heavy_list: usize,
+    /// Slots heavy requests may hold together; 0: half of `max_running`
+    /// (at least 1). Light requests always have the rest: a few searches
+    /// of `list` 2,000 hold an executor for long, and without a share of
+    /// their own they could take every slot while ordinary searches wait.
+    /// Measured (debug build, 30K points in 2 shards, one executor,
+    /// `max_running` 8, 12 clients looping `k` 1,000 / `list` 2,000
+    /// searches, one client of ordinary ones, 20 s, two rounds each):
+    /// ordinary searches' p50 34-40 ms with the share, 1.6-2.0 s without;
+    /// the heavy ones answered 84-92 times against 84-108.
+    pub max_running_heavy: usize,
 }
 
 impl Default for AdmissionConfig {
@@ -99,6 +119,8 @@ impl Default for AdmissionConfig {
             max_queued: DEFAULT_MAX_QUEUED,
             max_wait_ms: 0,
             refusals_per_sec: DEFAULT_REFUSALS_PER_SEC,
+            heavy_list: 0,
+            max_running_heavy: 0,
         }
     }
 }
@@ -108,6 +130,23 @@ impl AdmissionConfig {
     pub fn max_running(&self, local_shards: usize) -> usize {
         match self.max_running {
             0 => (TARGET_SHARD_SEARCHES / local_shards.max(1)).clamp(4, 128),
+            n => n,
+        }
+    }
+
+    /// `max_running_heavy`, or its default: half of `max_running`.
+    pub fn max_running_heavy(&self, max_running: usize) -> usize {
+        match self.max_running_heavy {
+            0 => (max_running / 2).max(1),
+            n => n.min(max_running),
+        }
+    }
+
+    /// Whether a request whose longest list is `list` is heavy
+    /// (`heavy_list`).
+    pub fn is_heavy(&self, list: usize) -> bool {
+        list > match self.heavy_list {
+            0 => DEFAULT_HEAVY_LIST,
             n => n,
         }
     }
@@ -271,6 +310,7 @@ impl Overload {
 struct Ticket {
     weight: usize,
     queries: usize,
+    heavy: bool,
     granted: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
@@ -280,13 +320,19 @@ struct Ticket {
 #[derive(Debug)]
 pub struct Gate {
     max_running: usize,
+    /// Slots heavy requests may hold together (`max_running_heavy`).
+    max_heavy: usize,
     max_queued: usize,
     max_wait: Duration,
     /// Slots taken.
     running: Cell<usize>,
+    /// Slots taken by heavy requests (also counted in `running`).
+    heavy_running: Cell<usize>,
     /// Waiting requests, first come first served: a request that needs
     /// more slots than are free holds back those behind it, so a batch is
-    /// not starved by single searches.
+    /// not starved by single searches. A heavy request held back only by
+    /// the heavy share holds back the heavy ones behind it, not the light
+    /// ones.
     queue: RefCell<VecDeque<Rc<Ticket>>>,
     /// Queries of the waiting requests.
     queued_queries: Cell<usize>,
@@ -308,8 +354,11 @@ impl Gate {
     /// A gate for an executor of a node that serves `local_shards` and
     /// whose default deadline is `deadline_ms`.
     pub fn new(config: &AdmissionConfig, local_shards: usize, deadline_ms: u64) -> Self {
+        let max_running = config.max_running(local_shards).max(1);
         Gate {
-            max_running: config.max_running(local_shards).max(1),
+            max_running,
+            max_heavy: config.max_running_heavy(max_running),
+            heavy_running: Cell::new(0),
             max_queued: config.max_queued,
             max_wait: config.max_wait(deadline_ms),
             running: Cell::new(0),
@@ -364,7 +413,7 @@ impl Gate {
     /// `max_wait`. Cheap, so it runs before the request body is parsed: a
     /// flood of refused requests then costs little more than reading them.
     pub fn precheck(&self, m: &Metrics) -> Result<(), Overload> {
-        if self.queue.borrow().is_empty() && self.running.get() < self.max_running {
+        if self.running.get() < self.max_running && !self.waits_for_slots() {
             return Ok(());
         }
         let queued = self.queue.borrow().len();
@@ -411,12 +460,31 @@ impl Gate {
         queries: usize,
         deadline: Instant,
     ) -> Result<Permit<'a>, Overload> {
-        let weight = weight.clamp(1, self.max_running);
+        self.admit_as(m, weight, queries, deadline, false).await
+    }
+
+    /// [`Gate::admit`] for a request that is `heavy` or not: heavy
+    /// requests hold at most `max_running_heavy` slots together, so light
+    /// ones always find the rest.
+    pub async fn admit_as<'a>(
+        &'a self,
+        m: &'a Metrics,
+        weight: usize,
+        queries: usize,
+        deadline: Instant,
+        heavy: bool,
+    ) -> Result<Permit<'a>, Overload> {
+        let cap = if heavy {
+            self.max_heavy
+        } else {
+            self.max_running
+        };
+        let weight = weight.clamp(1, cap);
         let queries = queries.max(1);
         let arrived = Instant::now();
-        if self.queue.borrow().is_empty() && self.running.get() + weight <= self.max_running {
-            self.take(m, weight);
-            return Ok(self.permit(m, weight, queries, arrived));
+        if self.may_pass(weight, heavy) {
+            self.take(m, weight, heavy);
+            return Ok(self.permit(m, weight, queries, heavy, arrived));
         }
         let queued = self.queue.borrow().len();
         if queued >= self.max_queued {
@@ -437,6 +505,7 @@ impl Gate {
         let ticket = Rc::new(Ticket {
             weight,
             queries,
+            heavy,
             granted: Cell::new(false),
             waker: RefCell::new(None),
         });
@@ -461,7 +530,7 @@ impl Gate {
                 let now = Instant::now();
                 let own = self.run_time(weight, queries);
                 if deadline.saturating_duration_since(now) < own + own / 2 {
-                    self.release(m, weight);
+                    self.release(m, weight, heavy);
                     m.shed(Shed::WaitTimeout);
                     return Err(Overload::WaitTimeout {
                         waited_ms: arrived.elapsed().as_millis() as u64,
@@ -469,7 +538,7 @@ impl Gate {
                         retry_after_s: self.retry_after(),
                     });
                 }
-                Ok(self.permit(m, weight, queries, now))
+                Ok(self.permit(m, weight, queries, heavy, now))
             }
             None => {
                 drop(waiting);
@@ -488,6 +557,7 @@ impl Gate {
         m: &'a Metrics,
         weight: usize,
         queries: usize,
+        heavy: bool,
         start: Instant,
     ) -> Permit<'a> {
         m.add(&m.admitted, 1);
@@ -496,32 +566,75 @@ impl Gate {
             m,
             weight,
             queries,
+            heavy,
             start,
         }
     }
 
-    fn take(&self, m: &Metrics, weight: usize) {
+    /// Whether `weight` slots are free for a request, within the heavy
+    /// share if it is `heavy`.
+    fn fits(&self, weight: usize, heavy: bool) -> bool {
+        self.running.get() + weight <= self.max_running
+            && (!heavy || self.heavy_running.get() + weight <= self.max_heavy)
+    }
+
+    /// Whether a request in line waits for slots to come free (not only
+    /// for the heavy share): then whoever comes later waits behind it.
+    fn waits_for_slots(&self) -> bool {
+        self.queue
+            .borrow()
+            .iter()
+            .any(|t| self.running.get() + t.weight > self.max_running)
+    }
+
+    /// Whether a new request may take its slots now: they are free, and
+    /// nobody in line comes first (a light request passes heavy ones held
+    /// back by their share; a heavy one passes nobody).
+    fn may_pass(&self, weight: usize, heavy: bool) -> bool {
+        self.fits(weight, heavy)
+            && !self.waits_for_slots()
+            && !(heavy && self.queue.borrow().iter().any(|t| t.heavy))
+    }
+
+    fn take(&self, m: &Metrics, weight: usize, heavy: bool) {
         self.running.set(self.running.get() + weight);
+        if heavy {
+            self.heavy_running.set(self.heavy_running.get() + weight);
+        }
         m.gauge_add(&m.searches_running, weight as u64);
     }
 
-    /// Gives `weight` slots back and hands free slots to the line, in order.
-    fn release(&self, m: &Metrics, weight: usize) {
+    /// Gives `weight` slots back and hands free slots to the line, in
+    /// order; heavy requests held back by their share let light ones
+    /// behind them pass.
+    fn release(&self, m: &Metrics, weight: usize, heavy: bool) {
         self.running.set(self.running.get().saturating_sub(weight));
+        if heavy {
+            self.heavy_running
+                .set(self.heavy_running.get().saturating_sub(weight));
+        }
         m.gauge_sub(&m.searches_running, weight as u64);
+        let mut at = 0;
+        let mut heavy_held = false;
         loop {
             let next = {
                 let mut q = self.queue.borrow_mut();
-                match q.front() {
-                    Some(t) if self.running.get() + t.weight <= self.max_running => q.pop_front(),
-                    _ => None,
+                let Some(t) = q.get(at) else { break };
+                if self.running.get() + t.weight > self.max_running {
+                    break;
                 }
+                if t.heavy && (heavy_held || !self.fits(t.weight, true)) {
+                    heavy_held = true;
+                    at += 1;
+                    continue;
+                }
+                q.remove(at)
             };
             let Some(t) = next else { break };
             self.queued_queries
                 .set(self.queued_queries.get().saturating_sub(t.queries));
             m.gauge_sub(&m.searches_queued, 1);
-            self.take(m, t.weight);
+            self.take(m, t.weight, t.heavy);
             t.granted.set(true);
             let waker = t.waker.borrow_mut().take();
             if let Some(w) = waker {
@@ -583,6 +696,7 @@ pub struct Permit<'a> {
     m: &'a Metrics,
     weight: usize,
     queries: usize,
+    heavy: bool,
     start: Instant,
 }
 
@@ -597,7 +711,7 @@ impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.gate
             .record(self.start.elapsed(), self.weight, self.queries);
-        self.gate.release(self.m, self.weight);
+        self.gate.release(self.m, self.weight, self.heavy);
     }
 }
 
@@ -616,7 +730,8 @@ impl Drop for Waiting<'_> {
         }
         if self.ticket.granted.get() {
             // Granted just as the wait ended: the slots were taken for it.
-            self.gate.release(self.m, self.ticket.weight);
+            self.gate
+                .release(self.m, self.ticket.weight, self.ticket.heavy);
         } else {
             self.gate.leave(self.m, &self.ticket);
         }
@@ -748,6 +863,7 @@ mod tests {
                 max_queued,
                 max_wait_ms,
                 refusals_per_sec: 0,
+                ..AdmissionConfig::default()
             },
             1,
             2000,
@@ -936,6 +1052,75 @@ mod tests {
             );
             assert!(m.refusals_paced.load(Ordering::Relaxed) >= 9);
         });
+    }
+
+    /// Issue 10, item 2: heavy requests (`list` 2,000 searches, big
+    /// batches) hold at most their share of the slots, so light ones never
+    /// wait behind them: with 4 slots and a heavy share of 2, a flood of
+    /// heavy searches gets 2 and waits for the rest, and light searches
+    /// take the other 2 at once, passing the heavy ones in line. Heavy ones
+    /// keep their order among themselves.
+    #[test]
+    fn heavy_requests_leave_light_ones_their_slots() {
+        run(|| async {
+            let m = Rc::new(Metrics::new(0));
+            let g = Rc::new(Gate::new(
+                &AdmissionConfig {
+                    max_running: 4,
+                    max_queued: 10,
+                    max_wait_ms: 1000,
+                    refusals_per_sec: 0,
+                    ..AdmissionConfig::default()
+                },
+                1,
+                2000,
+            ));
+            let far = Instant::now() + Duration::from_secs(10);
+            let h1 = g.admit_as(&m, 1, 1, far, true).await.unwrap();
+            let h2 = g.admit_as(&m, 1, 1, far, true).await.unwrap();
+            let order = Rc::new(RefCell::new(Vec::new()));
+            let mut heavy = Vec::new();
+            for i in 0..2 {
+                let (g, m, order) = (Rc::clone(&g), Rc::clone(&m), Rc::clone(&order));
+                heavy.push(glommio::spawn_local(async move {
+                    let p = g.admit_as(&m, 1, 1, far, true).await.unwrap();
+                    order.borrow_mut().push(i);
+                    drop(p);
+                }));
+            }
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+            assert_eq!(g.load(), (2, 2), "heavy searches beyond their share wait");
+            // Light searches pass the heavy ones in line.
+            assert!(g.precheck(&m).is_ok());
+            let l1 = g.admit(&m, 1, 1, far).await.unwrap();
+            let l2 = g.admit(&m, 1, 1, far).await.unwrap();
+            assert_eq!(g.load(), (4, 2));
+            drop(l1);
+            drop(l2);
+            // Light slots coming free do not go to heavy ones beyond their share.
+            assert_eq!(g.load(), (2, 2));
+            drop(h1);
+            drop(h2);
+            for h in heavy {
+                h.await;
+            }
+            assert_eq!(*order.borrow(), vec![0, 1]);
+            assert_eq!(g.load(), (0, 0));
+            assert_eq!(m.searches_running.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn heavy_defaults() {
+        let c = AdmissionConfig::default();
+        assert_eq!(c.max_running_heavy(64), 32);
+        assert_eq!(c.max_running_heavy(1), 1);
+        assert!(!c.is_heavy(512) && c.is_heavy(513));
+        let set: AdmissionConfig =
+            toml::from_str("heavy_list = 100\nmax_running_heavy = 9").unwrap();
+        assert!(set.is_heavy(101));
+        assert_eq!(set.max_running_heavy(4), 4);
+        assert_eq!(set.max_running_heavy(64), 9);
     }
 
     /// A batch takes several slots; it waits in line for all of them, and

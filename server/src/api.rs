@@ -900,4 +900,259 @@ mod tests {
         assert_eq!(l.max_batch, Limits::default().max_batch);
         assert!(toml::from_str::<Limits>("max_lsit = 50").is_err());
     }
+
+    /// Issue 10: the request parser and every check behind it, fed
+    /// arbitrary bytes and request-shaped JSON with hostile values
+    /// (extreme numbers, wrong types, deep and unknown filter operators),
+    /// must answer `Ok` or an `ApiError`, never panic.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        /// Any JSON value, biased toward what the checks look at.
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                prop_oneof![
+                    Just(0i64),
+                    Just(-1),
+                    Just(1),
+                    Just(i64::MIN),
+                    Just(i64::MAX),
+                    Just(u32::MAX as i64 + 1),
+                    any::<i64>()
+                ]
+                .prop_map(Value::from),
+                Just(Value::from(u64::MAX)),
+                prop_oneof![
+                    Just(1e308f64),
+                    Just(-1e308),
+                    Just(f64::MIN_POSITIVE),
+                    Just(0.5),
+                    any::<f64>().prop_filter("finite", |f| f.is_finite())
+                ]
+                .prop_map(Value::from),
+                "[a-z$]{0,6}".prop_map(Value::from),
+                "\\PC{0,8}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(key(), inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Keys of requests, of filters (operators), and anything else.
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "vector",
+                    "vectors",
+                    "text",
+                    "texts",
+                    "fusion",
+                    "method",
+                    "alpha",
+                    "normalize",
+                    "candidates",
+                    "k",
+                    "list",
+                    "beam",
+                    "probe_shards",
+                    "timeout_ms",
+                    "shards",
+                    "filter",
+                    "include",
+                    "ids",
+                    "$and",
+                    "$or",
+                    "$not",
+                    "$in",
+                    "$nin",
+                    "$ne",
+                    "$gt",
+                    "$gte",
+                    "$lt",
+                    "$lte",
+                    "$exists",
+                    "lang",
+                    "year",
+                ])
+                .prop_map(String::from),
+                "[a-z$]{1,5}",
+            ]
+        }
+
+        const SEARCH_KEYS: &[&str] = &[
+            "text",
+            "fusion",
+            "candidates",
+            "k",
+            "list",
+            "beam",
+            "probe_shards",
+            "timeout_ms",
+            "shards",
+            "filter",
+            "include",
+        ];
+        const BATCH_KEYS: &[&str] = &[
+            "texts",
+            "fusion",
+            "candidates",
+            "k",
+            "list",
+            "beam",
+            "probe_shards",
+            "timeout_ms",
+            "filter",
+            "include",
+        ];
+
+        /// A small number, of the size the fields take.
+        fn number() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                12 => (0u64..3000).prop_map(Value::from),
+                1 => Just(Value::from(u64::MAX)),
+                1 => Just(Value::from(-1)),
+                1 => Just(Value::from(0.5)),
+            ]
+        }
+
+        /// A search (`batch` false) or batch request: its own keys with
+        /// numbers or any values, a vector of the right length most of the
+        /// time, and a filter made of operators and values; so that most
+        /// bodies parse and reach the checks.
+        fn request(batch: bool) -> impl Strategy<Value = Vec<u8>> {
+            let keys = if batch { BATCH_KEYS } else { SEARCH_KEYS };
+            let field = prop::sample::select(keys).prop_flat_map(|k| {
+                let typed = match k {
+                    "text" => "\\PC{0,12}".prop_map(Value::from).boxed(),
+                    "texts" => prop::collection::vec("\\PC{0,8}", 2)
+                        .prop_map(Value::from)
+                        .boxed(),
+                    "include" => prop::collection::vec("[a-z*]{0,4}", 0..3)
+                        .prop_map(Value::from)
+                        .boxed(),
+                    "shards" => prop::collection::vec(0u32..5, 0..3)
+                        .prop_map(Value::from)
+                        .boxed(),
+                    "fusion" => (
+                        prop::sample::select(vec!["rrf", "weighted", "x"]),
+                        number(),
+                        number(),
+                    )
+                        .prop_map(|(m, a, b)| serde_json::json!({"method": m, "k": a, "alpha": b}))
+                        .boxed(),
+                    _ => number().boxed(),
+                };
+                (Just(k), prop_oneof![6 => typed, 1 => value()])
+            });
+            (
+                prop::collection::vec(field, 0..5),
+                prop_oneof![
+                    4 => prop::collection::vec(-300.0f64..300.0, 3),
+                    1 => prop::collection::vec(-1e300f64..1e300, 0..5),
+                ],
+                prop::option::of(value()),
+            )
+                .prop_map(move |(fields, v, filter)| {
+                    let mut m = serde_json::Map::new();
+                    for (k, val) in fields {
+                        m.insert(k.to_string(), val);
+                    }
+                    if batch {
+                        m.insert("vectors".into(), Value::from(vec![v.clone(), v]));
+                    } else {
+                        m.insert("vector".into(), Value::from(v));
+                    }
+                    if let Some(f) = filter {
+                        m.insert("filter".into(), f);
+                    }
+                    serde_json::to_vec(&m).unwrap_or_default()
+                })
+        }
+
+        fn any_request() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![request(false), request(true)]
+        }
+
+        /// The strategies are worth something only if bodies get past
+        /// serde to the checks: most of them must.
+        #[test]
+        fn most_bodies_reach_the_checks() {
+            use proptest::strategy::ValueTree;
+            let mut runner = proptest::test_runner::TestRunner::deterministic();
+            let mut parsed = 0;
+            for _ in 0..200 {
+                let body = any_request().new_tree(&mut runner).unwrap().current();
+                if crate::http::parse_json::<SearchRequest>(&body).is_ok()
+                    || crate::http::parse_json::<BatchRequest>(&body).is_ok()
+                {
+                    parsed += 1;
+                }
+            }
+            assert!(parsed > 100, "{parsed} of 200 bodies parsed");
+        }
+
+        fn every_check(body: &[u8]) {
+            let limits = Limits::default();
+            if let Ok(r) = crate::http::parse_json::<SearchRequest>(body) {
+                let _ = r.check::<f32>(3, &limits);
+                let _ = r.check::<u8>(3, &limits);
+                let _ = r.check::<i8>(3, &limits);
+            }
+            if let Ok(r) = crate::http::parse_json::<BatchRequest>(body) {
+                let _ = r.check::<f32>(3, &limits);
+                let _ = r.check::<u8>(3, &limits);
+            }
+            if let Ok(r) = crate::http::parse_json::<DocumentsRequest>(body) {
+                let _ = r.check();
+            }
+            let _ = crate::http::parse_json::<TextStatsRequest>(body);
+        }
+
+        proptest! {
+            // 256 cases (SHARDANN_FUZZ_CASES to fuzz longer), seeded.
+            #![proptest_config(ProptestConfig {
+                cases: std::env::var("SHARDANN_FUZZ_CASES")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(256),
+                rng_seed: proptest::test_runner::RngSeed::Fixed(10),
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..256)) {
+                every_check(&body);
+            }
+
+            #[test]
+            fn request_shaped_json(body in any_request()) {
+                every_check(&body);
+            }
+
+            /// A valid request with a few bytes changed.
+            #[test]
+            fn damaged_requests(
+                body in any_request(),
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            ) {
+                let mut b = body;
+                for (at, byte) in edits {
+                    if !b.is_empty() {
+                        let i = at.index(b.len());
+                        b[i] = byte;
+                    }
+                }
+                every_check(&b);
+            }
+        }
+    }
 }

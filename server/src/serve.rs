@@ -828,7 +828,8 @@ async fn search_admitted<T: WireElem>(
     let m = &exec.node.metrics;
     let timeout_ms = query.timeout_ms.unwrap_or(exec.node.config.deadline_ms);
     let deadline = arrived + Duration::from_millis(timeout_ms);
-    let permit = front.gate.admit(m, 1, 1, deadline).await?;
+    let heavy = exec.node.config.admission.is_heavy(list_work(&query));
+    let permit = front.gate.admit_as(m, 1, 1, deadline, heavy).await?;
     query.timeout_ms = Some(time_left(timeout_ms, arrived));
     let mut resp = exec.search(&query, shards.as_deref()).await?;
     drop(permit);
@@ -850,6 +851,15 @@ async fn search_admitted<T: WireElem>(
     }
     resp.took_us = arrived.elapsed().as_micros() as u64;
     Ok(json_reply(StatusCode::OK, &resp))
+}
+
+/// The list size that makes a query heavy (`admission.heavy_list`): its
+/// vector list, or each hybrid list's candidates if larger. A batch is as
+/// heavy as its heaviest query; its size is bounded by its slots already.
+fn list_work<T>(q: &crate::api::Query<T>) -> usize {
+    q.params
+        .list
+        .max(q.text.as_ref().map_or(0, |t| t.candidates))
 }
 
 /// `POST /v1/text/stats` (peer-to-peer): BM25 statistics of local shards.
@@ -904,7 +914,12 @@ async fn batch_admitted<T: WireElem>(
     let timeout_ms = timeout_ms.unwrap_or(exec.node.config.deadline_ms);
     let deadline = arrived + Duration::from_millis(timeout_ms);
     let weight = BATCH_CONCURRENCY.min(queries.len());
-    let permit = front.gate.admit(m, weight, queries.len(), deadline).await?;
+    let heavy =
+        (exec.node.config.admission).is_heavy(queries.iter().map(list_work).max().unwrap_or(0));
+    let permit = front
+        .gate
+        .admit_as(m, weight, queries.len(), deadline, heavy)
+        .await?;
     let left = time_left(timeout_ms, arrived);
     for q in &mut queries {
         q.timeout_ms = Some(left);

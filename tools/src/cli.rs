@@ -578,6 +578,7 @@ pub struct DemoArgs {
     pub seed: u64,
     #[arg(long, value_delimiter = ',', default_value = "10,20,40,80,160")]
     pub list: Vec<usize>,
+    /// Threads (0 = all cores), as in gen, build and bench.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
 }

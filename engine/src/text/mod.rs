@@ -166,6 +166,33 @@ fn tantivy_err(what: &'static str) -> impl FnOnce(tantivy::TantivyError) -> Text
     }
 }
 
+/// Runs `f`, turning a panic inside tantivy into a [`TextError`].
+///
+/// tantivy trusts the bytes of its files: a damaged term dictionary panics
+/// in its FST reader, out-of-range offsets in its file slicing
+/// (`engine/tests/fuzz.rs` found both within 64 cases). `text.bin` packs
+/// those files with no checksum of their own (the segment manifest holds
+/// one for the whole file, checked by `verify` and by a pull, not at every
+/// open), so a text query on a damaged file would take a node's executor
+/// down with it. Our own code holds no state across this call that a
+/// panic could leave half-changed, hence `AssertUnwindSafe`.
+fn guarded<T>(
+    what: &'static str,
+    f: impl FnOnce() -> std::result::Result<T, TextError>,
+) -> std::result::Result<T, TextError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(TextError::Tantivy {
+            what,
+            message: format!("tantivy panicked, text.bin is damaged ({message})"),
+        })
+    })
+}
+
 /// The schema: one text field, one fast u64 field.
 fn schema(analyzer: Analyzer) -> (Schema, Field, Field) {
     let mut b = Schema::builder();
@@ -441,21 +468,21 @@ impl TextIndex {
         let bytes = std::fs::metadata(path)
             .map_err(|e| Error::io(path, e))?
             .len();
-        let index = Index::open(dir)
-            .map_err(tantivy_err("opening the index"))
-            .map_err(text)?;
-        Analyzer::register(&index);
-        let body = index
-            .schema()
-            .get_field(BODY)
-            .map_err(tantivy_err("reading the schema"))
-            .map_err(text)?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()
-            .map_err(tantivy_err("opening a reader"))
-            .map_err(text)?;
+        let (index, body, reader) = guarded("opening the index", || {
+            let index = Index::open(dir).map_err(tantivy_err("opening the index"))?;
+            Analyzer::register(&index);
+            let body = index
+                .schema()
+                .get_field(BODY)
+                .map_err(tantivy_err("reading the schema"))?;
+            let reader = index
+                .reader_builder()
+                .reload_policy(ReloadPolicy::Manual)
+                .try_into()
+                .map_err(tantivy_err("opening a reader"))?;
+            Ok((index, body, reader))
+        })
+        .map_err(text)?;
         Ok(TextIndex {
             reader,
             analyzer: meta.analyzer.analyzer(),
@@ -492,6 +519,10 @@ impl TextIndex {
 
     /// This segment's statistics for `query`'s terms.
     pub fn stats(&self, query: &TextQuery) -> std::result::Result<TextStats, TextError> {
+        guarded("reading text statistics", || self.stats_unguarded(query))
+    }
+
+    fn stats_unguarded(&self, query: &TextQuery) -> std::result::Result<TextStats, TextError> {
         let searcher = self.reader.searcher();
         let mut stats = TextStats {
             num_docs: searcher
@@ -527,6 +558,18 @@ impl TextIndex {
         if k == 0 || query.terms.is_empty() {
             return Ok(Vec::new());
         }
+        guarded("searching text", || {
+            self.search_unguarded(query, stats, k, allowed)
+        })
+    }
+
+    fn search_unguarded(
+        &self,
+        query: &TextQuery,
+        stats: Option<&TextStats>,
+        k: usize,
+        allowed: Option<Arc<RoaringBitmap>>,
+    ) -> std::result::Result<Vec<(u32, f32)>, TextError> {
         let local;
         let stats = match stats {
             Some(s) => s,

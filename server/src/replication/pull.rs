@@ -694,6 +694,35 @@ mod tests {
         b
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(10),
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Issue 10 (fuzz): whatever bytes a peer sends as a file's body,
+        /// taking chunks off them ends in chunks that stay within the
+        /// declared size, a wait for more, or an error; never a panic.
+        #[test]
+        fn any_body_gives_bounded_chunks_or_an_error(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            whole in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..200),
+            size in 0u64..1000,
+        ) {
+            // Arbitrary bytes, then a valid chunk followed by them.
+            for bytes in [body.clone(), [chunk(&whole, whole.len() as u32).to_vec(), body].concat()] {
+                let mut buf = BytesMut::from(&bytes[..]);
+                let mut pos = 0u64;
+                while let Ok(Some(raw)) = next_chunk(&mut buf, pos, size) {
+                    pos += raw.len() as u64;
+                    proptest::prop_assert!(pos <= size);
+                }
+            }
+        }
+    }
+
     /// format-spec/replication.md: a chunk's `rlen` is `1 ..= 4 MiB`. A peer
     /// sending empty chunks is refused, not followed forever (issue 9).
     #[test]

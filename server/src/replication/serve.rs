@@ -246,6 +246,31 @@ impl<'a> FileRequest<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(10),
+            ..ProptestConfig::default()
+        })]
+
+        /// Issue 10 (fuzz): any URL components a peer sends are a
+        /// `FileRequest` whose numbers print back as they were given (one
+        /// name per number), or a refusal; never a panic.
+        #[test]
+        fn any_url_parses_canonically_or_is_refused(
+            shard in "[-+0-9a-z]{0,12}",
+            version in "[-+0-9]{0,22}",
+            query in proptest::option::of("[a-z=&0-9+-]{0,30}"),
+        ) {
+            if let Ok(r) = FileRequest::parse(&shard, &version, "pq.bin", query.as_deref()) {
+                prop_assert_eq!(r.shard.to_string(), shard);
+                prop_assert_eq!(r.version.to_string(), version);
+            }
+        }
+    }
 
     /// Versions in file URLs are canonical decimal and fit the 10-digit
     /// version directory name (issue 9): `01`, `+1` and 10^10 are refused
