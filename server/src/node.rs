@@ -594,40 +594,51 @@ impl<T: WireElem> Executor<T> {
         if remote.is_empty() {
             return Ok((global, unanswered));
         }
-        let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
-        for &s in remote {
-            match self.pick(s, &[]) {
-                Some(p) => groups.entry(p).or_default().push(s),
-                None => unanswered.push(s),
+        // Rounds, as the search itself does: a shard whose replica failed
+        // (or did not have it) is asked of another, until none is left or
+        // the deadline passes.
+        let mut tried: Vec<(u32, usize)> = Vec::new();
+        let mut pending = remote.to_vec();
+        while !pending.is_empty() && Instant::now() < deadline {
+            let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+            for s in pending.drain(..) {
+                match self.pick(s, &tried) {
+                    Some(p) => {
+                        tried.push((s, p));
+                        groups.entry(p).or_default().push(s);
+                    }
+                    None => unanswered.push(s),
+                }
+            }
+            let calls = groups.into_iter().map(|(p, shards)| async move {
+                let body = TextStatsRequest {
+                    text: text.to_string(),
+                    shards: shards.clone(),
+                };
+                let out: std::result::Result<TextStatsResponse, PeerError> =
+                    self.call_json(p, "/v1/text/stats", &body, deadline).await;
+                (p, shards, out)
+            });
+            for (p, shards, out) in join_all(calls).await {
+                self.node.metrics.peer_call(p, out.is_err());
+                match out {
+                    Ok(resp) => {
+                        global.add(&resp.stats);
+                        pending.extend(resp.missing_shards.iter().filter(|s| shards.contains(s)));
+                    }
+                    Err(PeerError::Status { status, body }) if status == 400 => {
+                        // The peer's shards cannot answer text (no text
+                        // index): the request's fault, as it would be here.
+                        let msg = serde_json::from_str::<crate::api::ErrorBody>(&body)
+                            .map(|b| b.error)
+                            .unwrap_or(body);
+                        return Err(ApiError::NoText(msg).into());
+                    }
+                    Err(_) => pending.extend(shards),
+                }
             }
         }
-        let calls = groups.into_iter().map(|(p, shards)| async move {
-            let body = TextStatsRequest {
-                text: text.to_string(),
-                shards: shards.clone(),
-            };
-            let out: std::result::Result<TextStatsResponse, PeerError> =
-                self.call_json(p, "/v1/text/stats", &body, deadline).await;
-            (p, shards, out)
-        });
-        for (p, shards, out) in join_all(calls).await {
-            self.node.metrics.peer_call(p, out.is_err());
-            match out {
-                Ok(resp) => {
-                    global.add(&resp.stats);
-                    unanswered.extend(resp.missing_shards);
-                }
-                Err(PeerError::Status { status, body }) if status == 400 => {
-                    // The peer's shards cannot answer text (no text index):
-                    // the request's fault, as it would be here.
-                    let msg = serde_json::from_str::<crate::api::ErrorBody>(&body)
-                        .map(|b| b.error)
-                        .unwrap_or(body);
-                    return Err(ApiError::NoText(msg).into());
-                }
-                Err(_) => unanswered.extend(shards),
-            }
-        }
+        unanswered.append(&mut pending);
         Ok((global, unanswered))
     }
 

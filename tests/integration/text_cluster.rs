@@ -547,3 +547,70 @@ fn bench_runs_every_method(d: &Path, docs: &[Doc], corpus: &Path, node: SocketAd
     .unwrap_err();
     assert!(err.contains("bench --server"), "{err}");
 }
+
+/// A text query on a node whose peer for some shards has died: the BM25
+/// statistics of those shards are asked of their other replica, so the
+/// answer stays whole and ranks as before.
+#[test]
+fn text_statistics_are_asked_of_another_replica_when_one_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut jsonl = String::new();
+    for doc in documents() {
+        let mut line = doc.payload.clone();
+        line.insert("id".into(), json!(doc.id));
+        line.insert("vector".into(), json!(doc.vector));
+        jsonl.push_str(&Value::Object(line).to_string());
+        jsonl.push('\n');
+    }
+    let docs_path = d.join("docs.jsonl");
+    std::fs::write(&docs_path, jsonl).unwrap();
+    let four = d.join("four");
+    build(&docs_path, &four, 4, true);
+    let a = free_addrs(3);
+    let replicas = format!("{}{}", peer("n2", a[1], &[2, 3]), peer("n3", a[2], &[2, 3]));
+    let n1 = start(
+        d,
+        "n1",
+        a[0],
+        node_toml("n1", a[0], &four, &[0, 1], &replicas),
+    );
+    let mut n2 = start(
+        d,
+        "n2",
+        a[1],
+        node_toml("n2", a[1], &four, &[2, 3], &peer("n1", a[0], &[0, 1])),
+    );
+    let _n3 = start(
+        d,
+        "n3",
+        a[2],
+        node_toml("n3", a[2], &four, &[2, 3], &peer("n1", a[0], &[0, 1])),
+    );
+    let queries = [
+        "file",
+        "o_direct page cache",
+        "futex prctl ptrace",
+        "epoll socket",
+    ];
+    let ask = |q: &str| {
+        let body = json!({"text": q, "k": 10}).to_string();
+        let (status, r) = call(n1.addr, Request::post("/v1/search", body));
+        assert_eq!(status, 200, "{q}: {r}");
+        r
+    };
+    let before: Vec<Value> = queries.iter().map(|q| ask(q)).collect();
+    n2.kill();
+    // Several rounds, so that n2 is picked first at least once.
+    for round in 0..3 {
+        for (q, want) in queries.iter().zip(&before) {
+            let r = ask(q);
+            assert_eq!(r["partial"], false, "round {round} {q}: {r}");
+            assert_same_ranking(
+                &scored(&r["hits"], "score"),
+                &scored(&want["hits"], "score"),
+                &format!("round {round} {q}"),
+            );
+        }
+    }
+}
