@@ -12,6 +12,7 @@
 //! | [`FilterError`] | a filter, or a payload the filter index cannot hold | `filter` |
 //! | [`BeirError`] | a data set in the BEIR layout: corpus, queries, judgments | `eval` |
 //! | [`FusionError`] | a fusion of two ranked lists asked with values out of range | `fusion` |
+//! | [`EmbedError`] | a model folder, a text to embed, an embed run's input, checkpoint or parts | `embed` |
 //!
 //! This module is a leaf (it names only [`ElemType`]), so every other module
 //! can return these errors without a dependency cycle.
@@ -96,6 +97,14 @@ pub enum Error {
         #[source]
         source: Box<TextError>,
     },
+    /// A model folder, an input line or a checkpoint of an embed run that
+    /// is wrong (the error names the field, line or record).
+    #[error("{}: {source}", path.display())]
+    Embed {
+        path: PathBuf,
+        #[source]
+        source: Box<EmbedError>,
+    },
     /// A query or data set whose dimension differs from the index's.
     #[error(
         "dimension mismatch: {what} has dimension {got}, but the index has dimension {expected}"
@@ -169,6 +178,15 @@ impl Error {
     /// A text-index error about the file or segment at `path`.
     pub fn text(path: impl Into<PathBuf>, source: TextError) -> Self {
         Error::Text {
+            path: path.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// An embedding error about the file at `path` (a model file, the input,
+    /// a checkpoint or a part).
+    pub fn embed(path: impl Into<PathBuf>, source: EmbedError) -> Self {
+        Error::Embed {
             path: path.into(),
             source: Box::new(source),
         }
@@ -649,4 +667,71 @@ pub enum TextError {
     /// tantivy failed; `what` is the step.
     #[error("{what}: {message}")]
     Tantivy { what: &'static str, message: String },
+}
+
+/// What can be wrong with a sentence-embedding model, a text to embed, or an
+/// embed run (its input lines, its checkpoint, its parts). [`Error::Embed`]
+/// adds the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmbedError {
+    /// A file the model folder must hold is not there.
+    #[error("missing: a model folder holds config.json, model.safetensors and tokenizer.json")]
+    MissingFile,
+    /// A model file that does not parse (JSON, safetensors, tokenizer).
+    #[error("does not parse: {why}")]
+    BadFile { why: String },
+    /// Two files of a model folder that disagree, e.g. config.json's
+    /// `hidden_size` against the shape of a weight.
+    #[error("{field} is {found}, but {other} says {expected}")]
+    Mismatch {
+        field: String,
+        found: String,
+        other: String,
+        expected: String,
+    },
+    /// A model this build cannot run (e.g. CLS pooling, or not BERT).
+    #[error("{field} = {value}: {why}")]
+    Unsupported {
+        field: String,
+        value: String,
+        why: String,
+    },
+    /// A text with no word pieces (empty, blank, or only characters the
+    /// tokenizer drops).
+    #[error("{what} is empty: nothing to embed")]
+    EmptyText { what: String },
+    /// The tokenizer or the model failed at run time.
+    #[error("{what}: {message}")]
+    Inference { what: &'static str, message: String },
+    /// An input line that is not a JSON object.
+    #[error("line {line}: not a JSON object: {why}")]
+    NotObject { line: usize, why: String },
+    /// An input line without a field that is to be embedded.
+    #[error("line {line}: no field {field:?} (every line needs each --field)")]
+    MissingField { line: usize, field: String },
+    /// An input line whose field to embed is not a string.
+    #[error("line {line}: field {field:?} is {got}, not a string")]
+    NotString {
+        line: usize,
+        field: String,
+        got: &'static str,
+    },
+    /// An input line without an id.
+    #[error("line {line}: no \"id\" field (nor a BEIR-style \"_id\")")]
+    MissingId { line: usize },
+    /// A checkpoint or part file that is not what it claims to be.
+    #[error("{why}")]
+    Corrupt { why: String },
+    /// A checkpoint, or parts to merge, made with other inputs or settings.
+    #[error("{field} is {found} here, but {expected} for this run: {hint}")]
+    OtherRun {
+        field: String,
+        found: String,
+        expected: String,
+        hint: &'static str,
+    },
+    /// Parts to merge that are missing or do not fit together.
+    #[error("{why}")]
+    Parts { why: String },
 }

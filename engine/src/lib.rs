@@ -30,6 +30,7 @@
 //! | 2 | `kmeans` | k-means++ and Lloyd (PQ training and the k-means partition; internal) |
 //! | 3 | [`synth`] | reproducible synthetic data sets |
 //! | 3 | [`groundtruth`] | exact k-NN by brute force |
+//! | 3 | [`embed`] | sentence embeddings: a BERT encoder from a local folder (candle), the resumable `embed` batch job |
 //! | 3 | [`eval`] | relevance judgments, nDCG/recall/MRR as pytrec_eval computes them, BEIR data sets |
 //! | 3 | [`pq`] | product quantization: training, encoding, ADC tables |
 //! | 3 | [`vamana`] | the DiskANN graph build (greedy search + RobustPrune) |
@@ -60,6 +61,7 @@ pub mod cluster;
 pub mod data;
 pub mod docs;
 pub mod element;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod filter;
@@ -84,7 +86,7 @@ mod visited;
 
 pub use element::ElemType;
 pub use error::{
-    BeirError, ClusterFileError, DataError, DocsError, Error, FormatError, FusionError,
+    BeirError, ClusterFileError, DataError, DocsError, EmbedError, Error, FormatError, FusionError,
     ManifestError, Result, SegmentError, TextError,
 };
 pub use metric::{Element, Metric};

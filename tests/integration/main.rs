@@ -7,6 +7,7 @@ mod cluster;
 mod documents;
 mod documents_cluster;
 mod documents_http;
+mod embed;
 mod eval;
 mod golden;
 mod ops;

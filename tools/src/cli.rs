@@ -45,6 +45,7 @@ pub enum Command {
     Bench(BenchArgs),
     Inspect(InspectArgs),
     Eval(EvalArgs),
+    Embed(EmbedArgs),
     Verify(VerifyArgs),
     Replicate(ReplicateArgs),
     Serve(ServeArgs),
@@ -376,6 +377,80 @@ pub struct BenchArgs {
 ///   weighted:A[:NORM]   A * dense + (1 - A) * BM25 after normalising each
 ///                       list (NORM: minmax (default), zscore, dbsf)
 ///   dbsf                weighted:0.5:dbsf (Qdrant's distribution-based fusion)
+/// Embed the texts of a JSON Lines corpus with a sentence encoder.
+///
+/// Reads one document per line ({"id" or "_id", and the --field strings,
+/// joined with a space}) and writes, in --out: vectors.fbin (row i = the
+/// i-th document; blank lines are skipped, as build --docs skips them),
+/// ids.jsonl (line i = its id) and embed.json (model, input and files, with
+/// checksums; written last). The model is a local folder as
+/// sentence-transformers saves it (bench-datasets/fetch_model.sh fetches
+/// all-MiniLM-L6-v2). Vectors are mean-pooled and unit length.
+///
+/// Killed at any moment, the same command continues from its checkpoint
+/// (embed.journal) and writes the same bytes as an uninterrupted run.
+///
+///   --part i/N    embed only part i (0-based) of N contiguous parts, into
+///                 part-IIII-of-NNNN.{fbin,ids.jsonl,json}; run the N parts
+///                 anywhere, bring the files into one folder, then
+///   --merge DIR   join them into vectors.fbin, ids.jsonl and embed.json:
+///                 the same bytes as one run.
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct EmbedArgs {
+    /// The model folder (config.json, model.safetensors, tokenizer.json, …).
+    #[arg(long, required_unless_present = "merge")]
+    pub model: Option<PathBuf>,
+    /// The documents, JSON Lines.
+    #[arg(long, required_unless_present = "merge", conflicts_with = "merge")]
+    pub input: Option<PathBuf>,
+    /// A field to embed (repeat for several: their strings are joined).
+    #[arg(long = "field", default_value = "text")]
+    pub fields: Vec<String>,
+    /// The output folder.
+    #[arg(long, required_unless_present = "merge")]
+    pub out: Option<PathBuf>,
+    /// Texts per batch (the output's bytes depend on it: keep it across
+    /// resumes and parts; a changed value is refused).
+    #[arg(long, default_value_t = 64, value_parser = at_least_one())]
+    pub batch: usize,
+    /// Threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Word pieces per text, [CLS] and [SEP] included; longer texts are cut
+    /// and counted. [default: the model's max_seq_length]
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Only part i of N (0 <= i < N), e.g. 3/8.
+    #[arg(long, value_parser = parse_part)]
+    pub part: Option<(usize, usize)>,
+    /// Rows per window of the batch plan (texts are sorted by length inside
+    /// a window; parts are whole windows). For tests.
+    #[arg(long, default_value_t = shardann_engine::embed::plan::WINDOW, value_parser = at_least_one(), hide = true)]
+    pub window: usize,
+    /// Join the finished parts in this folder instead of embedding.
+    #[arg(long, conflicts_with_all = ["part", "model"])]
+    pub merge: Option<PathBuf>,
+}
+
+fn parse_part(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected i/N, e.g. 0/4"))?;
+    let i: usize = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: i is not a number"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: N is not a number"))?;
+    if n == 0 || i >= n {
+        return Err(format!("{s:?}: parts are numbered 0 to N-1 (N at least 1)"));
+    }
+    Ok((i, n))
+}
+
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct EvalArgs {
@@ -600,6 +675,7 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Bench(a) => crate::bench::bench(&a, out).map(|_| ()),
         Command::Inspect(a) => crate::inspect::inspect(&a, out),
         Command::Eval(a) => crate::eval::eval(&a, out),
+        Command::Embed(a) => crate::embed::embed(&a, q, out),
         Command::Serve(a) => crate::serve::serve(&a, out),
         Command::Verify(a) => crate::inspect::verify(&a, out),
         Command::Replicate(a) => crate::serve::replicate(&a, out),

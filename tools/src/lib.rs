@@ -8,6 +8,7 @@ mod build;
 mod cli;
 mod data;
 mod demo;
+mod embed;
 mod eval;
 mod inspect;
 mod progress;

@@ -9,6 +9,7 @@ use shardann_engine::progress::Progress;
 pub struct Bars {
     current: Mutex<Option<ProgressBar>>,
     quiet: bool,
+    template: &'static str,
 }
 
 impl Bars {
@@ -16,6 +17,20 @@ impl Bars {
         Bars {
             current: Mutex::new(None),
             quiet,
+            template: "{msg:32} [{bar:30}] {human_pos}/{human_len} ({eta} left)",
+        }
+    }
+
+    /// Bars that also show the rate (`embed`: documents per second).
+    pub fn with_rate(quiet: bool, unit: &'static str) -> Self {
+        let template = match unit {
+            "docs" => "{msg:12} [{bar:30}] {human_pos}/{human_len} docs, {per_sec}, {eta} left",
+            _ => "{msg:12} [{bar:30}] {human_pos}/{human_len}, {per_sec}, {eta} left",
+        };
+        Bars {
+            current: Mutex::new(None),
+            quiet,
+            template,
         }
     }
 }
@@ -27,11 +42,9 @@ impl Progress for Bars {
         } else {
             let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             b.set_style(
-                ProgressStyle::with_template(
-                    "{msg:32} [{bar:30}] {human_pos}/{human_len} ({eta} left)",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+                ProgressStyle::with_template(self.template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
             );
             b.set_message(name.to_string());
             b
