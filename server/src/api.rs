@@ -69,10 +69,18 @@ pub struct SearchRequest {
     /// The query vector, as JSON numbers (integers for u8/i8 indexes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vector: Option<Vec<f64>>,
-    /// A text query: BM25 over the index's text fields (`build
-    /// --text-fields`). With `vector` too: a hybrid query, fused.
+    /// A text query. With `vector` too: a hybrid query, the vector's list
+    /// fused with BM25 over the index's text fields (`build --text-fields`).
+    /// Alone, on a node with a model (`serve --model`): embedded, and
+    /// searched as a vector (hybrid with BM25 too when `fusion` is given);
+    /// on a node without one, or with `"embed": false`: BM25 only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Whether a `text` without `vector` is embedded by the node's model:
+    /// by default when the node has one. `true` on a node without a model
+    /// is a 400; `false` asks for BM25 alone. Ignored with a `vector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<bool>,
     /// How a hybrid query fuses its two lists: `{"method": "rrf", "k": 60}`
     /// (the default) or `{"method": "weighted", "alpha": 0.7, "normalize":
     /// "minmax" | "zscore" | "dbsf"}`. Peers are never sent it (`None`):
@@ -135,9 +143,13 @@ pub struct BatchRequest {
     /// (`vectors[i]` and `texts[i]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vectors: Vec<Vec<f64>>,
-    /// Text queries (BM25), or the text halves of hybrid queries.
+    /// Text queries, or the text halves of hybrid queries; without
+    /// `vectors`, embedded by the node's model as in `/v1/search`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub texts: Vec<String>,
+    /// As in `/v1/search`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<bool>,
     /// As in `/v1/search`: hybrid batches only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fusion: Option<Fusion>,
@@ -223,6 +235,10 @@ pub struct WireStats {
     /// shard before the search (text queries on more than one shard).
     #[serde(default)]
     pub text_stats_us: u64,
+    /// Microseconds (wall) spent embedding the query's text with the
+    /// node's model; for a batch, the whole batch's embedding time.
+    #[serde(default)]
+    pub embed_us: u64,
     /// Shards whose search missed the deadline on the node that searched
     /// them (this one or a peer).
     #[serde(default)]
@@ -261,6 +277,7 @@ impl WireStats {
         self.dense_us += o.dense_us;
         self.text_us += o.text_us;
         self.text_stats_us += o.text_stats_us;
+        self.embed_us += o.embed_us;
         self.shards_timed_out += o.shards_timed_out;
     }
 }
@@ -317,6 +334,10 @@ pub struct Query<T> {
     pub filter: Option<(Arc<Filter>, serde_json::Value)>,
     /// Payload fields to return (as the request gave them).
     pub include: Vec<String>,
+    /// A text to embed with the node's model into `vector` before the
+    /// search (`serve::embed_queries`); `None` once embedded, and always
+    /// in what peers are sent.
+    pub embed: Option<String>,
 }
 
 /// The text side of a query.
@@ -476,8 +497,12 @@ pub enum ApiError {
     Candidates { got: usize, k: usize, max: usize },
     #[error("probe_shards routes by the vector: a text-only query searches every shard")]
     ProbeWithoutVector,
-    #[error("{0}: this index has no text fields: build it with --text-fields to search text")]
+    #[error("{0}: this index has no text fields: build it with --text-fields to search text with BM25, or start the node with a model (serve --model DIR) to embed it")]
     NoText(String),
+    #[error("\"embed\": true, but this node has no model: start it with serve --model DIR (or model_dir in node.toml), or send a vector")]
+    NoModel,
+    #[error("the query text cannot be embedded: {0}")]
+    Unembeddable(String),
 }
 
 /// Checks a vector's length and values; the error names the first bad value.
@@ -614,16 +639,29 @@ impl DocumentsRequest {
 
 impl SearchRequest {
     /// The typed query, or what is wrong with the request.
-    pub fn check<T: WireElem>(&self, dim: usize, limits: &Limits) -> Result<Query<T>, ApiError> {
+    /// `can_embed`: the node has a model, so a text without a vector is
+    /// embedded (unless the request says `"embed": false`).
+    pub fn check<T: WireElem>(
+        &self,
+        dim: usize,
+        limits: &Limits,
+        can_embed: bool,
+    ) -> Result<Query<T>, ApiError> {
         let params = check_params(self.k, self.list, self.beam, self.probe_shards, limits)?;
         let vector = self
             .vector
             .as_ref()
             .map(|v| check_vector("vector", v, dim))
             .transpose()?;
+        let embed = to_embed(
+            self.text.as_deref(),
+            vector.is_some(),
+            self.embed,
+            can_embed,
+        )?;
         let text = check_text(
             self.text.as_deref(),
-            self.vector.is_some(),
+            self.vector.is_some() || embed.is_some(),
             self.fusion,
             self.candidates,
             self.probe_shards,
@@ -636,14 +674,39 @@ impl SearchRequest {
         });
         Ok(Query {
             vector,
-            text,
+            text: bm25_half(text, &embed, self.fusion.is_some()),
             params,
             probe_shards: self.probe_shards,
             timeout_ms: check_timeout(self.timeout_ms, limits)?,
             filter: check_filter(self.filter.as_ref())?,
             include: self.include.clone(),
+            embed,
         })
     }
+}
+
+/// The text a query's vector is to be embedded from, if any: a text
+/// without a vector, on a node with a model, unless the request says
+/// `"embed": false`. `"embed": true` on a node without one is an error (a
+/// text-only query there is BM25, as it is with `false`).
+fn to_embed(
+    text: Option<&str>,
+    has_vector: bool,
+    embed: Option<bool>,
+    can_embed: bool,
+) -> Result<Option<String>, ApiError> {
+    match (text, has_vector, embed) {
+        (None, _, _) | (_, true, _) | (_, _, Some(false)) => Ok(None),
+        (Some(t), false, _) if can_embed => Ok(Some(t.to_string())),
+        (Some(_), false, Some(true)) => Err(ApiError::NoModel),
+        (Some(_), false, None) => Ok(None),
+    }
+}
+
+/// The BM25 half of a query: its checked text part, except for an
+/// embedded text without `fusion`, which is searched as a vector alone.
+fn bm25_half(text: Option<TextPart>, embed: &Option<String>, fusion: bool) -> Option<TextPart> {
+    text.filter(|_| embed.is_none() || fusion)
 }
 
 /// Checks the text side of a query (`text`, and `fusion` and `candidates`,
@@ -698,6 +761,7 @@ impl BatchRequest {
         &self,
         dim: usize,
         limits: &Limits,
+        can_embed: bool,
     ) -> Result<Vec<Query<T>>, ApiError> {
         let (nv, nt) = (self.vectors.len(), self.texts.len());
         if nv == 0 && nt == 0 {
@@ -733,9 +797,15 @@ impl BatchRequest {
                     .get(i)
                     .map(|v| check_vector(&format!("vectors[{i}]"), v, dim))
                     .transpose()?;
-                let text = check_text(
+                let embed = to_embed(
                     self.texts.get(i).map(String::as_str),
                     vector.is_some(),
+                    self.embed,
+                    can_embed,
+                )?;
+                let text = check_text(
+                    self.texts.get(i).map(String::as_str),
+                    vector.is_some() || embed.is_some(),
                     self.fusion,
                     self.candidates,
                     self.probe_shards,
@@ -748,12 +818,13 @@ impl BatchRequest {
                 })?;
                 Ok(Query {
                     vector,
-                    text,
+                    text: bm25_half(text, &embed, self.fusion.is_some()),
                     params,
                     probe_shards: self.probe_shards,
                     timeout_ms,
                     filter: filter.clone(),
                     include: self.include.clone(),
+                    embed,
                 })
             })
             .collect()
@@ -768,11 +839,66 @@ mod tests {
         serde_json::from_str(json)
     }
 
+    /// What a text without a vector becomes: embedded on a node with a
+    /// model (fused with BM25 only when `fusion` asks), BM25 otherwise or
+    /// when the request says `"embed": false`, a 400 when it says `true` to
+    /// a node without one; a vector given is used as is.
+    #[test]
+    fn a_text_is_embedded_only_where_a_model_is() {
+        let check = |json: &str, model: bool| {
+            req(json)
+                .unwrap()
+                .check::<f32>(2, &Limits::default(), model)
+        };
+        let q = check(r#"{"text":"ls"}"#, true).unwrap();
+        assert_eq!(q.embed.as_deref(), Some("ls"));
+        assert!(q.text.is_none() && q.vector.is_none());
+        let q = check(r#"{"text":"ls","fusion":{"method":"rrf"}}"#, true).unwrap();
+        assert_eq!(q.embed.as_deref(), Some("ls"));
+        assert_eq!(q.text.unwrap().text, "ls");
+        // Routing by vector needs one: an embedded text will have it.
+        assert!(check(r#"{"text":"ls","probe_shards":1}"#, true).is_ok());
+        assert!(matches!(
+            check(r#"{"text":"ls","probe_shards":1}"#, false),
+            Err(ApiError::ProbeWithoutVector)
+        ));
+        for (json, model) in [
+            (r#"{"text":"ls","embed":false}"#, true),
+            (r#"{"text":"ls"}"#, false),
+            (r#"{"text":"ls","embed":false}"#, false),
+        ] {
+            let q = check(json, model).unwrap();
+            assert!(q.embed.is_none() && q.vector.is_none(), "{json}");
+            assert_eq!(q.text.unwrap().text, "ls");
+        }
+        assert!(matches!(
+            check(r#"{"text":"ls","embed":true}"#, false),
+            Err(ApiError::NoModel)
+        ));
+        let q = check(r#"{"text":"ls","vector":[1,2],"embed":true}"#, true).unwrap();
+        assert!(q.embed.is_none() && q.vector.is_some() && q.text.is_some());
+        // Fusion without anything to fuse is still refused.
+        assert!(matches!(
+            check(
+                r#"{"text":"ls","fusion":{"method":"rrf"},"embed":false}"#,
+                true
+            ),
+            Err(ApiError::FusionWithoutBoth)
+        ));
+        let b: BatchRequest = serde_json::from_str(r#"{"texts":["a","b"]}"#).unwrap();
+        let qs = b.check::<f32>(2, &Limits::default(), true).unwrap();
+        assert_eq!(
+            qs.iter().map(|q| q.embed.as_deref()).collect::<Vec<_>>(),
+            [Some("a"), Some("b")]
+        );
+        assert!(qs.iter().all(|q| q.text.is_none()));
+    }
+
     #[test]
     fn defaults_fill_in() {
         let q: Query<f32> = req(r#"{"vector":[1,2,3]}"#)
             .unwrap()
-            .check(3, &Limits::default())
+            .check(3, &Limits::default(), false)
             .unwrap();
         assert_eq!(
             q.params,
@@ -784,7 +910,7 @@ mod tests {
         );
         let q: Query<f32> = req(r#"{"vector":[1,2,3],"k":100}"#)
             .unwrap()
-            .check(3, &Limits::default())
+            .check(3, &Limits::default(), false)
             .unwrap();
         assert_eq!(q.params.list, 100);
     }
@@ -806,14 +932,14 @@ mod tests {
         for (json, want) in cases {
             let err = req(json)
                 .unwrap()
-                .check::<f32>(3, &Limits::default())
+                .check::<f32>(3, &Limits::default(), false)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(want), "{json}: {err}");
         }
         let err = req(r#"{"vector":[1,2.5,3]}"#)
             .unwrap()
-            .check::<u8>(3, &Limits::default())
+            .check::<u8>(3, &Limits::default(), false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -822,13 +948,13 @@ mod tests {
         );
         let err = req(r#"{"vector":[1,256,3]}"#)
             .unwrap()
-            .check::<u8>(3, &Limits::default())
+            .check::<u8>(3, &Limits::default(), false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("range"), "{err}");
         let err = req(r#"{"vector":[-129,0,3]}"#)
             .unwrap()
-            .check::<i8>(3, &Limits::default())
+            .check::<i8>(3, &Limits::default(), false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("vector[0]"), "{err}");
@@ -842,12 +968,12 @@ mod tests {
     fn batch_names_the_bad_vector() {
         let b: BatchRequest = serde_json::from_str(r#"{"vectors":[[1,2],[1]]}"#).unwrap();
         let err = b
-            .check::<f32>(2, &Limits::default())
+            .check::<f32>(2, &Limits::default(), false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("vectors[1]"), "{err}");
         let b: BatchRequest = serde_json::from_str(r#"{"vectors":[]}"#).unwrap();
-        assert!(b.check::<f32>(2, &Limits::default()).is_err());
+        assert!(b.check::<f32>(2, &Limits::default(), false).is_err());
     }
 
     /// The work a request may ask for is bounded, and the refusal names
@@ -860,7 +986,12 @@ mod tests {
             max_batch_work: 250,
             max_timeout_ms: 1000,
         };
-        let one = |json: &str| req(json).unwrap().check::<f32>(1, &limits).map(|_| ());
+        let one = |json: &str| {
+            req(json)
+                .unwrap()
+                .check::<f32>(1, &limits, false)
+                .map(|_| ())
+        };
         assert!(one(r#"{"vector":[1],"list":100,"timeout_ms":1000}"#).is_ok());
         for (json, want) in [
             (r#"{"vector":[1],"list":101}"#, "limits.max_list"),
@@ -876,7 +1007,7 @@ mod tests {
         let batch = |json: &str| {
             serde_json::from_str::<BatchRequest>(json)
                 .unwrap()
-                .check::<f32>(1, &limits)
+                .check::<f32>(1, &limits, false)
                 .map(|_| ())
         };
         assert!(batch(r#"{"vectors":[[1],[2]],"list":100}"#).is_ok());
@@ -1102,13 +1233,13 @@ mod tests {
         fn every_check(body: &[u8]) {
             let limits = Limits::default();
             if let Ok(r) = crate::http::parse_json::<SearchRequest>(body) {
-                let _ = r.check::<f32>(3, &limits);
-                let _ = r.check::<u8>(3, &limits);
-                let _ = r.check::<i8>(3, &limits);
+                let _ = r.check::<f32>(3, &limits, false);
+                let _ = r.check::<u8>(3, &limits, false);
+                let _ = r.check::<i8>(3, &limits, false);
             }
             if let Ok(r) = crate::http::parse_json::<BatchRequest>(body) {
-                let _ = r.check::<f32>(3, &limits);
-                let _ = r.check::<u8>(3, &limits);
+                let _ = r.check::<f32>(3, &limits, false);
+                let _ = r.check::<u8>(3, &limits, false);
             }
             if let Ok(r) = crate::http::parse_json::<DocumentsRequest>(body) {
                 let _ = r.check();

@@ -234,6 +234,7 @@ async fn search_once(
     let body = SearchRequest {
         vector: query.vector.clone(),
         text: query.text.clone(),
+        embed: None,
         fusion: params.fusion,
         candidates: params.candidates,
         text_stats: None,
@@ -258,6 +259,7 @@ async fn batch_once(
     let body = BatchRequest {
         vectors: queries.iter().filter_map(|q| q.vector.clone()).collect(),
         texts: queries.iter().filter_map(|q| q.text.clone()).collect(),
+        embed: None,
         fusion: params.fusion,
         candidates: params.candidates,
         k: params.k,

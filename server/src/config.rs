@@ -11,6 +11,8 @@
 //! shards = [2, 3, 4, 5]
 //! ```
 //!
+//! Optional keys are documented on [`NodeConfig`] (e.g. `model_dir`, a
+//! sentence-transformers folder: text queries are then embedded here).
 //! Optional tables, after every top-level key: `[limits]` (what one
 //! request may ask for), `[admission]` (searches each executor runs and
 //! lets wait) and `[connections]` (connection cap, HTTP/2 streams, header,
@@ -57,6 +59,12 @@ pub struct NodeConfig {
     /// Nodes per local shard kept in RAM, nearest the entry point first.
     #[serde(default)]
     pub cache_nodes: usize,
+    /// A sentence-transformers model folder (`config.json`,
+    /// `model.safetensors`, `tokenizer.json`): with one, a query may be
+    /// plain text, embedded by this node (`serve --model`). Relative to the
+    /// config file, as `index_dir` is.
+    #[serde(default)]
+    pub model_dir: Option<PathBuf>,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -142,6 +150,11 @@ impl NodeConfig {
                 config.index_dir = parent.join(&config.index_dir);
             }
         }
+        if let (Some(model), Some(parent)) = (&mut config.model_dir, path.parent()) {
+            if model.is_relative() {
+                *model = parent.join(&*model);
+            }
+        }
         config.check().map_err(config_err)?;
         Ok(config)
     }
@@ -157,6 +170,7 @@ impl NodeConfig {
             executors: None,
             deadline_ms: DEFAULT_DEADLINE_MS,
             cache_nodes: 0,
+            model_dir: None,
             max_body_bytes: DEFAULT_MAX_BODY,
             cluster_token: None,
             follow_ms: DEFAULT_FOLLOW_MS,

@@ -209,6 +209,9 @@ pub enum StartError {
     AddrInUse { addr: SocketAddr },
     #[error("an executor did not start within 60 s")]
     ExecutorTimeout,
+    /// `model_dir` names a model that cannot embed queries for this index.
+    #[error("model {}: {why}", dir.display())]
+    Model { dir: PathBuf, why: String },
     /// An executor failed to open its shard files.
     #[error(transparent)]
     Executor(Box<ServerError>),

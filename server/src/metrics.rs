@@ -78,6 +78,10 @@ pub struct Metrics {
     pub shard_searches: AtomicU64,
     /// Local shard BM25 searches.
     pub text_searches: AtomicU64,
+    /// Query texts embedded with the node's model, and the wall time the
+    /// embedding took (a batch's texts share one pass).
+    pub embedded_texts: AtomicU64,
+    pub embed_us: AtomicU64,
     pub sectors_read: AtomicU64,
     pub cache_hits: AtomicU64,
     /// Local shard searches that failed (IO error, deadline).
@@ -277,6 +281,11 @@ impl Metrics {
                 &self.text_searches,
             ),
             (
+                "shardann_embedded_texts_total",
+                "Query texts embedded with the node's model.",
+                &self.embedded_texts,
+            ),
+            (
                 "shardann_shard_failures_total",
                 "Local shard searches that failed or missed the deadline.",
                 &self.shard_failures,
@@ -342,6 +351,11 @@ impl Metrics {
             out,
             "# HELP shardann_admission_wait_seconds_total Time admitted search requests waited in line.\n# TYPE shardann_admission_wait_seconds_total counter\nshardann_admission_wait_seconds_total{{node=\"{node}\"}} {}",
             get(&self.admission_wait_us) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shardann_embed_seconds_total Time spent embedding query texts with the node's model.\n# TYPE shardann_embed_seconds_total counter\nshardann_embed_seconds_total{{node=\"{node}\"}} {}",
+            get(&self.embed_us) as f64 / 1e6
         );
         let _ = writeln!(
             out,

@@ -36,6 +36,8 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use glommio::io::DmaFile;
 use shardann_engine::cluster::ClusterManifest;
 use shardann_engine::docs::{Include, UserId};
+use shardann_engine::element::ElemType;
+use shardann_engine::embed::Encoder;
 use shardann_engine::filter::RoaringBitmap;
 use shardann_engine::fusion::Fusion;
 use shardann_engine::index::{DiskIndex, OpenOptions};
@@ -62,6 +64,33 @@ const PEER_CONNECTIONS: usize = 4;
 /// How long a peer that refused a connection is passed over when another
 /// replica can answer.
 const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// The model of `model_dir`, if its vectors can be searched in `manifest`'s
+/// index: as wide as the index's, and float (the model writes f32).
+fn open_encoder(
+    dir: &Path,
+    manifest: &ClusterManifest,
+) -> std::result::Result<Encoder, StartError> {
+    let model = |why: String| StartError::Model {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    let enc = Encoder::open(dir, None).map_err(|e| model(e.to_string()))?;
+    if enc.info().dim != manifest.dim {
+        return Err(model(format!(
+            "it writes {}-d vectors; the index holds {}-d vectors",
+            enc.info().dim,
+            manifest.dim
+        )));
+    }
+    if manifest.elem != ElemType::F32 {
+        return Err(model(format!(
+            "it writes float32 vectors; the index holds {} vectors",
+            manifest.elem
+        )));
+    }
+    Ok(enc)
+}
 
 /// Another node, as this node sees it.
 #[derive(Debug)]
@@ -104,6 +133,11 @@ pub struct Node {
     /// Indexed by shard id: the peers serving it.
     replicas: Vec<Vec<usize>>,
     pub metrics: Metrics,
+    /// The sentence encoder of `model_dir`: text queries without a vector
+    /// are embedded with it (on an executor's blocking thread, see
+    /// `serve::embed_queries`). Checked at start against the index: same
+    /// width, float vectors.
+    pub encoder: Option<Arc<Encoder>>,
     started: Instant,
 }
 
@@ -169,7 +203,12 @@ impl Node {
                 up: AtomicBool::new(true),
             });
         }
+        let encoder = match &config.model_dir {
+            None => None,
+            Some(model) => Some(Arc::new(open_encoder(model, &manifest).map_err(start_err)?)),
+        };
         Ok(Node {
+            encoder,
             metrics: Metrics::new(peers.len()),
             config,
             manifest,
@@ -1124,6 +1163,9 @@ impl<T: WireElem> Executor<T> {
         let body = SearchRequest {
             vector: vector.map(<[f64]>::to_vec),
             text: q.text.as_ref().map(|t| t.text.clone()),
+            // A text-only query that reaches a peer is BM25 here, so it is
+            // there, whether or not the peer has a model.
+            embed: vector.is_none().then_some(false),
             // Never sent: the peer returns both lists and this node fuses.
             fusion: None,
             candidates: q.text.as_ref().map(|t| t.candidates),

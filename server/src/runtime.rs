@@ -392,6 +392,7 @@ pub fn run_node_queries<T: crate::api::WireElem>(
                                 timeout_ms: Some(3_600_000),
                                 filter: None,
                                 include: Vec::new(),
+                                embed: None,
                             };
                             let start = Instant::now();
                             let r = match exec.search(&q, None).await {

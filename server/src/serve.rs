@@ -805,7 +805,11 @@ async fn search<T: WireElem>(
     if let Err(e) = front.gate.precheck(&exec.node.metrics) {
         return paced(front, peer, Err(e.into())).await;
     }
-    let query = request.check::<T>(exec.node.manifest.dim, &exec.node.config.limits)?;
+    let query = request.check::<T>(
+        exec.node.manifest.dim,
+        &exec.node.config.limits,
+        exec.node.encoder.is_some(),
+    )?;
     if let Some(shards) = &request.shards {
         let n = exec.node.manifest.shards.len();
         if let Some(&shard) = shards.iter().find(|&&s| s as usize >= n) {
@@ -830,8 +834,10 @@ async fn search_admitted<T: WireElem>(
     let deadline = arrived + Duration::from_millis(timeout_ms);
     let heavy = exec.node.config.admission.is_heavy(list_work(&query));
     let permit = front.gate.admit_as(m, 1, 1, deadline, heavy).await?;
+    let embed_us = embed_queries(exec, std::slice::from_mut(&mut query)).await?;
     query.timeout_ms = Some(time_left(timeout_ms, arrived));
     let mut resp = exec.search(&query, shards.as_deref()).await?;
+    resp.stats.embed_us = embed_us;
     drop(permit);
     m.add(&m.queries, 1);
     if resp.partial {
@@ -851,6 +857,66 @@ async fn search_admitted<T: WireElem>(
     }
     resp.took_us = arrived.elapsed().as_micros() as u64;
     Ok(json_reply(StatusCode::OK, &resp))
+}
+
+/// Queries in a node's batch embedded in one pass of the model at most:
+/// the padding a pass pays is up to its longest text, so a long batch is
+/// cut, in order of length, into passes of this many.
+const EMBED_BATCH: usize = 16;
+
+/// Embeds, with the node's model, the text of every query that asks for it
+/// (`Query::embed`) into its vector, all in one call on this executor's
+/// blocking thread: a forward pass is tens of milliseconds of CPU, which on
+/// the executor itself would stall every search it runs. Returns the wall
+/// time in microseconds (0 if no query asked).
+async fn embed_queries<T: WireElem>(
+    exec: &Executor<T>,
+    queries: &mut [crate::api::Query<T>],
+) -> Result<u64> {
+    let texts: Vec<String> = queries.iter().filter_map(|q| q.embed.clone()).collect();
+    if texts.is_empty() {
+        return Ok(0);
+    }
+    // `check` marks texts for embedding only on a node with a model.
+    let Some(encoder) = exec.node.encoder.clone() else {
+        return Err(ApiError::NoModel.into());
+    };
+    let start = Instant::now();
+    let n = texts.len() as u64;
+    let vectors = glommio::executor()
+        .spawn_blocking(move || {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            encoder.embed_batched(&refs, EMBED_BATCH)
+        })
+        .await
+        .map_err(|e| match e {
+            shardann_engine::Error::Embed { source, .. }
+                if matches!(*source, shardann_engine::EmbedError::EmptyText { .. }) =>
+            {
+                ServerError::from(ApiError::Unembeddable(source.to_string()))
+            }
+            e => e.into(),
+        })?;
+    for (q, v) in queries
+        .iter_mut()
+        .filter(|q| q.embed.is_some())
+        .zip(vectors)
+    {
+        // The node was started only with an f32 index and a model of its
+        // width (`node::open_encoder`): every value converts.
+        let v = v
+            .iter()
+            .map(|&x| T::from_wire(f64::from(x)))
+            .collect::<std::result::Result<Vec<T>, _>>()
+            .map_err(|why| ServerError::InvalidParameter(format!("an embedded vector {why}")))?;
+        q.vector = Some(v);
+        q.embed = None;
+    }
+    let us = start.elapsed().as_micros() as u64;
+    let m = &exec.node.metrics;
+    m.add(&m.embedded_texts, n);
+    m.add(&m.embed_us, us);
+    Ok(us)
 }
 
 /// The list size that makes a query heavy (`admission.heavy_list`): its
@@ -897,7 +963,11 @@ async fn batch<T: WireElem>(
     if let Err(e) = front.gate.precheck(&exec.node.metrics) {
         return paced(front, false, Err(e.into())).await;
     }
-    let queries = request.check::<T>(exec.node.manifest.dim, &exec.node.config.limits)?;
+    let queries = request.check::<T>(
+        exec.node.manifest.dim,
+        &exec.node.config.limits,
+        exec.node.encoder.is_some(),
+    )?;
     let work = batch_admitted(Rc::clone(front), queries, request.timeout_ms, arrived);
     paced(front, false, in_search_queue(front, work).await).await
 }
@@ -920,6 +990,7 @@ async fn batch_admitted<T: WireElem>(
         .gate
         .admit_as(m, weight, queries.len(), deadline, heavy)
         .await?;
+    let embed_us = embed_queries(exec, &mut queries).await?;
     let left = time_left(timeout_ms, arrived);
     for q in &mut queries {
         q.timeout_ms = Some(left);
@@ -937,6 +1008,10 @@ async fn batch_admitted<T: WireElem>(
         &m.partial_responses,
         results.iter().filter(|r| r.partial).count() as u64,
     );
+    let mut results = results;
+    for r in &mut results {
+        r.stats.embed_us = embed_us;
+    }
     let mut timed_out: Vec<u32> = results
         .iter()
         .flat_map(|r| r.timed_out_shards.iter().copied())

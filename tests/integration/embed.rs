@@ -47,7 +47,7 @@ fn mini() -> PathBuf {
 }
 
 /// Rows of a `.fbin`.
-fn fbin(path: &Path) -> Vec<Vec<f32>> {
+pub fn fbin(path: &Path) -> Vec<Vec<f32>> {
     let b = std::fs::read(path).unwrap();
     let n = u32::from_le_bytes(b[0..4].try_into().unwrap()) as usize;
     let d = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
@@ -497,4 +497,74 @@ fn embed_killed_at_any_moment_resumes_to_the_same_bytes() {
         !journal.exists(),
         "the journal is removed once the run is finished"
     );
+}
+
+/// `build --docs --embed-model`: text in, index out, in one command. Each
+/// passage's own sentence-transformers vector finds that passage first,
+/// so the index holds the passages' embeddings, row i for line i; the
+/// embedding's working folder is gone once the build is done.
+#[test]
+fn build_embeds_documents_with_the_model() {
+    use shardann_engine::index::{OpenOptions, SearchScratch};
+    use shardann_engine::search::SearchParams;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    const N: usize = 120;
+    let corpus = std::fs::read_to_string(mini().join("corpus.jsonl")).unwrap();
+    let docs = d.join("docs.jsonl");
+    std::fs::write(&docs, corpus.lines().take(N).collect::<Vec<_>>().join("\n")).unwrap();
+    let out = d.join("idx");
+    let model = model_dir();
+    let report = crate::cli_ok(&[
+        "build",
+        "--docs",
+        crate::p(&docs),
+        "--embed-model",
+        crate::p(&model),
+        "--embed-field",
+        "text",
+        "--metric",
+        "cosine",
+        "--max-degree",
+        "16",
+        "--build-list",
+        "32",
+        "--out",
+        crate::p(&out),
+    ]);
+    assert!(
+        report.contains(&format!("embedded {N} documents")),
+        "{report}"
+    );
+    assert!(
+        !out.join(".embed").exists(),
+        "the embedding's folder is left"
+    );
+    let st = fbin(&mini().join("base.fbin"));
+    let idx = shardann_engine::shard::open(&out, OpenOptions::buffered()).unwrap();
+    let mut s = SearchScratch::<f32>::default();
+    let params = SearchParams {
+        k: 1,
+        list: 32,
+        beam: 2,
+    };
+    for (i, v) in st.iter().enumerate().take(N).step_by(7) {
+        let hits = idx.search(&mut s, v, params).unwrap().0;
+        // Passages with the same text have the same vector: either is first.
+        let text = |r: usize| texts(&mini().join("corpus.jsonl"))[r].clone();
+        assert_eq!(text(hits[0].id as usize), text(i), "passage {i}");
+        assert!(hits[0].distance < 1e-3, "passage {i}: {}", hits[0].distance);
+    }
+
+    // Without --docs there is nothing to embed: clap says what is missing.
+    let e = crate::cli(&[
+        "build",
+        "--embed-model",
+        crate::p(&model),
+        "--out",
+        crate::p(&out),
+    ])
+    .unwrap_err();
+    assert!(e.contains("--docs"), "{e}");
 }

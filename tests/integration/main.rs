@@ -17,6 +17,7 @@ mod replication;
 mod segments;
 mod sharding;
 mod text_cluster;
+mod text_queries;
 
 use std::path::{Path, PathBuf};
 

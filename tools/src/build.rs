@@ -156,12 +156,69 @@ pub fn build(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<
             a.out.display()
         );
     }
+    let embedded;
+    let a = match &a.embed_model {
+        Some(model) => {
+            embedded = embed_documents(a, model, quiet, out)?;
+            &embedded
+        }
+        None => a,
+    };
     let documents = read_documents(a, quiet)?;
     let result = build_with(a, quiet, out, documents.as_ref().map(|d| &d.0));
     if let Some((_, staging)) = &documents {
         let _ = std::fs::remove_dir_all(staging);
     }
+    if result.is_ok() && a.embed_model.is_some() {
+        if let Some(dir) = a.base.as_deref().and_then(Path::parent) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
     result
+}
+
+/// `--embed-model`: the documents' vectors, made by the embed job under
+/// OUT/.embed (its checkpoint there makes a second run resume, not start
+/// over); the arguments to build with, `--base` set to them.
+fn embed_documents(
+    a: &BuildArgs,
+    model: &Path,
+    quiet: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<BuildArgs> {
+    use shardann_engine::embed::{self, Encoder, JobSpec};
+    let docs = a.docs.as_ref().context("--embed-model embeds --docs")?;
+    let spec = JobSpec {
+        input: docs.clone(),
+        fields: a.embed_field.clone(),
+        out: a.out.join(".embed"),
+        batch: a.embed_batch,
+        part: None,
+        window: embed::plan::WINDOW,
+    };
+    let threads = if a.threads == 0 {
+        crate::util::cores()
+    } else {
+        a.threads
+    };
+    let started = std::time::Instant::now();
+    let r = crate::util::with_threads(threads, || -> anyhow::Result<_> {
+        let enc = Encoder::open(model, None)
+            .with_context(|| format!("loading the model in {}", model.display()))?;
+        let bars = crate::progress::Bars::with_rate(quiet, "docs");
+        embed::run(&enc, &spec, &bars).with_context(|| format!("embedding {}", docs.display()))
+    })??;
+    writeln!(
+        out,
+        "embedded {} documents in {:.1} s ({} resumed from an earlier run; {} truncated)",
+        r.embedded,
+        started.elapsed().as_secs_f64(),
+        r.resumed,
+        r.truncated
+    )?;
+    let mut with_base = a.clone();
+    with_base.base = Some(r.vectors);
+    Ok(with_base)
 }
 
 fn build_with(

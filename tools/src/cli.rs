@@ -122,7 +122,11 @@ pub struct GroundtruthArgs {
 ///
 /// Memory: the base file is memory-mapped; the build holds the graph
 /// (about n·R·4·1.3 bytes) and the PQ codes (n·pq-bytes).
-#[derive(Debug, Args)]
+///
+/// From text alone: --docs passages.jsonl --embed-model DIR --embed-field
+/// text embeds the documents first (as `shardann embed` does, resumable:
+/// run the same command again after an interruption), then builds.
+#[derive(Debug, Clone, Args)]
 pub struct BuildArgs {
     /// Base vectors: .u8bin, .i8bin, .fbin, .npy, .fvecs or .bvecs. With
     /// --docs, row i is the vector of the document on line i.
@@ -155,6 +159,25 @@ pub struct BuildArgs {
     /// 0.262 against 0.230 for words-stop and 0.225 for words).
     #[arg(long, default_value = "words-stop-stem")]
     pub text_analyzer: shardann_engine::text::Analyzer,
+    /// Embed the documents of --docs with this sentence-transformers model
+    /// folder (bench-datasets/fetch_model.sh fetches all-MiniLM-L6-v2) and
+    /// build from those vectors: no --base, no "vector" fields needed. The
+    /// vectors are made under OUT/.embed, with a checkpoint, so an
+    /// interrupted build resumes its embedding; removed once built.
+    #[arg(long, value_name = "DIR", requires = "docs", conflicts_with = "base")]
+    pub embed_model: Option<PathBuf>,
+    /// With --embed-model: the field(s) to embed, comma-separated; their
+    /// strings are joined with a space (e.g. title,text).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "text",
+        requires = "embed_model"
+    )]
+    pub embed_field: Vec<String>,
+    /// With --embed-model: texts per batch of the model.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one(), requires = "embed_model")]
+    pub embed_batch: usize,
     /// Element type of the "vector" fields of --docs.
     #[arg(long, default_value = "f32")]
     pub vector_type: ElemType,
@@ -564,6 +587,13 @@ impl ReadArgs {
 ///   curl --http2-prior-knowledge -H 'content-type: application/json' \
 ///        -d '{"vector": [0, 1, ...], "k": 10}' http://127.0.0.1:7001/v1/search
 ///
+/// With --model DIR (a sentence-transformers folder), a query may be text:
+///
+///   shardann serve --index idx --model models/all-MiniLM-L6-v2
+///   curl --http2-prior-knowledge -H 'content-type: application/json' \
+///        -d '{"text": "how do I list a directory", "k": 5, "include": ["text"]}' \
+///        http://127.0.0.1:7001/v1/search
+///
 /// Endpoints: POST /v1/search, POST /v1/search/batch, GET /v1/shards,
 /// GET /healthz, GET /metrics (Prometheus). Reference: server/openapi.yaml.
 #[derive(Debug, Args)]
@@ -587,6 +617,11 @@ pub struct ServeArgs {
     /// Default per-request deadline in ms (overrides the config).
     #[arg(long)]
     pub deadline_ms: Option<u64>,
+    /// A sentence-transformers model folder (bench-datasets/fetch_model.sh
+    /// fetches all-MiniLM-L6-v2): queries may then be plain text,
+    /// `{"text": "..."}`, embedded by the node (overrides model_dir).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
 }
 
 /// Check every byte of an index against its segment manifest.

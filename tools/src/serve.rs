@@ -23,6 +23,9 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(d) = a.deadline_ms {
         config.deadline_ms = d;
     }
+    if let Some(m) = &a.model {
+        config.model_dir = Some(m.clone());
+    }
     config.check().map_err(anyhow::Error::msg)?;
     let node_id = config.node_id.clone();
     let running =
@@ -49,6 +52,19 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 .join(", ")
         }
     )?;
+    if let Some(enc) = &node.encoder {
+        writeln!(
+            out,
+            "text queries are embedded with the model in {} ({}-d, up to {} word pieces)",
+            node.config
+                .model_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new("?"))
+                .display(),
+            enc.info().dim,
+            enc.info().max_tokens
+        )?;
+    }
     let unserved = node.unserved_shards();
     if !unserved.is_empty() {
         writeln!(

@@ -455,6 +455,13 @@ impl Encoder {
     /// Tokenizes and embeds `texts` as one batch (queries, tests). Returns
     /// one unit vector per text; an empty text is an error naming its place.
     pub fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed_batched(texts, texts.len().max(1))
+    }
+
+    /// As [`Self::embed_texts`], `batch` texts at a time in order of length,
+    /// so that a short text is not padded to a long one's length (a node's
+    /// batch of queries). The vectors come back in the order of `texts`.
+    pub fn embed_batched(&self, texts: &[&str], batch: usize) -> Result<Vec<Vec<f32>>> {
         let tokens = texts
             .iter()
             .enumerate()
@@ -470,11 +477,19 @@ impl Encoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let refs: Vec<&Tokens> = tokens.iter().collect();
-        let flat = self
-            .embed_tokens(&refs)
-            .map_err(|e| Error::embed("<texts>", e))?;
-        Ok(flat.chunks(self.info.dim).map(<[f32]>::to_vec).collect())
+        let mut order: Vec<usize> = (0..tokens.len()).collect();
+        order.sort_by_key(|&i| tokens[i].ids.len());
+        let mut out = vec![Vec::new(); tokens.len()];
+        for chunk in order.chunks(batch.max(1)) {
+            let refs: Vec<&Tokens> = chunk.iter().map(|&i| &tokens[i]).collect();
+            let flat = self
+                .embed_tokens(&refs)
+                .map_err(|e| Error::embed("<texts>", e))?;
+            for (&i, v) in chunk.iter().zip(flat.chunks(self.info.dim)) {
+                out[i] = v.to_vec();
+            }
+        }
+        Ok(out)
     }
 }
 
