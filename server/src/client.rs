@@ -61,6 +61,9 @@ pub struct HttpParams {
     /// `None`), and how many hits each list contributes.
     pub fusion: Option<Fusion>,
     pub candidates: Option<usize>,
+    /// Text-only queries: `Some(true)` to have the node embed the text,
+    /// `Some(false)` for BM25 alone, `None` for the node's default.
+    pub embed: Option<bool>,
 }
 
 /// One query of a run: a vector (dense), a text (BM25), or both (hybrid).
@@ -234,7 +237,7 @@ async fn search_once(
     let body = SearchRequest {
         vector: query.vector.clone(),
         text: query.text.clone(),
-        embed: None,
+        embed: params.embed,
         fusion: params.fusion,
         candidates: params.candidates,
         text_stats: None,
@@ -259,7 +262,7 @@ async fn batch_once(
     let body = BatchRequest {
         vectors: queries.iter().filter_map(|q| q.vector.clone()).collect(),
         texts: queries.iter().filter_map(|q| q.text.clone()).collect(),
-        embed: None,
+        embed: params.embed,
         fusion: params.fusion,
         candidates: params.candidates,
         k: params.k,

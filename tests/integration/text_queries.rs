@@ -198,6 +198,54 @@ fn text_queries_are_embedded_by_a_node_with_a_model() {
     assert!(count >= 12 + 1 + 5 + 5, "{count}");
     let secs: f64 = metric(&text, "shardann_embed_seconds_total");
     assert!(secs >= embed_us as f64 / 1e6, "{secs} < {embed_us} us");
+    // bench --embed: the node embeds each question; recall counts against
+    // the exact neighbours of the sentence-transformers vectors.
+    let gt = d.join("gt.bin");
+    cli_ok(&[
+        "groundtruth",
+        "--base",
+        p(&mini.join("base.fbin")),
+        "--queries",
+        p(&mini.join("query.fbin")),
+        "--k",
+        "10",
+        "--metric",
+        "cosine",
+        "--out",
+        p(&gt),
+    ]);
+    let report = d.join("bench.json");
+    cli_ok(&[
+        "bench",
+        "--server",
+        &format!("http://{with_model}"),
+        "--queries",
+        p(&mini.join("query.fbin")),
+        "--gt",
+        p(&gt),
+        "--texts",
+        p(&mini.join("queries.jsonl")),
+        "--corpus",
+        p(&mini.join("corpus.jsonl")),
+        "--embed",
+        "--methods",
+        "dense,bm25",
+        "--list",
+        "48",
+        "--json",
+        p(&report),
+    ]);
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    for run in r["runs"].as_array().unwrap() {
+        let embed = run["node_us"]["embed"].as_f64().unwrap();
+        match run["method"].as_str().unwrap() {
+            "dense" => {
+                assert!(embed > 0.0, "{run}");
+                assert!(run["recall_at_k"].as_f64().unwrap() > 0.8, "{run}");
+            }
+            _ => assert_eq!(embed, 0.0, "{run}"),
+        }
+    }
     drop(nodes);
 
     // A model whose vectors the index cannot hold: the node does not start.

@@ -355,6 +355,13 @@ pub struct BenchArgs {
     /// line.
     #[arg(long, requires = "server")]
     pub texts: Option<PathBuf>,
+    /// With --server and --texts, a node started with a model: dense and
+    /// fused methods send the query's text instead of its vector, and the
+    /// node embeds it (its embedding time is in the report's node_us).
+    /// recall@k still counts against the ground truth of --queries, the
+    /// reference vectors of the same texts.
+    #[arg(long, requires = "texts")]
+    pub embed: bool,
     /// Fused methods: hits each signal contributes before fusion (default:
     /// the node's, 64).
     #[arg(long, requires = "server")]

@@ -152,6 +152,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             method: crate::eval::Method::Dense,
         }],
         texts: None,
+        embed: false,
         candidates: None,
         corpus: None,
     };

@@ -112,6 +112,8 @@ pub struct NodeTimes {
     pub dense: f64,
     pub text: f64,
     pub text_stats: f64,
+    /// Embedding the query's text (`bench --server --embed`).
+    pub embed: f64,
 }
 
 /// What the filters of a run selected and how they were searched.
@@ -300,6 +302,7 @@ pub(super) fn summarize(
             dense: t.dense / nq,
             text: t.text / nq,
             text_stats: t.text_stats / nq,
+            embed: t.embed / nq,
         });
     let mut lat: Vec<f64> = outcomes.iter().map(|o| o.micros).collect();
     lat.sort_by(f64::total_cmp);
@@ -341,6 +344,7 @@ impl std::iter::Sum for NodeTimes {
             dense: a.dense + b.dense,
             text: a.text + b.text,
             text_stats: a.text_stats + b.text_stats,
+            embed: a.embed + b.embed,
         })
     }
 }
@@ -391,11 +395,14 @@ pub(super) fn print_row(out: &mut dyn Write, run: &RunReport) -> std::io::Result
         run.mean_cache_hits,
         run.method
     )?;
-    if let Some(t) = run.node_us.filter(|t| t.text > 0.0 || t.text_stats > 0.0) {
+    if let Some(t) = run
+        .node_us
+        .filter(|t| t.text > 0.0 || t.text_stats > 0.0 || t.embed > 0.0)
+    {
         writeln!(
             out,
-            "       node: {:.0} µs dense, {:.0} µs BM25, {:.0} µs BM25 statistics per query",
-            t.dense, t.text, t.text_stats
+            "       node: {:.0} µs embedding, {:.0} µs dense, {:.0} µs BM25, {:.0} µs BM25 statistics per query",
+            t.embed, t.dense, t.text, t.text_stats
         )?;
     }
     if let Some(f) = &run.filtered {

@@ -122,11 +122,17 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
             timeout_ms: None,
             fusion,
             candidates: a.candidates.filter(|_| fusion.is_some()),
+            // BM25 stays BM25 on a node with a model.
+            embed: match method.method {
+                Method::Bm25 => Some(false),
+                _ => a.embed.then_some(true),
+            },
         };
+        // With --embed the node makes the vector from the text.
         let (dense, text) = match method.method {
-            Method::Dense => (true, false),
+            Method::Dense => (!a.embed, a.embed),
             Method::Bm25 => (false, true),
-            Method::Fused(_) => (true, true),
+            Method::Fused(_) => (!a.embed, true),
         };
         let inputs: Vec<QueryInput> = (0..vectors.len())
             .map(|i| QueryInput {
@@ -174,6 +180,7 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
                         dense: r.stats.dense_us as f64,
                         text: r.stats.text_us as f64,
                         text_stats: r.stats.text_stats_us as f64,
+                        embed: r.stats.embed_us as f64,
                     }),
                 },
                 Err(_) => QueryOutcome {
