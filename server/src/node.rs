@@ -37,7 +37,7 @@ use glommio::io::DmaFile;
 use shardann_engine::cluster::ClusterManifest;
 use shardann_engine::docs::{Include, UserId};
 use shardann_engine::element::ElemType;
-use shardann_engine::embed::Encoder;
+use shardann_engine::embed::{Encoder, Workload};
 use shardann_engine::filter::RoaringBitmap;
 use shardann_engine::fusion::Fusion;
 use shardann_engine::index::{DiskIndex, OpenOptions};
@@ -75,7 +75,7 @@ fn open_encoder(
         dir: dir.to_path_buf(),
         why,
     };
-    let enc = Encoder::open(dir, None).map_err(|e| model(e.to_string()))?;
+    let enc = Encoder::open_for(dir, None, Workload::Queries).map_err(|e| model(e.to_string()))?;
     if enc.info().dim != manifest.dim {
         return Err(model(format!(
             "it writes {}-d vectors; the index holds {}-d vectors",

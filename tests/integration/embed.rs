@@ -568,3 +568,28 @@ fn build_embeds_documents_with_the_model() {
     .unwrap_err();
     assert!(e.contains("--docs"), "{e}");
 }
+
+/// The weights laid out for queries (input-major, read by gemm without a
+/// copy) give the vectors the batch layout gives: same model, same sums.
+#[test]
+fn weight_layouts_give_the_same_vectors() {
+    use shardann_engine::embed::Workload;
+    let queries = Encoder::open_for(&model_dir(), None, Workload::Queries).unwrap();
+    let all = texts(&mini().join("queries.jsonl"));
+    let some: Vec<&str> = all.iter().take(12).map(String::as_str).collect();
+    for batch in [1, 5] {
+        let a = queries.embed_batched(&some, batch).unwrap();
+        let b = encoder().embed_batched(&some, batch).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            let worst = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-6,
+                "batch {batch}: a component differs by {worst}"
+            );
+        }
+    }
+}

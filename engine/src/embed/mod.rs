@@ -33,4 +33,4 @@ pub mod plan;
 pub mod pool;
 
 pub use job::{merge, run, JobReport, JobSpec, MergeReport};
-pub use model::{Encoder, ModelInfo, Tokens};
+pub use model::{Encoder, ModelInfo, Tokens, Workload};
