@@ -176,7 +176,7 @@ pub struct BuildArgs {
     )]
     pub embed_field: Vec<String>,
     /// With --embed-model: texts per batch of the model.
-    #[arg(long, default_value_t = 64, value_parser = at_least_one(), requires = "embed_model")]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one(), requires = "embed_model")]
     pub embed_batch: usize,
     /// Element type of the "vector" fields of --docs.
     #[arg(long, default_value = "f32")]
@@ -441,8 +441,9 @@ pub struct EmbedArgs {
     #[arg(long, required_unless_present = "merge")]
     pub out: Option<PathBuf>,
     /// Texts per batch (the output's bytes depend on it: keep it across
-    /// resumes and parts; a changed value is refused).
-    #[arg(long, default_value_t = 64, value_parser = at_least_one())]
+    /// resumes and parts; a changed value is refused). 16 was faster than
+    /// 64 on manpages-dev (less padding: 97 % of the slots real, not 85 %).
+    #[arg(long, default_value_t = 16, value_parser = at_least_one())]
     pub batch: usize,
     /// Threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
