@@ -273,6 +273,14 @@ pub enum Overload {
         timeout_ms: u64,
         retry_after_s: u64,
     },
+    /// Embedding the query's text with the node's model left nothing of
+    /// the deadline for the search: not searched at all.
+    #[error("overloaded: embedding the query text took {embed_ms} ms of the request's deadline of {timeout_ms} ms (timeout_ms), leaving no time to search; retry after {retry_after_s} s")]
+    EmbedTimedOut {
+        embed_ms: u64,
+        timeout_ms: u64,
+        retry_after_s: u64,
+    },
 }
 
 impl Overload {
@@ -282,7 +290,7 @@ impl Overload {
         match self {
             Overload::QueueFull { .. } => "admission.max_queued",
             Overload::Busy { .. } | Overload::WaitTimeout { .. } => "admission.max_wait_ms",
-            Overload::TimedOut { .. } => "timeout_ms",
+            Overload::TimedOut { .. } | Overload::EmbedTimedOut { .. } => "timeout_ms",
         }
     }
 
@@ -292,7 +300,8 @@ impl Overload {
             Overload::QueueFull { retry_after_s, .. }
             | Overload::Busy { retry_after_s, .. }
             | Overload::WaitTimeout { retry_after_s, .. }
-            | Overload::TimedOut { retry_after_s, .. } => *retry_after_s,
+            | Overload::TimedOut { retry_after_s, .. }
+            | Overload::EmbedTimedOut { retry_after_s, .. } => *retry_after_s,
         }
     }
 

@@ -236,7 +236,7 @@ pub struct WireStats {
     #[serde(default)]
     pub text_stats_us: u64,
     /// Microseconds (wall) spent embedding the query's text with the
-    /// node's model; for a batch, the whole batch's embedding time.
+    /// node's model; in a batch, the batch's time divided among its queries.
     #[serde(default)]
     pub embed_us: u64,
     /// Shards whose search missed the deadline on the node that searched

@@ -1163,9 +1163,9 @@ impl<T: WireElem> Executor<T> {
         let body = SearchRequest {
             vector: vector.map(<[f64]>::to_vec),
             text: q.text.as_ref().map(|t| t.text.clone()),
-            // A text-only query that reaches a peer is BM25 here, so it is
-            // there, whether or not the peer has a model.
-            embed: vector.is_none().then_some(false),
+            // A peer never embeds a request from another node (it is BM25
+            // there as here); the field is left out for older peers.
+            embed: None,
             // Never sent: the peer returns both lists and this node fuses.
             fusion: None,
             candidates: q.text.as_ref().map(|t| t.candidates),

@@ -147,6 +147,10 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
     // Released only now, so the port stays claimed while the shards open.
     drop(guard);
     let handles = LocalExecutorPoolBuilder::new(node_placement(executors))
+        // Each executor's blocking thread (query embedding) unpinned: the
+        // pool's default pins every one of them to the same first CPU, and
+        // candle's threads started from there would inherit that one CPU.
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
         .name("shardann-node")
         .io_memory(DEFAULT_IO_MEMORY)
         .on_all_shards(move || async move {
@@ -805,10 +809,12 @@ async fn search<T: WireElem>(
     if let Err(e) = front.gate.precheck(&exec.node.metrics) {
         return paced(front, peer, Err(e.into())).await;
     }
+    // A peer's request (`shards`) is never embedded here: the node that
+    // was asked embeds, and sends peers the vector.
     let query = request.check::<T>(
         exec.node.manifest.dim,
         &exec.node.config.limits,
-        exec.node.encoder.is_some(),
+        exec.node.encoder.is_some() && !peer,
     )?;
     if let Some(shards) = &request.shards {
         let n = exec.node.manifest.shards.len();
@@ -835,6 +841,7 @@ async fn search_admitted<T: WireElem>(
     let heavy = exec.node.config.admission.is_heavy(list_work(&query));
     let permit = front.gate.admit_as(m, 1, 1, deadline, heavy).await?;
     let embed_us = embed_queries(exec, std::slice::from_mut(&mut query)).await?;
+    no_time_after_embedding(&front, embed_us, deadline, timeout_ms)?;
     query.timeout_ms = Some(time_left(timeout_ms, arrived));
     let mut resp = exec.search(&query, shards.as_deref()).await?;
     resp.stats.embed_us = embed_us;
@@ -886,7 +893,20 @@ async fn embed_queries<T: WireElem>(
     let vectors = glommio::executor()
         .spawn_blocking(move || {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            encoder.embed_batched(&refs, EMBED_BATCH)
+            // A panic would kill the executor's only blocking thread and
+            // leave this request, and every later embedding, waiting.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                encoder.embed_batched(&refs, EMBED_BATCH)
+            }))
+            .unwrap_or_else(|_| {
+                Err(shardann_engine::Error::embed(
+                    "<query texts>",
+                    shardann_engine::EmbedError::Inference {
+                        what: "running the model",
+                        message: "it panicked".into(),
+                    },
+                ))
+            })
         })
         .await
         .map_err(|e| match e {
@@ -917,6 +937,25 @@ async fn embed_queries<T: WireElem>(
     m.add(&m.embedded_texts, n);
     m.add(&m.embed_us, us);
     Ok(us)
+}
+
+/// After embedding: a 503 naming the embedding if it used up the deadline,
+/// rather than a search given no time whose shards would be blamed.
+fn no_time_after_embedding<T: WireElem>(
+    front: &Front<T>,
+    embed_us: u64,
+    deadline: Instant,
+    timeout_ms: u64,
+) -> Result<()> {
+    if embed_us > 0 && Instant::now() >= deadline {
+        return Err(Overload::EmbedTimedOut {
+            embed_ms: embed_us / 1000,
+            timeout_ms,
+            retry_after_s: front.gate.retry_after(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// The list size that makes a query heavy (`admission.heavy_list`): its
@@ -991,6 +1030,7 @@ async fn batch_admitted<T: WireElem>(
         .admit_as(m, weight, queries.len(), deadline, heavy)
         .await?;
     let embed_us = embed_queries(exec, &mut queries).await?;
+    no_time_after_embedding(&front, embed_us, deadline, timeout_ms)?;
     let left = time_left(timeout_ms, arrived);
     for q in &mut queries {
         q.timeout_ms = Some(left);
@@ -1008,9 +1048,12 @@ async fn batch_admitted<T: WireElem>(
         &m.partial_responses,
         results.iter().filter(|r| r.partial).count() as u64,
     );
+    // Each query's share of the batch's embedding, so that per-query
+    // times add up to the batch's.
     let mut results = results;
+    let share = embed_us / results.len().max(1) as u64;
     for r in &mut results {
-        r.stats.embed_us = embed_us;
+        r.stats.embed_us = share;
     }
     let mut timed_out: Vec<u32> = results
         .iter()

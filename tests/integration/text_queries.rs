@@ -187,6 +187,12 @@ fn text_queries_are_embedded_by_a_node_with_a_model() {
     assert_eq!(st, 400, "{e}");
     let msg = e["error"].as_str().unwrap();
     assert!(msg.contains("no model") && msg.contains("--model"), "{msg}");
+    // Embedding counts against the deadline: one it uses up is a 503 that
+    // names the embedding, not a search that blames the shards.
+    let (st, e) = search(with_model, json!({"text": q, "timeout_ms": 1}));
+    assert_eq!(st, 503, "{e}");
+    let msg = e["error"].as_str().unwrap();
+    assert!(msg.contains("embedding the query text took"), "{msg}");
     // A text that has no word piece cannot be embedded: a 400.
     let (st, e) = search(with_model, json!({"text": "\u{200b}\u{200b}"}));
     assert_eq!(st, 400, "{e}");
