@@ -186,7 +186,7 @@ fn embed_documents(
     quiet: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<BuildArgs> {
-    use shardann_engine::embed::{self, Encoder, JobSpec};
+    use shardann_engine::embed::{self, JobSpec};
     let docs = a.docs.as_ref().context("--embed-model embeds --docs")?;
     let spec = JobSpec {
         input: docs.clone(),
@@ -196,18 +196,8 @@ fn embed_documents(
         part: None,
         window: embed::plan::WINDOW,
     };
-    let threads = if a.threads == 0 {
-        crate::util::cores()
-    } else {
-        a.threads
-    };
     let started = std::time::Instant::now();
-    let r = crate::util::with_threads(threads, || -> anyhow::Result<_> {
-        let enc = Encoder::open(model, None)
-            .with_context(|| format!("loading the model in {}", model.display()))?;
-        let bars = crate::progress::Bars::with_rate(quiet, "docs");
-        embed::run(&enc, &spec, &bars).with_context(|| format!("embedding {}", docs.display()))
-    })??;
+    let (r, _, _) = crate::embed::run_job(model, None, &spec, a.threads, quiet)?;
     writeln!(
         out,
         "embedded {} documents in {:.1} s ({} resumed from an earlier run; {} truncated)",

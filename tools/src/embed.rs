@@ -2,13 +2,40 @@
 //! (engine::embed does the work; this file parses, reports and times).
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use shardann_engine::embed::{self, Encoder, JobSpec};
+
+use shardann_engine::embed::{self, Encoder, JobReport, JobSpec, ModelInfo};
 
 use crate::cli::EmbedArgs;
 use crate::progress::Bars;
+
+/// The embed job of `spec` with the model in `model`, on `threads` threads
+/// (0: every core), with a progress bar: what `embed` and `build
+/// --embed-model` share. Returns the report, the model and the threads.
+pub fn run_job(
+    model: &Path,
+    max_tokens: Option<usize>,
+    spec: &JobSpec,
+    threads: usize,
+    quiet: bool,
+) -> anyhow::Result<(JobReport, ModelInfo, usize)> {
+    let threads = if threads == 0 {
+        crate::util::cores()
+    } else {
+        threads
+    };
+    crate::util::with_threads(threads, || -> anyhow::Result<_> {
+        let enc = Encoder::open(model, max_tokens)
+            .with_context(|| format!("loading the model in {}", model.display()))?;
+        let bars = Bars::with_rate(quiet, "docs");
+        let r = embed::run(&enc, spec, &bars)
+            .with_context(|| format!("embedding {}", spec.input.display()))?;
+        Ok((r, enc.info().clone(), threads))
+    })?
+}
 
 pub fn embed(a: &EmbedArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(dir) = &a.merge {
@@ -29,11 +56,6 @@ pub fn embed(a: &EmbedArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<
     let (Some(model), Some(input), Some(out_dir)) = (&a.model, &a.input, &a.out) else {
         anyhow::bail!("embed needs --model, --input and --out (or --merge DIR)");
     };
-    let threads = if a.threads == 0 {
-        crate::util::cores()
-    } else {
-        a.threads
-    };
     let spec = JobSpec {
         input: input.clone(),
         fields: a.fields.clone(),
@@ -43,15 +65,7 @@ pub fn embed(a: &EmbedArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<
         window: a.window,
     };
     let started = Instant::now();
-    let report = crate::util::with_threads(threads, || -> anyhow::Result<_> {
-        let enc = Encoder::open(model, a.max_tokens)
-            .with_context(|| format!("loading the model in {}", model.display()))?;
-        let bars = Bars::with_rate(quiet, "docs");
-        let r = embed::run(&enc, &spec, &bars)
-            .with_context(|| format!("embedding {}", input.display()))?;
-        Ok((r, enc.info().clone()))
-    })??;
-    let (r, info) = report;
+    let (r, info, threads) = run_job(model, a.max_tokens, &spec, a.threads, quiet)?;
     let secs = started.elapsed().as_secs_f64();
     let part = match a.part {
         Some((i, n)) => format!(" (part {i}/{n}: rows {}..{})", r.rows.start, r.rows.end),
