@@ -170,7 +170,7 @@ impl RunKey {
                     field: field.into(),
                     found: found.to_string(),
                     expected: expected.to_string(),
-                    hint: "the output folder holds another run; remove it or use another --out",
+                    hint: "the folder holds another run (of other input or settings); remove the folder, or write to another one",
                 });
             }
         }
