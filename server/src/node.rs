@@ -639,16 +639,7 @@ impl<T: WireElem> Executor<T> {
         let mut tried: Vec<(u32, usize)> = Vec::new();
         let mut pending = remote.to_vec();
         while !pending.is_empty() && Instant::now() < deadline {
-            let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
-            for s in pending.drain(..) {
-                match self.pick(s, &tried) {
-                    Some(p) => {
-                        tried.push((s, p));
-                        groups.entry(p).or_default().push(s);
-                    }
-                    None => unanswered.push(s),
-                }
-            }
+            let groups = self.group_by_replica(&mut pending, &mut tried, &mut unanswered);
             let calls = groups.into_iter().map(|(p, shards)| async move {
                 let body = TextStatsRequest {
                     text: text.to_string(),
@@ -1019,6 +1010,30 @@ impl<T: WireElem> Executor<T> {
 
     /// The replica of `s` to ask next: not yet tried for this query, up
     /// before down, fewest requests in flight, ties taken in turn.
+    /// One round of asking peers: each shard of `pending` (emptied) given
+    /// to a replica not yet `tried` for it (recorded there), grouped by
+    /// peer so that each peer gets one request; a shard with no replica
+    /// left goes to `none_left`. The search and the BM25 statistics round
+    /// both retry this way.
+    fn group_by_replica(
+        &self,
+        pending: &mut Vec<u32>,
+        tried: &mut Vec<(u32, usize)>,
+        none_left: &mut Vec<u32>,
+    ) -> BTreeMap<usize, Vec<u32>> {
+        let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+        for s in pending.drain(..) {
+            match self.pick(s, tried) {
+                Some(p) => {
+                    tried.push((s, p));
+                    groups.entry(p).or_default().push(s);
+                }
+                None => none_left.push(s),
+            }
+        }
+        groups
+    }
+
     fn pick(&self, s: u32, tried: &[(u32, usize)]) -> Option<usize> {
         let candidates = self.node.replicas.get(s as usize)?;
         let turn = self.turn.get();
@@ -1075,16 +1090,7 @@ impl<T: WireElem> Executor<T> {
                 if Instant::now() >= deadline {
                     missing.append(&mut pending);
                 } else {
-                    let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
-                    for s in pending.drain(..) {
-                        match self.pick(s, &tried) {
-                            Some(p) => {
-                                tried.push((s, p));
-                                groups.entry(p).or_default().push(s);
-                            }
-                            None => missing.push(s),
-                        }
-                    }
+                    let groups = self.group_by_replica(&mut pending, &mut tried, missing);
                     for (p, group) in groups {
                         let fallback = group.iter().all(|&s| self.has_untried(s, &tried));
                         let attempt = if fallback {
