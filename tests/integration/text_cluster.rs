@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
@@ -150,21 +150,27 @@ fn assert_same_ranking(got: &[(String, f32)], want: &[(String, f32)], at: &str) 
     }
 }
 
-#[test]
-fn bm25_and_hybrid_rank_as_one_index_across_shards_and_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let docs = documents();
+/// `docs` as a JSON Lines file in `d` (id, vector, payload per line).
+fn write_documents(d: &Path, docs: &[Doc]) -> PathBuf {
     let mut jsonl = String::new();
-    for doc in &docs {
+    for doc in docs {
         let mut line = doc.payload.clone();
         line.insert("id".into(), json!(doc.id));
         line.insert("vector".into(), json!(doc.vector));
         jsonl.push_str(&Value::Object(line).to_string());
         jsonl.push('\n');
     }
-    let docs_path = d.join("docs.jsonl");
-    std::fs::write(&docs_path, jsonl).unwrap();
+    let path = d.join("docs.jsonl");
+    std::fs::write(&path, jsonl).unwrap();
+    path
+}
+
+#[test]
+fn bm25_and_hybrid_rank_as_one_index_across_shards_and_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let docs = documents();
+    let docs_path = write_documents(d, &docs);
     let one = d.join("one");
     let four = d.join("four");
     build(&docs_path, &one, 1, true);
@@ -555,16 +561,7 @@ fn bench_runs_every_method(d: &Path, docs: &[Doc], corpus: &Path, node: SocketAd
 fn text_statistics_are_asked_of_another_replica_when_one_dies() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut jsonl = String::new();
-    for doc in documents() {
-        let mut line = doc.payload.clone();
-        line.insert("id".into(), json!(doc.id));
-        line.insert("vector".into(), json!(doc.vector));
-        jsonl.push_str(&Value::Object(line).to_string());
-        jsonl.push('\n');
-    }
-    let docs_path = d.join("docs.jsonl");
-    std::fs::write(&docs_path, jsonl).unwrap();
+    let docs_path = write_documents(d, &documents());
     let four = d.join("four");
     build(&docs_path, &four, 4, true);
     let a = free_addrs(3);
