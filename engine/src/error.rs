@@ -21,6 +21,20 @@ use std::path::PathBuf;
 
 use crate::element::ElemType;
 
+/// What a JSON value is, as an error message says it ("got a string"):
+/// what the document and embed-input parsers both report.
+pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Result alias used across the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

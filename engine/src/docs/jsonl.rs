@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::UserId;
 use crate::element::ElemType;
-use crate::error::DocsError;
+use crate::error::{json_kind, DocsError};
 
 /// Where each document's vector comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,17 +183,6 @@ fn truncate(s: &str) -> String {
         s.to_string()
     } else {
         format!("{}…", s.chars().take(64).collect::<String>())
-    }
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::error::{EmbedError, Error, Result};
+use crate::error::{json_kind, EmbedError, Error, Result};
 
 /// The documents of one run's rows, and what identifies the whole file.
 #[derive(Debug, Clone, Default)]
@@ -25,17 +25,6 @@ pub struct Input {
     pub lines: Vec<usize>,
     pub ids: Vec<Value>,
     pub texts: Vec<String>,
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn documents(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
@@ -70,7 +59,7 @@ pub fn read(
             Ok(other) => {
                 return Err(bad(EmbedError::NotObject {
                     line,
-                    why: format!("got {}", kind(&other)),
+                    why: format!("got {}", json_kind(&other)),
                 }))
             }
             Err(e) => {
@@ -103,7 +92,7 @@ pub fn read(
                     return Err(bad(EmbedError::NotString {
                         line,
                         field: field.clone(),
-                        got: kind(other),
+                        got: json_kind(other),
                     }))
                 }
                 None => {
