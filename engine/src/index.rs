@@ -31,7 +31,7 @@ use crate::layout::{
     SECTOR,
 };
 use crate::metric::{Element, Metric};
-use crate::pq::{PqCodebook, PqParams};
+use crate::pq::{Codes, PqCodebook, PqParams};
 use crate::progress::Progress;
 use crate::search::{BeamSearch, Hit, Plan, SearchParams, SearchStats};
 use crate::vamana::{self, VamanaParams};
@@ -160,7 +160,7 @@ pub struct DiskIndex {
     header: IndexHeader,
     geometry: SectorGeometry,
     pq: PqCodebook,
-    codes: Vec<u8>,
+    codes: Codes,
     reader: Box<dyn SectorReader>,
     cache: NodeCache,
     /// For a shard of a sharded index: the global id of every local node.
@@ -446,7 +446,7 @@ impl DiskIndex {
         batch.retain(|&id| match self.cache.get(id) {
             Some(rec) if first_err.is_none() => {
                 search.stats.cache_hits += 1;
-                if let Err(e) = search.visit(id, &rec, &self.codes, m) {
+                if let Err(e) = search.visit(id, &rec, self.codes(), m) {
                     first_err = Some(e);
                 }
                 false
@@ -470,7 +470,7 @@ impl DiskIndex {
         }
         scratch.search.start(
             &self.pq,
-            &self.codes,
+            self.codes(),
             self.header.medoid as u32,
             query,
             params,
@@ -513,7 +513,7 @@ impl DiskIndex {
         let Some(filter) = filter else {
             scratch.search.start(
                 &self.pq,
-                &self.codes,
+                self.codes(),
                 self.header.medoid as u32,
                 query,
                 params,
@@ -523,7 +523,7 @@ impl DiskIndex {
         };
         let plan = scratch.search.start_filtered(
             &self.pq,
-            &self.codes,
+            self.codes(),
             self.header.medoid as u32,
             self.header.num_points,
             query,
@@ -579,7 +579,7 @@ impl DiskIndex {
                     .geometry
                     .decode(id, buf.as_slice())
                     .map_err(|e| Error::format(&path, e))?;
-                s.visit(id, &rec, &self.codes, m)?;
+                s.visit(id, &rec, self.codes(), m)?;
             }
         }
         Ok((s.finish(), s.stats))

@@ -100,14 +100,17 @@ pub enum Plan {
 /// codes instead of walking the graph (the default; an index can be given
 /// another with `DiskIndex::set_flat_max_matches`).
 /// Scoring costs `matches × M` table lookups in RAM and one round of reads;
-/// a filtered walk at 2–10 % selectivity needs a list several times longer
+/// a filtered walk at 2–20 % selectivity needs a list several times longer
 /// than unfiltered, so several times the reads. Measured at 1M points
-/// (`gen --docs`, 1,000 queries, 2 threads, each plan forced, two rounds,
-/// smallest L reaching recall@10 ≥ 0.95): 75K matches, flat 218 QPS (L=20)
-/// vs graph 92 (L=160, 360 reads); 100K, flat 153 vs graph 77; 152K, flat
-/// 150 vs graph 180 (L=80). So the crossover is between 100K and 150K
-/// matches (it was 50,000, a guess from a 20K-point run).
-pub const FLAT_MAX_MATCHES: u64 = 125_000;
+/// (`gen --docs`, M = 32, 1,000 queries, 2 threads, each plan forced, two
+/// interleaved rounds; flat at L=20, graph at the smallest L reaching
+/// recall@10 ≥ 0.95): 100K matches, flat 272–276 QPS vs graph 155–168
+/// (still 0.92 at L=80); 152K, flat 256–263 vs 220–234 (L=80); 200K,
+/// flat 158–161 vs 165–173 (L=60); 512K, flat 137–153 vs 656–725 (L=40).
+/// So the crossover is near 200K matches. (It was 125,000 before the
+/// flat plan's scoring was made 1.5–2× faster, and 50,000 before that, a
+/// guess from a 20K-point run.)
+pub const FLAT_MAX_MATCHES: u64 = 200_000;
 
 /// Chooses how to search for a filter matching `matches` of `total` points.
 ///
@@ -135,6 +138,23 @@ pub fn choose_plan(matches: u64, total: u64, params: SearchParams, flat_max: u64
     };
     let list = ((params.list as f64 * scale).ceil() as usize).clamp(params.list, MAX_LIST);
     Plan::FilteredGraph { list }
+}
+
+/// Matches scored per block by the flat plan: their codes are touched
+/// first, together, then scored while they sit in L1. Scoring codes one
+/// after another instead waits on each one's cache miss in turn: perf at
+/// 1M points put 80 % of the flat plan's time on the first load of each
+/// code.
+const SCORE_BLOCK: usize = 64;
+
+/// Fills `block` from `ids`; returns how many it holds.
+fn fill(block: &mut [u32; SCORE_BLOCK], ids: &mut impl Iterator<Item = u32>) -> usize {
+    let mut len = 0;
+    for (slot, id) in block.iter_mut().zip(ids) {
+        *slot = id;
+        len += 1;
+    }
+    len
 }
 
 /// The largest list size a search accepts.
@@ -280,29 +300,58 @@ impl<T: Element> BeamSearch<T> {
 
     /// Flat plan: the `rerank` matching nodes nearest by PQ distance become
     /// the candidates.
+    ///
+    /// The matches are scored straight from the bitmap, and only those
+    /// nearer than the current `rerank`-th best are kept: a buffer of a
+    /// few times `rerank` that is cut back to `rerank` when full. Before,
+    /// all ids, then all distances, then all candidates were collected and
+    /// one `select_nth` ran over them: three passes over 100K-entry arrays
+    /// per query, and a prefetch pass over the codes that was evicted from
+    /// the cache before the scoring pass came to it.
     fn score_all(&mut self, codes: &[u8], m: usize, filter: &RoaringBitmap, rerank: usize) {
-        self.new_ids.clear();
-        self.new_ids.extend(
-            filter
-                .iter()
-                .filter(|&id| (id as usize + 1) * m <= codes.len()),
-        );
-        self.table
-            .distances(codes, &self.new_ids, &mut self.new_dists);
-        self.stats.pq_distances += self.new_ids.len() as u32;
-        self.candidates.extend(
-            self.new_ids
-                .iter()
-                .zip(&self.new_dists)
-                .map(|(&id, &dist)| Candidate {
-                    dist,
-                    id,
-                    expanded: false,
-                }),
-        );
+        let rerank = rerank.max(1);
+        let cap = (rerank * 8).max(1024);
         let by_dist =
             |a: &Candidate, b: &Candidate| a.dist.total_cmp(&b.dist).then(a.id.cmp(&b.id));
-        if self.candidates.len() > rerank && rerank > 0 {
+        let coded = (codes.len() / m.max(1)) as u32;
+        // Distance of the `rerank`-th best so far. Ids come in ascending
+        // order, so a later id at an equal distance ranks after it.
+        let mut bound = f32::INFINITY;
+        let mut scored = 0u32;
+        self.candidates.clear();
+        let mut ids = filter.iter().take_while(|&id| id < coded);
+        // Two blocks of ids: the codes of the next are fetched into the
+        // cache while this one's are scored.
+        let mut this = [0u32; SCORE_BLOCK];
+        let mut next = [0u32; SCORE_BLOCK];
+        let mut this_len = fill(&mut this, &mut ids);
+        crate::pq::prefetch_codes(codes, m, &this[..this_len]);
+        while this_len > 0 {
+            let next_len = fill(&mut next, &mut ids);
+            crate::pq::prefetch_codes(codes, m, &next[..next_len]);
+            for &id in &this[..this_len] {
+                let start = id as usize * m;
+                let dist = self.table.distance(&codes[start..start + m]);
+                // A NaN is kept: the sort below places it last.
+                if dist < bound || dist.is_nan() {
+                    self.candidates.push(Candidate {
+                        dist,
+                        id,
+                        expanded: false,
+                    });
+                    if self.candidates.len() >= cap {
+                        self.candidates.select_nth_unstable_by(rerank - 1, by_dist);
+                        self.candidates.truncate(rerank);
+                        bound = self.candidates[rerank - 1].dist;
+                    }
+                }
+            }
+            scored += this_len as u32;
+            std::mem::swap(&mut this, &mut next);
+            this_len = next_len;
+        }
+        self.stats.pq_distances += scored;
+        if self.candidates.len() > rerank {
             self.candidates.select_nth_unstable_by(rerank - 1, by_dist);
             self.candidates.truncate(rerank);
         }
@@ -414,4 +463,74 @@ impl<T: Element> BeamSearch<T> {
 pub fn sort_hits(hits: &mut Vec<Hit>) {
     hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
     hits.dedup_by_key(|h| h.id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Vectors;
+    use crate::pq::PqParams;
+    use crate::progress::NoProgress;
+    use crate::synth::{generate_u8, Stream};
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    const POINTS: usize = 6_000;
+
+    /// A codebook with a chunk count that is not a multiple of four (the
+    /// table's unrolled sum has a tail), and the codes of 6,000 points.
+    fn coded() -> &'static (PqCodebook, Vec<u8>, Vec<u8>) {
+        static CODED: OnceLock<(PqCodebook, Vec<u8>, Vec<u8>)> = OnceLock::new();
+        CODED.get_or_init(|| {
+            let base = generate_u8(POINTS, 3, Stream::Base);
+            let data: Vec<f32> = base.iter().map(|&x| f32::from(x)).collect();
+            let v = Vectors::new(&data[..], 128);
+            let p = PqParams {
+                num_chunks: 18,
+                train_sample: 2_000,
+                iterations: 3,
+                seed: 4,
+            };
+            let pq = PqCodebook::train(v, Metric::L2, &p, &NoProgress).unwrap();
+            let codes = pq.encode_all(v, &NoProgress);
+            let queries = generate_u8(8, 3, Stream::Query);
+            (pq, codes, queries)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The flat plan keeps exactly the `list` matches that are nearest
+        /// by PQ distance (ties by id), however many matches there are: the
+        /// bounded buffer's cut-backs lose none of them.
+        #[test]
+        fn flat_plan_keeps_the_nearest_matches(
+            picks in proptest::collection::vec(0u32..POINTS as u32, 1..4_000),
+            list in 1usize..60,
+            q in 0usize..8,
+        ) {
+            let (pq, codes, queries) = coded();
+            let query = &queries[q * 128..(q + 1) * 128];
+            let filter: RoaringBitmap = picks.iter().copied().collect();
+            let params = SearchParams { k: 1, list, beam: 4 };
+            let mut s = BeamSearch::<u8>::new();
+            let plan = s.start_filtered(
+                pq, codes, 0, POINTS as u64, query, params, Arc::new(filter.clone()), u64::MAX,
+            );
+            prop_assert_eq!(plan, Plan::Flat { rerank: list });
+            let mut naive: Vec<(f32, u32)> = filter
+                .iter()
+                .map(|id| {
+                    let m = pq.num_chunks();
+                    (s.table.distance(&codes[id as usize * m..][..m]), id)
+                })
+                .collect();
+            naive.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            naive.truncate(list);
+            let kept: Vec<(f32, u32)> = s.candidates.iter().map(|c| (c.dist, c.id)).collect();
+            prop_assert_eq!(kept, naive);
+            prop_assert_eq!(s.stats.pq_distances as u64, filter.len() + 1);
+        }
+    }
 }

@@ -331,7 +331,7 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "filter")]
     pub filters: Option<PathBuf>,
     /// Filtered searches with at most this many matches score the matches'
-    /// PQ codes instead of walking the graph (default 125000).
+    /// PQ codes instead of walking the graph (default 200000).
     #[arg(long)]
     pub flat_max: Option<u64>,
     /// Fetch these payload fields of every hit (comma-separated, `*` for

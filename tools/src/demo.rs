@@ -129,7 +129,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         writeln!(out, "[3/5] reusing index {}", index.display())?;
     }
     writeln!(out, "[4/5] benchmarking (O_DIRECT reads, beam 4)")?;
-    let bench_args = |gt: PathBuf, json: &str, filter: Option<String>| BenchArgs {
+    let bench_args = |gt: PathBuf, json: &str, filter: Option<String>, flat_max| BenchArgs {
         index: Some(index.clone()),
         server: None,
         batch: 1,
@@ -145,7 +145,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         read: crate::cli::ReadArgs::default(),
         filter,
         filters: None,
-        flat_max: None,
+        flat_max,
         include: Vec::new(),
         methods: vec![crate::eval::NamedMethod {
             name: "dense".into(),
@@ -156,10 +156,13 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         candidates: None,
         corpus: None,
     };
-    let report = bench(&bench_args(gt, "bench.json", None), out)?;
+    let report = bench(&bench_args(gt, "bench.json", None, None), out)?;
     first_reaching(&report.runs, out)?;
-    // Two labels of the generated Zipf law: l9 (about 1 % of the points)
-    // and l1 (about half); the report names the plan each query ran.
+    // Two labels of the generated Zipf law: l9 (about 1 % of the points),
+    // scored flat, and l1 (about half), on the filtered graph walk; the
+    // report names the plan each query ran. At 100K points every label has
+    // fewer matches than the default switch (`FLAT_MAX_MATCHES`), so l1 is
+    // sent to the walk the way `bench --flat-max` does, to show both plans.
     writeln!(
         out,
         "[5/5] filtered search: only documents with a given label"
@@ -186,7 +189,8 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         }
         writeln!(out, "filter {filter}:")?;
         let json = format!("bench-{label}.json");
-        let report = bench(&bench_args(gt, &json, Some(filter)), out)?;
+        let flat_max = (label == "l1").then_some(0);
+        let report = bench(&bench_args(gt, &json, Some(filter), flat_max), out)?;
         first_reaching(&report.runs, out)?;
     }
     writeln!(

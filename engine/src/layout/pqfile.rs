@@ -13,7 +13,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use super::envelope::{append_footer, Envelope, FOOTER_BYTES};
 use crate::error::{Error, FormatError, Result};
 use crate::metric::Metric;
-use crate::pq::PqCodebook;
+use crate::pq::{Codes, PqCodebook};
 
 pub const PQ_MAGIC: [u8; 8] = *b"SHRDPQ\0\0";
 const PQ_MAJOR: u16 = 1;
@@ -50,7 +50,7 @@ const _: () = assert!(std::mem::size_of::<RawPqHeader>() == PQ_HEADER_BYTES);
 pub struct PqFile {
     pub codebook: PqCodebook,
     /// `num_points × num_chunks` code bytes.
-    pub codes: Vec<u8>,
+    pub codes: Codes,
 }
 
 /// Bytes after the header and before the footer; `None` on overflow (a
@@ -170,7 +170,7 @@ pub(crate) fn parse_pq(bytes: &[u8]) -> Result<PqFile, FormatError> {
     let offsets: Vec<u32> = super::le_u32s(take(4 * (m + 1))).collect();
     let center = f32s(take(4 * dim));
     let pivots = f32s(take(4 * CENTROIDS as usize * dim));
-    let codes = take(n as usize * m).to_vec();
+    let codes = Codes::from_slice(take(n as usize * m));
     let monotone = offsets.windows(2).all(|w| w.first() < w.get(1));
     if offsets.first() != Some(&0) || offsets.last() != Some(&(dim as u32)) || !monotone {
         return Err(invalid(
@@ -216,7 +216,7 @@ mod tests {
         write_pq(&p, &pq, &codes).unwrap();
         let back = read_pq(&p).unwrap();
         assert_eq!(back.codebook, pq);
-        assert_eq!(back.codes, codes);
+        assert_eq!(&back.codes[..], &codes[..]);
     }
 
     proptest! {

@@ -10,6 +10,7 @@
 //!
 //! | file | what |
 //! |---|---|
+//! | `codes.rs` | [`Codes`]: the code bytes, aligned to cache lines |
 //! | `encode.rs` | [`PqCodebook`]: chunking, centring, encoding, decoding |
 //! | `table.rs` | [`QueryTable`]: asymmetric distance computation (ADC) |
 //!
@@ -19,8 +20,11 @@
 //! used, and the table adds `⟨q, μ⟩` back, so an ADC value is exactly the
 //! inner product with the reconstructed vector.
 
+mod codes;
 mod encode;
 mod table;
 
+pub use codes::Codes;
 pub use encode::{PqCodebook, PqParams};
+pub(crate) use table::prefetch_codes;
 pub use table::QueryTable;

@@ -68,10 +68,23 @@ impl QueryTable {
     pub fn distance(&self, code: &[u8]) -> f32 {
         // Rows typed as [f32; 256] so that indexing by a u8 needs no bounds check.
         let rows: &[[f32; CENTROIDS]] = bytemuck::cast_slice(&self.table);
-        let mut sum = self.bias;
-        for (row, &c) in rows.iter().zip(code) {
-            sum += row[c as usize];
+        debug_assert_eq!(code.len(), rows.len());
+        // Four running sums, not one: each add waits only on its own sum,
+        // so four lookups are in flight at once instead of a chain of M
+        // dependent adds (the flat plan scores up to ~10^5 codes a query).
+        let mut acc = [0f32; 4];
+        let (rows4, rows_rest) = rows.split_at(rows.len() / 4 * 4);
+        let (code4, code_rest) = code.split_at(code.len().min(rows4.len()));
+        for (r, c) in rows4.chunks_exact(4).zip(code4.chunks_exact(4)) {
+            acc[0] += r[0][c[0] as usize];
+            acc[1] += r[1][c[1] as usize];
+            acc[2] += r[2][c[2] as usize];
+            acc[3] += r[3][c[3] as usize];
         }
+        for (row, &c) in rows_rest.iter().zip(code_rest) {
+            acc[0] += row[c as usize];
+        }
+        let sum = self.bias + ((acc[0] + acc[1]) + (acc[2] + acc[3]));
         // For cosine this is -⟨q̂, x̃⟩ with x̃ = μ + c the reconstruction of the
         // normalized point: about (1 - cos) - 1. Only the order matters here.
         sum
@@ -87,11 +100,7 @@ impl QueryTable {
     /// (perf on 1M points: 32% of search CPU was this function before.)
     pub fn distances(&self, codes: &[u8], ids: &[u32], out: &mut Vec<f32>) {
         let m = self.m;
-        let mut touch = 0u8;
-        for &id in ids {
-            touch ^= codes.get(id as usize * m).copied().unwrap_or(0);
-        }
-        std::hint::black_box(touch);
+        touch_codes(codes, m, ids);
         out.clear();
         out.extend(ids.iter().map(|&id| {
             let start = id as usize * m;
@@ -100,6 +109,44 @@ impl QueryTable {
                 .map_or(f32::INFINITY, |c| self.distance(c))
         }));
     }
+}
+
+/// Loads the first byte of each id's code (`m` bytes each), in a loop of
+/// independent loads that the CPU overlaps, so that the cache misses of
+/// scattered codes are paid together before the codes are scored.
+fn touch_codes(codes: &[u8], m: usize, ids: &[u32]) {
+    let mut touch = 0u8;
+    for &id in ids {
+        touch ^= codes.get(id as usize * m).copied().unwrap_or(0);
+    }
+    std::hint::black_box(touch);
+}
+
+/// Asks the CPU to bring each id's code (`m` bytes each) into the cache,
+/// without waiting for it: the scoring of earlier codes then overlaps
+/// these misses. Both ends of a code are asked for, as a code may cross a
+/// cache line.
+pub(crate) fn prefetch_codes(codes: &[u8], m: usize, ids: &[u32]) {
+    for &id in ids {
+        let start = id as usize * m;
+        if let Some(code) = codes.get(start..start + m) {
+            prefetch(code.as_ptr());
+            prefetch(code[m - 1..].as_ptr());
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that never faults and never reads into
+    // a register; `p` points into a live slice besides.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 #[cfg(test)]
@@ -188,5 +235,36 @@ mod tests {
             good >= 40,
             "PQ nearest is in exact top-10 for only {good}/50 queries"
         );
+    }
+
+    proptest! {
+        /// The unrolled sum equals the plain sum of the looked-up entries
+        /// for every chunk count, multiples of four or not.
+        #[test]
+        fn distance_is_the_sum_of_the_looked_up_entries(
+            entries in proptest::collection::vec(-100f32..100.0, 1..40usize * CENTROIDS),
+            seed in any::<u64>(),
+            bias in -10f32..10.0,
+        ) {
+            let m = entries.len() / CENTROIDS;
+            prop_assume!(m > 0);
+            let table = QueryTable {
+                table: entries[..m * CENTROIDS].to_vec(),
+                m,
+                bias,
+                scratch: Vec::new(),
+            };
+            let code: Vec<u8> = (0..m as u64)
+                .map(|i| (seed.wrapping_mul(i + 1).rotate_left(17) >> 3) as u8)
+                .collect();
+            let plain: f32 = bias
+                + code
+                    .iter()
+                    .enumerate()
+                    .map(|(c, &x)| table.table[c * CENTROIDS + x as usize])
+                    .sum::<f32>();
+            let got = table.distance(&code);
+            prop_assert!((got - plain).abs() <= 1e-3 * (1.0 + plain.abs()), "{got} vs {plain}");
+        }
     }
 }
