@@ -448,5 +448,5 @@ fn read_numeric(
             format!("field {name:?}: a document has two values"),
         ));
     }
-    Ok(NumericColumn { values, docs })
+    Ok(NumericColumn::new(values, docs))
 }

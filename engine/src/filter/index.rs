@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use roaring::RoaringBitmap;
+use roaring::{MultiOps, RoaringBitmap};
 use rustc_hash::FxHashMap;
 use serde_json::{Map, Value};
 
@@ -38,12 +38,37 @@ pub(super) enum FieldValues {
     Numeric(NumericColumn),
 }
 
-/// A numeric field as two parallel columns sorted by (value, doc).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A numeric field as two parallel columns sorted by (value, doc), and
+/// the documents of each run of `bin_len` entries as a bitmap.
+///
+/// A range is a slice of the columns, but its documents come in value
+/// order: made into a bitmap they must be sorted first. At 1M points that
+/// took ~4 ms for a 10 % range and ~8 ms for 30 %, more than the search
+/// (`bench --filter '{"ts": {"$lt": 300000}}'`). With the bins, a range is
+/// the union of the whole bins inside it plus the sorted entries of at
+/// most two part bins. The bins are built when the column is (at open, in
+/// RAM: nothing on disk changes) and hold each entry once: about 2 bytes
+/// per entry beside the columns' 12.
+#[derive(Debug, Clone, Default)]
 pub(super) struct NumericColumn {
     pub values: Vec<f64>,
     pub docs: Vec<u32>,
+    bin_len: usize,
+    bins: Vec<RoaringBitmap>,
 }
+
+impl PartialEq for NumericColumn {
+    /// The bins follow from the columns.
+    fn eq(&self, other: &Self) -> bool {
+        self.values == other.values && self.docs == other.docs
+    }
+}
+
+/// Entries per bin: at least `MIN_BIN_LEN` (smaller ones save little
+/// sorting), and at most `MAX_BINS` bins (a range then unions at most
+/// that many bitmaps).
+const MIN_BIN_LEN: usize = 16_384;
+const MAX_BINS: usize = 64;
 
 impl FieldValues {
     pub(super) fn kind(&self) -> FieldKind {
@@ -110,7 +135,14 @@ impl FilterIndex {
                         total += ENTRY + value.len() as u64 + docs.serialized_size() as u64;
                     }
                 }
-                FieldValues::Numeric(col) => total += 12 * col.values.len() as u64,
+                FieldValues::Numeric(col) => {
+                    total += 12 * col.values.len() as u64
+                        + col
+                            .bins
+                            .iter()
+                            .map(|b| b.serialized_size() as u64)
+                            .sum::<u64>()
+                }
             }
         }
         total
@@ -253,6 +285,28 @@ fn eq(f: &FieldIndex, s: &Scalar) -> RoaringBitmap {
 }
 
 impl NumericColumn {
+    /// The column of `values` and `docs` (sorted by (value, doc)), binned.
+    pub(super) fn new(values: Vec<f64>, docs: Vec<u32>) -> Self {
+        let bin_len = MIN_BIN_LEN.max(docs.len().div_ceil(MAX_BINS));
+        Self::with_bin_len(values, docs, bin_len)
+    }
+
+    fn with_bin_len(values: Vec<f64>, docs: Vec<u32>, bin_len: usize) -> Self {
+        let bin_len = bin_len.max(1);
+        // A column of one bin or less is sorted whole, as before.
+        let bins = if docs.len() > bin_len {
+            docs.chunks(bin_len).map(sorted_bitmap).collect()
+        } else {
+            Vec::new()
+        };
+        NumericColumn {
+            values,
+            docs,
+            bin_len,
+            bins,
+        }
+    }
+
     /// The entries `lo..hi` of the sorted column that satisfy `op x`.
     fn interval(&self, op: CmpOp, x: &f64) -> (usize, usize) {
         let v = &self.values;
@@ -264,27 +318,38 @@ impl NumericColumn {
         }
     }
 
-    /// The documents of entries `lo..hi`. They come in value order, so
-    /// they are sorted before the bitmap is built; a range wider than half
-    /// the column is built as `exists` minus the entries outside it, so at
-    /// most half the column is ever sorted.
+    /// The documents of entries `lo..hi`: the union of the bins wholly
+    /// inside, plus the part bins at either end, sorted. Without bins (a
+    /// short column), a range wider than half the column is built as
+    /// `exists` minus the entries outside it, so at most half the column
+    /// is ever sorted.
     fn bitmap(&self, lo: usize, hi: usize, exists: &RoaringBitmap) -> RoaringBitmap {
-        let sorted = |parts: &[&[u32]]| {
-            let mut docs: Vec<u32> = parts.concat();
-            docs.sort_unstable();
-            RoaringBitmap::from_sorted_iter(docs.iter().copied())
-                .unwrap_or_else(|_| docs.iter().copied().collect())
-        };
         let hi = hi.min(self.docs.len());
         let lo = lo.min(hi);
+        let part = |a: usize, b: usize| self.docs.get(a..b).unwrap_or(&[]);
+        let (first, end) = (lo.div_ceil(self.bin_len), hi / self.bin_len);
+        if let Some(whole) = self.bins.get(first..end).filter(|w| !w.is_empty()) {
+            let mut docs = whole.union();
+            docs |= sorted_bitmap(part(lo, first * self.bin_len));
+            docs |= sorted_bitmap(part(end * self.bin_len, hi));
+            return docs;
+        }
         if 2 * (hi - lo) <= self.docs.len() {
-            sorted(&[self.docs.get(lo..hi).unwrap_or(&[])])
+            sorted_bitmap(part(lo, hi))
         } else {
-            let below = self.docs.get(..lo).unwrap_or(&[]);
-            let above = self.docs.get(hi..).unwrap_or(&[]);
-            exists - sorted(&[below, above])
+            let mut outside = part(0, lo).to_vec();
+            outside.extend_from_slice(part(hi, self.docs.len()));
+            exists - sorted_bitmap(&outside)
         }
     }
+}
+
+/// The bitmap of `docs`, given in any order.
+fn sorted_bitmap(docs: &[u32]) -> RoaringBitmap {
+    let mut docs = docs.to_vec();
+    docs.sort_unstable();
+    RoaringBitmap::from_sorted_iter(docs.iter().copied())
+        .unwrap_or_else(|_| docs.iter().copied().collect())
 }
 
 /// Builds a [`FilterIndex`] from payloads, one document at a time, in
@@ -512,10 +577,10 @@ impl FieldBuilder {
             Some((FieldKind::Numeric, _)) => {
                 let mut entries = self.numbers;
                 entries.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                FieldValues::Numeric(NumericColumn {
-                    values: entries.iter().map(|e| e.0).collect(),
-                    docs: entries.iter().map(|e| e.1).collect(),
-                })
+                FieldValues::Numeric(NumericColumn::new(
+                    entries.iter().map(|e| e.0).collect(),
+                    entries.iter().map(|e| e.1).collect(),
+                ))
             }
             Some(_) => FieldValues::Keyword(
                 self.keywords
@@ -528,5 +593,40 @@ impl FieldBuilder {
             ),
         };
         FieldIndex { exists, values }
+    }
+}
+
+#[cfg(test)]
+mod bin_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A range's bitmap, from bins or sorted entries, holds exactly
+        /// the documents of its entries, for every bin length.
+        #[test]
+        fn binned_ranges_hold_exactly_their_entries(
+            mut entries in proptest::collection::vec((0u8..50, 0u32..5_000), 0..600),
+            bin_len in 1usize..80,
+            a in 0usize..700,
+            b in 0usize..700,
+        ) {
+            // One value per document, as the builder and the reader require.
+            let mut seen = std::collections::HashSet::new();
+            entries.retain(|e| seen.insert(e.1));
+            entries.sort_unstable_by_key(|&(v, d)| (v, d));
+            let values: Vec<f64> = entries.iter().map(|e| f64::from(e.0)).collect();
+            let docs: Vec<u32> = entries.iter().map(|e| e.1).collect();
+            let exists: RoaringBitmap = docs.iter().copied().collect();
+            let col = NumericColumn::with_bin_len(values, docs.clone(), bin_len);
+            let (lo, hi) = (a.min(b), a.max(b));
+            let want: RoaringBitmap = docs
+                .get(lo.min(docs.len())..hi.min(docs.len()))
+                .unwrap_or(&[])
+                .iter()
+                .copied()
+                .collect();
+            prop_assert_eq!(col.bitmap(lo, hi, &exists), want);
+        }
     }
 }
