@@ -13,7 +13,7 @@
 # Env overrides (defaults in brackets):
 #   DATA_DIR [/work/bench/f1m]  RESULTS_DIR [$DATA_DIR/results-<UTC time>]
 #   N [1000000]  NQ [1000]  SEED [42]  THREADS [2]  ROUNDS [2]
-#   LISTS [10,20,40,80,160,320]  R [64]  BUILD_L [100]  PQ_BYTES [32]
+#   LISTS [10,20,30,40,60,80,120,160]  R [64]  BUILD_L [100]  PQ_BYTES [32]
 #   SKIP_DISKANN=1 to run shardann only; DISKANNPY_VENV for setup-diskannpy.sh
 #   PLANS=1 also runs every filter with each plan forced (--flat-max 0: the
 #     filtered graph walk; --flat-max 10^9: PQ scores of all matches), in
@@ -28,7 +28,7 @@ REPO="$(dirname "$HERE")"
 DATA_DIR="${DATA_DIR:-/work/bench/f1m}"
 RESULTS_DIR="${RESULTS_DIR:-$DATA_DIR/results-$(date -u +%Y%m%dT%H%M%SZ)}"
 N="${N:-1000000}" NQ="${NQ:-1000}" SEED="${SEED:-42}" THREADS="${THREADS:-2}" ROUNDS="${ROUNDS:-2}"
-LISTS="${LISTS:-10,20,40,80,160,320}" R="${R:-64}" BUILD_L="${BUILD_L:-100}" PQ_BYTES="${PQ_BYTES:-32}"
+LISTS="${LISTS:-10,20,30,40,60,80,120,160}" R="${R:-64}" BUILD_L="${BUILD_L:-100}" PQ_BYTES="${PQ_BYTES:-32}"
 mkdir -p "$DATA_DIR" "$RESULTS_DIR"
 DATA_DIR="$(realpath "$DATA_DIR")" RESULTS_DIR="$(realpath "$RESULTS_DIR")"
 step() { printf '\n== %s\n' "$*" >&2; }
@@ -41,6 +41,7 @@ FILTERS=(
   'l9={"label": "l9"}'
   'l35={"label": "l35"}'
   'ts10={"ts": {"$lt": 100000}}'
+  'ts30={"ts": {"$lt": 300000}}'
   'ts1={"ts": {"$gte": 500000, "$lt": 510000}}'
   'l1_ts20={"$and": [{"label": "l1"}, {"ts": {"$lt": 200000}}]}'
   'l2_ts10={"$and": [{"label": "l2"}, {"ts": {"$lt": 100000}}]}'
