@@ -12,8 +12,9 @@
 //! | [`MemReader`] | copies from a buffer | tests |
 //!
 //! [`open_reader`] with [`IoBackend::Auto`] probes io_uring and falls back to
-//! `pread`, saying so once on stderr. This is the one module of the engine
-//! with `unsafe` code: handing buffers to the kernel.
+//! `pread`, saying so once on stderr. Its `unsafe` code hands buffers to
+//! the kernel; the engine's other `unsafe` blocks are `metric`'s SIMD
+//! kernels, `data`'s file mapping and `pq`'s prefetch hint.
 #![allow(unsafe_code)]
 
 use std::fs::File;

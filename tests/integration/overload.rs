@@ -107,6 +107,9 @@ fn metric(addr: SocketAddr, name: &str) -> f64 {
 /// and no hits from its own shard. Now every answer is either complete
 /// (within its deadline) or a 503 with `Retry-After` naming the limit;
 /// `/healthz` answers throughout, and no local search times out.
+/// How far past its deadline a complete answer may arrive (see its use).
+const DEADLINE_SLACK_MS: u64 = 50;
+
 #[test]
 fn issue_10_an_overloaded_node_sheds_instead_of_answering_empty() {
     let dir = tempfile::tempdir().unwrap();
@@ -187,9 +190,14 @@ fn issue_10_an_overloaded_node_sheds_instead_of_answering_empty() {
                     "answer {i}: {}",
                     r.body
                 );
+                // The deadline bounds the wait for reads and peers; the
+                // merge after the last check, and the executor's next turn
+                // on a loaded 2-core machine, come after it (a pread run in
+                // CI once answered in full 4 ms past it). A search that
+                // ignored its deadline would be late by whole rounds.
                 let took_us = r.body["took_us"].as_u64().unwrap();
                 assert!(
-                    took_us <= timeout_ms * 1000,
+                    took_us <= (timeout_ms + DEADLINE_SLACK_MS) * 1000,
                     "answer {i} took {took_us} µs, deadline {timeout_ms} ms"
                 );
             }
