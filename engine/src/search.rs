@@ -108,8 +108,8 @@ pub enum Plan {
 /// (still 0.92 at L=80); 152K, flat 256–263 vs 220–234 (L=80); 200K,
 /// flat 158–161 vs 165–173 (L=60); 512K, flat 137–153 vs 656–725 (L=40).
 /// So the crossover is near 200K matches. (It was 125,000 before the
-/// flat plan's scoring was made 1.5–2× faster, and 50,000 before that, a
-/// guess from a 20K-point run.)
+/// flat plan's scoring was made 1.5–3.5× faster, and 50,000 before that,
+/// a guess from a 20K-point run.)
 pub const FLAT_MAX_MATCHES: u64 = 200_000;
 
 /// Chooses how to search for a filter matching `matches` of `total` points.
@@ -140,10 +140,10 @@ pub fn choose_plan(matches: u64, total: u64, params: SearchParams, flat_max: u64
     Plan::FilteredGraph { list }
 }
 
-/// Matches scored per block by the flat plan: their codes are touched
-/// first, together, then scored while they sit in L1. Scoring codes one
-/// after another instead waits on each one's cache miss in turn: perf at
-/// 1M points put 80 % of the flat plan's time on the first load of each
+/// Matches per block of the flat plan: the next block's codes are
+/// prefetched while this block's are scored. Scoring codes one after
+/// another without it waits on each one's cache miss in turn: perf at 1M
+/// points put 80 % of the flat plan's time on the first load of each
 /// code.
 const SCORE_BLOCK: usize = 64;
 
