@@ -15,6 +15,9 @@
 #   N [1000000]  NQ [1000]  SEED [42]  THREADS [2]  ROUNDS [2]
 #   LISTS [10,20,30,40,60,80,120,160]  R [64]  BUILD_L [100]  PQ_BYTES [32]
 #   SKIP_DISKANN=1 to run shardann only; DISKANNPY_VENV for setup-diskannpy.sh
+#   CLUSTER=label,ts also runs every filter with --cluster-codes label,ts (the
+#     PQ codes copied in each field's value order; results named NAME+c)
+#   ONLY=l2,ts30 runs only these filters (default: all)
 #   PLANS=1 also runs every filter with each plan forced (--flat-max 0: the
 #     filtered graph walk; --flat-max 10^9: PQ scores of all matches), in
 #     round 1: the measurement behind the flat/graph switch point
@@ -79,9 +82,16 @@ for round in $(seq 1 "$ROUNDS"); do
     --threads "$THREADS" --json "$RESULTS_DIR/r$round-all.json" | tail -n +1
   for f in "${FILTERS[@]}"; do
     name="${f%%=*}" json="${f#*=}"
+    [[ -z "${ONLY:-}" || ",$ONLY," == *",$name,"* ]] || continue
     step "round $round: $name $json"
     "$BIN" bench --index index --queries query.u8bin --gt "gt/gt-$name.bin" --list "$LISTS" \
       --threads "$THREADS" --filter "$json" --json "$RESULTS_DIR/r$round-$name.json"
+    if [[ -n "${CLUSTER:-}" ]]; then
+      step "round $round: $name $json, --cluster-codes $CLUSTER"
+      "$BIN" bench --index index --queries query.u8bin --gt "gt/gt-$name.bin" --list "$LISTS" \
+        --threads "$THREADS" --filter "$json" --cluster-codes "$CLUSTER" \
+        --json "$RESULTS_DIR/r$round-$name+c.json"
+    fi
     if [[ "$round" == 1 && "${PLANS:-0}" == 1 ]]; then
       for forced in graph:0 flat:1000000000; do
         step "round $round: $name forced ${forced%%:*}"

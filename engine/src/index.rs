@@ -20,11 +20,12 @@ use std::time::Instant;
 use roaring::RoaringBitmap;
 
 use crate::cache::{CacheError, NodeCache};
+use crate::clustered::ClusteredCodes;
 use crate::data::Vectors;
 use crate::docs::Documents;
 use crate::element::ElemType;
-use crate::error::FormatError;
-use crate::error::{Error, Result};
+use crate::error::{Error, FilterError, FormatError, Result};
+use crate::filter::{Filter, Span};
 use crate::io::{open_reader, AlignedBuf, IoBackend, SectorReader, SectorRequest};
 use crate::layout::{
     self, IndexHeader, Manifest, SectorGeometry, BUILD_INFO_FILE, IDS_FILE, INDEX_FILE, PQ_FILE,
@@ -33,7 +34,7 @@ use crate::layout::{
 use crate::metric::{Element, Metric};
 use crate::pq::{Codes, PqCodebook, PqParams};
 use crate::progress::Progress;
-use crate::search::{BeamSearch, Hit, Plan, SearchParams, SearchStats};
+use crate::search::{BeamSearch, Hit, Plan, SearchParams, SearchStats, CLUSTERED_MAX_ENTRIES};
 use crate::vamana::{self, VamanaParams};
 
 /// Everything `build` needs besides the data.
@@ -173,6 +174,40 @@ pub struct DiskIndex {
     /// User ids, payloads and filter index, when the segment has them;
     /// attached by [`crate::segment::open`].
     documents: Option<Documents>,
+    /// Copies of the codes in filter fields' value orders (opt-in, see
+    /// [`DiskIndex::cluster_codes`]).
+    clustered: Vec<ClusteredCodes>,
+    /// Most entries of a clustered run scored for one query.
+    clustered_max_entries: usize,
+}
+
+/// What a filter admits in one index: the matching segment-local ids, and
+/// the run of a clustered copy of the codes that holds them, when there is
+/// one (from [`DiskIndex::evaluate`]).
+#[derive(Debug, Clone)]
+pub struct Matches {
+    docs: Arc<RoaringBitmap>,
+    /// Which clustered copy, and its run.
+    run: Option<(usize, Span)>,
+}
+
+impl Matches {
+    /// Matches given as a bitmap, with no clustered run: such a search
+    /// takes the flat or the filtered-walk plan.
+    pub fn new(docs: Arc<RoaringBitmap>) -> Self {
+        Matches { docs, run: None }
+    }
+
+    /// The matching segment-local ids.
+    pub fn docs(&self) -> &Arc<RoaringBitmap> {
+        &self.docs
+    }
+}
+
+impl From<RoaringBitmap> for Matches {
+    fn from(docs: RoaringBitmap) -> Self {
+        Matches::new(Arc::new(docs))
+    }
 }
 
 impl std::fmt::Debug for DiskIndex {
@@ -272,6 +307,8 @@ impl DiskIndex {
             manifest: None,
             flat_max_matches: crate::search::FLAT_MAX_MATCHES,
             documents: None,
+            clustered: Vec::new(),
+            clustered_max_entries: CLUSTERED_MAX_ENTRIES,
         })
         .and_then(|mut idx| {
             let ids_path = idx.dir.join(IDS_FILE);
@@ -336,6 +373,118 @@ impl DiskIndex {
         self.flat_max_matches
     }
 
+    /// Keeps a copy of the PQ codes in the value order of each of `fields`
+    /// (indexed filter fields), so that a filter on one of them (a keyword,
+    /// a range, or an `$and` holding one) scores its matches as one
+    /// contiguous run: [`Plan::Clustered`]. Replaces the copies held
+    /// before; an empty list drops them. Costs `M + 4` bytes per entry and
+    /// field (see [`crate::clustered`]).
+    pub fn cluster_codes(&mut self, fields: &[String]) -> Result<()> {
+        let mut copies = Vec::with_capacity(fields.len());
+        for field in fields {
+            let filters = self
+                .documents
+                .as_ref()
+                .and_then(Documents::filters)
+                .ok_or_else(|| FilterError::NotIndexed {
+                    field: field.clone(),
+                    indexed: "none: this index was built without --filter-fields".into(),
+                })?;
+            copies.push(ClusteredCodes::build(
+                filters,
+                field,
+                &self.codes,
+                self.pq.num_chunks(),
+            )?);
+        }
+        self.clustered = copies;
+        Ok(())
+    }
+
+    /// The fields whose clustered copies of the codes are held.
+    pub fn clustered_fields(&self) -> impl Iterator<Item = &str> + '_ {
+        self.clustered.iter().map(ClusteredCodes::field)
+    }
+
+    /// Clustered runs longer than `n` entries are not scanned (see
+    /// [`crate::search::choose_plan_clustered`]); for measuring the switch.
+    pub fn set_clustered_max_entries(&mut self, n: usize) {
+        self.clustered_max_entries = n;
+    }
+
+    /// The segment-local ids `filter` matches, and the shortest run of a
+    /// clustered copy that holds them all (if any copy confines them).
+    pub fn evaluate(&self, filter: &Filter) -> Result<Matches> {
+        let docs = self
+            .documents
+            .as_ref()
+            .ok_or_else(|| FilterError::NotIndexed {
+                field: filter.fields().first().map_or("", |f| f).to_string(),
+                indexed: "none: this index has no documents".into(),
+            })?;
+        let bitmap = docs.evaluate(filter)?;
+        let run = docs.filters().and_then(|filters| {
+            self.clustered
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.span(filters, filter).map(|s| (i, s)))
+                .min_by_key(|(_, s)| (!s.exact, s.len()))
+        });
+        Ok(Matches {
+            docs: Arc::new(bitmap),
+            run,
+        })
+    }
+
+    /// Starts `search` for `query`, among `matches` only when given, with
+    /// the plan for their count: what every driver (the blocking one here,
+    /// the server's async one) calls before feeding it records.
+    pub fn start_search<T: Element>(
+        &self,
+        search: &mut BeamSearch<T>,
+        query: &[T],
+        params: SearchParams,
+        matches: Option<&Matches>,
+    ) -> Plan {
+        let entry = self.header.medoid as u32;
+        let Some(matches) = matches else {
+            search.start(&self.pq, &self.codes, entry, query, params);
+            return Plan::Graph;
+        };
+        let total = self.header.num_points;
+        let filter = matches.docs.clone();
+        match matches
+            .run
+            .and_then(|(i, span)| Some((self.clustered.get(i)?, span)))
+        {
+            Some((copy, span)) => {
+                let (codes, docs) = copy.run(span);
+                search.start_clustered(
+                    &self.pq,
+                    &self.codes,
+                    entry,
+                    total,
+                    query,
+                    params,
+                    filter,
+                    self.flat_max_matches,
+                    (codes, docs, span.exact),
+                    self.clustered_max_entries,
+                )
+            }
+            None => search.start_filtered(
+                &self.pq,
+                &self.codes,
+                entry,
+                total,
+                query,
+                params,
+                filter,
+                self.flat_max_matches,
+            ),
+        }
+    }
+
     /// The segment's documents (user ids, payloads, filter index), if any.
     pub fn documents(&self) -> Option<&Documents> {
         self.documents.as_ref()
@@ -397,6 +546,11 @@ impl DiskIndex {
             + self.cache.memory_bytes()
             + self.global_ids.as_ref().map_or(0, |g| 4 * g.len())
             + self.documents.as_ref().map_or(0, Documents::memory_bytes)
+            + self
+                .clustered
+                .iter()
+                .map(ClusteredCodes::memory_bytes)
+                .sum::<usize>()
     }
 
     /// Checks a query's length and type against the index.
@@ -491,7 +645,8 @@ impl DiskIndex {
         params: SearchParams,
         filter: Arc<RoaringBitmap>,
     ) -> Result<(Vec<Hit>, SearchStats, Plan)> {
-        let (mut hits, stats, plan) = self.search_local(scratch, query, params, Some(filter))?;
+        let matches = Matches::new(filter);
+        let (mut hits, stats, plan) = self.search_local(scratch, query, params, Some(&matches))?;
         self.map_to_global(&mut hits);
         Ok((hits, stats, plan))
     }
@@ -503,34 +658,14 @@ impl DiskIndex {
         scratch: &mut SearchScratch<T>,
         query: &[T],
         params: SearchParams,
-        filter: Option<Arc<RoaringBitmap>>,
+        matches: Option<&Matches>,
     ) -> Result<(Vec<Hit>, SearchStats, Plan)> {
         params.validate()?;
         self.check_query("query", query)?;
         if self.is_empty() {
             return Ok((Vec::new(), SearchStats::default(), Plan::Empty));
         }
-        let Some(filter) = filter else {
-            scratch.search.start(
-                &self.pq,
-                self.codes(),
-                self.header.medoid as u32,
-                query,
-                params,
-            );
-            let (hits, stats) = self.drive(scratch)?;
-            return Ok((hits, stats, Plan::Graph));
-        };
-        let plan = scratch.search.start_filtered(
-            &self.pq,
-            self.codes(),
-            self.header.medoid as u32,
-            self.header.num_points,
-            query,
-            params,
-            filter,
-            self.flat_max_matches,
-        );
+        let plan = self.start_search(&mut scratch.search, query, params, matches);
         let (hits, stats) = self.drive(scratch)?;
         Ok((hits, stats, plan))
     }

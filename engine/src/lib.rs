@@ -42,6 +42,7 @@
 //! | 5 | [`io`] | the [`io::SectorReader`] trait, io_uring and `pread` readers |
 //! | 5 | [`search`] | beam search as a state machine that asks for sectors and is fed them; filtered plans |
 //! | 6 | [`cache`] | node records near the entry point, held in RAM |
+//! | 6 | [`clustered`] | copies of the PQ codes in a filter field's value order (opt-in) |
 //! | 7 | [`index`] | one index directory: build it, open it, search it |
 //! | 8 | [`segment`] | an immutable, sealed, checksummed index directory |
 //! | 9 | [`shard`] | a shard directory: versions and `CURRENT`; the layer that will hold a shard's other parts |
@@ -58,6 +59,7 @@ compile_error!("shardann's on-disk format is little-endian; big-endian targets a
 
 pub mod cache;
 pub mod cluster;
+pub mod clustered;
 pub mod data;
 pub mod docs;
 pub mod element;

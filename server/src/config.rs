@@ -59,6 +59,11 @@ pub struct NodeConfig {
     /// Nodes per local shard kept in RAM, nearest the entry point first.
     #[serde(default)]
     pub cache_nodes: usize,
+    /// Filter fields whose value order each local shard keeps a copy of
+    /// the PQ codes in (`DiskIndex::cluster_codes`): filters on them at
+    /// 10-30 % selectivity score their matches as one contiguous run.
+    #[serde(default)]
+    pub cluster_codes: Vec<String>,
     /// A sentence-transformers model folder (`config.json`,
     /// `model.safetensors`, `tokenizer.json`): with one, a query may be
     /// plain text, embedded by this node (`serve --model`). Relative to the
@@ -170,6 +175,7 @@ impl NodeConfig {
             executors: None,
             deadline_ms: DEFAULT_DEADLINE_MS,
             cache_nodes: 0,
+            cluster_codes: Vec::new(),
             model_dir: None,
             max_body_bytes: DEFAULT_MAX_BODY,
             cluster_token: None,

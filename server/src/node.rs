@@ -38,9 +38,8 @@ use shardann_engine::cluster::ClusterManifest;
 use shardann_engine::docs::{Include, UserId};
 use shardann_engine::element::ElemType;
 use shardann_engine::embed::{Encoder, Workload};
-use shardann_engine::filter::RoaringBitmap;
 use shardann_engine::fusion::Fusion;
-use shardann_engine::index::{DiskIndex, OpenOptions};
+use shardann_engine::index::{DiskIndex, Matches, OpenOptions};
 use shardann_engine::search::{BeamSearch, Plan, SearchStats};
 use shardann_engine::text::{TextIndex, TextStats};
 
@@ -169,9 +168,9 @@ impl Node {
                 cache_nodes: config.cache_nodes,
                 ..OpenOptions::buffered()
             };
-            *slot = Some(RwLock::new(Arc::new(
-                manifest.open_shard(dir, s as usize, opts)?,
-            )));
+            let mut index = manifest.open_shard(dir, s as usize, opts)?;
+            index.cluster_codes(&config.cluster_codes)?;
+            *slot = Some(RwLock::new(Arc::new(index)));
         }
         let mut replicas = vec![Vec::new(); n];
         let mut peers = Vec::with_capacity(config.peers.len());
@@ -699,7 +698,7 @@ impl<T: WireElem> Executor<T> {
         // Held for the whole search: a swap to a newer version meanwhile
         // does not pull this version from under the query.
         index: Arc<DiskIndex>,
-        matches: Option<Arc<RoaringBitmap>>,
+        matches: Option<Matches>,
         q: &Query<T>,
         fetch_fields: bool,
     ) -> Result<LocalFound> {
@@ -718,9 +717,15 @@ impl<T: WireElem> Executor<T> {
             let t = Instant::now();
             let file = self.file_for(s, &index).await?;
             let mut scratch = self.scratch.borrow_mut().pop().unwrap_or_default();
-            let out =
-                search_one_filtered(&index, &file, &mut scratch, vector, params, matches.clone())
-                    .await;
+            let out = search_one_filtered(
+                &index,
+                &file,
+                &mut scratch,
+                vector,
+                params,
+                matches.as_ref(),
+            )
+            .await;
             self.scratch.borrow_mut().push(scratch);
             let (mut hits, st, plan) = out?;
             found.dense_us = t.elapsed().as_micros() as u64;
@@ -774,7 +779,12 @@ impl<T: WireElem> Executor<T> {
             };
             let terms = index_text.analyze(&text.text);
             let found_text = index_text
-                .search(&terms, text.stats.as_ref(), want, matches)
+                .search(
+                    &terms,
+                    text.stats.as_ref(),
+                    want,
+                    matches.map(|m| m.docs().clone()),
+                )
                 .map_err(|e| ServerError::from(shardann_engine::Error::text(index.dir(), e)))?;
             let locals: Vec<u32> = found_text.iter().map(|h| h.0).collect();
             let fields = docs.fetch(&locals, &include)?;
@@ -1346,18 +1356,18 @@ fn text_index(index: &DiskIndex) -> Result<&TextIndex> {
 /// The segment-local ids of `index` that `q`'s filter admits (`None`: no
 /// filter). A filter or include on a shard without documents, or a filter
 /// naming a field the shard does not index, is the request's fault (a 400).
-fn prepare_filter<T>(index: &DiskIndex, q: &Query<T>) -> Result<Option<Arc<RoaringBitmap>>> {
-    let Some(docs) = index.documents() else {
+fn prepare_filter<T>(index: &DiskIndex, q: &Query<T>) -> Result<Option<Matches>> {
+    if index.documents().is_none() {
         if q.filter.is_some() || !q.include.is_empty() {
             return Err(ApiError::NoDocuments(index.dir().display().to_string()).into());
         }
         return Ok(None);
-    };
+    }
     let Some((filter, _)) = &q.filter else {
         return Ok(None);
     };
-    match docs.evaluate(filter) {
-        Ok(m) => Ok(Some(Arc::new(m))),
+    match index.evaluate(filter) {
+        Ok(m) => Ok(Some(m)),
         Err(shardann_engine::Error::Filter(e)) => Err(ApiError::Filter(e.to_string()).into()),
         Err(e) => Err(e.into()),
     }

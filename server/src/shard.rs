@@ -19,12 +19,10 @@
 //! without a read and counted in `stats.cache_hits`, not `stats.ios`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use futures::future::join_all;
 use glommio::io::{DmaFile, ReadResult};
-use shardann_engine::filter::RoaringBitmap;
-use shardann_engine::index::DiskIndex;
+use shardann_engine::index::{DiskIndex, Matches};
 use shardann_engine::layout::INDEX_FILE;
 use shardann_engine::layout::{NodeLocation, SectorGeometry, SECTOR};
 use shardann_engine::search::{BeamSearch, Hit, Plan, SearchParams, SearchStats};
@@ -96,8 +94,8 @@ pub async fn search_one<T: Element>(
     Ok((hits, stats))
 }
 
-/// [`search_one`] restricted to the segment-local ids in `filter` (when
-/// given), returning segment-LOCAL ids and the plan the search took. The
+/// [`search_one`] restricted to the segment-local ids `matches` holds
+/// (when given; from `DiskIndex::evaluate`), returning segment-LOCAL ids and the plan the search took. The
 /// caller maps the ids: to user ids through the index's documents, or to
 /// global ids with `DiskIndex::map_to_global`.
 pub async fn search_one_filtered<T: Element>(
@@ -106,7 +104,7 @@ pub async fn search_one_filtered<T: Element>(
     scratch: &mut BeamSearch<T>,
     query: &[T],
     params: SearchParams,
-    filter: Option<Arc<RoaringBitmap>>,
+    matches: Option<&Matches>,
 ) -> Result<(Vec<Hit>, SearchStats, Plan)> {
     params.validate()?;
     index.check_query("query", query)?;
@@ -116,23 +114,7 @@ pub async fn search_one_filtered<T: Element>(
     let geometry = index.geometry();
     let codes = index.codes();
     let m = index.pq().num_chunks();
-    let entry = index.header().medoid as u32;
-    let plan = match filter {
-        None => {
-            scratch.start(index.pq(), codes, entry, query, params);
-            Plan::Graph
-        }
-        Some(filter) => scratch.start_filtered(
-            index.pq(),
-            codes,
-            entry,
-            index.header().num_points,
-            query,
-            params,
-            filter,
-            index.flat_max_matches(),
-        ),
-    };
+    let plan = index.start_search(scratch, query, params, matches);
     // Copied out of the scratch because the records are visited (a mutable
     // borrow of the scratch) while the batch is still being walked. A flat
     // plan asks for all its nodes at once, so the buffer grows to the batch.

@@ -85,9 +85,12 @@ fn filtered_search_returns_user_ids_and_payloads_and_matches_filtered_truth() {
         "--out",
         p(&gt),
     ]);
-    for flat_max in ["50000", "100"] {
-        let json = d.path().join(format!("bench-{flat_max}.json"));
-        let out = cli_ok(&[
+    // The flat plan, the filtered walk, and the clustered runs (label and
+    // year orders: `{"label": "l0"}` and the year range are exact runs; the
+    // `$and`'s runs hold too few matches to be scanned).
+    for (flat_max, cluster) in [("50000", ""), ("100", ""), ("50000", "label,year")] {
+        let json = d.path().join(format!("bench-{flat_max}-{cluster}.json"));
+        let mut args = vec![
             "bench",
             "--index",
             p(&idx),
@@ -104,11 +107,21 @@ fn filtered_search_returns_user_ids_and_payloads_and_matches_filtered_truth() {
             "--buffered",
             "--json",
             p(&json),
-        ]);
+        ];
+        if !cluster.is_empty() {
+            args.extend(["--cluster-codes", cluster]);
+        }
+        let out = cli_ok(&args);
         let r = report(&json);
-        assert!(recall_at(&r, 200) >= 0.95, "flat-max {flat_max}: {out}");
+        assert!(
+            recall_at(&r, 200) >= 0.95,
+            "flat-max {flat_max} {cluster}: {out}"
+        );
         let plans = &r["runs"][0]["filtered"]["plans"];
-        if flat_max == "100" {
+        if !cluster.is_empty() {
+            // Two shapes of six are exact runs.
+            assert_eq!(plans["clustered"].as_u64(), Some(20), "{out}");
+        } else if flat_max == "100" {
             assert!(plans["filtered_graph"].as_u64().unwrap_or(0) > 0, "{out}");
         } else {
             assert!(plans["flat"].as_u64().unwrap_or(0) > 0, "{out}");

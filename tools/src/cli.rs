@@ -334,6 +334,10 @@ pub struct BenchArgs {
     /// PQ codes instead of walking the graph (default 200000).
     #[arg(long)]
     pub flat_max: Option<u64>,
+    /// With --cluster-codes: runs of a clustered copy longer than this are
+    /// not scanned; the filtered walk is used (default 320000).
+    #[arg(long)]
+    pub clustered_max: Option<usize>,
     /// Fetch these payload fields of every hit (comma-separated, `*` for
     /// all), as a search with "include" does, and count it in the query's
     /// time; the report gives the document blocks read per query. Blocking
@@ -543,6 +547,13 @@ pub struct ReadArgs {
     /// read them without IO (about record size × N bytes).
     #[arg(long, default_value_t = 0)]
     pub cache_nodes: usize,
+    /// Filter fields to keep a copy of the PQ codes for, in each field's
+    /// value order (comma-separated). A filter on one of them (a keyword,
+    /// a range, or an $and holding one) then scores its matches as one
+    /// contiguous run: 1.5-3x faster at 10-30 % selectivity, for M + 4
+    /// bytes of RAM per point and field.
+    #[arg(long, value_delimiter = ',', value_name = "FIELDS")]
+    pub cluster_codes: Vec<String>,
 }
 
 impl Default for ReadArgs {
@@ -551,6 +562,7 @@ impl Default for ReadArgs {
             buffered: false,
             io: IoBackend::Auto,
             cache_nodes: 0,
+            cluster_codes: Vec::new(),
         }
     }
 }
@@ -568,8 +580,11 @@ impl ReadArgs {
     /// Opens the index at `dir` as these flags say.
     pub fn open(&self, dir: &std::path::Path) -> anyhow::Result<shardann_engine::index::DiskIndex> {
         use anyhow::Context;
-        shardann_engine::shard::open(dir, self.open_options())
-            .with_context(|| format!("opening index {}", dir.display()))
+        let mut idx = shardann_engine::shard::open(dir, self.open_options())
+            .with_context(|| format!("opening index {}", dir.display()))?;
+        idx.cluster_codes(&self.cluster_codes)
+            .with_context(|| format!("--cluster-codes on {}", dir.display()))?;
+        Ok(idx)
     }
 }
 
@@ -622,6 +637,11 @@ pub struct ServeArgs {
     /// Nodes per local shard to keep in RAM (overrides the config).
     #[arg(long)]
     pub cache_nodes: Option<usize>,
+    /// Filter fields whose value order each local shard keeps a copy of
+    /// the PQ codes in (comma-separated; overrides cluster_codes in the
+    /// config): see `search --help`.
+    #[arg(long, value_delimiter = ',', value_name = "FIELDS")]
+    pub cluster_codes: Option<Vec<String>>,
     /// Default per-request deadline in ms (overrides the config).
     #[arg(long)]
     pub deadline_ms: Option<u64>,

@@ -1,6 +1,6 @@
 //! `demo`: gen → groundtruth → build → bench on a sift-like set with
 //! generated documents (a Zipf label and a number per point), then a
-//! filtered bench on two labels, one per plan: the whole pipeline on a
+//! filtered bench on three labels, one per plan: the whole pipeline on a
 //! laptop-sized example, reusing what an earlier run left.
 
 use std::io::Write;
@@ -129,45 +129,52 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         writeln!(out, "[3/5] reusing index {}", index.display())?;
     }
     writeln!(out, "[4/5] benchmarking (O_DIRECT reads, beam 4)")?;
-    let bench_args = |gt: PathBuf, json: &str, filter: Option<String>, flat_max| BenchArgs {
-        index: Some(index.clone()),
-        server: None,
-        batch: 1,
-        queries: query.clone(),
-        gt,
-        k: 10,
-        list: a.list.clone(),
-        beam: 4,
-        threads: a.threads,
-        concurrency: 0,
-        probe_shards: 0,
-        json: Some(dir.join(json)),
-        read: crate::cli::ReadArgs::default(),
-        filter,
-        filters: None,
-        flat_max,
-        include: Vec::new(),
-        methods: vec![crate::eval::NamedMethod {
-            name: "dense".into(),
-            method: crate::eval::Method::Dense,
-        }],
-        texts: None,
-        embed: false,
-        candidates: None,
-        corpus: None,
-    };
-    let report = bench(&bench_args(gt, "bench.json", None, None), out)?;
+    let bench_args =
+        |gt: PathBuf, json: &str, filter: Option<String>, flat_max, cluster: &[&str]| BenchArgs {
+            index: Some(index.clone()),
+            server: None,
+            batch: 1,
+            queries: query.clone(),
+            gt,
+            k: 10,
+            list: a.list.clone(),
+            beam: 4,
+            threads: a.threads,
+            concurrency: 0,
+            probe_shards: 0,
+            json: Some(dir.join(json)),
+            read: crate::cli::ReadArgs {
+                cluster_codes: cluster.iter().map(|f| f.to_string()).collect(),
+                ..crate::cli::ReadArgs::default()
+            },
+            filter,
+            filters: None,
+            flat_max,
+            clustered_max: None,
+            include: Vec::new(),
+            methods: vec![crate::eval::NamedMethod {
+                name: "dense".into(),
+                method: crate::eval::Method::Dense,
+            }],
+            texts: None,
+            embed: false,
+            candidates: None,
+            corpus: None,
+        };
+    let report = bench(&bench_args(gt, "bench.json", None, None, &[]), out)?;
     first_reaching(&report.runs, out)?;
-    // Two labels of the generated Zipf law: l9 (about 1 % of the points),
-    // scored flat, and l1 (about half), on the filtered graph walk; the
-    // report names the plan each query ran. At 100K points every label has
-    // fewer matches than the default switch (`FLAT_MAX_MATCHES`), so l1 is
-    // sent to the walk the way `bench --flat-max` does, to show both plans.
+    // Three labels of the generated Zipf law: l9 (about 1 % of the points),
+    // scored flat; l1 (about half), on the filtered graph walk; l2 (about
+    // 15 %) from a copy of the codes in label order (`--cluster-codes
+    // label`). The report names the plan each query ran. At 100K points
+    // every label has fewer matches than the default switch
+    // (`FLAT_MAX_MATCHES`), so l1 is sent to the walk the way `bench
+    // --flat-max` does, to show every plan.
     writeln!(
         out,
         "[5/5] filtered search: only documents with a given label"
     )?;
-    for label in ["l9", "l1"] {
+    for label in ["l9", "l1", "l2"] {
         let filter = format!(r#"{{"label": "{label}"}}"#);
         let gt = dir.join(format!("gt-{label}.bin"));
         if !exists(&gt) {
@@ -190,7 +197,8 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
         writeln!(out, "filter {filter}:")?;
         let json = format!("bench-{label}.json");
         let flat_max = (label == "l1").then_some(0);
-        let report = bench(&bench_args(gt, &json, Some(filter), flat_max), out)?;
+        let cluster: &[&str] = if label == "l2" { &["label"] } else { &[] };
+        let report = bench(&bench_args(gt, &json, Some(filter), flat_max, cluster), out)?;
         first_reaching(&report.runs, out)?;
     }
     writeln!(

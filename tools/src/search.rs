@@ -41,10 +41,10 @@ pub fn search(a: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         let mut scratch = SearchScratch::<T>::default();
         for (qi, filter) in filters.iter().enumerate() {
             let matches = match (docs, filter) {
-                (Some(d), Some(f)) => Some(Arc::new(d.evaluate(f)?)),
+                (Some(_), Some(f)) => Some(idx.evaluate(f)?),
                 _ => None,
             };
-            let (mut hits, stats, plan) = idx.search_local(&mut scratch, qv.row(qi), params, matches)?;
+            let (mut hits, stats, plan) = idx.search_local(&mut scratch, qv.row(qi), params, matches.as_ref())?;
             let Some(d) = docs else {
                 idx.map_to_global(&mut hits);
                 if a.json {

@@ -17,6 +17,9 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(e) = a.executors {
         config.executors = Some(e);
     }
+    if let Some(fields) = &a.cluster_codes {
+        config.cluster_codes = fields.clone();
+    }
     if let Some(c) = a.cache_nodes {
         config.cache_nodes = c;
     }

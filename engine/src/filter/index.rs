@@ -308,7 +308,7 @@ impl NumericColumn {
     }
 
     /// The entries `lo..hi` of the sorted column that satisfy `op x`.
-    fn interval(&self, op: CmpOp, x: &f64) -> (usize, usize) {
+    pub(super) fn interval(&self, op: CmpOp, x: &f64) -> (usize, usize) {
         let v = &self.values;
         match op {
             CmpOp::Gt => (v.partition_point(|y| y <= x), v.len()),

@@ -17,6 +17,7 @@
 //! | `mod.rs` | [`FilterError`], [`FieldKind`], [`FilterSchema`], the file name and magic |
 //! | `parse.rs` | [`Filter`]: JSON → a bounded tree, type checks against a schema |
 //! | `index.rs` | [`FilterIndexBuilder`], [`FilterIndex`]: keyword postings, numeric columns, `exists` bitmaps, evaluation |
+//! | `order.rs` | [`FieldOrder`]: a field's documents in value order; [`Span`]: the run of it a filter can match |
 //! | `file.rs` | `filters.bin` ↔ [`FilterIndex`]; spec: `format-spec/filters.md` |
 //! | `tests.rs` | property tests against a naive oracle, error messages, corruption, the golden file |
 //!
@@ -35,12 +36,14 @@ use std::fmt;
 
 mod file;
 mod index;
+mod order;
 mod parse;
 #[cfg(test)]
 mod tests;
 
 pub use crate::error::FilterError;
 pub use index::{FilterIndex, FilterIndexBuilder, MAX_KEYWORD_BYTES};
+pub use order::{FieldOrder, Span};
 pub use parse::{Filter, MAX_DEPTH, MAX_TERMS};
 pub use roaring::RoaringBitmap;
 

@@ -127,6 +127,54 @@ fn ranges_on_one_field_combine() {
     );
 }
 
+/// The filter shapes that confine their matches to a run of a field's
+/// order, and those that do not.
+#[test]
+fn spans_of_the_shapes_users_write() {
+    let index = example();
+    let tag = index.field_order("tag").unwrap();
+    let year = index.field_order("year").unwrap();
+    // Posting lists in value order: a → 0, 1; b → 0.
+    assert_eq!(tag.docs(), &[0, 1, 0]);
+    assert_eq!(year.docs(), &[3, 0, 1]);
+    let span = |order: &FieldOrder, f: Value| index.span(order, &Filter::parse(&f).unwrap());
+    let s = |lo, hi, exact| Some(Span { lo, hi, exact });
+    assert_eq!(span(&tag, json!({"tag": "a"})), s(0, 2, true));
+    assert_eq!(span(&tag, json!({"tag": "b"})), s(2, 3, true));
+    assert_eq!(span(&tag, json!({"tag": "nope"})), s(0, 0, true));
+    assert_eq!(span(&year, json!({"year": {"$gte": 2020}})), s(1, 3, true));
+    assert_eq!(
+        span(&year, json!({"year": {"$gt": 2019, "$lt": 2021}})),
+        s(1, 2, true)
+    );
+    assert_eq!(span(&year, json!({"year": 2019})), s(0, 1, true));
+    // An $and: the field's run, checked against the rest.
+    let both = json!({"$and": [{"tag": "a"}, {"year": {"$lt": 2021}}]});
+    assert_eq!(span(&tag, both.clone()), s(0, 2, false));
+    assert_eq!(span(&year, both), s(0, 2, false));
+    assert_eq!(
+        span(&tag, json!({"tag": "a", "lang": "en"})),
+        s(0, 2, false)
+    );
+    // Two keywords of one field: a document may hold both, so one run, checked.
+    assert_eq!(
+        span(&tag, json!({"$and": [{"tag": "a"}, {"tag": "b"}]})),
+        s(2, 3, false)
+    );
+    // Shapes a run cannot hold: an $or, a negation, another field only.
+    assert_eq!(
+        span(&tag, json!({"$or": [{"tag": "a"}, {"tag": "b"}]})),
+        None
+    );
+    assert_eq!(span(&tag, json!({"tag": {"$ne": "a"}})), None);
+    assert_eq!(span(&tag, json!({"lang": "en"})), None);
+    assert_eq!(span(&year, json!({})), None);
+    // Only indexed fields that some document holds have an order.
+    assert!(index.field_order("ghost").is_err());
+    let err = index.field_order("nope").unwrap_err().to_string();
+    assert!(err.contains("nope"), "{err}");
+}
+
 #[test]
 fn display_is_canonical_json_that_parses_back() {
     let f = Filter::parse(&json!({"year": {"$gte": 2020, "$lt": 2024}, "tag": "a"})).unwrap();
@@ -592,6 +640,31 @@ proptest! {
             // The canonical rendering parses back to the same filter.
             let again = Filter::parse(&serde_json::from_str(&filter.to_string()).unwrap()).unwrap();
             prop_assert_eq!(&again, &filter);
+        }
+    }
+
+    /// A span holds every match of its filter; an exact one holds exactly
+    /// the matches, each once. Checked for every field's order.
+    #[test]
+    fn spans_hold_every_match(
+        payloads in prop::collection::vec(arb_payload(), 0..60),
+        filters in prop::collection::vec(arb_filter(), 1..6),
+    ) {
+        let index = build_from(&payloads);
+        for field in ["tag", "lang", "year"] {
+            let Ok(order) = index.field_order(field) else { continue };
+            for tf in &filters {
+                let filter = Filter::parse(&tf_json(tf)).unwrap();
+                let Some(span) = index.span(&order, &filter) else { continue };
+                let matches = index.evaluate(&filter).unwrap();
+                let run = &order.docs()[span.lo..span.hi];
+                let held: RoaringBitmap = run.iter().copied().collect();
+                prop_assert!(matches.is_subset(&held), "{field}: {} {span:?}", tf_json(tf));
+                if span.exact {
+                    prop_assert_eq!(&held, &matches, "{}: {} exact", field, tf_json(tf));
+                    prop_assert_eq!(run.len() as u64, held.len());
+                }
+            }
         }
     }
 

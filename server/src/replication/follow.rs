@@ -144,9 +144,10 @@ async fn follow_shard(node: &Node, s: u32) -> Result<()> {
         cache_nodes: node.config.cache_nodes,
         ..shardann_engine::index::OpenOptions::buffered()
     };
-    let index = node
+    let mut index = node
         .manifest
         .open_shard(&node.config.index_dir, s as usize, opts)?;
+    index.cluster_codes(&node.config.cluster_codes)?;
     let now = index.segment().map(|m| m.version);
     node.swap(s, index);
     node.metrics.add(&node.metrics.version_switches, 1);

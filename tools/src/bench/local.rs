@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -55,11 +55,15 @@ fn run_queries<T: Element>(
                             Target::Single(idx) if filters.get(qi).is_some_and(Option::is_some) => {
                                 let filter =
                                     filters.get(qi).and_then(Option::as_ref).context("filter")?;
-                                let docs = idx.documents().context("the index has no documents")?;
-                                let matches = Arc::new(docs.evaluate(filter)?);
-                                let count = matches.len();
-                                let (hits, stats, plan) =
-                                    idx.search_filtered(&mut scratch, qv.row(qi), params, matches)?;
+                                let matches = idx.evaluate(filter)?;
+                                let count = matches.docs().len();
+                                let (mut hits, stats, plan) = idx.search_local(
+                                    &mut scratch,
+                                    qv.row(qi),
+                                    params,
+                                    Some(&matches),
+                                )?;
+                                idx.map_to_global(&mut hits);
                                 filtered = Some((count, plan_name(plan)));
                                 (hits, stats)
                             }
@@ -116,6 +120,7 @@ fn plan_name(plan: Plan) -> &'static str {
         Plan::Graph => "graph",
         Plan::FilteredGraph { .. } => "filtered_graph",
         Plan::Flat { .. } => "flat",
+        Plan::Clustered { .. } => "clustered",
         Plan::Empty => "empty",
     }
 }
@@ -241,6 +246,7 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
     {
         let mut config = shardann_server::NodeConfig::single(index_dir, "127.0.0.1:0");
         config.cache_nodes = a.read.cache_nodes;
+        config.cluster_codes = a.read.cluster_codes.clone();
         let node = shardann_server::node::Node::open(config)
             .with_context(|| format!("opening sharded index {}", index_dir.display()))?;
         let shards = node
@@ -255,6 +261,9 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
         let mut single = a.read.open(index_dir)?;
         if let Some(n) = a.flat_max {
             single.set_flat_max_matches(n);
+        }
+        if let Some(n) = a.clustered_max {
+            single.set_clustered_max_entries(n);
         }
         Target::Single(std::sync::Arc::new(single))
     };
