@@ -418,7 +418,7 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
     );
     writeln!(
         out,
-        "index open {:.2}s (cache {} nodes); {} on disk, {} in RAM (PQ + cache); peak RSS {}",
+        "index open {:.2}s (cache {} nodes); {} on disk, {} in RAM (PQ codes, cache, documents, clustered copies); peak RSS {}",
         open_seconds,
         report.cache_nodes,
         human_bytes(report.index_bytes_on_disk.unwrap_or(0)),
