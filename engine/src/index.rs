@@ -179,7 +179,14 @@ pub struct DiskIndex {
     clustered: Vec<ClusteredCodes>,
     /// Most entries of a clustered run scored for one query.
     clustered_max_entries: usize,
+    /// Names the current set of copies, unique in the process: a
+    /// [`Matches`] made for other copies (before `cluster_codes` was
+    /// called again, or on another index) then finds no run here.
+    clustered_id: u64,
 }
+
+/// Source of [`DiskIndex`]'s `clustered_id`s.
+static CLUSTERED_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// What a filter admits in one index: the matching segment-local ids, and
 /// the run of a clustered copy of the codes that holds them, when there is
@@ -187,8 +194,9 @@ pub struct DiskIndex {
 #[derive(Debug, Clone)]
 pub struct Matches {
     docs: Arc<RoaringBitmap>,
-    /// Which clustered copy, and its run.
-    run: Option<(usize, Span)>,
+    /// Which set of clustered copies (see `DiskIndex::clustered_id`),
+    /// which copy of it, and its run.
+    run: Option<(u64, usize, Span)>,
 }
 
 impl Matches {
@@ -309,6 +317,7 @@ impl DiskIndex {
             documents: None,
             clustered: Vec::new(),
             clustered_max_entries: CLUSTERED_MAX_ENTRIES,
+            clustered_id: 0,
         })
         .and_then(|mut idx| {
             let ids_path = idx.dir.join(IDS_FILE);
@@ -377,8 +386,12 @@ impl DiskIndex {
     /// (indexed filter fields), so that a filter on one of them (a keyword,
     /// a range, or an `$and` holding one) scores its matches as one
     /// contiguous run: [`Plan::Clustered`]. Replaces the copies held
-    /// before; an empty list drops them. Costs `M + 4` bytes per entry and
-    /// field (see [`crate::clustered`]).
+    /// before; an empty list drops them. Costs `M + 4` bytes per entry (a
+    /// point once per keyword it holds) and field (see
+    /// [`crate::clustered`]). A field that is indexed but that no document
+    /// of this segment holds gets no copy (another shard may hold it; a
+    /// filter on it matches nothing here); a field that is not indexed is
+    /// an error naming it.
     pub fn cluster_codes(&mut self, fields: &[String]) -> Result<()> {
         let mut copies = Vec::with_capacity(fields.len());
         for field in fields {
@@ -390,6 +403,9 @@ impl DiskIndex {
                     field: field.clone(),
                     indexed: "none: this index was built without --filter-fields".into(),
                 })?;
+            if filters.schema().get(field) == Some(crate::filter::FieldKind::Empty) {
+                continue;
+            }
             copies.push(ClusteredCodes::build(
                 filters,
                 field,
@@ -398,6 +414,7 @@ impl DiskIndex {
             )?);
         }
         self.clustered = copies;
+        self.clustered_id = CLUSTERED_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -429,6 +446,7 @@ impl DiskIndex {
                 .enumerate()
                 .filter_map(|(i, c)| c.span(filters, filter).map(|s| (i, s)))
                 .min_by_key(|(_, s)| (!s.exact, s.len()))
+                .map(|(i, s)| (self.clustered_id, i, s))
         });
         Ok(Matches {
             docs: Arc::new(bitmap),
@@ -453,10 +471,11 @@ impl DiskIndex {
         };
         let total = self.header.num_points;
         let filter = matches.docs.clone();
-        match matches
+        let run = matches
             .run
-            .and_then(|(i, span)| Some((self.clustered.get(i)?, span)))
-        {
+            .filter(|&(id, _, _)| id == self.clustered_id)
+            .and_then(|(_, i, span)| Some((self.clustered.get(i)?, span)));
+        match run {
             Some((copy, span)) => {
                 let (codes, docs) = copy.run(span);
                 search.start_clustered(

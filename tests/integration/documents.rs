@@ -44,7 +44,8 @@ fn filtered_search_returns_user_ids_and_payloads_and_matches_filtered_truth() {
         "--docs",
         p(&docs),
         "--filter-fields",
-        "label,year,tags",
+        // `ghost`: indexed, held by no document.
+        "label,year,tags,ghost",
         "--out",
         p(&idx),
         "--max-degree",
@@ -88,7 +89,8 @@ fn filtered_search_returns_user_ids_and_payloads_and_matches_filtered_truth() {
     // The flat plan, the filtered walk, and the clustered runs (label and
     // year orders: `{"label": "l0"}` and the year range are exact runs; the
     // `$and`'s runs hold too few matches to be scanned).
-    for (flat_max, cluster) in [("50000", ""), ("100", ""), ("50000", "label,year")] {
+    // `ghost` gets no copy (no document holds it) and is no error.
+    for (flat_max, cluster) in [("50000", ""), ("100", ""), ("50000", "label,year,ghost")] {
         let json = d.path().join(format!("bench-{flat_max}-{cluster}.json"));
         let mut args = vec![
             "bench",
@@ -126,6 +128,56 @@ fn filtered_search_returns_user_ids_and_payloads_and_matches_filtered_truth() {
         } else {
             assert!(plans["flat"].as_u64().unwrap_or(0) > 0, "{out}");
         }
+    }
+
+    // A field that is not indexed cannot be clustered: the error names it.
+    let err = cli(&[
+        "search",
+        "--index",
+        p(&idx),
+        "--queries",
+        p(&query),
+        "--limit",
+        "1",
+        "--cluster-codes",
+        "label,nope",
+    ])
+    .unwrap_err();
+    assert!(
+        err.contains("--cluster-codes") && err.contains("\"nope\" is not indexed"),
+        "{err}"
+    );
+
+    // Matches evaluated for one set of copies find no run in another: after
+    // `cluster_codes` is called again the search falls back to the flat
+    // plan, still among the matches only.
+    {
+        use shardann_engine::filter::Filter;
+        use shardann_engine::index::{OpenOptions, SearchScratch};
+        use shardann_engine::search::{Plan, SearchParams};
+        let mut index = shardann_engine::shard::open(&idx, OpenOptions::buffered()).unwrap();
+        let q = shardann_engine::data::VectorFile::open(&query).unwrap();
+        let q = q.vectors::<u8>().unwrap();
+        let filter = Filter::parse(&serde_json::json!({"label": "l0"})).unwrap();
+        let params = SearchParams {
+            k: 10,
+            list: 40,
+            beam: 4,
+        };
+        let mut scratch = SearchScratch::<u8>::default();
+        index.cluster_codes(&["label".into()]).unwrap();
+        let matches = index.evaluate(&filter).unwrap();
+        let (_, _, plan) = index
+            .search_local(&mut scratch, q.row(0), params, Some(&matches))
+            .unwrap();
+        assert!(matches!(plan, Plan::Clustered { .. }), "{plan:?}");
+        index.cluster_codes(&["year".into()]).unwrap();
+        let (hits, _, plan) = index
+            .search_local(&mut scratch, q.row(0), params, Some(&matches))
+            .unwrap();
+        assert!(matches!(plan, Plan::Flat { .. }), "{plan:?}");
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|h| matches.docs().contains(h.id)));
     }
 
     // Hits carry the user's ids and the fields asked for, and match.
