@@ -43,22 +43,16 @@ impl ClusteredCodes {
         m: usize,
     ) -> Result<Self, FilterError> {
         let order = filters.field_order(field)?;
-        let mut copy = Vec::with_capacity(order.docs().len() * m);
-        for &doc in order.docs() {
+        // Ids come from the filter index of this segment: below its point
+        // count. A short code array (a corrupt pairing) yields zero codes
+        // rather than a panic; segments check counts at open.
+        let zero = vec![0u8; m];
+        let pieces = order.docs().iter().map(|&doc| {
             let start = doc as usize * m;
-            // Ids come from the filter index of this segment: below its
-            // point count. A short code array (a corrupt pairing) yields
-            // zero codes rather than a panic; segments check counts at open.
-            match codes.get(start..start + m) {
-                Some(code) => copy.extend_from_slice(code),
-                None => copy.extend(std::iter::repeat_n(0u8, m)),
-            }
-        }
-        Ok(ClusteredCodes {
-            order,
-            codes: Codes::from_slice(&copy),
-            m,
-        })
+            codes.get(start..start + m).unwrap_or(&zero)
+        });
+        let codes = Codes::from_pieces(order.docs().len() * m, pieces);
+        Ok(ClusteredCodes { order, codes, m })
     }
 
     /// The field whose order this is.

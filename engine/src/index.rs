@@ -212,12 +212,6 @@ impl Matches {
     }
 }
 
-impl From<RoaringBitmap> for Matches {
-    fn from(docs: RoaringBitmap) -> Self {
-        Matches::new(Arc::new(docs))
-    }
-}
-
 impl std::fmt::Debug for DiskIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskIndex")
@@ -416,11 +410,6 @@ impl DiskIndex {
         self.clustered = copies;
         self.clustered_id = CLUSTERED_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
-    }
-
-    /// The fields whose clustered copies of the codes are held.
-    pub fn clustered_fields(&self) -> impl Iterator<Item = &str> + '_ {
-        self.clustered.iter().map(ClusteredCodes::field)
     }
 
     /// Clustered runs longer than `n` entries are not scanned (see

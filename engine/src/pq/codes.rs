@@ -35,6 +35,27 @@ impl Codes {
     }
 }
 
+impl Codes {
+    /// `pieces` laid end to end (`len` bytes in all; a shortfall stays
+    /// zero, an excess is dropped), aligned, written in place: building a
+    /// `Vec` first and then [`Codes::from_slice`] held both at once.
+    pub fn from_pieces<'a>(len: usize, pieces: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut raw = vec![0u8; len + ALIGN];
+        let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
+        let mut at = start;
+        let end = start + len;
+        for piece in pieces {
+            let n = piece.len().min(end - at);
+            raw[at..at + n].copy_from_slice(&piece[..n]);
+            at += n;
+            if at == end {
+                break;
+            }
+        }
+        Codes { raw, start, len }
+    }
+}
+
 impl Deref for Codes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -74,6 +95,10 @@ mod tests {
             let copy = codes.clone();
             assert_eq!(copy, codes);
             assert_eq!(copy.as_ptr() as usize % ALIGN, 0);
+            // Laid end to end from pieces of 7 bytes: the same bytes.
+            let pieced = Codes::from_pieces(len, bytes.chunks(7));
+            assert_eq!(&*pieced, &bytes[..]);
+            assert_eq!(pieced.as_ptr() as usize % ALIGN, 0);
         }
     }
 }
