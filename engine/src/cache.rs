@@ -33,6 +33,39 @@ pub enum CacheError {
 /// Sectors read per request batch while filling the cache.
 const FILL_BATCH: usize = 64;
 
+/// Reads the records of `ids`, [`FILL_BATCH`] at a time, and hands each
+/// node's sectors to `visit` in `ids` order: how the node cache and the
+/// navigation graph ([`crate::navigation`]) load what they hold at open.
+pub(crate) fn read_records(
+    reader: &dyn SectorReader,
+    geometry: &SectorGeometry,
+    ids: &[u32],
+    mut visit: impl FnMut(u32, &[u8]) -> Result<(), CacheError>,
+) -> Result<(), CacheError> {
+    let mut bufs: Vec<AlignedBuf> = (0..FILL_BATCH.min(ids.len()))
+        .map(|_| AlignedBuf::new(geometry.node_read_bytes()))
+        .collect();
+    for batch in ids.chunks(FILL_BATCH) {
+        let mut reqs: Vec<SectorRequest<'_>> = batch
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|(&id, buf)| {
+                let loc = geometry.locate(id);
+                SectorRequest {
+                    sector: loc.sector,
+                    buf: &mut buf.as_mut_slice()[..loc.sectors * SECTOR],
+                }
+            })
+            .collect();
+        reader.read(&mut reqs)?;
+        drop(reqs);
+        for (&id, buf) in batch.iter().zip(bufs.iter()) {
+            visit(id, buf.as_slice())?;
+        }
+    }
+    Ok(())
+}
+
 impl NodeCache {
     /// A cache with nothing in it.
     pub fn empty() -> Self {
@@ -60,40 +93,23 @@ impl NodeCache {
         let mut seen: FxHashMap<u32, ()> = FxHashMap::default();
         seen.insert(entry, ());
         let mut frontier = vec![entry];
-        let mut bufs: Vec<AlignedBuf> = (0..FILL_BATCH)
-            .map(|_| AlignedBuf::new(geometry.node_read_bytes()))
-            .collect();
         while !frontier.is_empty() && cache.slots.len() < max_nodes {
             let mut next = Vec::new();
             let room = max_nodes - cache.slots.len();
             frontier.truncate(room);
-            for batch in frontier.chunks(FILL_BATCH) {
-                let mut reqs: Vec<SectorRequest<'_>> = batch
-                    .iter()
-                    .zip(bufs.iter_mut())
-                    .map(|(&id, buf)| {
-                        let loc = geometry.locate(id);
-                        SectorRequest {
-                            sector: loc.sector,
-                            buf: &mut buf.as_mut_slice()[..loc.sectors * SECTOR],
-                        }
-                    })
-                    .collect();
-                reader.read(&mut reqs)?;
-                drop(reqs);
-                for (&id, buf) in batch.iter().zip(bufs.iter()) {
-                    let rec = geometry.decode(id, buf.as_slice())?;
-                    for nb in rec.neighbors() {
-                        if seen.insert(nb, ()).is_none() {
-                            next.push(nb);
-                        }
-                    }
-                    if let Some(bytes) = geometry.record_bytes_of(id, buf.as_slice()) {
-                        cache.slots.insert(id, cache.slots.len() as u32);
-                        cache.records.extend_from_slice(bytes);
+            read_records(reader, geometry, &frontier, |id, sectors| {
+                let rec = geometry.decode(id, sectors)?;
+                for nb in rec.neighbors() {
+                    if seen.insert(nb, ()).is_none() {
+                        next.push(nb);
                     }
                 }
-            }
+                if let Some(bytes) = geometry.record_bytes_of(id, sectors) {
+                    cache.slots.insert(id, cache.slots.len() as u32);
+                    cache.records.extend_from_slice(bytes);
+                }
+                Ok(())
+            })?;
             frontier = next;
         }
         Ok(cache)

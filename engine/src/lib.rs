@@ -42,6 +42,7 @@
 //! | 5 | [`io`] | the [`io::SectorReader`] trait, io_uring and `pread` readers |
 //! | 5 | [`search`] | beam search as a state machine that asks for sectors and is fed them; filtered plans |
 //! | 6 | [`cache`] | node records near the entry point, held in RAM |
+//! | 6 | [`navigation`] | entry points from RAM: a small graph over a sample of the points, built at open |
 //! | 6 | [`clustered`] | copies of the PQ codes in a filter field's value order (opt-in) |
 //! | 7 | [`index`] | one index directory: build it, open it, search it |
 //! | 8 | [`segment`] | an immutable, sealed, checksummed index directory |
@@ -75,6 +76,7 @@ pub mod io;
 mod kmeans;
 pub mod layout;
 pub mod metric;
+pub mod navigation;
 pub mod partition;
 pub mod pq;
 pub mod progress;

@@ -231,6 +231,11 @@ struct Candidate {
     expanded: bool,
 }
 
+/// Nearest first; ties by id, so every order is deterministic.
+fn by_dist(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    a.dist.total_cmp(&b.dist).then(a.id.cmp(&b.id))
+}
+
 /// The reusable state of one search; keep one per thread (or per in-flight
 /// query) and call [`BeamSearch::start`] for each query.
 pub struct BeamSearch<T: Element> {
@@ -283,12 +288,13 @@ impl<T: Element> BeamSearch<T> {
         }
     }
 
-    /// Begins a search for `query` from `entry`.
+    /// Begins a search for `query` from `entries` (the medoid, or the
+    /// navigation graph's nearest points: [`crate::navigation`]).
     pub fn start(
         &mut self,
         pq: &PqCodebook,
         codes: &[u8],
-        entry: u32,
+        entries: &[u32],
         query: &[T],
         params: SearchParams,
     ) {
@@ -304,18 +310,24 @@ impl<T: Element> BeamSearch<T> {
         self.admit = None;
         self.flat = false;
         self.stats = SearchStats::default();
-        self.visited.insert(entry);
         let m = pq.num_chunks();
-        let start = entry as usize * m;
-        let dist = codes
-            .get(start..start + m)
-            .map_or(f32::INFINITY, |c| self.table.distance(c));
-        self.stats.pq_distances += 1;
-        self.candidates.push(Candidate {
-            dist,
-            id: entry,
-            expanded: false,
-        });
+        for &entry in entries {
+            if !self.visited.insert(entry) {
+                continue;
+            }
+            let start = entry as usize * m;
+            let dist = codes
+                .get(start..start + m)
+                .map_or(f32::INFINITY, |c| self.table.distance(c));
+            self.stats.pq_distances += 1;
+            self.candidates.push(Candidate {
+                dist,
+                id: entry,
+                expanded: false,
+            });
+        }
+        self.candidates.sort_by(by_dist);
+        self.candidates.truncate(params.list.max(1));
     }
 
     /// Begins a search for `query` among the nodes of `filter` only, with
@@ -328,7 +340,7 @@ impl<T: Element> BeamSearch<T> {
         &mut self,
         pq: &PqCodebook,
         codes: &[u8],
-        entry: u32,
+        entries: &[u32],
         total: u64,
         query: &[T],
         params: SearchParams,
@@ -337,15 +349,15 @@ impl<T: Element> BeamSearch<T> {
     ) -> Plan {
         let plan = choose_plan(filter.len(), total, params, flat_max);
         match plan {
-            Plan::Graph => self.start(pq, codes, entry, query, params),
+            Plan::Graph => self.start(pq, codes, entries, query, params),
             Plan::FilteredGraph { list } => {
-                self.start(pq, codes, entry, query, SearchParams { list, ..params });
+                self.start(pq, codes, entries, query, SearchParams { list, ..params });
                 self.admit = Some(filter);
             }
             // `choose_plan` never picks `Clustered` (there is no run
             // here): were it to, the flat plan finds the same points.
             Plan::Empty | Plan::Flat { .. } | Plan::Clustered { .. } => {
-                self.start(pq, codes, entry, query, params);
+                self.start(pq, codes, entries, query, params);
                 self.candidates.clear();
                 self.flat = true;
                 self.admit = Some(filter.clone());
@@ -369,7 +381,7 @@ impl<T: Element> BeamSearch<T> {
         &mut self,
         pq: &PqCodebook,
         codes: &[u8],
-        entry: u32,
+        entries: &[u32],
         total: u64,
         query: &[T],
         params: SearchParams,
@@ -389,9 +401,9 @@ impl<T: Element> BeamSearch<T> {
             clustered_max,
         );
         let Plan::Clustered { rerank, .. } = plan else {
-            return self.start_filtered(pq, codes, entry, total, query, params, filter, flat_max);
+            return self.start_filtered(pq, codes, entries, total, query, params, filter, flat_max);
         };
-        self.start(pq, codes, entry, query, params);
+        self.start(pq, codes, entries, query, params);
         self.candidates.clear();
         self.flat = true;
         self.score_run(
@@ -419,8 +431,6 @@ impl<T: Element> BeamSearch<T> {
     ) {
         let rerank = rerank.max(1);
         let cap = (rerank * 8).max(1024);
-        let by_dist =
-            |a: &Candidate, b: &Candidate| a.dist.total_cmp(&b.dist).then(a.id.cmp(&b.id));
         // Ids come in value order, not id order: a tie with the bound may
         // rank before it, so ties are kept and the cut-back decides.
         let mut bound = f32::INFINITY;
@@ -468,8 +478,6 @@ impl<T: Element> BeamSearch<T> {
     fn score_all(&mut self, codes: &[u8], m: usize, filter: &RoaringBitmap, rerank: usize) {
         let rerank = rerank.max(1);
         let cap = (rerank * 8).max(1024);
-        let by_dist =
-            |a: &Candidate, b: &Candidate| a.dist.total_cmp(&b.dist).then(a.id.cmp(&b.id));
         let coded = (codes.len() / m.max(1)) as u32;
         // Distance of the `rerank`-th best so far. Ids come in ascending
         // order, so a later id at an equal distance ranks after it.
@@ -706,7 +714,7 @@ mod tests {
             let params = SearchParams { k: 1, list, beam: 4 };
             let mut s = BeamSearch::<u8>::new();
             let plan = s.start_filtered(
-                pq, codes, 0, POINTS as u64, query, params, Arc::new(filter.clone()), u64::MAX,
+                pq, codes, &[0], POINTS as u64, query, params, Arc::new(filter.clone()), u64::MAX,
             );
             prop_assert_eq!(plan, Plan::Flat { rerank: list });
             let mut naive: Vec<(f32, u32)> = filter
@@ -758,10 +766,10 @@ mod tests {
             let params = SearchParams { k: 1, list, beam: 4 };
             let filter = Arc::new(filter);
             let mut flat = BeamSearch::<u8>::new();
-            flat.start_filtered(pq, codes, 0, POINTS as u64, query, params, filter.clone(), u64::MAX);
+            flat.start_filtered(pq, codes, &[0], POINTS as u64, query, params, filter.clone(), u64::MAX);
             let mut s = BeamSearch::<u8>::new();
             let plan = s.start_clustered(
-                pq, codes, 0, POINTS as u64, query, params, filter.clone(), u64::MAX,
+                pq, codes, &[0], POINTS as u64, query, params, filter.clone(), u64::MAX,
                 (&run_codes, &run_docs, exact), usize::MAX,
             );
             prop_assert_eq!(plan, Plan::Clustered { rerank: list, scanned: run_docs.len() });

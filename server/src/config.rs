@@ -27,6 +27,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use shardann_engine::navigation::NavPoints;
 
 use crate::error::{Result, ServerError};
 
@@ -59,6 +60,11 @@ pub struct NodeConfig {
     /// Nodes per local shard kept in RAM, nearest the entry point first.
     #[serde(default)]
     pub cache_nodes: usize,
+    /// Points of each local shard's navigation graph, built at open: a
+    /// count (`10000`) or a share (`"1%"`, the default); `0` = none
+    /// (`shardann_engine::navigation`).
+    #[serde(default)]
+    pub nav_points: NavPoints,
     /// Filter fields whose value order each local shard keeps a copy of
     /// the PQ codes in (`DiskIndex::cluster_codes`): filters on them at
     /// 10-30 % selectivity score their matches as one contiguous run.
@@ -175,6 +181,7 @@ impl NodeConfig {
             executors: None,
             deadline_ms: DEFAULT_DEADLINE_MS,
             cache_nodes: 0,
+            nav_points: NavPoints::default(),
             cluster_codes: Vec::new(),
             model_dir: None,
             max_body_bytes: DEFAULT_MAX_BODY,

@@ -166,6 +166,7 @@ impl Node {
             })?;
             let opts = OpenOptions {
                 cache_nodes: config.cache_nodes,
+                nav_points: config.nav_points,
                 ..OpenOptions::buffered()
             };
             let mut index = manifest.open_shard(dir, s as usize, opts)?;

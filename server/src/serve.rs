@@ -1177,6 +1177,7 @@ fn shards<T: WireElem>(exec: &Executor<T>) -> Reply {
                         "pq_bytes": h.pq_bytes,
                         "ram_bytes": i.memory_bytes(),
                         "cache_nodes": i.node_cache().len(),
+                        "nav_points": i.navigation().map_or(0, |n| n.len()),
                     })
                 }),
             })

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use shardann_engine::data::Vectors;
 use shardann_engine::index::{build_index, BuildParams, DiskIndex, OpenOptions, SearchScratch};
+use shardann_engine::navigation::NavPoints;
 use shardann_engine::pq::PqParams;
 use shardann_engine::progress::NoProgress;
 use shardann_engine::search::SearchParams;
@@ -151,6 +152,37 @@ fn cached_nodes_are_visited_without_io_and_change_no_answer() {
             u.stats
         );
     }
+}
+
+/// Searches that start from the navigation graph's entries answer alike
+/// on both drivers: the server plans through `DiskIndex::start_search` too.
+#[test]
+fn navigation_entries_answer_alike_on_both_drivers() {
+    let dir = index_dir();
+    let queries = queries();
+    let opts = OpenOptions {
+        nav_points: NavPoints::Count(200),
+        ..OpenOptions::buffered()
+    };
+    let index = Arc::new(shard::open(dir, opts).unwrap());
+    assert_eq!(index.navigation().map(|n| n.len()), Some(200));
+    let want = sync_results_on(&index, &queries);
+    let from_medoid = sync_results(dir, &queries);
+    assert_ne!(
+        want.iter().map(|r| r.stats.ios).collect::<Vec<_>>(),
+        from_medoid.iter().map(|r| r.stats.ios).collect::<Vec<_>>(),
+        "the entries changed no search"
+    );
+
+    let _pool = one_pool_at_a_time();
+    let got = run_queries_on(
+        &index,
+        Vectors::new(&queries[..], DIM),
+        PARAMS,
+        &RuntimeConfig::new(2, 8),
+    )
+    .unwrap();
+    assert_same("2 executors × 8 tasks, navigation graph", &got, &want);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use shardann_engine::data::Vectors;
 use shardann_engine::index::{build_index, BuildParams, DiskIndex, OpenOptions, SearchScratch};
 use shardann_engine::io::IoBackend;
+use shardann_engine::navigation::NavPoints;
 use shardann_engine::pq::PqParams;
 use shardann_engine::progress::NoProgress;
 use shardann_engine::search::SearchParams;
@@ -63,6 +64,7 @@ fn open(dir: &Path) -> shardann_engine::Result<DiskIndex> {
             direct_io: false,
             io: IoBackend::Pread,
             cache_nodes: 0,
+            nav_points: NavPoints::NONE,
         },
     )
 }

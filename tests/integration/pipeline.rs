@@ -163,6 +163,7 @@ fn groundtruth_matches_published_mnist_truth() {
 fn uring_pread_and_memory_readers_agree() {
     use shardann_engine::index::{OpenOptions, SearchScratch};
     use shardann_engine::io::{IoBackend, MemReader};
+    use shardann_engine::navigation::NavPoints;
     use shardann_engine::search::SearchParams;
     use shardann_engine::shard;
     let dir = tempfile::tempdir().unwrap();
@@ -207,6 +208,7 @@ fn uring_pread_and_memory_readers_agree() {
                     direct_io: true,
                     io: IoBackend::Pread,
                     cache_nodes: 0,
+                    nav_points: NavPoints::NONE,
                 },
             )
             .unwrap(),
@@ -219,6 +221,7 @@ fn uring_pread_and_memory_readers_agree() {
                     direct_io: true,
                     io: IoBackend::Auto,
                     cache_nodes: 0,
+                    nav_points: NavPoints::NONE,
                 },
             )
             .unwrap(),
@@ -259,6 +262,7 @@ fn uring_pread_and_memory_readers_agree() {
             direct_io: true,
             io: IoBackend::Auto,
             cache_nodes,
+            nav_points: NavPoints::NONE,
         };
         let idx = shard::open(&index, opts).unwrap();
         assert_eq!(idx.node_cache().len(), cache_nodes.min(3000));

@@ -23,6 +23,9 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(c) = a.cache_nodes {
         config.cache_nodes = c;
     }
+    if let Some(n) = a.nav_points {
+        config.nav_points = n;
+    }
     if let Some(d) = a.deadline_ms {
         config.deadline_ms = d;
     }

@@ -142,6 +142,7 @@ async fn follow_shard(node: &Node, s: u32) -> Result<()> {
     }
     let opts = shardann_engine::index::OpenOptions {
         cache_nodes: node.config.cache_nodes,
+        nav_points: node.config.nav_points,
         ..shardann_engine::index::OpenOptions::buffered()
     };
     let mut index = node

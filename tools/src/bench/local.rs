@@ -246,6 +246,7 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
     {
         let mut config = shardann_server::NodeConfig::single(index_dir, "127.0.0.1:0");
         config.cache_nodes = a.read.cache_nodes;
+        config.nav_points = a.read.nav_points;
         config.cluster_codes = a.read.cluster_codes.clone();
         let node = shardann_server::node::Node::open(config)
             .with_context(|| format!("opening sharded index {}", index_dir.display()))?;
@@ -406,6 +407,18 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
             pq_ram_bytes: Some(shards.iter().map(|s| s.memory_bytes()).sum()),
             cache_nodes: shards.iter().map(|s| s.node_cache().len()).sum(),
             cache_bytes: Some(shards.iter().map(|s| s.node_cache().memory_bytes()).sum()),
+            nav_points: shards
+                .iter()
+                .filter_map(|s| s.navigation())
+                .map(|n| n.len())
+                .sum(),
+            nav_bytes: Some(
+                shards
+                    .iter()
+                    .filter_map(|s| s.navigation())
+                    .map(|n| n.memory_bytes())
+                    .sum(),
+            ),
         },
         Execution {
             runtime,
@@ -418,9 +431,11 @@ pub(super) fn bench(a: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchR
     );
     writeln!(
         out,
-        "index open {:.2}s (cache {} nodes); {} on disk, {} in RAM (PQ codes, cache, documents, clustered copies); peak RSS {}",
+        "index open {:.2}s (cache {} nodes, navigation graph {} points, {}); {} on disk, {} in RAM (PQ codes, cache, navigation graph, documents, clustered copies); peak RSS {}",
         open_seconds,
         report.cache_nodes,
+        report.nav_points,
+        human_bytes(report.nav_bytes.unwrap_or(0) as u64),
         human_bytes(report.index_bytes_on_disk.unwrap_or(0)),
         human_bytes(report.pq_ram_bytes.unwrap_or(0) as u64),
         report.peak_rss_bytes.map_or("unknown".into(), human_bytes)

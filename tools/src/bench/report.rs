@@ -59,6 +59,10 @@ pub struct BenchReport {
     /// Nodes held in the RAM cache, and the bytes they take.
     pub cache_nodes: usize,
     pub cache_bytes: Option<usize>,
+    /// Points in the navigation graphs, and the bytes they take (counted
+    /// in `pq_ram_bytes` too).
+    pub nav_points: usize,
+    pub nav_bytes: Option<usize>,
     pub threads: usize,
     pub cores: usize,
     pub k: usize,
@@ -152,6 +156,8 @@ pub(super) struct Searched {
     pub pq_ram_bytes: Option<usize>,
     pub cache_nodes: usize,
     pub cache_bytes: Option<usize>,
+    pub nav_points: usize,
+    pub nav_bytes: Option<usize>,
 }
 
 /// How the queries ran: the runtime and IO path, and how many queries
@@ -194,6 +200,8 @@ impl BenchReport {
             pq_ram_bytes,
             cache_nodes,
             cache_bytes,
+            nav_points,
+            nav_bytes,
         } = searched;
         let Execution {
             runtime,
@@ -231,6 +239,8 @@ impl BenchReport {
             runtime: runtime.to_string(),
             cache_nodes,
             cache_bytes,
+            nav_points,
+            nav_bytes,
             threads,
             cores: cores(),
             k: a.k,

@@ -222,6 +222,8 @@ pub(super) fn bench(a: &BenchArgs, url: &str, out: &mut dyn Write) -> anyhow::Re
             pq_ram_bytes: None,
             cache_nodes: pick("cache_nodes").unwrap_or(0.0) as usize,
             cache_bytes: None,
+            nav_points: pick("nav_points").unwrap_or(0.0) as usize,
+            nav_bytes: None,
         },
         Execution {
             runtime: "http2-client",
