@@ -409,7 +409,7 @@ impl Gate {
         }
         m.add(&m.refusals_paced, 1);
         let wait = Duration::from_secs_f64(-tokens / self.refusals_per_sec).min(most);
-        glommio::timer::sleep(wait).await;
+        crate::rt::sleep(wait).await;
     }
 
     /// The most slots one request can take.

@@ -1,7 +1,7 @@
 //! Blocking entry points for talking to a node over HTTP: the CLI's
 //! `bench --server`, and tests.
 //!
-//! Each call starts its own glommio executor(s), so it can be used from any
+//! Each call starts its own executor(s) ([`crate::rt`]), so it can be used from any
 //! thread; the requests themselves go out over HTTP/2 (prior knowledge),
 //! many in flight on one connection, or over HTTP/1.1 when asked.
 
@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use http_body_util::Full;
 use hyper::header::CONTENT_TYPE;
 use shardann_engine::fusion::Fusion;
@@ -22,7 +21,6 @@ use crate::config::resolve;
 use crate::error::{Result, ServerError, UrlError};
 use crate::http::{self, PeerError, Sender};
 use crate::rt::until;
-use crate::runtime::DEFAULT_IO_MEMORY;
 
 /// HTTP/2 connections per client executor, used in turn by its tasks: the
 /// node's kernel gives each connection to one of its executors, so one
@@ -143,74 +141,69 @@ pub fn search_queries(
     let n = vectors.len();
     // Unpinned: a client shares the machine with whatever it measures, and
     // pinning would put it on the first CPUs, where the node's executors are.
-    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::Unbound(executors))
-        .name("shardann-client")
-        .io_memory(DEFAULT_IO_MEMORY)
-        .on_all_shards(move || async move {
-            let conns: Rc<Vec<std::cell::RefCell<Option<Sender>>>> = Rc::new(
-                (0..CONNECTIONS.min(concurrency))
-                    .map(|_| Default::default())
-                    .collect(),
-            );
-            let tasks: Vec<_> = (0..concurrency)
-                .map(|t| {
-                    let (vectors, next, conns) =
-                        (Arc::clone(&vectors), Arc::clone(&next), Rc::clone(&conns));
-                    glommio::spawn_local(async move {
-                        let mut done = Vec::new();
-                        loop {
-                            let b = next.fetch_add(1, Ordering::Relaxed);
-                            let first = b.saturating_mul(batch);
-                            let Some(rows) = vectors.get(first..(first + batch).min(n)) else {
-                                break;
-                            };
-                            if rows.is_empty() {
-                                break;
-                            }
-                            let start = Instant::now();
-                            let conn = &conns[t % conns.len()];
-                            let results = if batch == 1 {
-                                vec![search_once(addr, conn, &rows[0], params).await]
-                            } else {
-                                match batch_once(addr, conn, rows, params).await {
-                                    Ok(r) if r.len() == rows.len() => {
-                                        r.into_iter().map(Ok).collect()
-                                    }
-                                    Ok(r) => vec![
-                                        Err(PeerError::Count {
-                                            answers: r.len(),
-                                            vectors: rows.len(),
-                                        });
-                                        rows.len()
-                                    ],
-                                    Err(e) => vec![Err(e); rows.len()],
-                                }
-                            };
-                            let micros = start.elapsed().as_micros() as u64;
-                            for (j, result) in results.into_iter().enumerate() {
-                                done.push((first + j, Outcome { micros, result }));
-                            }
+    let spec = crate::rt::PoolSpec {
+        backend: crate::rt::auto(),
+        executors,
+        name: "shardann-client",
+        pinned: false,
+    };
+    let handles = crate::rt::start_pool(spec, move || async move {
+        let conns: Rc<Vec<std::cell::RefCell<Option<Sender>>>> = Rc::new(
+            (0..CONNECTIONS.min(concurrency))
+                .map(|_| Default::default())
+                .collect(),
+        );
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let (vectors, next, conns) =
+                    (Arc::clone(&vectors), Arc::clone(&next), Rc::clone(&conns));
+                crate::rt::spawn_local(async move {
+                    let mut done = Vec::new();
+                    loop {
+                        let b = next.fetch_add(1, Ordering::Relaxed);
+                        let first = b.saturating_mul(batch);
+                        let Some(rows) = vectors.get(first..(first + batch).min(n)) else {
+                            break;
+                        };
+                        if rows.is_empty() {
+                            break;
                         }
-                        done
-                    })
+                        let start = Instant::now();
+                        let conn = &conns[t % conns.len()];
+                        let results = if batch == 1 {
+                            vec![search_once(addr, conn, &rows[0], params).await]
+                        } else {
+                            match batch_once(addr, conn, rows, params).await {
+                                Ok(r) if r.len() == rows.len() => r.into_iter().map(Ok).collect(),
+                                Ok(r) => vec![
+                                    Err(PeerError::Count {
+                                        answers: r.len(),
+                                        vectors: rows.len(),
+                                    });
+                                    rows.len()
+                                ],
+                                Err(e) => vec![Err(e); rows.len()],
+                            }
+                        };
+                        let micros = start.elapsed().as_micros() as u64;
+                        for (j, result) in results.into_iter().enumerate() {
+                            done.push((first + j, Outcome { micros, result }));
+                        }
+                    }
+                    done
                 })
-                .collect();
-            let mut all = Vec::new();
-            for t in tasks {
-                all.extend(t.await);
-            }
-            all
-        })
-        .map_err(|e| ServerError::Runtime {
-            executors,
-            source: e.into(),
-        })?;
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await);
+        }
+        all
+    })
+    .map_err(|source| ServerError::Runtime { executors, source })?;
     let mut out: Vec<Option<Outcome>> = vec![None; n];
     for (executor, joined) in handles.join_all().into_iter().enumerate() {
-        let done = joined.map_err(|e| ServerError::Executor {
-            executor,
-            source: e.into(),
-        })?;
+        let done = joined.map_err(|source| ServerError::Executor { executor, source })?;
         for (i, o) in done {
             if let Some(slot) = out.get_mut(i) {
                 *slot = Some(o);

@@ -54,6 +54,10 @@ pub struct NodeConfig {
     /// Executors (one per core); the number of CPUs if omitted.
     #[serde(default)]
     pub executors: Option<usize>,
+    /// `"auto"` (glommio where io_uring can be set up, else epoll, with one
+    /// line on stderr), `"glommio"` or `"epoll"`: see [`crate::rt`].
+    #[serde(default)]
+    pub runtime: crate::rt::RuntimeChoice,
     /// Deadline for a request that names none, in milliseconds.
     #[serde(default = "default_deadline")]
     pub deadline_ms: u64,
@@ -179,6 +183,7 @@ impl NodeConfig {
             shards: None,
             peers: Vec::new(),
             executors: None,
+            runtime: crate::rt::RuntimeChoice::Auto,
             deadline_ms: DEFAULT_DEADLINE_MS,
             cache_nodes: 0,
             nav_points: NavPoints::default(),

@@ -32,9 +32,9 @@ pub enum ServerError {
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
 
-    /// glommio could not start its executors (io_uring unavailable, memlock
+    /// The runtime could not start its executors (glommio: io_uring unavailable, memlock
     /// limit too low, more executors than CPUs, ...).
-    #[error("starting {executors} glommio executor(s): {source}")]
+    #[error("starting {executors} executor(s): {source}")]
     Runtime {
         executors: usize,
         #[source]
@@ -42,7 +42,7 @@ pub enum ServerError {
     },
 
     /// An executor thread died (a panic) instead of returning its results.
-    #[error("glommio executor {executor} failed: {source}")]
+    #[error("executor {executor} failed: {source}")]
     Executor {
         executor: usize,
         #[source]

@@ -24,6 +24,7 @@ use hyper::{Request, Response, StatusCode};
 use crate::api::{ApiError, ErrorBody};
 use crate::error::ServerError;
 use crate::replication::Refusal;
+use crate::rt::net::TcpStream;
 use crate::rt::{AsyncIoTimer, Io, LocalExec};
 
 /// A response body: whole (JSON) or streamed (file transfers). Not `Send`:
@@ -254,7 +255,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, Peer
             protocol: "HTTP/2",
             source: Arc::new(e),
         })?;
-    glommio::spawn_local(async move {
+    crate::rt::spawn_local(async move {
         // The connection ends when the peer goes away or every sender is
         // dropped; requests in flight see the error themselves.
         let _ = conn.await;
@@ -275,21 +276,21 @@ pub async fn connect_http1(
             protocol: "HTTP/1.1",
             source: Arc::new(e),
         })?;
-    glommio::spawn_local(async move {
+    crate::rt::spawn_local(async move {
         let _ = conn.await;
     })
     .detach();
     Ok(sender)
 }
 
-async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<glommio::net::TcpStream, PeerError> {
+async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, PeerError> {
     let timeout = timeout.max(Duration::from_millis(1));
-    let stream = glommio::net::TcpStream::connect_timeout(addr, timeout)
+    let stream = TcpStream::connect_timeout(addr, timeout)
         .await
-        .map_err(|e| PeerError::Connect(Arc::new(e.into())))?;
+        .map_err(|e| PeerError::Connect(Arc::new(e)))?;
     stream
         .set_nodelay(true)
-        .map_err(|e| PeerError::Connect(Arc::new(e.into())))?;
+        .map_err(|e| PeerError::Connect(Arc::new(e)))?;
     Ok(stream)
 }
 

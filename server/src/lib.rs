@@ -1,17 +1,18 @@
 //! # shardann-server
 //!
-//! Thread-per-core search over a shardann disk index: one glommio executor
-//! per core, each running many queries at once, reading node sectors with
-//! `O_DIRECT` through io_uring.
+//! Thread-per-core search over a shardann disk index: one executor per
+//! core, each running many queries at once, reading node sectors with
+//! `O_DIRECT`: through io_uring on glommio, or, where io_uring is not
+//! allowed, with `pread` on a thread pool behind epoll executors ([`rt`]).
 //!
 //! ```text
 //!  run_queries ──► LocalExecutorPoolBuilder (MaxSpread: one executor per core)
-//!                     │  per executor: a DmaFile + C tasks
+//!                     │  per executor: an IndexFile + C tasks
 //!                     ▼
 //!                  shard::search_one ──► engine BeamSearch (sans-IO state machine)
 //!                     │   W node ids per round              ▲
 //!                     ▼                                     │ records
-//!                  DmaFile::read_at_aligned × W ── decode ──┘
+//!                  IndexFile::read_at_aligned × W ── decode ┘
 //! ```
 //!
 //! Modules, bottom up:
@@ -22,8 +23,9 @@
 //!   engine's synchronous `DiskIndex::search`, with identical results.
 //! * [`runtime`]: starts the executors, hands out queries through one atomic
 //!   counter, gathers results in query order (no HTTP).
-//! * [`rt`]: what hyper needs from a runtime (IO adapter, local spawner,
-//!   timer), provided on glommio; deadlines around futures; `block_on`.
+//! * [`rt`]: the runtime seam: glommio (io_uring) or epoll (pread on a
+//!   thread pool), chosen per process; tasks, timers, deadlines, sockets,
+//!   file reads, executor pools, `block_on`, and what hyper needs.
 //! * [`config`]: `node.toml`, checked into a [`NodeConfig`] or a `ConfigError`.
 //! * [`api`]: the JSON bodies and `ApiError`, the checks that make a 400.
 //! * [`metrics`]: relaxed atomic counters, rendered as Prometheus text.
@@ -40,7 +42,8 @@
 //! * [`client`]: blocking entry points for `bench --server` and tests.
 //!
 //! The engine knows nothing of glommio: it only names the nodes it needs.
-//! No `unsafe` is needed here: glommio's `DmaFile` owns the aligned buffers.
+//! No `unsafe` is needed here: glommio's `DmaFile` and the engine's
+//! `AlignedBuf` own the aligned buffers.
 #![deny(unsafe_code)]
 
 pub mod admission;

@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 
 use futures::future::{join, join_all};
 use futures::stream::{FuturesUnordered, StreamExt};
-use glommio::io::DmaFile;
 use shardann_engine::cluster::ClusterManifest;
 use shardann_engine::docs::{Include, UserId};
 use shardann_engine::element::ElemType;
@@ -51,6 +50,7 @@ use crate::config::{resolve, NodeConfig};
 use crate::error::{Result, ServerError, StartError};
 use crate::http::{self, PeerError, Sender};
 use crate::metrics::Metrics;
+use crate::rt::file::IndexFile;
 use crate::rt::until;
 use crate::shard::{open_index_file, search_one_filtered};
 
@@ -385,7 +385,7 @@ impl Drop for Outstanding<'_> {
 }
 
 /// An executor's handle on one version of a shard's node file.
-type OpenFile = (Weak<DiskIndex>, Rc<DmaFile>);
+type OpenFile = (Weak<DiskIndex>, Rc<IndexFile>);
 
 /// One executor's view of the node.
 pub struct Executor<T: WireElem> {
@@ -404,7 +404,7 @@ pub struct Executor<T: WireElem> {
 
 impl<T: WireElem> Executor<T> {
     /// Opens this executor's `O_DIRECT` handles on the local shards. Must run
-    /// inside a glommio executor.
+    /// inside an executor ([`crate::rt`]).
     pub async fn open(node: Arc<Node>) -> Result<Self> {
         let mut files = Vec::with_capacity(node.local.len());
         for s in 0..node.local.len() as u32 {
@@ -1005,7 +1005,7 @@ impl<T: WireElem> Executor<T> {
 
     /// This executor's handle on `index`'s node file, reopened when the
     /// shard moved to a new version since the last search here.
-    async fn file_for(&self, s: u32, index: &Arc<DiskIndex>) -> Result<Rc<DmaFile>> {
+    async fn file_for(&self, s: u32, index: &Arc<DiskIndex>) -> Result<Rc<IndexFile>> {
         if let Some(Some((version, file))) = self.files.borrow().get(s as usize) {
             // Identity of the version, without touching the weak count.
             if std::ptr::eq(version.as_ptr(), Arc::as_ptr(index)) {

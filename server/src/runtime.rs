@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use glommio::io::DmaFile;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use shardann_engine::data::Vectors;
 use shardann_engine::index::{DiskIndex, OpenOptions};
@@ -33,6 +32,7 @@ use shardann_engine::search::{BeamSearch, SearchParams, SearchStats};
 use shardann_engine::Element;
 
 use crate::error::{Result, ServerError};
+use crate::rt::file::IndexFile;
 use crate::shard::{open_index_file, search_one};
 
 /// io_uring buffer memory per executor. glommio locks it in RAM, and this
@@ -297,7 +297,7 @@ async fn executor_main<T: Element>(
 /// One task: takes queries until none are left, one at a time.
 async fn worker<T: Element>(
     shared: Shared<T>,
-    file: Rc<DmaFile>,
+    file: Rc<IndexFile>,
 ) -> Result<Vec<(usize, QueryResult)>> {
     let n = shared.len();
     let mut scratch = BeamSearch::<T>::new();

@@ -37,7 +37,6 @@ use std::time::{Duration, Instant};
 use futures::future::Either;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::StreamExt;
-use glommio::{LocalExecutorPoolBuilder, PoolThreadHandles};
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
@@ -56,8 +55,8 @@ use crate::http::{body_reply, error_reply, full, json_reply, parse_json, read_bo
 use crate::metrics::{Closed, Endpoint};
 use crate::node::{Executor, Node};
 use crate::replication;
-use crate::rt::{until, AsyncIoTimer, Io, LocalExec};
-use crate::runtime::DEFAULT_IO_MEMORY;
+use crate::rt::net::{TcpListener, TcpStream};
+use crate::rt::{until, AsyncIoTimer, Backend, Io, LocalExec, Pool, PoolSpec, Queue};
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -82,7 +81,7 @@ const SEARCH_SHARES: usize = 9000;
 struct Front<T: WireElem> {
     exec: Executor<T>,
     gate: Gate,
-    searches: glommio::TaskQueueHandle,
+    searches: Queue,
 }
 
 /// A node that is serving.
@@ -90,7 +89,9 @@ pub struct RunningNode {
     /// The address it listens on (the real port when the config said 0).
     pub addr: SocketAddr,
     pub node: Arc<Node>,
-    handles: PoolThreadHandles<Result<()>>,
+    /// The runtime its executors run on.
+    pub backend: Backend,
+    handles: Pool<Result<()>>,
 }
 
 impl RunningNode {
@@ -103,7 +104,7 @@ impl RunningNode {
                 Err(e) => {
                     return Err(ServerError::Executor {
                         executor,
-                        source: e.into(),
+                        source: e,
                     })
                 }
             }
@@ -131,12 +132,8 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
             .map_err(|source| start_err(StartError::Listen { addr, source }))?,
         None => addr,
     };
-    let executors = config.executors.unwrap_or_else(|| {
-        glommio::CpuSet::online()
-            .map(|s| s.len())
-            .unwrap_or(1)
-            .max(1)
-    });
+    let executors = config.executors.unwrap_or_else(online_cpus).max(1);
+    let backend = config.runtime.resolve();
     let pulled = pull_missing_shards(&config);
     let node = Arc::new(Node::open(config)?);
     node.metrics.add(&node.metrics.pulls, pulled.0);
@@ -146,24 +143,24 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
     let elem = node.manifest.elem;
     // Released only now, so the port stays claimed while the shards open.
     drop(guard);
-    let handles = LocalExecutorPoolBuilder::new(node_placement(executors))
-        // Each executor's blocking thread (query embedding) unpinned: the
-        // pool's default pins every one of them to the same first CPU, and
-        // candle's threads started from there would inherit that one CPU.
-        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
-        .name("shardann-node")
-        .io_memory(DEFAULT_IO_MEMORY)
-        .on_all_shards(move || async move {
-            match elem {
-                ElemType::U8 => executor_main::<u8>(gen_node, addr, ready_tx).await,
-                ElemType::I8 => executor_main::<i8>(gen_node, addr, ready_tx).await,
-                ElemType::F32 => executor_main::<f32>(gen_node, addr, ready_tx).await,
-            }
-        })
-        .map_err(|e| ServerError::Runtime {
-            executors,
-            source: e.into(),
-        })?;
+    // Pinned one per CPU only when the node has one per CPU, i.e. owns the
+    // machine. A node with fewer executors shares the machine (other nodes,
+    // a benchmark client): pinning would stack every such process on the
+    // first CPUs, so the kernel places them instead.
+    let spec = PoolSpec {
+        backend,
+        executors,
+        name: "shardann-node",
+        pinned: executors == online_cpus(),
+    };
+    let handles = crate::rt::start_pool(spec, move || async move {
+        match elem {
+            ElemType::U8 => executor_main::<u8>(gen_node, addr, ready_tx).await,
+            ElemType::I8 => executor_main::<i8>(gen_node, addr, ready_tx).await,
+            ElemType::F32 => executor_main::<f32>(gen_node, addr, ready_tx).await,
+        }
+    })
+    .map_err(|source| ServerError::Runtime { executors, source })?;
     for _ in 0..executors {
         match ready_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(Ok(())) => {}
@@ -173,18 +170,23 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
     }
     if node.config.follow_ms > 0 && !node.local_shards().is_empty() {
         let follower = Arc::clone(&node);
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .name("shardann-follow")
-            .io_memory(DEFAULT_IO_MEMORY)
-            .spawn(move || replication::follow(follower))
-            .map_err(|e| ServerError::Runtime {
+        let spec = PoolSpec {
+            backend,
+            executors: 1,
+            name: "shardann-follow",
+            pinned: false,
+        };
+        crate::rt::start_pool(spec, move || replication::follow(follower)).map_err(|source| {
+            ServerError::Runtime {
                 executors: 1,
-                source: e.into(),
-            })?;
+                source,
+            }
+        })?;
     }
     Ok(RunningNode {
         addr,
         node,
+        backend,
         handles,
     })
 }
@@ -243,17 +245,9 @@ fn claim_port(addr: SocketAddr) -> std::result::Result<Option<std::net::TcpListe
 /// refusing to start (see [`claim_port`]).
 const PORT_WAIT: Duration = Duration::from_secs(3);
 
-/// Executors are pinned one per CPU only when the node has one per CPU, i.e.
-/// owns the machine. A node with fewer executors shares the machine (other
-/// nodes, a benchmark client): pinning would stack every such process on the
-/// first CPUs, so the kernel places them instead.
-fn node_placement(executors: usize) -> glommio::PoolPlacement {
-    let cpus = glommio::CpuSet::online().map(|s| s.len()).unwrap_or(0);
-    if executors == cpus {
-        glommio::PoolPlacement::MaxSpread(executors, None)
-    } else {
-        glommio::PoolPlacement::Unbound(executors)
-    }
+/// The CPUs this process may run on.
+fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Pulls, from a peer that serves it, every shard this node should serve
@@ -355,25 +349,18 @@ async fn executor_main<T: WireElem>(
         config.deadline_ms,
     );
     let max_connections = config.connections.max_connections();
-    let searches = glommio::executor().create_task_queue(
-        glommio::Shares::Static(SEARCH_SHARES),
-        glommio::Latency::NotImportant,
-        "shardann-search",
-    );
+    let searches = Queue::new("shardann-search", SEARCH_SHARES);
     let exec = Rc::new(Front {
         exec,
         gate,
         searches,
     });
-    let listener = match glommio::net::TcpListener::bind(addr) {
+    let listener = match TcpListener::bind(addr) {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(ServerError::Start {
                 node: exec.exec.node.config.node_id.clone(),
-                source: StartError::Listen {
-                    addr,
-                    source: e.into(),
-                },
+                source: StartError::Listen { addr, source: e },
             }));
             return Ok(());
         }
@@ -384,17 +371,18 @@ async fn executor_main<T: WireElem>(
         match listener.accept().await {
             Ok(stream) => match ConnectionSlot::take(&node, max_connections) {
                 Some(slot) => {
-                    glommio::spawn_local(serve_connection(Rc::clone(&exec), stream, slot)).detach();
+                    crate::rt::spawn_local(serve_connection(Rc::clone(&exec), stream, slot))
+                        .detach();
                 }
                 None => {
                     node.metrics.add(&node.metrics.connections_refused, 1);
-                    glommio::spawn_local(refuse(stream)).detach();
+                    crate::rt::spawn_local(refuse(stream)).detach();
                 }
             },
             Err(e) => {
                 // Out of file descriptors and the like: pause, keep serving.
                 eprintln!("node {}: accept: {e}", node.config.node_id);
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                crate::rt::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -404,7 +392,7 @@ async fn executor_main<T: WireElem>(
 /// client reports as a protocol error) if the client takes it at once,
 /// then close. Bounded by [`REFUSAL_TIMEOUT`], so refusals cost nothing
 /// that lasts.
-async fn refuse(mut stream: glommio::net::TcpStream) {
+async fn refuse(mut stream: TcpStream) {
     let answer = async {
         let refusal = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{REFUSAL}",
@@ -426,7 +414,7 @@ async fn refuse(mut stream: glommio::net::TcpStream) {
 /// HTTP/1.1. `_slot` counts it against the node's cap until it ends.
 async fn serve_connection<T: WireElem>(
     front: Rc<Front<T>>,
-    mut stream: glommio::net::TcpStream,
+    mut stream: TcpStream,
     _slot: ConnectionSlot,
 ) {
     let node = Arc::clone(&front.exec.node);
@@ -492,7 +480,9 @@ async fn serve_connection<T: WireElem>(
     loop {
         let idle_at = activity.idle_at(c.header_timeout(), c.idle_timeout());
         let check_at = idle_at.unwrap_or_else(|| Instant::now() + c.idle_timeout());
-        let wait = glommio::timer::Timer::new(check_at.saturating_duration_since(Instant::now()));
+        let wait = std::pin::pin!(crate::rt::sleep(
+            check_at.saturating_duration_since(Instant::now())
+        ));
         if let Either::Left(_) = futures::future::select(conn.as_mut(), wait).await {
             return;
         }
@@ -785,11 +775,11 @@ async fn in_search_queue<T: WireElem>(
     front: &Front<T>,
     work: impl std::future::Future<Output = Result<Reply>> + 'static,
 ) -> Result<Reply> {
-    match glommio::spawn_local_into(work, front.searches) {
+    match front.searches.spawn(work) {
         Ok(task) => task.await,
-        Err(e) => Err(ServerError::Runtime {
+        Err(source) => Err(ServerError::Runtime {
             executors: 1,
-            source: std::io::Error::other(e.to_string()),
+            source,
         }),
     }
 }
@@ -890,33 +880,32 @@ async fn embed_queries<T: WireElem>(
     };
     let start = Instant::now();
     let n = texts.len() as u64;
-    let vectors = glommio::executor()
-        .spawn_blocking(move || {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            // A panic would kill the executor's only blocking thread and
-            // leave this request, and every later embedding, waiting.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                encoder.embed_batched(&refs, EMBED_BATCH)
-            }))
-            .unwrap_or_else(|_| {
-                Err(shardann_engine::Error::embed(
-                    "<query texts>",
-                    shardann_engine::EmbedError::Inference {
-                        what: "running the model",
-                        message: "it panicked".into(),
-                    },
-                ))
-            })
+    let vectors = crate::rt::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        // A panic would kill the executor's only blocking thread and
+        // leave this request, and every later embedding, waiting.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            encoder.embed_batched(&refs, EMBED_BATCH)
+        }))
+        .unwrap_or_else(|_| {
+            Err(shardann_engine::Error::embed(
+                "<query texts>",
+                shardann_engine::EmbedError::Inference {
+                    what: "running the model",
+                    message: "it panicked".into(),
+                },
+            ))
         })
-        .await
-        .map_err(|e| match e {
-            shardann_engine::Error::Embed { source, .. }
-                if matches!(*source, shardann_engine::EmbedError::EmptyText { .. }) =>
-            {
-                ServerError::from(ApiError::Unembeddable(source.to_string()))
-            }
-            e => e.into(),
-        })?;
+    })
+    .await
+    .map_err(|e| match e {
+        shardann_engine::Error::Embed { source, .. }
+            if matches!(*source, shardann_engine::EmbedError::EmptyText { .. }) =>
+        {
+            ServerError::from(ApiError::Unembeddable(source.to_string()))
+        }
+        e => e.into(),
+    })?;
     for (q, v) in queries
         .iter_mut()
         .filter(|q| q.embed.is_some())
@@ -1230,6 +1219,7 @@ fn health<T: WireElem>(exec: &Executor<T>) -> Reply {
         &serde_json::json!({
             "status": "ok",
             "node_id": node.config.node_id,
+            "runtime": crate::rt::current().name(),
             "local_shards": node.local_shards(),
             "unserved_shards": node.unserved_shards(),
             "unavailable_shards": node.unavailable_shards(),

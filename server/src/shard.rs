@@ -1,7 +1,8 @@
-//! One search driven by async `O_DIRECT` reads on a glommio executor.
+//! One search driven by async `O_DIRECT` reads on an executor (io_uring on
+//! glommio, a pread pool on epoll: [`crate::rt`]).
 //!
 //! ```text
-//!  BeamSearch::next_batch() ──► W node ids ──► W × DmaFile::read_at_aligned ─┐
+//!  BeamSearch::next_batch() ──► W node ids ──► W × IndexFile::read_at_aligned ┐
 //!        ▲                                     (in flight together)          │
 //!        └──── BeamSearch::visit(id, record) ◄── SectorGeometry::decode ◄────┘
 //! ```
@@ -21,7 +22,6 @@
 use std::path::PathBuf;
 
 use futures::future::join_all;
-use glommio::io::{DmaFile, ReadResult};
 use shardann_engine::index::{DiskIndex, Matches};
 use shardann_engine::layout::INDEX_FILE;
 use shardann_engine::layout::{NodeLocation, SectorGeometry, SECTOR};
@@ -29,25 +29,23 @@ use shardann_engine::search::{BeamSearch, Hit, Plan, SearchParams, SearchStats};
 use shardann_engine::Element;
 
 use crate::error::{Result, ServerError};
+use crate::rt::file::{IndexFile, Sectors};
 
 /// The node file of `index`: what [`open_index_file`] opens.
 pub fn index_file_path(index: &DiskIndex) -> PathBuf {
     index.dir().join(INDEX_FILE)
 }
 
-/// Opens `index`'s node file for `O_DIRECT` reads through io_uring.
+/// Opens `index`'s node file for `O_DIRECT` reads on the caller's
+/// executor (io_uring on glommio, a pread pool on epoll: [`crate::rt`]).
 ///
-/// A [`DmaFile`] belongs to the executor that opened it (it is `!Send`), so
-/// each executor calls this once and shares the file among its tasks.
-/// Must be called from inside a glommio executor.
-pub async fn open_index_file(index: &DiskIndex) -> Result<DmaFile> {
+/// An [`IndexFile`] belongs to the executor that opened it (it is `!Send`),
+/// so each executor calls this once and shares the file among its tasks.
+pub async fn open_index_file(index: &DiskIndex) -> Result<IndexFile> {
     let path = index_file_path(index);
-    DmaFile::open(&path)
+    IndexFile::open(&path)
         .await
-        .map_err(|e| ServerError::OpenDma {
-            path,
-            source: e.into(),
-        })
+        .map_err(|source| ServerError::OpenDma { path, source })
 }
 
 /// Why one node read failed, before the path is attached: the path is only
@@ -59,16 +57,16 @@ enum ReadFailure {
 
 /// Reads the sectors holding node `id`'s record.
 async fn read_node(
-    file: &DmaFile,
+    file: &IndexFile,
     geometry: &SectorGeometry,
     id: u32,
-) -> (NodeLocation, std::result::Result<ReadResult, ReadFailure>) {
+) -> (NodeLocation, std::result::Result<Sectors, ReadFailure>) {
     let loc = geometry.locate(id);
     let want = loc.sectors * SECTOR;
     let read = match file.read_at_aligned(loc.sector * SECTOR as u64, want).await {
         Ok(bytes) if bytes.len() >= want => Ok(bytes),
         Ok(bytes) => Err(ReadFailure::Short { got: bytes.len() }),
-        Err(e) => Err(ReadFailure::Io(e.into())),
+        Err(e) => Err(ReadFailure::Io(e)),
     };
     (loc, read)
 }
@@ -83,7 +81,7 @@ async fn read_node(
 /// `stats.ios` counts sectors read, as the engine's synchronous path does.
 pub async fn search_one<T: Element>(
     index: &DiskIndex,
-    file: &DmaFile,
+    file: &IndexFile,
     scratch: &mut BeamSearch<T>,
     query: &[T],
     params: SearchParams,
@@ -100,7 +98,7 @@ pub async fn search_one<T: Element>(
 /// global ids with `DiskIndex::map_to_global`.
 pub async fn search_one_filtered<T: Element>(
     index: &DiskIndex,
-    file: &DmaFile,
+    file: &IndexFile,
     scratch: &mut BeamSearch<T>,
     query: &[T],
     params: SearchParams,

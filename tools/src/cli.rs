@@ -646,6 +646,13 @@ pub struct ServeArgs {
     /// Executors, one per core (default: every core; overrides the config).
     #[arg(long)]
     pub executors: Option<usize>,
+    /// The runtime (overrides the config): glommio (sockets and O_DIRECT
+    /// reads through io_uring), epoll (sockets on epoll, O_DIRECT reads with
+    /// pread on a thread pool: for containers whose seccomp profile blocks
+    /// io_uring), or auto (glommio where io_uring can be set up, else epoll,
+    /// said once on stderr).
+    #[arg(long, value_name = "auto|glommio|epoll")]
+    pub runtime: Option<shardann_server::rt::RuntimeChoice>,
     /// Nodes per local shard to keep in RAM (overrides the config).
     #[arg(long)]
     pub cache_nodes: Option<usize>,

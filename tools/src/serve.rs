@@ -20,6 +20,9 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(fields) = &a.cluster_codes {
         config.cluster_codes = fields.clone();
     }
+    if let Some(r) = a.runtime {
+        config.runtime = r;
+    }
     if let Some(c) = a.cache_nodes {
         config.cache_nodes = c;
     }
@@ -39,9 +42,10 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let node = &running.node;
     writeln!(
         out,
-        "node {node_id} listening on http://{} (HTTP/2 prior knowledge and HTTP/1.1)\n\
+        "node {node_id} listening on http://{} (HTTP/2 prior knowledge and HTTP/1.1, {} runtime)\n\
          serving shard(s) {:?} of {} ({} points, {}-d {}, {}); peers: {}",
         running.addr,
+        running.backend.name(),
         node.local_shards(),
         node.manifest.shards.len(),
         node.manifest.num_points,

@@ -56,7 +56,7 @@ pub async fn follow(node: std::sync::Arc<Node>) {
     let mut backoff: std::collections::BTreeMap<u32, (Instant, std::time::Duration)> =
         std::collections::BTreeMap::new();
     loop {
-        glommio::timer::sleep(interval).await;
+        crate::rt::sleep(interval).await;
         for s in node.local_shards() {
             if backoff
                 .get(&s)

@@ -246,7 +246,7 @@ pub(super) fn remote_manifest(addr: SocketAddr, shard: u32, bytes: &[u8]) -> Res
 
 /// Pulls shard `shard`'s current version from the node at `addr` into
 /// `index_dir` (which gets `cluster.json` too if it has none). Must run on
-/// a glommio executor. Resumes an interrupted pull of the same version.
+/// an executor ([`crate::rt`]). Resumes an interrupted pull of the same version.
 pub async fn pull(
     addr: SocketAddr,
     token: Option<&str>,
@@ -666,7 +666,7 @@ fn next_chunk(buf: &mut BytesMut, pos: u64, size: u64) -> Result<Option<Vec<u8>>
     Ok(Some(raw))
 }
 
-/// [`pull`] from a blocking context: runs it on its own glommio executor.
+/// [`pull`] from a blocking context: runs it on its own executor.
 pub fn pull_blocking(
     addr: SocketAddr,
     token: Option<String>,

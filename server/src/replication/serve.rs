@@ -137,13 +137,13 @@ pub async fn file_body(
         .into());
     }
     let path = dir.join(name);
-    let file = glommio::io::BufferedFile::open(&path)
+    let file = crate::rt::file::ChunkFile::open(&path)
         .await
-        .map_err(|e| unreadable(node, s, &ServerError::io(&path, e.into())))?;
+        .map_err(|e| unreadable(node, s, &ServerError::io(&path, e)))?;
     let size = entry.size;
     let stream = futures::stream::unfold((file, offset), move |(file, pos)| async move {
         if pos >= size {
-            let _ = file.close().await;
+            file.close().await;
             return None;
         }
         let want = CHUNK.min((size - pos) as usize);
@@ -153,7 +153,7 @@ pub async fn file_body(
                 std::io::ErrorKind::UnexpectedEof,
                 format!("short read: {} of {want} bytes at {pos}", raw.len()),
             )),
-            Err(e) => Err(std::io::Error::other(e.to_string())),
+            Err(e) => Err(e),
         };
         Some((item, (file, pos + want as u64)))
     });

@@ -1,4 +1,4 @@
-//! What hyper needs from a runtime, provided on glommio.
+//! What hyper needs from a runtime, provided on either of ours.
 //!
 //! hyper 1.x is runtime-agnostic: it asks for byte streams implementing its
 //! own `Read`/`Write` traits, an executor for the background tasks of an
@@ -10,10 +10,11 @@
 //!   replaying bytes already read (the listener reads the first bytes of a
 //!   connection to tell HTTP/2 from HTTP/1.1, then hands them back).
 //! * [`LocalExec`] spawns hyper's connection tasks with
-//!   `glommio::spawn_local`; non-`Send` futures are fine.
+//!   [`super::spawn_local`] on the current executor; non-`Send` futures
+//!   are fine.
 //! * [`AsyncIoTimer`] gives hyper `Send + Sync` sleeps (its `Sleep` trait
 //!   requires them, glommio's timers are `!Send`) from `async-io`'s timer
-//!   thread; glommio accepts wake-ups from foreign threads.
+//!   thread; both executors accept wake-ups from foreign threads.
 //!
 //! The adapter copies through a small buffer rather than handing hyper's
 //! uninitialised buffer to the socket: that would need `unsafe`, and the
@@ -102,7 +103,7 @@ impl<S: AsyncWrite + Unpin> hyper::rt::Write for Io<S> {
 }
 
 /// Runs hyper's background futures (HTTP/2 connection drivers, streams) as
-/// detached tasks on the current glommio executor.
+/// detached tasks on the current executor.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LocalExec;
 
@@ -112,7 +113,7 @@ where
     F::Output: 'static,
 {
     fn execute(&self, fut: F) {
-        glommio::spawn_local(fut).detach();
+        super::spawn_local(fut).detach();
     }
 }
 
@@ -139,41 +140,4 @@ impl hyper::rt::Timer for AsyncIoTimer {
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(Sleep(async_io::Timer::at(deadline)))
     }
-}
-
-/// Runs `fut` until `deadline`; `None` if the deadline came first (the
-/// future is dropped, which cancels its reads and requests).
-pub async fn until<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    let timer = glommio::timer::Timer::new(left);
-    futures::pin_mut!(fut);
-    match futures::future::select(fut, timer).await {
-        futures::future::Either::Left((out, _)) => Some(out),
-        futures::future::Either::Right(_) => None,
-    }
-}
-
-/// Runs `make()`'s future to completion on a fresh, unpinned glommio
-/// executor thread and returns its output: how blocking code (the CLI, a
-/// node's startup) calls the async clients.
-pub fn block_on<F, Fut, T>(name: &str, make: F) -> crate::error::Result<T>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T> + 'static,
-    T: Send + 'static,
-{
-    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name(name)
-        .io_memory(crate::runtime::DEFAULT_IO_MEMORY)
-        .spawn(make)
-        .map_err(|e| crate::error::ServerError::Runtime {
-            executors: 1,
-            source: e.into(),
-        })?;
-    handle
-        .join()
-        .map_err(|e| crate::error::ServerError::Executor {
-            executor: 0,
-            source: e.into(),
-        })
 }
