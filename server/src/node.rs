@@ -13,7 +13,7 @@
 //! opened local shards (their PQ codes and node caches live once in RAM),
 //! the peers and their outstanding-request counters, the metrics.
 //! [`Executor`] is one executor's own state: an `O_DIRECT` file handle per
-//! local shard (glommio files belong to one executor), reusable search
+//! local shard (an `IndexFile` belongs to the executor that opened it), reusable search
 //! scratch, and pooled HTTP/2 connections to peers.
 //!
 //! Every executor can search every local shard: connections are spread over
@@ -400,6 +400,10 @@ pub struct Executor<T: WireElem> {
     pool: RefCell<Vec<[Option<Sender>; PEER_CONNECTIONS]>>,
     /// Breaks ties between equally loaded replicas.
     turn: Cell<usize>,
+    /// One forward pass of the model at a time per executor, as on glommio
+    /// (one blocking thread each) so on epoll (a shared thread pool), where
+    /// concurrent passes would fight the searches for the cores.
+    pub embedding: futures::lock::Mutex<()>,
 }
 
 impl<T: WireElem> Executor<T> {
@@ -423,6 +427,7 @@ impl<T: WireElem> Executor<T> {
             scratch: RefCell::new(Vec::new()),
             pool: RefCell::new(vec![Default::default(); peers]),
             turn: Cell::new(0),
+            embedding: futures::lock::Mutex::new(()),
         })
     }
 

@@ -73,7 +73,8 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_millis(200);
 /// default queue (1,000 shares), where connections are read and requests
 /// parsed, refused and answered. When both have work (requests pour in),
 /// admitted searches get 9/10 of the core instead of being a few tasks
-/// among thousands of requests being read and refused.
+/// among thousands of requests being read and refused. (glommio only: the
+/// epoll runtime has one FIFO queue per executor.)
 const SEARCH_SHARES: usize = 9000;
 
 /// One executor's front end: its search state, its admission gate, and the
@@ -133,7 +134,12 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
         None => addr,
     };
     let executors = config.executors.unwrap_or_else(online_cpus).max(1);
-    let backend = config.runtime.resolve();
+    // Pinned one per CPU only when the node has one per CPU, i.e. owns the
+    // machine. A node with fewer executors shares the machine (other nodes,
+    // a benchmark client): pinning would stack every such process on the
+    // first CPUs, so the kernel places them instead.
+    let pinned = executors == online_cpus();
+    let backend = choose_backend(&config, executors, pinned);
     let pulled = pull_missing_shards(&config);
     let node = Arc::new(Node::open(config)?);
     node.metrics.add(&node.metrics.pulls, pulled.0);
@@ -143,15 +149,11 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
     let elem = node.manifest.elem;
     // Released only now, so the port stays claimed while the shards open.
     drop(guard);
-    // Pinned one per CPU only when the node has one per CPU, i.e. owns the
-    // machine. A node with fewer executors shares the machine (other nodes,
-    // a benchmark client): pinning would stack every such process on the
-    // first CPUs, so the kernel places them instead.
     let spec = PoolSpec {
         backend,
         executors,
         name: "shardann-node",
-        pinned: executors == online_cpus(),
+        pinned,
     };
     let handles = crate::rt::start_pool(spec, move || async move {
         match elem {
@@ -245,9 +247,44 @@ fn claim_port(addr: SocketAddr) -> std::result::Result<Option<std::net::TcpListe
 /// refusing to start (see [`claim_port`]).
 const PORT_WAIT: Duration = Duration::from_secs(3);
 
-/// The CPUs this process may run on.
+/// The machine's online CPUs (what glommio's pinned placement spreads
+/// over), not this process's CPU quota.
 fn online_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    glommio::CpuSet::online().map_or(1, |s| s.len().max(1))
+}
+
+/// The runtime `config` asks for. An explicit one becomes the process's
+/// default too (its pulls and clients run there). With `auto`, glommio is
+/// tried with the node's own executors before it is relied on: the
+/// process-wide probe starts only one (locked memory grows with their
+/// number), so a node can still fall back here, with one line saying why.
+fn choose_backend(config: &NodeConfig, executors: usize, pinned: bool) -> Backend {
+    if config.runtime != crate::rt::RuntimeChoice::Auto {
+        let backend = config.runtime.resolve();
+        crate::rt::set_default(backend);
+        return backend;
+    }
+    match crate::rt::auto() {
+        Backend::Epoll => Backend::Epoll,
+        Backend::Glommio => {
+            let spec = PoolSpec {
+                backend: Backend::Glommio,
+                executors,
+                name: "shardann-probe",
+                pinned,
+            };
+            match crate::rt::probe_pool(spec) {
+                Ok(()) => Backend::Glommio,
+                Err(why) => {
+                    eprintln!(
+                        "note: node {}: {why}; running on the epoll runtime instead",
+                        config.node_id
+                    );
+                    Backend::Epoll
+                }
+            }
+        }
+    }
 }
 
 /// Pulls, from a peer that serves it, every shard this node should serve
@@ -862,8 +899,8 @@ async fn search_admitted<T: WireElem>(
 const EMBED_BATCH: usize = 16;
 
 /// Embeds, with the node's model, the text of every query that asks for it
-/// (`Query::embed`) into its vector, all in one call on this executor's
-/// blocking thread: a forward pass is tens of milliseconds of CPU, which on
+/// (`Query::embed`) into its vector, all in one call on a blocking thread
+/// (`rt::spawn_blocking`), one call at a time per executor: a forward pass is tens of milliseconds of CPU, which on
 /// the executor itself would stall every search it runs. Returns the wall
 /// time in microseconds (0 if no query asked).
 async fn embed_queries<T: WireElem>(
@@ -880,10 +917,11 @@ async fn embed_queries<T: WireElem>(
     };
     let start = Instant::now();
     let n = texts.len() as u64;
+    let _one_at_a_time = exec.embedding.lock().await;
     let vectors = crate::rt::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        // A panic would kill the executor's only blocking thread and
-        // leave this request, and every later embedding, waiting.
+        // A panic would kill glommio's only blocking thread of this
+        // executor and leave this request, and every later embedding, waiting.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             encoder.embed_batched(&refs, EMBED_BATCH)
         }))

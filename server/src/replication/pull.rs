@@ -765,7 +765,8 @@ mod tests {
             let answer = std::sync::Arc::new(answer);
             let thread = std::thread::spawn(move || {
                 let _ = crate::rt::block_on("fake-peer", move || async move {
-                    let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                    let listener =
+                        crate::rt::net::TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
                     tx.send(listener.local_addr().unwrap()).unwrap();
                     for _ in 0..64 {
                         let Ok(stream) = listener.accept().await else {
@@ -779,7 +780,7 @@ mod tests {
                             let resp = answer(req.uri().path());
                             async move { Ok::<_, std::convert::Infallible>(resp) }
                         });
-                        glommio::spawn_local(async move {
+                        crate::rt::spawn_local(async move {
                             let _ = hyper::server::conn::http2::Builder::new(LocalExec)
                                 .timer(AsyncIoTimer)
                                 .serve_connection(Io::new(stream), service)
@@ -1082,7 +1083,7 @@ mod tests {
                         h.extend_from_slice(&4096u32.to_le_bytes());
                         Bytes::from(h)
                     } else {
-                        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                        crate::rt::sleep(std::time::Duration::from_millis(50)).await;
                         Bytes::from_static(&[0])
                     };
                     let frame = hyper::body::Frame::data(data);

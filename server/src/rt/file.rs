@@ -77,7 +77,7 @@ impl IndexFile {
                 let f = Arc::clone(f);
                 let (buf, n) = blocking::unblock(move || {
                     let mut buf = AlignedBuf::new(len);
-                    let n = read_full(&f, &mut buf.as_mut_slice()[..len], pos)?;
+                    let n = read_full(&f, &mut buf.as_mut_slice()[..len], pos, true)?;
                     Ok::<_, io::Error>((buf, n))
                 })
                 .await?;
@@ -94,13 +94,20 @@ impl IndexFile {
     }
 }
 
-/// `pread` until `buf` is full or the file ends; the bytes read.
-fn read_full(f: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+/// `pread` until `buf` is full or the file ends; the bytes read. With
+/// `sectors`, a read that ends off a sector boundary is the end of the
+/// file: a further `O_DIRECT` read from there would be refused (EINVAL).
+fn read_full(f: &File, buf: &mut [u8], pos: u64, sectors: bool) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match f.read_at(&mut buf[got..], pos + got as u64) {
             Ok(0) => break,
-            Ok(n) => got += n,
+            Ok(n) => {
+                got += n;
+                if sectors && got % shardann_engine::layout::SECTOR != 0 {
+                    break;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -137,7 +144,7 @@ impl ChunkFile {
                 let f = Arc::clone(f);
                 blocking::unblock(move || {
                     let mut buf = vec![0; len];
-                    let n = read_full(&f, &mut buf, pos)?;
+                    let n = read_full(&f, &mut buf, pos, false)?;
                     buf.truncate(n);
                     Ok(buf)
                 })

@@ -55,6 +55,7 @@ pub enum RuntimeChoice {
     #[default]
     Auto,
     /// glommio or an error at start.
+    #[serde(alias = "io_uring", alias = "uring")]
     Glommio,
     /// The epoll backend even where io_uring works (tests, comparisons).
     Epoll,
@@ -92,7 +93,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The name reports and `/v1/shards` use.
+    /// The name `serve` prints and `/healthz` reports.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Glommio => "glommio",
@@ -103,10 +104,20 @@ impl Backend {
 
 static AUTO: OnceLock<Backend> = OnceLock::new();
 
+/// Makes `backend` this process's [`auto`] choice, so that what runs beside
+/// a node (its startup pulls, [`block_on`], clients) runs where the node
+/// does, without probing io_uring at all. A node asked for a runtime
+/// explicitly calls it; the first choice in a process stands (`false` if
+/// one had already been made).
+pub fn set_default(backend: Backend) -> bool {
+    AUTO.set(backend).is_ok()
+}
+
 /// The backend this process uses when none was asked for: glommio if an
-/// io_uring can be set up and a glommio executor started (locked memory
-/// included), else epoll. Probed once per process; a fallback is said once
-/// on stderr, with the reason.
+/// io_uring can be set up and a glommio executor started, else epoll.
+/// Probed once per process (one unpinned executor: a node's N pinned ones
+/// can still fail, and `serve::start` then falls back itself); a fallback
+/// is said once on stderr, with the reason.
 pub fn auto() -> Backend {
     *AUTO.get_or_init(|| match glommio_probe() {
         Ok(()) => Backend::Glommio,
@@ -360,6 +371,24 @@ where
 /// Waits for [`block_on`]'s thread.
 type Joiner<T> = Box<dyn FnOnce() -> io::Result<T>>;
 
+/// Can `spec`'s pool start here? Starts it with empty executors and waits
+/// for them: on glommio, N executors need N times the locked memory of the
+/// one [`auto`] tried, and pinned ones need their CPUs. `Err` says why not.
+pub fn probe_pool(spec: PoolSpec<'_>) -> Result<(), String> {
+    let why = |e: &dyn std::fmt::Display| {
+        format!(
+            "{} {} executor(s) cannot start here ({e})",
+            spec.executors,
+            spec.backend.name()
+        )
+    };
+    let pool = start_pool(spec, || async {}).map_err(|e| why(&e))?;
+    for joined in pool.join_all() {
+        joined.map_err(|e| why(&e))?;
+    }
+    Ok(())
+}
+
 /// Runs `make()`'s future to completion on a fresh, unpinned executor
 /// thread of this process's [`auto`] backend and returns its output: how
 /// blocking code (the CLI, a node's startup) calls the async clients.
@@ -476,5 +505,29 @@ mod tests {
         let e = "tokio".parse::<RuntimeChoice>().unwrap_err().to_string();
         assert!(e.contains("tokio") && e.contains("epoll"), "{e}");
         assert_eq!(RuntimeChoice::Epoll.resolve(), Backend::Epoll);
+        #[derive(Deserialize)]
+        struct Config {
+            runtime: RuntimeChoice,
+        }
+        for (text, want) in [
+            ("epoll", RuntimeChoice::Epoll),
+            ("io_uring", RuntimeChoice::Glommio),
+            ("glommio", RuntimeChoice::Glommio),
+        ] {
+            let c: Config = toml::from_str(&format!("runtime = \"{text}\"")).unwrap();
+            assert_eq!(c.runtime, want, "{text}");
+        }
+        assert!(toml::from_str::<Config>("runtime = \"tokio\"").is_err());
+    }
+
+    #[test]
+    fn a_pool_that_can_start_is_probed_as_such() {
+        let spec = PoolSpec {
+            backend: Backend::Epoll,
+            executors: 2,
+            name: "probe-test",
+            pinned: false,
+        };
+        probe_pool(spec).unwrap();
     }
 }
