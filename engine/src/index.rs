@@ -801,14 +801,11 @@ mod tests {
     use crate::synth::{generate_u8, Stream};
     use rand::{Rng, SeedableRng};
 
-    /// Filtered search equals brute force among the matching points, for
-    /// every plan the planner can choose, and never returns a non-match.
-    #[test]
-    fn filtered_search_equals_brute_force_for_every_plan() {
-        let (n, dim) = (3000, 128);
-        let base = generate_u8(n, 7, Stream::Base);
-        let queries = generate_u8(20, 7, Stream::Query);
-        let data = Vectors::new(&base, dim);
+    /// `n` sift-like points (seed `seed`) built into a temporary index with
+    /// R=32, L=64 and 16-byte codes, and 20 queries: (base, queries, dir).
+    fn small_u8_index(n: usize, dim: usize, seed: u64) -> (Vec<u8>, Vec<u8>, tempfile::TempDir) {
+        let base = generate_u8(n, seed, Stream::Base);
+        let queries = generate_u8(20, seed, Stream::Query);
         let dir = tempfile::tempdir().unwrap();
         let params = BuildParams {
             metric: Metric::L2,
@@ -822,7 +819,17 @@ mod tests {
                 ..PqParams::default()
             },
         };
-        build_index(data, &params, dir.path(), &NoProgress).unwrap();
+        build_index(Vectors::new(&base, dim), &params, dir.path(), &NoProgress).unwrap();
+        (base, queries, dir)
+    }
+
+    /// Filtered search equals brute force among the matching points, for
+    /// every plan the planner can choose, and never returns a non-match.
+    #[test]
+    fn filtered_search_equals_brute_force_for_every_plan() {
+        let (n, dim) = (3000, 128);
+        let (base, queries, dir) = small_u8_index(n, dim, 7);
+        let data = Vectors::new(&base, dim);
         let mut index = DiskIndex::open(dir.path(), OpenOptions::buffered()).unwrap();
         // Small enough that a 3,000-point index reaches every plan.
         index.set_flat_max_matches(150);
@@ -891,23 +898,8 @@ mod tests {
     #[test]
     fn search_from_navigation_entries_equals_brute_force() {
         let (n, dim) = (3000, 128);
-        let base = generate_u8(n, 9, Stream::Base);
-        let queries = generate_u8(20, 9, Stream::Query);
+        let (base, queries, dir) = small_u8_index(n, dim, 9);
         let data = Vectors::new(&base, dim);
-        let dir = tempfile::tempdir().unwrap();
-        let params = BuildParams {
-            metric: Metric::L2,
-            vamana: VamanaParams {
-                max_degree: 32,
-                build_list: 64,
-                ..VamanaParams::default()
-            },
-            pq: PqParams {
-                num_chunks: 16,
-                ..PqParams::default()
-            },
-        };
-        build_index(data, &params, dir.path(), &NoProgress).unwrap();
         let opts = OpenOptions {
             nav_points: NavPoints::Count(300),
             ..OpenOptions::buffered()
