@@ -134,14 +134,12 @@ fn glommio_probe() -> Result<(), String> {
     if !shardann_engine::io::UringReader::usable() {
         return Err("io_uring cannot be set up here (blocked by seccomp, kernel.io_uring_disabled, or SHARDANN_DISABLE_URING)".into());
     }
-    let why = |e: &dyn std::fmt::Display| format!("glommio cannot start an executor here ({e})");
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("shardann-probe")
-        .io_memory(DEFAULT_IO_MEMORY)
-        .spawn(|| async {})
-        .map_err(|e| why(&e))?
-        .join()
-        .map_err(|e| why(&e))
+    probe_pool(PoolSpec {
+        backend: Backend::Glommio,
+        executors: 1,
+        name: "shardann-probe",
+        pinned: false,
+    })
 }
 
 thread_local! {
