@@ -83,7 +83,7 @@ impl NodeCache {
             slots: FxHashMap::default(),
             records: Vec::new(),
             record_bytes: geometry.record_bytes,
-            geometry: Some(*geometry),
+            geometry: Some(geometry.clone()),
         };
         let max_nodes = max_nodes.min(geometry.num_points as usize);
         if max_nodes == 0 {

@@ -389,6 +389,7 @@ impl ShardedIndex {
             total.hops += st.hops;
             total.visited_nodes += st.visited_nodes;
             total.cache_hits += st.cache_hits;
+            total.sector_mates += st.sector_mates;
             total.pq_distances += st.pq_distances;
         }
         Ok((merge_top_k(all, params.k), total))

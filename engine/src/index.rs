@@ -28,8 +28,8 @@ use crate::error::{Error, FilterError, FormatError, Result};
 use crate::filter::{Filter, Span};
 use crate::io::{open_reader, AlignedBuf, IoBackend, SectorReader, SectorRequest};
 use crate::layout::{
-    self, IndexHeader, Manifest, SectorGeometry, BUILD_INFO_FILE, IDS_FILE, INDEX_FILE, PQ_FILE,
-    SECTOR,
+    self, IndexHeader, Manifest, NodeOrder, SectorGeometry, BUILD_INFO_FILE, IDS_FILE, INDEX_FILE,
+    PQ_FILE, SECTOR,
 };
 use crate::metric::{Element, Metric};
 use crate::navigation::{NavPoints, Navigation};
@@ -47,6 +47,10 @@ pub struct BuildParams {
     pub vamana: VamanaParams,
     #[serde(skip)]
     pub pq: PqParams,
+    /// Node order of `disk.index`: version 2 ([`NodeOrder::Locality`])
+    /// puts graph neighbours in one sector. Where a sector holds one record
+    /// only, version 1 is written whatever is asked.
+    pub order: NodeOrder,
 }
 
 /// What a build did and how long each stage took.
@@ -67,6 +71,11 @@ pub struct BuildReport {
     pub pq_seconds: f64,
     pub graph_seconds: f64,
     pub write_seconds: f64,
+    /// The node order written (`disk.index` version 1 or 2).
+    pub order: NodeOrder,
+    /// Of the other records in a node's sector, the mean share that are its
+    /// graph neighbours ([`layout::sector_overlap`]).
+    pub sector_overlap: f64,
 }
 
 /// Builds an index over `data` into directory `out` (created if missing).
@@ -89,7 +98,7 @@ pub fn build_index<T: Element>(
     let graph_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let header = IndexHeader {
+    let mut header = IndexHeader {
         elem: T::TYPE,
         metric: params.metric,
         dim: data.dim() as u32,
@@ -99,8 +108,39 @@ pub fn build_index<T: Element>(
         pq_bytes: pq.num_chunks() as u32,
         build_list: params.vamana.build_list as u32,
         alpha: params.vamana.alpha,
+        order: params.order,
     };
-    let index_bytes = layout::write_index(&out.join(INDEX_FILE), &header, data, &graph, progress)?;
+    // Version 2 pays off only with sector mates to use.
+    let rps = {
+        let v2 = IndexHeader {
+            order: NodeOrder::Locality,
+            ..header
+        };
+        v2.records_per_sector() as usize
+    };
+    if rps < 2 {
+        header.order = NodeOrder::Identity;
+    }
+    let order = match header.order {
+        NodeOrder::Locality => layout::locality_order(&graph, rps),
+        NodeOrder::Identity => Vec::new(),
+    };
+    let sector_overlap = match header.order {
+        NodeOrder::Locality => layout::sector_overlap(&graph, &order, rps),
+        NodeOrder::Identity => {
+            let rps = header.records_per_sector() as usize;
+            let identity: Vec<u32> = (0..data.len() as u32).collect();
+            layout::sector_overlap(&graph, &identity, rps)
+        }
+    };
+    let index_bytes = layout::write_index(
+        &out.join(INDEX_FILE),
+        &header,
+        data,
+        &graph,
+        &order,
+        progress,
+    )?;
     let pq_file_bytes = layout::write_pq(&out.join(PQ_FILE), &pq, &codes)?;
     let report = BuildReport {
         num_points: data.len(),
@@ -118,11 +158,133 @@ pub fn build_index<T: Element>(
         pq_seconds,
         graph_seconds,
         write_seconds: t.elapsed().as_secs_f64(),
+        order: header.order,
+        sector_overlap,
     };
     let info = out.join(BUILD_INFO_FILE);
     let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
     std::fs::write(&info, json).map_err(|e| Error::io(&info, e))?;
     Ok(report)
+}
+
+/// What [`relayout`] wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RelayoutReport {
+    pub num_points: u64,
+    pub order: NodeOrder,
+    pub sector_overlap: f64,
+    pub index_bytes: u64,
+    pub seconds: f64,
+}
+
+/// Writes the open index `index` again into the plain index directory
+/// `dst` with node order `order`, the same graph and the same vectors.
+/// Node ids do not change, so the other files of the segment (PQ codes,
+/// ids, documents, filters, text) are copied as they are; the manifest is not
+/// (its checksum of `disk.index` would be wrong). Reads `src`'s
+/// `disk.index` whole into RAM: one record per point (388 MB for 1M
+/// 128-d u8 points at R = 64).
+pub fn relayout(
+    index: &DiskIndex,
+    dst: &Path,
+    order: NodeOrder,
+    progress: &dyn Progress,
+) -> Result<RelayoutReport> {
+    let t = Instant::now();
+    let from = index.dir().to_path_buf();
+    if from.canonicalize().ok() == dst.canonicalize().ok() {
+        return Err(Error::InvalidParameter(format!(
+            "relayout would overwrite its source {}: give another output directory",
+            from.display()
+        )));
+    }
+    let src_path = from.join(INDEX_FILE);
+    let bytes = std::fs::read(&src_path).map_err(|e| Error::io(&src_path, e))?;
+    let g = index.geometry();
+    let n = index.len();
+    progress.stage("reading the graph", n as u64);
+    // Vectors as raw bytes: the writer copies each row's bytes as they are,
+    // whatever the element type (the header keeps the real one).
+    let mut vectors: Vec<u8> = Vec::with_capacity(n * g.vector_bytes);
+    let mut adj: Vec<Vec<u32>> = Vec::with_capacity(n);
+    for node in 0..n as u32 {
+        let loc = g.locate(node);
+        let at = loc.sector as usize * SECTOR;
+        let sectors = bytes.get(at..at + loc.sectors * SECTOR).ok_or_else(|| {
+            Error::format(
+                &src_path,
+                FormatError::Truncated {
+                    what: "node sectors",
+                    offset: at as u64,
+                    end: (at + loc.sectors * SECTOR) as u64,
+                    file_len: bytes.len() as u64,
+                },
+            )
+        })?;
+        let rec = g
+            .decode(node, sectors)
+            .map_err(|e| Error::format(&src_path, e))?;
+        vectors.extend_from_slice(rec.vector);
+        adj.push(rec.neighbors().collect());
+        if node % 65_536 == 0 {
+            progress.inc(65_536.min(n as u64 - node as u64));
+        }
+    }
+    progress.finish_stage();
+    drop(bytes);
+    let header = index.header();
+    let graph = vamana::Graph::from_parts(adj, header.max_degree as usize, header.medoid as u32);
+    let data = Vectors::new(&vectors[..], g.vector_bytes);
+    let mut out_header = IndexHeader { order, ..*header };
+    let rps = IndexHeader {
+        order: NodeOrder::Locality,
+        ..*header
+    }
+    .records_per_sector() as usize;
+    if rps < 2 {
+        out_header.order = NodeOrder::Identity;
+    }
+    let slot_order = match out_header.order {
+        NodeOrder::Locality => layout::locality_order(&graph, rps),
+        NodeOrder::Identity => (0..n as u32).collect(),
+    };
+    let sector_overlap = layout::sector_overlap(
+        &graph,
+        &slot_order,
+        out_header.records_per_sector() as usize,
+    );
+    std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
+    // The segment files keyed by node id, as they are; nothing else (not
+    // the manifest, whose checksums would be wrong, nor unknown files).
+    for name in [
+        PQ_FILE,
+        IDS_FILE,
+        layout::KEYS_FILE,
+        layout::DOCS_FILE,
+        layout::FILTERS_FILE,
+        layout::TEXT_FILE,
+    ] {
+        let from = from.join(name);
+        if from.is_file() {
+            let to = dst.join(name);
+            std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+        }
+    }
+    let index_bytes = layout::write_index(
+        &dst.join(INDEX_FILE),
+        &out_header,
+        data,
+        &graph,
+        &slot_order,
+        progress,
+    )?;
+    Ok(RelayoutReport {
+        num_points: n as u64,
+        order: out_header.order,
+        sector_overlap,
+        index_bytes,
+        seconds: t.elapsed().as_secs_f64(),
+    })
 }
 
 /// The navigation graph's search list: enough to land among the query's
@@ -202,6 +364,9 @@ pub struct DiskIndex {
     /// [`Matches`] made for other copies (before `cluster_codes` was
     /// called again, or on another index) then finds no run here.
     clustered_id: u64,
+    /// Searches use the other records of each sector they read (version 2
+    /// indexes; see [`crate::search::BeamSearch::take_mates`]).
+    sector_mates: bool,
 }
 
 /// Source of [`DiskIndex`]'s `clustered_id`s.
@@ -317,8 +482,14 @@ impl DiskIndex {
                 header.num_points,
             ));
         }
+        let geometry = match header.order {
+            NodeOrder::Identity => SectorGeometry::new(&header),
+            NodeOrder::Locality => {
+                SectorGeometry::with_slots(&header, layout::read_slot_table(&path, &header)?)
+            }
+        };
         Ok(DiskIndex {
-            geometry: SectorGeometry::new(&header),
+            geometry,
             dir,
             header,
             pq: pqf.codebook,
@@ -333,6 +504,7 @@ impl DiskIndex {
             clustered: Vec::new(),
             clustered_max_entries: CLUSTERED_MAX_ENTRIES,
             clustered_id: 0,
+            sector_mates: true,
         })
         .and_then(|mut idx| {
             let ids_path = idx.dir.join(IDS_FILE);
@@ -404,6 +576,18 @@ impl DiskIndex {
     /// plain index.
     pub fn segment(&self) -> Option<&Manifest> {
         self.manifest.as_ref()
+    }
+
+    /// Whether searches use the sector mates of a version 2 index (the
+    /// default); off, every read serves its one node, as in version 1: for
+    /// measuring what the layout gives.
+    pub fn set_sector_mates(&mut self, on: bool) {
+        self.sector_mates = on;
+    }
+
+    /// Whether searches use sector mates (and the index has them).
+    pub fn uses_sector_mates(&self) -> bool {
+        self.sector_mates && self.geometry.order() == NodeOrder::Locality
     }
 
     /// Filtered searches with at most `n` matches score them flat (see
@@ -494,6 +678,7 @@ impl DiskIndex {
         params: SearchParams,
         matches: Option<&Matches>,
     ) -> Plan {
+        search.use_sector_mates(self.sector_mates.then_some(&self.geometry));
         let total = self.header.num_points;
         // A flat plan never walks the graph: no entries to look for.
         let walks = matches.is_none_or(|m| {
@@ -606,6 +791,7 @@ impl DiskIndex {
     /// global ids, documents' ids, block table and filter index.
     pub fn memory_bytes(&self) -> usize {
         self.pq_memory_bytes()
+            + self.geometry.memory_bytes()
             + self.cache.memory_bytes()
             + self.navigation.as_ref().map_or(0, Navigation::memory_bytes)
             + self.global_ids.as_ref().map_or(0, |g| 4 * g.len())
@@ -736,7 +922,7 @@ impl DiskIndex {
         let s = &mut scratch.search;
         let path = self.dir.join(INDEX_FILE);
         loop {
-            let mut batch: Vec<u32> = s.next_batch().to_vec();
+            let mut batch: Vec<u32> = s.next_batch(self.codes())?.to_vec();
             if batch.is_empty() {
                 break;
             }
@@ -773,6 +959,7 @@ impl DiskIndex {
                     .decode(id, buf.as_slice())
                     .map_err(|e| Error::format(&path, e))?;
                 s.visit(id, &rec, self.codes(), m)?;
+                s.take_mates(id, buf.as_slice(), self.codes());
             }
         }
         Ok((s.finish(), s.stats))
@@ -818,9 +1005,128 @@ mod tests {
                 num_chunks: 16,
                 ..PqParams::default()
             },
+            order: NodeOrder::Locality,
         };
         build_index(Vectors::new(&base, dim), &params, dir.path(), &NoProgress).unwrap();
         (base, queries, dir)
+    }
+
+    /// The same graph in both layouts: v2 read node by node answers exactly
+    /// as v1 (same hits, same reads); with its sector mates it reads fewer
+    /// sectors for the same list size and still equals brute force when
+    /// the list is long.
+    #[test]
+    fn v2_layout_answers_as_v1_node_by_node_and_reads_less_with_mates() {
+        let (n, dim) = (4000, 128);
+        let (base, queries, v2_dir) = small_u8_index(n, dim, 11);
+        let v1_dir = tempfile::tempdir().unwrap();
+        let src = DiskIndex::open(v2_dir.path(), OpenOptions::buffered()).unwrap();
+        let r = relayout(&src, v1_dir.path(), NodeOrder::Identity, &NoProgress).unwrap();
+        assert_eq!(r.order, NodeOrder::Identity);
+        let v1 = DiskIndex::open(v1_dir.path(), OpenOptions::buffered()).unwrap();
+        let mut v2 = DiskIndex::open(v2_dir.path(), OpenOptions::buffered()).unwrap();
+        assert_eq!(v2.header().order, NodeOrder::Locality);
+        assert!(v2.geometry().memory_bytes() == 4 * n);
+        let mut scratch = SearchScratch::<u8>::default();
+        let q = Vectors::new(&queries, dim);
+        let params = SearchParams {
+            k: 10,
+            list: 30,
+            beam: 4,
+        };
+        let (mut ios_v1, mut ios_v2, mut mates) = (0, 0, 0);
+        for i in 0..q.len() {
+            let (a, sa) = v1.search(&mut scratch, q.row(i), params).unwrap();
+            v2.set_sector_mates(false);
+            let (b, sb) = v2.search(&mut scratch, q.row(i), params).unwrap();
+            assert_eq!(a, b, "query {i}");
+            assert_eq!(
+                (sa.ios, sa.hops, sa.visited_nodes),
+                (sb.ios, sb.hops, sb.visited_nodes)
+            );
+            v2.set_sector_mates(true);
+            let (_, sc) = v2.search(&mut scratch, q.row(i), params).unwrap();
+            ios_v1 += sa.ios;
+            ios_v2 += sc.ios;
+            mates += sc.sector_mates;
+        }
+        assert!(mates > 0, "no sector mate was used");
+        assert!(ios_v2 < ios_v1, "v2 read {ios_v2} sectors, v1 {ios_v1}");
+        let data = Vectors::new(&base, dim);
+        let long = SearchParams {
+            k: 10,
+            list: 400,
+            beam: 8,
+        };
+        for i in 0..q.len() {
+            let (hits, _) = v2.search(&mut scratch, q.row(i), long).unwrap();
+            let mut exact: Vec<(f32, u32)> = (0..n)
+                .map(|j| (Metric::L2.distance(q.row(i), data.row(j)), j as u32))
+                .collect();
+            exact.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let want: Vec<u32> = exact.iter().take(10).map(|e| e.1).collect();
+            let got: Vec<u32> = hits.iter().map(|h| h.id).collect();
+            assert_eq!(got, want, "query {i}");
+        }
+        // Writing over the source is refused.
+        let e = relayout(&src, v2_dir.path(), NodeOrder::Locality, &NoProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overwrite its source"), "{e}");
+    }
+
+    /// A damaged v2 slot table or a record that is not the node its slot
+    /// says is refused, naming the file.
+    #[test]
+    fn v2_damage_is_refused() {
+        let (base, _, dir) = small_u8_index(1500, 128, 5);
+        let path = dir.path().join(INDEX_FILE);
+        let good = std::fs::read(&path).unwrap();
+        let header = IndexHeader::parse(&good, good.len() as u64).unwrap();
+        let table = header.num_sectors() as usize * SECTOR;
+        // The medoid's slot and another node's swapped in the table, its
+        // checksum recomputed: a search from the medoid reads a record that
+        // is not the medoid's.
+        let mut bad = good.clone();
+        let n = header.num_points as usize;
+        let medoid = header.medoid as usize;
+        let other = (medoid + n / 2) % n;
+        let (a, b) = (table + 4 * medoid, table + 4 * other);
+        bad[a..a + 4].copy_from_slice(&good[b..b + 4]);
+        bad[b..b + 4].copy_from_slice(&good[a..a + 4]);
+        let sum = xxhash_rust::xxh3::xxh3_64(&bad[table..table + 4 * n]);
+        bad[table + 4 * n..table + 4 * n + 8].copy_from_slice(&sum.to_le_bytes());
+        std::fs::write(&path, &bad).unwrap();
+        let opts = OpenOptions {
+            nav_points: NavPoints::NONE,
+            ..OpenOptions::buffered()
+        };
+        let idx = DiskIndex::open(dir.path(), opts).unwrap();
+        let mut scratch = SearchScratch::<u8>::default();
+        let params = SearchParams {
+            k: 10,
+            list: 20,
+            beam: 4,
+        };
+        let e = idx
+            .search(&mut scratch, &base[..128], params)
+            .expect_err("reading the medoid must fail");
+        assert!(
+            e.to_string().contains("holds the record of node")
+                && e.to_string().contains(INDEX_FILE),
+            "{e}"
+        );
+        let table_slot = |i: usize| table + 4 * i;
+        // A slot taken twice.
+        bad[table_slot(0)..table_slot(0) + 4]
+            .copy_from_slice(&good[table_slot(2)..table_slot(2) + 4]);
+        let sum = xxhash_rust::xxh3::xxh3_64(&bad[table..table + 4 * n]);
+        bad[table + 4 * n..table + 4 * n + 8].copy_from_slice(&sum.to_le_bytes());
+        std::fs::write(&path, &bad).unwrap();
+        let e = DiskIndex::open(dir.path(), OpenOptions::buffered())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("taken twice") && e.contains(INDEX_FILE), "{e}");
     }
 
     /// Filtered search equals brute force among the matching points, for

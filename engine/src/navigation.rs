@@ -359,6 +359,7 @@ mod tests {
                 num_chunks: 8,
                 ..PqParams::default()
             },
+            order: crate::layout::NodeOrder::Locality,
         };
         build_index(Vectors::new(base, dim), &params, dir.path(), &NoProgress).unwrap();
         dir

@@ -10,6 +10,11 @@
 //!  finish(k): the result pool sorted by exact distance, top k
 //! ```
 //!
+//! In a version 2 index a sector holds graph neighbours of one another: the
+//! driver hands over each sector it read ([`BeamSearch::take_mates`]), the
+//! other records in it get exact distances and, when near enough to enter
+//! the candidate list, are kept so that expanding them later costs no read.
+//!
 //! The search never touches a file: it says which nodes it needs and is fed
 //! their records. A synchronous loop ([`crate::index::DiskIndex::search`])
 //! and an async executor running many searches at once drive the same code.
@@ -17,10 +22,10 @@
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::error::{Error, Result};
-use crate::layout::NodeRecord;
+use crate::layout::{NodeRecord, SectorGeometry};
 use crate::metric::{Element, Metric};
 use crate::pq::{PqCodebook, QueryTable};
 
@@ -74,6 +79,9 @@ pub struct SearchStats {
     pub visited_nodes: u32,
     /// Of those, the ones served from the node cache without IO.
     pub cache_hits: u32,
+    /// Of those, the ones whose record came in the sector read for another
+    /// node (version 2 layout), so cost no read of their own.
+    pub sector_mates: u32,
     /// PQ distance evaluations.
     pub pq_distances: u32,
 }
@@ -255,6 +263,14 @@ pub struct BeamSearch<T: Element> {
     /// Flat plan: visit the candidates, never their neighbours, all of them
     /// in one batch.
     flat: bool,
+    /// Version 2 geometry when sector mates are used ([`Self::use_sector_mates`]).
+    mates: Option<SectorGeometry>,
+    /// Records of sector mates that entered the candidate list, by id: the
+    /// offset of each in `held_bytes`.
+    held: FxHashMap<u32, usize>,
+    held_bytes: Vec<u8>,
+    /// Where in the sector each of `new_ids` is (sector mates).
+    mate_offsets: Vec<usize>,
     pub stats: SearchStats,
 }
 
@@ -284,8 +300,23 @@ impl<T: Element> BeamSearch<T> {
             new_dists: Vec::new(),
             admit: None,
             flat: false,
+            mates: None,
+            held: FxHashMap::default(),
+            held_bytes: Vec::new(),
+            mate_offsets: Vec::new(),
             stats: SearchStats::default(),
         }
+    }
+
+    /// Makes the following searches use the other records of every sector
+    /// they read (`Some` geometry of a version 2 index), or not (`None`:
+    /// each read serves its one node, as in version 1).
+    pub fn use_sector_mates(&mut self, geometry: Option<&SectorGeometry>) {
+        // A clone shares the slot table (an `Arc`); comparing geometries
+        // would compare the tables, megabytes per query.
+        self.mates = geometry
+            .filter(|g| g.order() == crate::layout::NodeOrder::Locality)
+            .cloned();
     }
 
     /// Begins a search for `query` from `entries` (the medoid, or the
@@ -309,6 +340,8 @@ impl<T: Element> BeamSearch<T> {
         self.batch.clear();
         self.admit = None;
         self.flat = false;
+        self.held.clear();
+        self.held_bytes.clear();
         self.stats = SearchStats::default();
         let m = pq.num_chunks();
         for &entry in entries {
@@ -523,27 +556,164 @@ impl<T: Element> BeamSearch<T> {
         self.candidates.sort_by(by_dist);
     }
 
-    /// The next nodes to read (marked expanded); empty when the search is done.
-    pub fn next_batch(&mut self) -> &[u32] {
+    /// The next nodes to read (marked expanded); empty when the search is
+    /// done. Candidates whose record an earlier read brought along are
+    /// expanded here, in candidate order, without a read.
+    pub fn next_batch(&mut self, codes: &[u8]) -> Result<&[u32]> {
         self.batch.clear();
         let limit = if self.flat {
             usize::MAX
         } else {
             self.params.beam
         };
-        for c in self.candidates.iter_mut() {
-            if self.batch.len() >= limit {
-                break;
+        loop {
+            let mut free = None;
+            for c in self.candidates.iter_mut() {
+                if self.batch.len() >= limit {
+                    break;
+                }
+                if !c.expanded {
+                    c.expanded = true;
+                    if self.held.contains_key(&c.id) {
+                        free = Some(c.id);
+                        break;
+                    }
+                    self.batch.push(c.id);
+                }
             }
-            if !c.expanded {
-                c.expanded = true;
-                self.batch.push(c.id);
+            match free {
+                Some(id) => self.expand_held(id, codes)?,
+                None => break,
             }
         }
         if !self.batch.is_empty() {
             self.stats.hops += 1;
         }
-        &self.batch
+        Ok(&self.batch)
+    }
+
+    /// Expands a held sector mate from its kept record. A record that
+    /// does not decode goes into the batch instead: the driver then reads
+    /// it and reports the corruption with the file's name.
+    fn expand_held(&mut self, id: u32, codes: &[u8]) -> Result<()> {
+        let (Some(at), Some(geometry)) = (self.held.remove(&id), self.mates.take()) else {
+            return Ok(());
+        };
+        let bytes = std::mem::take(&mut self.held_bytes);
+        let m = self.table.num_chunks();
+        let result = match bytes
+            .get(at..at + geometry.record_bytes)
+            .map(|rec| geometry.decode_record(id, rec))
+        {
+            Some(Ok(record)) => {
+                self.stats.sector_mates += 1;
+                self.visit(id, &record, codes, m)
+            }
+            _ => {
+                self.batch.push(id);
+                Ok(())
+            }
+        };
+        self.held_bytes = bytes;
+        self.mates = Some(geometry);
+        result
+    }
+
+    /// Takes the other records of the sector just read for `node`
+    /// (`sector`: the bytes read; version 2 only, a no-op otherwise): each
+    /// gets its exact distance (a possible result), and one near enough by
+    /// PQ distance to enter the candidate list is kept, so that
+    /// [`Self::next_batch`] expands it without reading it.
+    ///
+    /// This runs for every record of every sector read (9 per read on 1M
+    /// 128-d points), so it does the least it can: no decoding (a kept
+    /// record is decoded when expanded), no set of scored nodes (a node
+    /// scored twice is one result after [`sort_hits`]), and the PQ codes of
+    /// all new mates fetched together.
+    pub fn take_mates(&mut self, node: u32, sector: &[u8], codes: &[u8]) {
+        if self.flat {
+            return;
+        }
+        let Some(geometry) = self.mates.take() else {
+            return;
+        };
+        self.new_ids.clear();
+        self.mate_offsets.clear();
+        let base = sector.as_ptr() as usize;
+        for (id, rec) in geometry.mates(node, sector) {
+            let Some(dist) = self.exact_distance(rec.get(..geometry.vector_bytes).unwrap_or(&[]))
+            else {
+                continue;
+            };
+            if self.admit.as_ref().is_none_or(|f| f.contains(id)) {
+                self.results.push(Hit { id, distance: dist });
+            }
+            let offset = rec.as_ptr() as usize - base;
+            if self.visited.insert(id) {
+                self.new_ids.push(id);
+                self.mate_offsets.push(offset);
+            } else if !self.held.contains_key(&id)
+                && self.candidates.iter().any(|c| c.id == id && !c.expanded)
+            {
+                self.hold(id, sector, offset, geometry.record_bytes);
+            }
+        }
+        self.table
+            .distances(codes, &self.new_ids, &mut self.new_dists);
+        self.stats.pq_distances += self.new_ids.len() as u32;
+        for i in 0..self.new_ids.len() {
+            let (id, dist, offset) = (self.new_ids[i], self.new_dists[i], self.mate_offsets[i]);
+            if self.insert_candidate(id, dist) {
+                self.hold(id, sector, offset, geometry.record_bytes);
+            }
+        }
+        self.mates = Some(geometry);
+    }
+
+    /// Keeps the record at `offset` of `sector` for `id`.
+    fn hold(&mut self, id: u32, sector: &[u8], offset: usize, len: usize) {
+        if let Some(rec) = sector.get(offset..offset + len) {
+            self.held.insert(id, self.held_bytes.len());
+            self.held_bytes.extend_from_slice(rec);
+        }
+    }
+
+    /// The exact distance from the query to a vector's bytes; `None` if
+    /// its length is not the query's.
+    fn exact_distance(&mut self, bytes: &[u8]) -> Option<f32> {
+        let vector: &[T] = match bytemuck::try_cast_slice(bytes) {
+            Ok(v) => v,
+            Err(_) => {
+                self.unpacked.clear();
+                self.unpacked.extend(
+                    bytes
+                        .chunks_exact(std::mem::size_of::<T>())
+                        .map(bytemuck::pod_read_unaligned::<T>),
+                );
+                &self.unpacked
+            }
+        };
+        (vector.len() == self.query.len()).then(|| self.metric.distance(&self.query, vector))
+    }
+
+    /// Inserts a candidate if it is among the `L` nearest; says whether it
+    /// was.
+    fn insert_candidate(&mut self, id: u32, dist: f32) -> bool {
+        let l = self.params.list;
+        if self.candidates.len() >= l && self.candidates.last().is_some_and(|w| dist >= w.dist) {
+            return false;
+        }
+        let pos = self.candidates.partition_point(|c| c.dist < dist);
+        self.candidates.insert(
+            pos,
+            Candidate {
+                dist,
+                id,
+                expanded: false,
+            },
+        );
+        self.candidates.truncate(l);
+        true
     }
 
     /// Feeds the record of a node returned by [`BeamSearch::next_batch`].
@@ -596,23 +766,14 @@ impl<T: Element> BeamSearch<T> {
         self.table
             .distances(codes, &self.new_ids, &mut self.new_dists);
         self.stats.pq_distances += self.new_ids.len() as u32;
-        let l = self.params.list;
-        for (&id, &dist) in self.new_ids.iter().zip(&self.new_dists) {
-            if self.candidates.len() >= l && self.candidates.last().is_some_and(|w| dist >= w.dist)
-            {
-                continue;
-            }
-            let pos = self.candidates.partition_point(|c| c.dist < dist);
-            self.candidates.insert(
-                pos,
-                Candidate {
-                    dist,
-                    id,
-                    expanded: false,
-                },
-            );
-            self.candidates.truncate(l);
+        let (ids, dists) = (
+            std::mem::take(&mut self.new_ids),
+            std::mem::take(&mut self.new_dists),
+        );
+        for (&id, &dist) in ids.iter().zip(&dists) {
+            self.insert_candidate(id, dist);
         }
+        (self.new_ids, self.new_dists) = (ids, dists);
         Ok(())
     }
 

@@ -253,6 +253,7 @@ fn fixture() -> &'static Fixture {
                 iterations: 2,
                 seed: 1,
             },
+            order: shardann_engine::layout::NodeOrder::Locality,
         };
         let out = dir.path().join("index");
         build_sharded(

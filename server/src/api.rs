@@ -215,6 +215,9 @@ pub struct WireStats {
     pub ios: u64,
     /// Nodes served from a node cache.
     pub cache_hits: u64,
+    /// Nodes whose record came in a sector read for another node.
+    #[serde(default)]
+    pub sector_mates: u64,
     /// Rounds of reads.
     pub hops: u64,
     /// Nodes whose full record was examined.
@@ -249,6 +252,7 @@ impl WireStats {
     pub fn add_search(&mut self, s: &SearchStats) {
         self.ios += u64::from(s.ios);
         self.cache_hits += u64::from(s.cache_hits);
+        self.sector_mates += u64::from(s.sector_mates);
         self.hops += u64::from(s.hops);
         self.visited += u64::from(s.visited_nodes);
         self.shards_searched += 1;
@@ -262,6 +266,7 @@ impl WireStats {
             hops: c(self.hops),
             visited_nodes: c(self.visited),
             cache_hits: c(self.cache_hits),
+            sector_mates: c(self.sector_mates),
             pq_distances: 0,
         }
     }
@@ -269,6 +274,7 @@ impl WireStats {
     pub fn add(&mut self, o: &WireStats) {
         self.ios += o.ios;
         self.cache_hits += o.cache_hits;
+        self.sector_mates += o.sector_mates;
         self.hops += o.hops;
         self.visited += o.visited;
         self.shards_searched += o.shards_searched;

@@ -119,7 +119,7 @@ pub async fn search_one_filtered<T: Element>(
     let mut batch: Vec<u32> = Vec::with_capacity(params.beam);
     loop {
         batch.clear();
-        batch.extend_from_slice(scratch.next_batch());
+        batch.extend_from_slice(scratch.next_batch(codes)?);
         if batch.is_empty() {
             break;
         }
@@ -158,6 +158,7 @@ pub async fn search_one_filtered<T: Element>(
                     source,
                 })?;
             scratch.visit(id, &record, codes, m)?;
+            scratch.take_mates(id, &bytes, codes);
         }
     }
     let hits = scratch.finish();

@@ -38,6 +38,7 @@ fn build(dir: &Path) {
             iterations: 4,
             seed: 9,
         },
+        order: shardann_engine::layout::NodeOrder::Locality,
     };
     build_sharded(
         Vectors::new(&data[..], DIM),

@@ -47,6 +47,7 @@ fn index_dir() -> &'static Path {
                 iterations: 6,
                 seed: 5,
             },
+            order: shardann_engine::layout::NodeOrder::Locality,
         };
         build_index(Vectors::new(&data[..], DIM), &params, &dir, &NoProgress)
             .expect("building the test index");

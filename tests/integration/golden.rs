@@ -46,6 +46,7 @@ fn write_v1(dir: &Path) {
             iterations: 6,
             seed: 1,
         },
+        order: shardann_engine::layout::NodeOrder::Identity,
     };
     // One thread, so the build is deterministic.
     let pool = rayon::ThreadPoolBuilder::new()
@@ -81,22 +82,7 @@ fn v1_index_stays_readable_with_the_same_results() {
     assert_eq!((idx.len(), idx.dim()), (256, DIM));
     let queries = points(Stream::Query, 20);
     let q = Vectors::new(&queries[..], DIM);
-    let mut s = SearchScratch::<u8>::default();
-    let params = SearchParams {
-        k: 5,
-        list: 20,
-        beam: 2,
-    };
-    let results: Vec<Vec<(u32, f32)>> = (0..q.len())
-        .map(|i| {
-            idx.search(&mut s, q.row(i), params)
-                .unwrap()
-                .0
-                .iter()
-                .map(|h| (h.id, h.distance))
-                .collect()
-        })
-        .collect();
+    let results = golden_results(&idx);
     let baseline = v1.join("results.json");
     let json = serde_json::to_string_pretty(&results).unwrap();
     if std::env::var_os("UPDATE_GOLDEN").is_some() || !baseline.exists() {
@@ -119,6 +105,114 @@ fn v1_index_stays_readable_with_the_same_results() {
             assert_eq!(dist as f64, want);
         }
     }
+}
+
+/// The v1 golden index's answers to its 20 queries (k=5, L=20, W=2).
+fn golden_results(idx: &DiskIndex) -> Vec<Vec<(u32, f32)>> {
+    let queries = points(Stream::Query, 20);
+    let q = Vectors::new(&queries[..], DIM);
+    let mut s = SearchScratch::<u8>::default();
+    let params = SearchParams {
+        k: 5,
+        list: 20,
+        beam: 2,
+    };
+    (0..q.len())
+        .map(|i| {
+            idx.search(&mut s, q.row(i), params)
+                .unwrap()
+                .0
+                .iter()
+                .map(|h| (h.id, h.distance))
+                .collect()
+        })
+        .collect()
+}
+
+/// A v2 index (the v1 golden graph written in locality order) must stay
+/// readable: searched node by node it answers exactly as v1 does, and with
+/// its sector mates it keeps its own committed answers.
+#[test]
+fn v2_index_stays_readable_with_the_same_results() {
+    let v2 = golden_dir().join("v2");
+    if !v2.join("disk.index").exists() {
+        let v1 = golden_dir().join("v1");
+        assert!(
+            v1.join("disk.index").exists(),
+            "run the v1 golden test first"
+        );
+        shardann_engine::index::relayout(
+            &open(&v1).unwrap(),
+            &v2,
+            shardann_engine::layout::NodeOrder::Locality,
+            &NoProgress,
+        )
+        .unwrap();
+        eprintln!("wrote the golden v2 index to {}: commit it", v2.display());
+    }
+    let mut idx = open(&v2).expect("the committed v2 index must open");
+    assert_eq!(
+        idx.header().order,
+        shardann_engine::layout::NodeOrder::Locality
+    );
+    idx.set_sector_mates(false);
+    let v1_want: Vec<Vec<(u32, f32)>> =
+        serde_json::from_slice(&std::fs::read(golden_dir().join("v1/results.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        golden_results(&idx),
+        v1_want,
+        "v2 without sector mates must answer as v1"
+    );
+    idx.set_sector_mates(true);
+    let results = golden_results(&idx);
+    let baseline = v2.join("results.json");
+    let json = serde_json::to_string_pretty(&results).unwrap();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() || !baseline.exists() {
+        std::fs::write(&baseline, &json).unwrap();
+    }
+    let want: Vec<Vec<(u32, f32)>> =
+        serde_json::from_slice(&std::fs::read(&baseline).unwrap()).unwrap();
+    assert_eq!(
+        results, want,
+        "search results on the v2 golden index changed"
+    );
+    let queries = points(Stream::Query, 20);
+    let base = points(Stream::Base, 256);
+    for (i, r) in results.iter().enumerate() {
+        for &(id, dist) in r {
+            let want = shardann_engine::metric::scalar::l2sq(
+                &queries[i * DIM..(i + 1) * DIM],
+                &base[id as usize * DIM..(id as usize + 1) * DIM],
+            );
+            assert_eq!(dist as f64, want);
+        }
+    }
+}
+
+/// A v2 index whose slot table is damaged is refused at open, naming it.
+#[test]
+fn v2_corrupt_slot_table_is_refused() {
+    let v2 = golden_dir().join("v2");
+    let dir = tempfile::tempdir().unwrap();
+    let idx = match open(&v2) {
+        Ok(i) => i,
+        Err(_) => return, // written by the test above on a first run
+    };
+    let table_at = idx.header().num_sectors() as usize * 4096;
+    let mut disk = std::fs::read(v2.join("disk.index")).unwrap();
+    std::fs::copy(v2.join("pq.bin"), dir.path().join("pq.bin")).unwrap();
+    disk[table_at + 5] ^= 0x01;
+    std::fs::write(dir.path().join("disk.index"), &disk).unwrap();
+    let e = open(dir.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("slot table checksum mismatch") && e.contains("disk.index"),
+        "{e}"
+    );
+    disk.truncate(table_at + 100);
+    std::fs::write(dir.path().join("disk.index"), &disk).unwrap();
+    let e = open(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("slot table") && e.contains("disk.index"), "{e}");
 }
 
 #[test]

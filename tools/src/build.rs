@@ -36,6 +36,7 @@ impl GraphArgs {
                 seed: self.seed,
                 ..PqParams::default()
             },
+            order: self.layout.order(),
         }
     }
 }
@@ -251,6 +252,12 @@ fn build_with(
         human_bytes(r.index_bytes),
         human_bytes(r.pq_file_bytes),
         r.mean_degree
+    )?;
+    writeln!(
+        out,
+        "layout v{}: {:.0} % of each sector's other records are graph neighbours",
+        r.order.major(),
+        100.0 * r.sector_overlap
     )?;
     if let Some(d) = documents {
         writeln!(

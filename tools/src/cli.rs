@@ -51,6 +51,7 @@ pub enum Command {
     Replicate(ReplicateArgs),
     Serve(ServeArgs),
     Demo(DemoArgs),
+    Relayout(RelayoutArgs),
 }
 
 /// Generate a reproducible synthetic data set (base and query files).
@@ -226,6 +227,29 @@ pub struct GraphArgs {
     /// Seed of the insertion order and PQ training.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Layout of disk.index: v2 groups each node with its graph neighbours
+    /// in one 4 KiB sector, and searches use every record of every sector
+    /// they read (fewer reads per query); v1 stores nodes in id order, for
+    /// readers older than v2. Where one record fills a sector, v1 is
+    /// written either way.
+    #[arg(long, value_enum, default_value_t = Layout::V2)]
+    pub layout: Layout,
+}
+
+/// `disk.index` layout version (`format-spec/index.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    V1,
+    V2,
+}
+
+impl Layout {
+    pub fn order(self) -> shardann_engine::layout::NodeOrder {
+        match self {
+            Layout::V1 => shardann_engine::layout::NodeOrder::Identity,
+            Layout::V2 => shardann_engine::layout::NodeOrder::Locality,
+        }
+    }
 }
 
 /// Search an index and print the top-k of each query.
@@ -564,6 +588,10 @@ pub struct ReadArgs {
     /// holds) and field.
     #[arg(long, value_delimiter = ',', value_name = "FIELDS")]
     pub cluster_codes: Vec<String>,
+    /// On a v2 index, read each node alone as in v1 instead of also using
+    /// the other records of its sector: to measure what the layout gives.
+    #[arg(long)]
+    pub no_sector_mates: bool,
 }
 
 impl Default for ReadArgs {
@@ -574,6 +602,7 @@ impl Default for ReadArgs {
             cache_nodes: 0,
             nav_points: NavPoints::default(),
             cluster_codes: Vec::new(),
+            no_sector_mates: false,
         }
     }
 }
@@ -596,6 +625,7 @@ impl ReadArgs {
             .with_context(|| format!("opening index {}", dir.display()))?;
         idx.cluster_codes(&self.cluster_codes)
             .with_context(|| format!("--cluster-codes on {}", dir.display()))?;
+        idx.set_sector_mates(!self.no_sector_mates);
         Ok(idx)
     }
 }
@@ -724,6 +754,28 @@ pub struct InspectArgs {
     pub node: Option<u32>,
 }
 
+/// Write an existing index again in another disk.index layout, without
+/// rebuilding its graph.
+///
+/// The output is a plain index directory with the same graph, vectors, PQ
+/// codes and documents (node ids do not change), in layout v2 (each node's
+/// graph neighbours in its sector; searches read fewer sectors) or v1. It
+/// reads the source's disk.index whole into RAM.
+///
+///   shardann relayout --index idx --out idx-v2
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct RelayoutArgs {
+    /// The index to read (a plain index, a segment, or a shard directory).
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Directory to write the new plain index into.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Layout::V2)]
+    pub layout: Layout,
+}
+
 /// Generate a sift-like set, build an index, benchmark it: the whole
 /// pipeline on a laptop-sized example. Reuses files from an earlier run.
 #[derive(Debug, Args)]
@@ -766,5 +818,6 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Verify(a) => crate::inspect::verify(&a, out),
         Command::Replicate(a) => crate::serve::replicate(&a, out),
         Command::Demo(a) => crate::demo::demo(&a, q, out),
+        Command::Relayout(a) => crate::inspect::relayout(&a, q, out),
     }
 }

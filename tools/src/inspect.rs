@@ -7,7 +7,7 @@ use shardann_engine::io::{AlignedBuf, SectorRequest};
 use shardann_engine::layout::{BUILD_INFO_FILE, DOCS_FILE, FILTERS_FILE, KEYS_FILE};
 use shardann_engine::shard;
 
-use crate::cli::{InspectArgs, VerifyArgs};
+use crate::cli::{InspectArgs, RelayoutArgs, VerifyArgs};
 use crate::util::{dir_bytes, human_bytes};
 
 pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -41,10 +41,19 @@ pub fn inspect(a: &InspectArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "layout     record {} B, {} per sector, {} sectors",
+        "layout     v{} ({}), record {} B, {} per sector, {} sectors{}",
+        h.order.major(),
+        match h.order {
+            shardann_engine::layout::NodeOrder::Identity => "nodes in id order",
+            shardann_engine::layout::NodeOrder::Locality => "graph neighbours share sectors",
+        },
         g.record_bytes,
         g.records_per_sector,
-        h.num_sectors()
+        h.num_sectors(),
+        match g.memory_bytes() {
+            0 => String::new(),
+            b => format!(", slot table {} in RAM", human_bytes(b as u64)),
+        }
     )?;
     writeln!(
         out,
@@ -170,5 +179,33 @@ pub fn verify(a: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             human_bytes(v.bytes)
         )?;
     }
+    Ok(())
+}
+
+/// `relayout`: the index again, in another node order.
+pub fn relayout(a: &RelayoutArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let bars = crate::progress::Bars::new(quiet);
+    let src = shard::open(&a.index, OpenOptions::buffered())
+        .with_context(|| format!("opening index {}", a.index.display()))?;
+    let r = shardann_engine::index::relayout(&src, &a.out, a.layout.order(), &bars).with_context(
+        || {
+            format!(
+                "writing {} again into {}",
+                a.index.display(),
+                a.out.display()
+            )
+        },
+    )?;
+    writeln!(
+        out,
+        "wrote {} ({} points, layout v{}, {} of each sector's other records are graph neighbours, {}) in {:.1} s",
+        a.out.display(),
+        r.num_points,
+        r.order.major(),
+        format_args!("{:.0} %", 100.0 * r.sector_overlap),
+        human_bytes(r.index_bytes),
+        r.seconds
+    )?;
     Ok(())
 }

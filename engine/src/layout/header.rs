@@ -10,7 +10,8 @@ use crate::error::FormatError;
 use crate::metric::Metric;
 
 pub const INDEX_MAGIC: [u8; 8] = *b"SHRDANN\0";
-pub const MAJOR_VERSION: u16 = 1;
+/// The newest major version this build writes and reads; it also reads 1.
+pub const MAJOR_VERSION: u16 = 2;
 pub const MINOR_VERSION: u16 = 0;
 /// Bytes of sector 0 the header uses; the rest of the sector is zero.
 pub const HEADER_BYTES: usize = 128;
@@ -20,6 +21,34 @@ const ENVELOPE: Envelope = Envelope {
     magic: INDEX_MAGIC,
     major: MAJOR_VERSION,
 };
+const ENVELOPE_V1: Envelope = Envelope {
+    major: 1,
+    ..ENVELOPE
+};
+
+/// Where node records sit in the file: the one thing versions 1 and 2 of
+/// `disk.index` differ in (`format-spec/index.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeOrder {
+    /// Version 1: node `i` is the `i`-th record.
+    #[default]
+    Identity,
+    /// Version 2: records are grouped so that a sector holds graph
+    /// neighbours of one another; each record carries its node id and a
+    /// slot table after the node sectors says where each node is.
+    Locality,
+}
+
+impl NodeOrder {
+    /// The file's major version.
+    pub fn major(self) -> u16 {
+        match self {
+            NodeOrder::Identity => 1,
+            NodeOrder::Locality => 2,
+        }
+    }
+}
 
 /// The index header, exactly as stored (little-endian, no implicit padding).
 /// See `format-spec/index.md` for the meaning and checks of every field.
@@ -63,12 +92,19 @@ pub struct IndexHeader {
     pub pq_bytes: u32,
     pub build_list: u32,
     pub alpha: f32,
+    /// Version 1 (identity) or 2 (locality) node order.
+    pub order: NodeOrder,
 }
 
 impl IndexHeader {
-    /// Bytes of one node record: vector, degree, R neighbour slots.
+    /// Bytes of one node record: vector, degree, R neighbour slots, and in
+    /// version 2 the node's id.
     pub fn record_bytes(&self) -> u64 {
-        self.dim as u64 * self.elem.size() as u64 + 4 + 4 * self.max_degree as u64
+        let id = match self.order {
+            NodeOrder::Identity => 0,
+            NodeOrder::Locality => 4,
+        };
+        self.dim as u64 * self.elem.size() as u64 + 4 + 4 * self.max_degree as u64 + id
     }
 
     /// Records per sector (≥ 1), or 0 if one record spans several sectors.
@@ -91,11 +127,25 @@ impl IndexHeader {
         }
     }
 
+    /// Sectors of the version 2 slot table after the node sectors (`n`
+    /// u32 slots and an 8-byte checksum, zero-padded); 0 in version 1.
+    pub fn table_sectors(&self) -> u64 {
+        match self.order {
+            NodeOrder::Identity => 0,
+            NodeOrder::Locality => (4 * self.num_points + 8).div_ceil(SECTOR as u64),
+        }
+    }
+
+    /// The least length of a valid file, in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        (self.num_sectors() + self.table_sectors()) * SECTOR as u64
+    }
+
     /// Serializes into a full header sector with its checksum.
     pub fn to_sector(&self) -> Vec<u8> {
         let mut raw = RawHeader {
             magic: INDEX_MAGIC,
-            major: MAJOR_VERSION.into(),
+            major: self.order.major().into(),
             minor: MINOR_VERSION.into(),
             elem: self.elem.code(),
             metric: self.metric.code(),
@@ -138,8 +188,12 @@ impl IndexHeader {
             end: HEADER_BYTES as u64,
             file_len,
         })?;
-        ENVELOPE.check_identity(raw.magic, raw.major.get(), raw.minor.get())?;
-        ENVELOPE.check_sum(checksummed(&raw), raw.checksum.get())?;
+        let (envelope, order) = match raw.major.get() {
+            1 => (ENVELOPE_V1, NodeOrder::Identity),
+            _ => (ENVELOPE, NodeOrder::Locality),
+        };
+        envelope.check_identity(raw.magic, raw.major.get(), raw.minor.get())?;
+        envelope.check_sum(checksummed(&raw), raw.checksum.get())?;
         let invalid = |field: &'static str, value: u64, why: &str| FormatError::Invalid {
             field,
             value,
@@ -169,6 +223,7 @@ impl IndexHeader {
             pq_bytes: raw.pq_bytes.get(),
             build_list: raw.build_list.get(),
             alpha: raw.alpha.get(),
+            order,
         };
         if h.dim == 0 || h.dim > 65_536 {
             return Err(invalid("dimension", h.dim.into(), "must be in 1..=65536"));
@@ -220,12 +275,27 @@ impl IndexHeader {
                 ));
             }
         }
+        if h.order == NodeOrder::Locality && h.records_per_sector() < 1 {
+            return Err(invalid(
+                "records per sector",
+                0,
+                "version 2 needs records that fit a sector",
+            ));
+        }
         let need = h.num_sectors() * SECTOR as u64;
         if file_len < need {
             return Err(FormatError::Truncated {
                 what: "node sectors",
                 offset: SECTOR as u64,
                 end: need,
+                file_len,
+            });
+        }
+        if file_len < h.file_bytes() {
+            return Err(FormatError::Truncated {
+                what: "slot table",
+                offset: need,
+                end: h.file_bytes(),
                 file_len,
             });
         }
@@ -259,8 +329,12 @@ mod tests {
             0u32..256,
             1u32..500,
             1.0f32..2.0,
+            any::<bool>(),
         )
-            .prop_map(|(e, m, dim, r, n, pq, l, alpha)| IndexHeader {
+            .prop_filter("version 2 records fit a sector", |t| {
+                !t.8 || t.2 * [1, 1, 4][t.0 as usize] + 8 + 4 * t.3 <= SECTOR as u32
+            })
+            .prop_map(|(e, m, dim, r, n, pq, l, alpha, v2)| IndexHeader {
                 elem: ElemType::from_code(e).unwrap(),
                 metric: Metric::from_code(m).unwrap(),
                 dim,
@@ -270,6 +344,11 @@ mod tests {
                 pq_bytes: pq,
                 build_list: l,
                 alpha,
+                order: if v2 {
+                    NodeOrder::Locality
+                } else {
+                    NodeOrder::Identity
+                },
             })
     }
 
@@ -278,7 +357,7 @@ mod tests {
         fn round_trip(h in arb_header()) {
             let sector = h.to_sector();
             prop_assert_eq!(sector.len(), SECTOR);
-            let len = h.num_sectors() * SECTOR as u64;
+            let len = h.file_bytes();
             prop_assert_eq!(IndexHeader::parse(&sector, len).unwrap(), h);
         }
 
@@ -288,7 +367,7 @@ mod tests {
         fn any_corruption_is_rejected(h in arb_header(), at in 0usize..HEADER_BYTES, bit in 0u8..8) {
             let mut sector = h.to_sector();
             sector[at] ^= 1 << bit;
-            let len = h.num_sectors() * SECTOR as u64;
+            let len = h.file_bytes();
             prop_assert!(IndexHeader::parse(&sector, len).is_err());
         }
 
@@ -310,6 +389,7 @@ mod tests {
             pq_bytes: 32,
             build_list: 100,
             alpha: 1.2,
+            order: NodeOrder::Identity,
         };
         let len = h.num_sectors() * SECTOR as u64;
         let s = h.to_sector();
@@ -320,10 +400,10 @@ mod tests {
             Err(FormatError::BadMagic { .. })
         ));
         let mut bad = s.clone();
-        bad[8] = 2;
+        bad[8] = 3;
         assert!(matches!(
             IndexHeader::parse(&bad, len),
-            Err(FormatError::UnsupportedVersion { major: 2, .. })
+            Err(FormatError::UnsupportedVersion { major: 3, .. })
         ));
         let mut bad = s.clone();
         bad[16] ^= 1;

@@ -1,4 +1,4 @@
-//! The on-disk format, version 1: bytes ↔ structs. The normative text is
+//! The on-disk formats: bytes ↔ structs. The normative text is
 //! `format-spec/`; every struct here links to its page.
 //!
 //! ```text
@@ -18,6 +18,7 @@
 //! | `header.rs` | [`IndexHeader`]: sector 0 of `disk.index`, its checks |
 //! | `node.rs` | [`NodeLocation`], [`NodeRecord`]: where a node lives, decoding it |
 //! | `writer.rs` | [`write_index`]: vectors + graph → `disk.index` |
+//! | `order.rs` | version 2: [`locality_order`], the slot table |
 //! | `pqfile.rs` | `pq.bin`: [`write_pq`], [`read_pq`] |
 //! | `ids.rs` | `ids.bin` of a shard: [`write_ids`], [`read_ids`] |
 //! | `manifest.rs` | `segment.json`: [`Manifest`], version directory names |
@@ -35,11 +36,12 @@ mod header;
 mod ids;
 mod manifest;
 mod node;
+mod order;
 mod pqfile;
 mod writer;
 
 pub(crate) use envelope::{append_footer, Envelope, FOOTER_BYTES};
-pub use header::{IndexHeader, HEADER_BYTES, INDEX_MAGIC, MAJOR_VERSION, MINOR_VERSION};
+pub use header::{IndexHeader, NodeOrder, HEADER_BYTES, INDEX_MAGIC, MAJOR_VERSION, MINOR_VERSION};
 pub use ids::{read_ids, write_ids, IDS_MAGIC};
 pub use manifest::{
     hex64, is_plain_name, parse_version_dir_name, version_dir_name, BuildInfo, FileEntry, Manifest,
@@ -47,6 +49,8 @@ pub use manifest::{
     MAX_VERSION,
 };
 pub use node::{NodeLocation, NodeRecord, SectorGeometry};
+pub(crate) use order::slot_table_bytes;
+pub use order::{locality_order, read_slot_table, sector_overlap};
 pub use pqfile::{read_pq, write_pq, PqFile, PQ_MAGIC};
 pub use writer::write_index;
 

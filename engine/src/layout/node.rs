@@ -1,10 +1,13 @@
 //! Node records inside sectors. Spec: `format-spec/index.md`, "Node records".
 
-use super::{IndexHeader, SECTOR};
+use std::sync::Arc;
+
+use super::{IndexHeader, NodeOrder, SECTOR};
 use crate::error::FormatError;
 
-/// Where records live: derived from the header once, used per node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where records live: derived from the header once (and, in version 2,
+/// the slot table), used per node. Cheap to clone: the table is shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SectorGeometry {
     pub record_bytes: usize,
     /// ≥ 1 when records are packed, 0 when one record spans sectors.
@@ -13,6 +16,9 @@ pub struct SectorGeometry {
     pub vector_bytes: usize,
     pub max_degree: usize,
     pub num_points: u64,
+    /// Version 2: `slots[i]` is node `i`'s record slot; `None` in version
+    /// 1, where node `i` is slot `i`.
+    slots: Option<Arc<[u32]>>,
 }
 
 /// The sectors to read for one node and where its record starts in them.
@@ -27,6 +33,8 @@ pub struct NodeLocation {
 }
 
 impl SectorGeometry {
+    /// The geometry of a version 1 file, or of a version 2 file before its
+    /// slot table is attached ([`Self::with_slots`]).
     pub fn new(h: &IndexHeader) -> Self {
         SectorGeometry {
             record_bytes: h.record_bytes() as usize,
@@ -35,7 +43,30 @@ impl SectorGeometry {
             vector_bytes: h.dim as usize * h.elem.size(),
             max_degree: h.max_degree as usize,
             num_points: h.num_points,
+            slots: None,
         }
+    }
+
+    /// The geometry of a version 2 file whose validated slot table
+    /// ([`super::read_slot_table`]) is `slots`.
+    pub fn with_slots(h: &IndexHeader, slots: Arc<[u32]>) -> Self {
+        SectorGeometry {
+            slots: Some(slots),
+            ..Self::new(h)
+        }
+    }
+
+    /// The node order of the file this geometry describes.
+    pub fn order(&self) -> NodeOrder {
+        match self.slots {
+            None => NodeOrder::Identity,
+            Some(_) => NodeOrder::Locality,
+        }
+    }
+
+    /// Bytes of RAM the slot table takes (0 in version 1).
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.as_ref().map_or(0, |s| s.len() * 4)
     }
 
     /// Bytes needed to hold the sectors of one node.
@@ -43,19 +74,28 @@ impl SectorGeometry {
         self.sectors_per_record.max(1) * SECTOR
     }
 
+    /// The record slot of `node`.
+    #[inline]
+    fn slot(&self, node: u32) -> u64 {
+        match &self.slots {
+            None => node as u64,
+            Some(slots) => slots.get(node as usize).map_or(u64::MAX, |&s| s as u64),
+        }
+    }
+
     #[inline]
     pub fn locate(&self, node: u32) -> NodeLocation {
-        let node = node as u64;
+        let slot = self.slot(node);
         if self.records_per_sector > 0 {
             let rps = self.records_per_sector as u64;
             NodeLocation {
-                sector: 1 + node / rps,
+                sector: 1 + slot / rps,
                 sectors: 1,
-                offset: (node % rps) as usize * self.record_bytes,
+                offset: (slot % rps) as usize * self.record_bytes,
             }
         } else {
             NodeLocation {
-                sector: 1 + node * self.sectors_per_record as u64,
+                sector: 1 + slot * self.sectors_per_record as u64,
                 sectors: self.sectors_per_record,
                 offset: 0,
             }
@@ -77,6 +117,7 @@ impl SectorGeometry {
     }
 
     /// Decodes a record already cut out of its sector (`record_bytes` long).
+    /// In version 2 the id the record carries must be `node`.
     pub fn decode_record<'a>(
         &self,
         node: u32,
@@ -101,6 +142,21 @@ impl SectorGeometry {
                 self.max_degree
             )));
         }
+        if self.slots.is_some() {
+            let stored = ids
+                .get(4 * self.max_degree..4 * self.max_degree + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes);
+            match stored {
+                Some(id) if id == node => {}
+                Some(id) => {
+                    return Err(corrupt(format!(
+                        "node {node}'s slot holds the record of node {id}"
+                    )))
+                }
+                None => return Err(corrupt("record has no id field".into())),
+            }
+        }
         let neighbors = ids
             .get(..4 * degree)
             .ok_or_else(|| corrupt("neighbour list shorter than its degree".into()))?;
@@ -118,6 +174,40 @@ impl SectorGeometry {
     pub fn record_bytes_of<'a>(&self, node: u32, sectors: &'a [u8]) -> Option<&'a [u8]> {
         let loc = self.locate(node);
         sectors.get(loc.offset..loc.offset + self.record_bytes)
+    }
+
+    /// Version 2: the other nodes whose records share `node`'s sector, as
+    /// `(id, record bytes)`, given the sector's bytes. Empty in version 1,
+    /// whose sector mates are unrelated nodes. The slots past the last
+    /// node (the zero tail of the last sector) and ids out of range are
+    /// skipped. The id a record carries is not looked up in the slot table
+    /// here (a cache miss per record, on the search's hottest path): a
+    /// mate's record is decoded, and its id checked, before it is used
+    /// for more than a distance, as a node read for itself is.
+    pub fn mates<'a>(
+        &'a self,
+        node: u32,
+        sector: &'a [u8],
+    ) -> impl Iterator<Item = (u32, &'a [u8])> + 'a {
+        let rps = self.records_per_sector as u64;
+        let first_slot = (self.slot(node) / rps.max(1)) * rps;
+        let id_at = 4 * self.max_degree + 4 + self.vector_bytes;
+        let slots = self.slots.as_deref().unwrap_or(&[]);
+        let count = if slots.is_empty() {
+            0
+        } else {
+            self.records_per_sector
+        };
+        sector
+            .chunks_exact(self.record_bytes.max(1))
+            .take(count)
+            .enumerate()
+            .filter_map(move |(j, rec)| {
+                let id = u32::from_le_bytes(rec.get(id_at..id_at + 4)?.try_into().ok()?);
+                let here = first_slot + j as u64;
+                (id != node && here < self.num_points && (id as u64) < self.num_points)
+                    .then_some((id, rec))
+            })
     }
 }
 
@@ -138,9 +228,22 @@ impl<'a> NodeRecord<'a> {
     }
 }
 
-/// Encodes one record into `out` (`record_bytes` long, zero-padded slots).
-pub(crate) fn encode_record(vector: &[u8], neighbors: &[u32], max_degree: usize, out: &mut [u8]) {
+/// Encodes one record into `out` (`record_bytes` long, zero-padded slots);
+/// version 2 passes the node's `id`, stored after the slots.
+pub(crate) fn encode_record(
+    vector: &[u8],
+    neighbors: &[u32],
+    max_degree: usize,
+    id: Option<u32>,
+    out: &mut [u8],
+) {
     out.fill(0);
+    if let Some(id) = id {
+        let at = vector.len() + 4 + 4 * max_degree;
+        if let Some(d) = out.get_mut(at..at + 4) {
+            d.copy_from_slice(&id.to_le_bytes());
+        }
+    }
     let (v, rest) = out.split_at_mut(vector.len().min(out.len()));
     v.iter_mut().zip(vector).for_each(|(d, s)| *d = *s);
     let deg = neighbors.len().min(max_degree);
@@ -176,6 +279,7 @@ mod tests {
             pq_bytes: 8,
             build_list: 50,
             alpha: 1.2,
+            order: NodeOrder::Identity,
         }
     }
 
@@ -194,7 +298,7 @@ mod tests {
             let deg = (seed % (r as u64 + 1)) as usize;
             let ids: Vec<u32> = (0..deg as u32).map(|i| (i * 7 + 1) % n as u32).collect();
             let mut buf = vec![0u8; loc.sectors * SECTOR];
-            encode_record(&vector, &ids, r as usize, &mut buf[loc.offset..loc.offset + g.record_bytes]);
+            encode_record(&vector, &ids, r as usize, None, &mut buf[loc.offset..loc.offset + g.record_bytes]);
             let rec = g.decode(node, &buf).unwrap();
             prop_assert_eq!(rec.vector, &vector[..]);
             prop_assert_eq!(rec.neighbors().collect::<Vec<_>>(), ids);
@@ -207,11 +311,66 @@ mod tests {
         }
     }
 
+    /// A version 2 sector: each record found through the slot table and
+    /// carrying its id; its mates are the other records of the sector,
+    /// without the zero tail; a record read for the wrong node is refused.
+    #[test]
+    fn v2_records_carry_their_ids_and_mates() {
+        let n = 7u64;
+        let mut h = header(4, ElemType::U8, 2, n);
+        h.order = NodeOrder::Locality;
+        // 4 + 4 + 8 + 4 = 20 bytes: 204 per sector, so all 7 share sector 1.
+        let slots: Arc<[u32]> = vec![3, 0, 6, 1, 5, 2, 4].into();
+        let g = SectorGeometry::with_slots(&h, slots.clone());
+        assert_eq!(g.record_bytes, 20);
+        let mut sector = vec![0u8; SECTOR];
+        for node in 0..n as u32 {
+            let loc = g.locate(node);
+            assert_eq!(
+                (loc.sector, loc.offset),
+                (1, slots[node as usize] as usize * 20)
+            );
+            let v = [node as u8; 4];
+            encode_record(
+                &v,
+                &[(node + 1) % 7],
+                2,
+                Some(node),
+                &mut sector[loc.offset..loc.offset + 20],
+            );
+        }
+        for node in 0..n as u32 {
+            let rec = g.decode(node, &sector).unwrap();
+            assert_eq!(rec.vector, &[node as u8; 4]);
+            let mut mates: Vec<u32> = g
+                .mates(node, &sector)
+                .map(|(id, r)| {
+                    assert_eq!(r[0], id as u8);
+                    id
+                })
+                .collect();
+            mates.sort_unstable();
+            let want: Vec<u32> = (0..n as u32).filter(|&m| m != node).collect();
+            assert_eq!(mates, want);
+        }
+        // Node 1's slot read as node 0's: refused.
+        let wrong = SectorGeometry::with_slots(&h, vec![0, 3, 6, 1, 5, 2, 4].into());
+        let e = wrong.decode(0, &sector).unwrap_err().to_string();
+        assert!(e.contains("slot holds the record of node 1"), "{e}");
+        // Version 1 has no mates.
+        assert_eq!(
+            SectorGeometry::new(&header(4, ElemType::U8, 2, n))
+                .mates(0, &sector)
+                .count(),
+            0
+        );
+    }
+
     #[test]
     fn rejects_bad_degree_and_ids() {
         let g = SectorGeometry::new(&header(4, ElemType::U8, 2, 10));
         let mut buf = vec![0u8; SECTOR];
-        encode_record(&[1, 2, 3, 4], &[1, 2], 2, &mut buf[..g.record_bytes]);
+        encode_record(&[1, 2, 3, 4], &[1, 2], 2, None, &mut buf[..g.record_bytes]);
         assert!(g.decode(0, &buf).is_ok());
         buf[4] = 3; // degree 3 > R = 2
         assert!(g

@@ -1,11 +1,12 @@
-//! Writes `disk.index`: header sector, then node records packed into sectors.
+//! Writes `disk.index`: header sector, then node records packed into
+//! sectors, then (version 2) the slot table.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use super::node::{encode_record, SectorGeometry};
-use super::{IndexHeader, SECTOR};
+use super::{IndexHeader, NodeOrder, SECTOR};
 use crate::data::Vectors;
 use crate::error::{Error, Result};
 use crate::metric::Element;
@@ -13,12 +14,15 @@ use crate::progress::Progress;
 use crate::vamana::Graph;
 
 /// Writes the index file for `data` and `graph`; returns its size in bytes.
-/// The file is fsynced before this returns.
+/// In version 2 (`header.order` is [`NodeOrder::Locality`]) `order` lists
+/// the node of every slot ([`super::locality_order`]); in version 1 it is
+/// ignored. The file is fsynced before this returns.
 pub fn write_index<T: Element>(
     path: &Path,
     header: &IndexHeader,
     data: Vectors<'_, T>,
     graph: &Graph,
+    order: &[u32],
     progress: &dyn Progress,
 ) -> Result<u64> {
     if data.len() as u64 != header.num_points || graph.len() != data.len() {
@@ -29,6 +33,24 @@ pub fn write_index<T: Element>(
             graph.len()
         )));
     }
+    let v2 = header.order == NodeOrder::Locality;
+    if v2 && (order.len() != data.len() || header.records_per_sector() == 0) {
+        return Err(Error::InvalidParameter(format!(
+            "a version 2 index needs a slot order of {} nodes and records that fit a sector \
+             (order has {}, {} records per sector)",
+            data.len(),
+            order.len(),
+            header.records_per_sector()
+        )));
+    }
+    // `order` has one entry per point (checked above).
+    let node_at = |slot: usize| {
+        if v2 {
+            order.get(slot).map_or(slot, |&n| n as usize)
+        } else {
+            slot
+        }
+    };
     let io = |e| Error::io(path, e);
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
     out.write_all(&header.to_sector()).map_err(io)?;
@@ -41,13 +63,15 @@ pub fn write_index<T: Element>(
         for first in (0..data.len()).step_by(rps) {
             sector.fill(0);
             let last = (first + rps).min(data.len());
-            for (slot, node) in (first..last).enumerate() {
-                let at = slot * g.record_bytes;
+            for (j, slot) in (first..last).enumerate() {
+                let node = node_at(slot);
+                let at = j * g.record_bytes;
                 let rec = sector.get_mut(at..at + g.record_bytes).unwrap_or(&mut []);
                 encode_record(
                     bytemuck::cast_slice(data.row(node)),
                     graph.neighbors(node),
                     g.max_degree,
+                    v2.then_some(node as u32),
                     rec,
                 );
             }
@@ -64,6 +88,7 @@ pub fn write_index<T: Element>(
                 bytemuck::cast_slice(data.row(node)),
                 graph.neighbors(node),
                 g.max_degree,
+                None,
                 rec,
             );
             out.write_all(&block).map_err(io)?;
@@ -73,6 +98,12 @@ pub fn write_index<T: Element>(
     }
     progress.finish_stage();
     debug_assert_eq!(written, header.num_sectors());
+    if v2 {
+        let table = super::slot_table_bytes(order);
+        out.write_all(&table).map_err(io)?;
+        written += (table.len() / SECTOR) as u64;
+    }
+    debug_assert_eq!(written * SECTOR as u64, header.file_bytes());
     out.flush().map_err(io)?;
     out.get_ref().sync_all().map_err(io)?;
     Ok(written * SECTOR as u64)

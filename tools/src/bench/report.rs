@@ -92,6 +92,9 @@ pub struct RunReport {
     pub mean_cache_hits: f64,
     /// mean_cache_hits / mean_visited.
     pub cache_hit_rate: f64,
+    /// Visited nodes whose record came in a sector read for another node
+    /// (version 2 layout), per query.
+    pub mean_sector_mates: f64,
     pub wall_seconds: f64,
     /// Over HTTP: requests that failed, and answers marked partial.
     pub failed: usize,
@@ -335,6 +338,7 @@ pub(super) fn summarize(
         mean_visited: mean(&|s| s.visited_nodes),
         mean_cache_hits: mean(&|s| s.cache_hits),
         cache_hit_rate: mean(&|s| s.cache_hits) / mean(&|s| s.visited_nodes).max(1.0),
+        mean_sector_mates: mean(&|s| s.sector_mates),
         wall_seconds: wall,
         failed: outcomes.iter().filter(|o| o.failed).count(),
         partial: outcomes.iter().filter(|o| o.partial).count(),
