@@ -253,6 +253,15 @@ pub fn relayout(
         &slot_order,
         out_header.records_per_sector() as usize,
     );
+    // Into an empty directory only: files left from another index (its
+    // documents, a manifest, a CURRENT) would be paired with this one.
+    let occupied = std::fs::read_dir(dst).is_ok_and(|mut d| d.next().is_some());
+    if occupied {
+        return Err(Error::InvalidParameter(format!(
+            "relayout writes into an empty directory; {} is not empty",
+            dst.display()
+        )));
+    }
     std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     // The segment files keyed by node id, as they are; nothing else (not
     // the manifest, whose checksums would be wrong, nor unknown files).
@@ -268,6 +277,9 @@ pub fn relayout(
         if from.is_file() {
             let to = dst.join(name);
             std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+            std::fs::File::open(&to)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&to, e))?;
         }
     }
     let index_bytes = layout::write_index(
@@ -1023,6 +1035,11 @@ mod tests {
         let src = DiskIndex::open(v2_dir.path(), OpenOptions::buffered()).unwrap();
         let r = relayout(&src, v1_dir.path(), NodeOrder::Identity, &NoProgress).unwrap();
         assert_eq!(r.order, NodeOrder::Identity);
+        // Never into a directory that holds files already.
+        let again = relayout(&src, v1_dir.path(), NodeOrder::Identity, &NoProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(again.contains("is not empty"), "{again}");
         let v1 = DiskIndex::open(v1_dir.path(), OpenOptions::buffered()).unwrap();
         let mut v2 = DiskIndex::open(v2_dir.path(), OpenOptions::buffered()).unwrap();
         assert_eq!(v2.header().order, NodeOrder::Locality);

@@ -310,7 +310,9 @@ impl<T: Element> BeamSearch<T> {
 
     /// Makes the following searches use the other records of every sector
     /// they read (`Some` geometry of a version 2 index), or not (`None`:
-    /// each read serves its one node, as in version 1).
+    /// each read serves its one node, as in version 1). The choice stays
+    /// until changed: `DiskIndex::start_search` makes it for its index on
+    /// every search, so one scratch can serve several indexes.
     pub fn use_sector_mates(&mut self, geometry: Option<&SectorGeometry>) {
         // A clone shares the slot table (an `Arc`); comparing geometries
         // would compare the tables, megabytes per query.
@@ -597,6 +599,9 @@ impl<T: Element> BeamSearch<T> {
     /// it and reports the corruption with the file's name.
     fn expand_held(&mut self, id: u32, codes: &[u8]) -> Result<()> {
         let (Some(at), Some(geometry)) = (self.held.remove(&id), self.mates.take()) else {
+            // Not held after all (cannot happen: only held ids come here):
+            // read it like any other candidate.
+            self.batch.push(id);
             return Ok(());
         };
         let bytes = std::mem::take(&mut self.held_bytes);

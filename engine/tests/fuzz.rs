@@ -25,7 +25,9 @@ use shardann_engine::data::VectorFile;
 use shardann_engine::docs::{ingest, DocStore, IndexedFields, KeyMap, VectorSource};
 use shardann_engine::filter::{Filter, FilterIndex};
 use shardann_engine::index::BuildParams;
-use shardann_engine::layout::{read_ids, read_pq, IndexHeader, Manifest, SectorGeometry};
+use shardann_engine::layout::{
+    parse_slot_table, read_ids, read_pq, IndexHeader, Manifest, NodeOrder, SectorGeometry,
+};
 use shardann_engine::partition::PartitionKind;
 use shardann_engine::pq::PqParams;
 use shardann_engine::progress::NoProgress;
@@ -325,13 +327,27 @@ fn disk_index_header_and_nodes() {
             let Ok(h) = IndexHeader::parse(b, b.len() as u64) else {
                 return;
             };
-            let g = SectorGeometry::new(&h);
+            // Version 2: the slot table, parsed from the same mutated bytes.
+            let g = match h.order {
+                NodeOrder::Identity => SectorGeometry::new(&h),
+                NodeOrder::Locality => {
+                    let at = (h.num_sectors() as usize).saturating_mul(4096);
+                    let table = b.get(at..).unwrap_or(&[]);
+                    match parse_slot_table(table, h.num_points as usize) {
+                        Ok(slots) => SectorGeometry::with_slots(&h, slots),
+                        Err(_) => return,
+                    }
+                }
+            };
             for node in [0, h.medoid, h.num_points.saturating_sub(1)] {
                 let node = u32::try_from(node).unwrap_or(0);
                 let loc = g.locate(node);
                 let start = (loc.sector as usize).saturating_mul(4096);
                 if let Some(sectors) = b.get(start..) {
                     let _ = g.decode(node, sectors);
+                    let _ = g
+                        .mates(node, sectors.get(..4096).unwrap_or(sectors))
+                        .count();
                 }
             }
         },

@@ -143,16 +143,20 @@ fn cached_nodes_are_visited_without_io_and_change_no_answer() {
     )
     .unwrap();
     assert_same("2 executors × 8 tasks, 300 cached nodes", &got, &want);
-    for (i, (g, u)) in got.iter().zip(&uncached).enumerate() {
+    for (i, g) in got.iter().enumerate() {
         // Every search starts at the medoid, which the cache always holds.
         assert!(g.stats.cache_hits >= 1, "query {i}: {:?}", g.stats);
-        assert!(
-            g.stats.ios < u.stats.ios,
-            "query {i}: {:?} vs {:?}",
-            g.stats,
-            u.stats
-        );
     }
+    // Fewer reads in all. Not for every query: on a v2 index a cached node
+    // comes without the other records of its sector, so a query can take
+    // another path and read a sector or two more than it would uncached.
+    let reads = |r: &[QueryResult]| r.iter().map(|q| q.stats.ios as u64).sum::<u64>();
+    assert!(
+        reads(&got) < reads(&uncached),
+        "{} sectors read with the cache, {} without",
+        reads(&got),
+        reads(&uncached)
+    );
 }
 
 /// Searches that start from the navigation graph's entries answer alike

@@ -171,7 +171,18 @@ fn corrupt_index_files_are_refused() {
     // A corrupt node record: degree beyond R in the medoid's sector.
     let mut bad = disk.clone();
     let header = shardann_engine::layout::IndexHeader::parse(&disk, disk.len() as u64).unwrap();
-    let g = shardann_engine::layout::SectorGeometry::new(&header);
+    let g = match header.order {
+        shardann_engine::layout::NodeOrder::Identity => {
+            shardann_engine::layout::SectorGeometry::new(&header)
+        }
+        shardann_engine::layout::NodeOrder::Locality => {
+            let table = &disk[header.num_sectors() as usize * 4096..];
+            let slots =
+                shardann_engine::layout::parse_slot_table(table, header.num_points as usize)
+                    .unwrap();
+            shardann_engine::layout::SectorGeometry::with_slots(&header, slots)
+        }
+    };
     let loc = g.locate(header.medoid as u32);
     let at = loc.sector as usize * 4096 + loc.offset + g.vector_bytes;
     bad[at..at + 4].copy_from_slice(&1000u32.to_le_bytes());

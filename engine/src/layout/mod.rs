@@ -50,7 +50,7 @@ pub use manifest::{
 };
 pub use node::{NodeLocation, NodeRecord, SectorGeometry};
 pub(crate) use order::slot_table_bytes;
-pub use order::{locality_order, read_slot_table, sector_overlap};
+pub use order::{locality_order, parse_slot_table, read_slot_table, sector_overlap};
 pub use pqfile::{read_pq, write_pq, PqFile, PQ_MAGIC};
 pub use writer::write_index;
 

@@ -48,7 +48,9 @@ impl SectorGeometry {
     }
 
     /// The geometry of a version 2 file whose validated slot table
-    /// ([`super::read_slot_table`]) is `slots`.
+    /// ([`super::read_slot_table`], [`super::parse_slot_table`]) is `slots`.
+    /// [`Self::new`] on a version 2 header ignores the table: it locates
+    /// node `i` in slot `i`, which is right only for version 1.
     pub fn with_slots(h: &IndexHeader, slots: Arc<[u32]>) -> Self {
         SectorGeometry {
             slots: Some(slots),
@@ -178,12 +180,10 @@ impl SectorGeometry {
 
     /// Version 2: the other nodes whose records share `node`'s sector, as
     /// `(id, record bytes)`, given the sector's bytes. Empty in version 1,
-    /// whose sector mates are unrelated nodes. The slots past the last
-    /// node (the zero tail of the last sector) and ids out of range are
-    /// skipped. The id a record carries is not looked up in the slot table
-    /// here (a cache miss per record, on the search's hottest path): a
-    /// mate's record is decoded, and its id checked, before it is used
-    /// for more than a distance, as a node read for itself is.
+    /// whose sector mates are unrelated nodes. A record is yielded only if
+    /// the slot table puts the id it carries in that very slot, so the zero
+    /// tail of the last sector and a damaged id are skipped, never credited
+    /// to another node (check 21a of the spec, for mates).
     pub fn mates<'a>(
         &'a self,
         node: u32,
@@ -205,7 +205,7 @@ impl SectorGeometry {
             .filter_map(move |(j, rec)| {
                 let id = u32::from_le_bytes(rec.get(id_at..id_at + 4)?.try_into().ok()?);
                 let here = first_slot + j as u64;
-                (id != node && here < self.num_points && (id as u64) < self.num_points)
+                (id != node && slots.get(id as usize).map(|&s| s as u64) == Some(here))
                     .then_some((id, rec))
             })
     }
@@ -357,6 +357,16 @@ mod tests {
         let wrong = SectorGeometry::with_slots(&h, vec![0, 3, 6, 1, 5, 2, 4].into());
         let e = wrong.decode(0, &sector).unwrap_err().to_string();
         assert!(e.contains("slot holds the record of node 1"), "{e}");
+        // A record whose id was damaged (node 4's record now says 5) is not
+        // taken for node 5, nor for 4: only records the table agrees with.
+        let mut damaged = sector.clone();
+        let at = g.locate(4).offset + 16;
+        damaged[at..at + 4].copy_from_slice(&5u32.to_le_bytes());
+        let mates: Vec<u32> = g.mates(0, &damaged).map(|(id, _)| id).collect();
+        assert!(
+            !mates.contains(&4) && mates.iter().filter(|&&m| m == 5).count() == 1,
+            "{mates:?}"
+        );
         // Version 1 has no mates.
         assert_eq!(
             SectorGeometry::new(&header(4, ElemType::U8, 2, n))

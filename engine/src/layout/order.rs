@@ -103,41 +103,54 @@ pub(crate) fn slot_table_bytes(order: &[u32]) -> Vec<u8> {
 
 /// Reads and checks the slot table of a version 2 index at `path`: its
 /// checksum, and that it is a permutation of `0..n` (every node in exactly
-/// one slot).
+/// one slot). The file's length is checked before anything is allocated.
 pub fn read_slot_table(path: &Path, header: &IndexHeader) -> Result<Arc<[u32]>> {
     let n = header.num_points as usize;
     let offset = header.num_sectors() * SECTOR as u64;
+    let want = 4 * header.num_points + 8;
     let io = |e| Error::io(path, e);
     let mut file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    if file_len < offset.saturating_add(want) {
+        return Err(Error::format(
+            path,
+            FormatError::Truncated {
+                what: "slot table",
+                offset,
+                end: offset.saturating_add(want),
+                file_len,
+            },
+        ));
+    }
     file.seek(SeekFrom::Start(offset)).map_err(io)?;
     let mut bytes = vec![0u8; 4 * n + 8];
-    file.read_exact(&mut bytes).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            Error::format(
-                path,
-                FormatError::Truncated {
-                    what: "slot table",
-                    offset,
-                    end: offset + bytes.len() as u64,
-                    file_len: file.metadata().map_or(0, |m| m.len()),
-                },
-            )
-        } else {
-            io(e)
+    file.read_exact(&mut bytes).map_err(io)?;
+    parse_slot_table(&bytes, n).map_err(|e| Error::format(path, e))
+}
+
+/// Checks and decodes a slot table for `n` nodes from `bytes` (the file
+/// from the table's first byte on; only its first `4·n + 8` bytes are read).
+pub fn parse_slot_table(bytes: &[u8], n: usize) -> std::result::Result<Arc<[u32]>, FormatError> {
+    let len = n.saturating_mul(4);
+    let (table, sum) = match (bytes.get(..len), bytes.get(len..len.saturating_add(8))) {
+        (Some(t), Some(s)) => (t, s),
+        _ => {
+            return Err(FormatError::Truncated {
+                what: "slot table",
+                offset: 0,
+                end: len as u64 + 8,
+                file_len: bytes.len() as u64,
+            })
         }
-    })?;
-    let (table, sum) = bytes.split_at(4 * n);
+    };
     let stored = u64::from_le_bytes(sum.try_into().unwrap_or([0; 8]));
     let computed = xxhash_rust::xxh3::xxh3_64(table);
     if stored != computed {
-        return Err(Error::format(
-            path,
-            FormatError::ChecksumMismatch {
-                what: "slot table",
-                stored,
-                computed,
-            },
-        ));
+        return Err(FormatError::ChecksumMismatch {
+            what: "slot table",
+            stored,
+            computed,
+        });
     }
     let slots: Arc<[u32]> = super::le_u32s(table).collect();
     let mut taken = vec![false; n];
@@ -145,14 +158,11 @@ pub fn read_slot_table(path: &Path, header: &IndexHeader) -> Result<Arc<[u32]>> 
         match taken.get_mut(slot as usize) {
             Some(t) if !*t => *t = true,
             _ => {
-                return Err(Error::format(
-                    path,
-                    FormatError::Invalid {
-                        field: "slot",
-                        value: slot.into(),
-                        why: format!("node {node}'s slot is out of range or taken twice (n = {n})"),
-                    },
-                ))
+                return Err(FormatError::Invalid {
+                    field: "slot",
+                    value: slot.into(),
+                    why: format!("node {node}'s slot is out of range or taken twice (n = {n})"),
+                })
             }
         }
     }
