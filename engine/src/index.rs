@@ -98,7 +98,7 @@ pub fn build_index<T: Element>(
     let graph_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let mut header = IndexHeader {
+    let header = IndexHeader {
         elem: T::TYPE,
         metric: params.metric,
         dim: data.dim() as u32,
@@ -110,37 +110,8 @@ pub fn build_index<T: Element>(
         alpha: params.vamana.alpha,
         order: params.order,
     };
-    // Version 2 pays off only with sector mates to use.
-    let rps = {
-        let v2 = IndexHeader {
-            order: NodeOrder::Locality,
-            ..header
-        };
-        v2.records_per_sector() as usize
-    };
-    if rps < 2 {
-        header.order = NodeOrder::Identity;
-    }
-    let order = match header.order {
-        NodeOrder::Locality => layout::locality_order(&graph, rps),
-        NodeOrder::Identity => Vec::new(),
-    };
-    let sector_overlap = match header.order {
-        NodeOrder::Locality => layout::sector_overlap(&graph, &order, rps),
-        NodeOrder::Identity => {
-            let rps = header.records_per_sector() as usize;
-            let identity: Vec<u32> = (0..data.len() as u32).collect();
-            layout::sector_overlap(&graph, &identity, rps)
-        }
-    };
-    let index_bytes = layout::write_index(
-        &out.join(INDEX_FILE),
-        &header,
-        data,
-        &graph,
-        &order,
-        progress,
-    )?;
+    let (header, sector_overlap, index_bytes) =
+        write_in_order(&out.join(INDEX_FILE), header, data, &graph, progress)?;
     let pq_file_bytes = layout::write_pq(&out.join(PQ_FILE), &pq, &codes)?;
     let report = BuildReport {
         num_points: data.len(),
@@ -165,6 +136,34 @@ pub fn build_index<T: Element>(
     let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
     std::fs::write(&info, json).map_err(|e| Error::io(&info, e))?;
     Ok(report)
+}
+
+/// Writes `disk.index` at `path` in `header.order`, except that version 2
+/// falls back to version 1 where a sector holds one record only (no mates
+/// to use). Returns the header written, the sectors' overlap with the graph
+/// ([`layout::sector_overlap`]) and the file's size.
+fn write_in_order<T: Element>(
+    path: &Path,
+    mut header: IndexHeader,
+    data: Vectors<'_, T>,
+    graph: &vamana::Graph,
+    progress: &dyn Progress,
+) -> Result<(IndexHeader, f64, u64)> {
+    let rps = IndexHeader {
+        order: NodeOrder::Locality,
+        ..header
+    }
+    .records_per_sector() as usize;
+    if rps < 2 {
+        header.order = NodeOrder::Identity;
+    }
+    let slots = match header.order {
+        NodeOrder::Locality => layout::locality_order(graph, rps),
+        NodeOrder::Identity => (0..data.len() as u32).collect(),
+    };
+    let overlap = layout::sector_overlap(graph, &slots, header.records_per_sector() as usize);
+    let bytes = layout::write_index(path, &header, data, graph, &slots, progress)?;
+    Ok((header, overlap, bytes))
 }
 
 /// What [`relayout`] wrote.
@@ -196,6 +195,15 @@ pub fn relayout(
         return Err(Error::InvalidParameter(format!(
             "relayout would overwrite its source {}: give another output directory",
             from.display()
+        )));
+    }
+    // Into an empty directory only: files left from another index (its
+    // documents, a manifest, a CURRENT) would be paired with this one.
+    let occupied = std::fs::read_dir(dst).is_ok_and(|mut d| d.next().is_some());
+    if occupied {
+        return Err(Error::InvalidParameter(format!(
+            "relayout writes into an empty directory; {} is not empty",
+            dst.display()
         )));
     }
     let src_path = from.join(INDEX_FILE);
@@ -235,33 +243,6 @@ pub fn relayout(
     let header = index.header();
     let graph = vamana::Graph::from_parts(adj, header.max_degree as usize, header.medoid as u32);
     let data = Vectors::new(&vectors[..], g.vector_bytes);
-    let mut out_header = IndexHeader { order, ..*header };
-    let rps = IndexHeader {
-        order: NodeOrder::Locality,
-        ..*header
-    }
-    .records_per_sector() as usize;
-    if rps < 2 {
-        out_header.order = NodeOrder::Identity;
-    }
-    let slot_order = match out_header.order {
-        NodeOrder::Locality => layout::locality_order(&graph, rps),
-        NodeOrder::Identity => (0..n as u32).collect(),
-    };
-    let sector_overlap = layout::sector_overlap(
-        &graph,
-        &slot_order,
-        out_header.records_per_sector() as usize,
-    );
-    // Into an empty directory only: files left from another index (its
-    // documents, a manifest, a CURRENT) would be paired with this one.
-    let occupied = std::fs::read_dir(dst).is_ok_and(|mut d| d.next().is_some());
-    if occupied {
-        return Err(Error::InvalidParameter(format!(
-            "relayout writes into an empty directory; {} is not empty",
-            dst.display()
-        )));
-    }
     std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     // The segment files keyed by node id, as they are; nothing else (not
     // the manifest, whose checksums would be wrong, nor unknown files).
@@ -282,12 +263,11 @@ pub fn relayout(
                 .map_err(|e| Error::io(&to, e))?;
         }
     }
-    let index_bytes = layout::write_index(
+    let (out_header, sector_overlap, index_bytes) = write_in_order(
         &dst.join(INDEX_FILE),
-        &out_header,
+        IndexHeader { order, ..*header },
         data,
         &graph,
-        &slot_order,
         progress,
     )?;
     Ok(RelayoutReport {

@@ -80,26 +80,34 @@ fn v1_index_stays_readable_with_the_same_results() {
     }
     let idx = open(&v1).expect("the committed v1 index must open");
     assert_eq!((idx.len(), idx.dim()), (256, DIM));
-    let queries = points(Stream::Query, 20);
-    let q = Vectors::new(&queries[..], DIM);
     let results = golden_results(&idx);
-    let baseline = v1.join("results.json");
+    check_baseline(&v1.join("results.json"), &results, "v1");
+    check_distances(&results);
+}
+
+/// Compares `results` with the committed baseline at `path` (written when
+/// missing or with UPDATE_GOLDEN=1).
+fn check_baseline(path: &Path, results: &[Vec<(u32, f32)>], what: &str) {
     let json = serde_json::to_string_pretty(&results).unwrap();
-    if std::env::var_os("UPDATE_GOLDEN").is_some() || !baseline.exists() {
-        std::fs::write(&baseline, &json).unwrap();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() || !path.exists() {
+        std::fs::write(path, &json).unwrap();
     }
-    let want: Vec<Vec<(u32, f32)>> =
-        serde_json::from_slice(&std::fs::read(&baseline).unwrap()).unwrap();
+    let want: Vec<Vec<(u32, f32)>> = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(
         results, want,
-        "search results on the v1 golden index changed"
+        "search results on the {what} golden index changed"
     );
-    // The exact distances are right, whatever the graph found.
+}
+
+/// The exact distances of the golden queries' hits are right, whatever
+/// the graph found.
+fn check_distances(results: &[Vec<(u32, f32)>]) {
+    let queries = points(Stream::Query, 20);
+    let base = points(Stream::Base, 256);
     for (i, r) in results.iter().enumerate() {
-        let base = points(Stream::Base, 256);
         for &(id, dist) in r {
             let want = shardann_engine::metric::scalar::l2sq(
-                q.row(i),
+                &queries[i * DIM..(i + 1) * DIM],
                 &base[id as usize * DIM..(id as usize + 1) * DIM],
             );
             assert_eq!(dist as f64, want);
@@ -166,28 +174,8 @@ fn v2_index_stays_readable_with_the_same_results() {
     );
     idx.set_sector_mates(true);
     let results = golden_results(&idx);
-    let baseline = v2.join("results.json");
-    let json = serde_json::to_string_pretty(&results).unwrap();
-    if std::env::var_os("UPDATE_GOLDEN").is_some() || !baseline.exists() {
-        std::fs::write(&baseline, &json).unwrap();
-    }
-    let want: Vec<Vec<(u32, f32)>> =
-        serde_json::from_slice(&std::fs::read(&baseline).unwrap()).unwrap();
-    assert_eq!(
-        results, want,
-        "search results on the v2 golden index changed"
-    );
-    let queries = points(Stream::Query, 20);
-    let base = points(Stream::Base, 256);
-    for (i, r) in results.iter().enumerate() {
-        for &(id, dist) in r {
-            let want = shardann_engine::metric::scalar::l2sq(
-                &queries[i * DIM..(i + 1) * DIM],
-                &base[id as usize * DIM..(id as usize + 1) * DIM],
-            );
-            assert_eq!(dist as f64, want);
-        }
-    }
+    check_baseline(&v2.join("results.json"), &results, "v2");
+    check_distances(&results);
 }
 
 /// A v2 index whose slot table is damaged is refused at open, naming it.
