@@ -157,11 +157,13 @@ fn write_in_order<T: Element>(
     if rps < 2 {
         header.order = NodeOrder::Identity;
     }
+    // Version 1 needs no order: node i is slot i.
     let slots = match header.order {
         NodeOrder::Locality => layout::locality_order(graph, rps),
-        NodeOrder::Identity => (0..data.len() as u32).collect(),
+        NodeOrder::Identity => Vec::new(),
     };
-    let overlap = layout::sector_overlap(graph, &slots, header.records_per_sector() as usize);
+    let order = (header.order == NodeOrder::Locality).then_some(&slots[..]);
+    let overlap = layout::sector_overlap(graph, order, header.records_per_sector() as usize);
     let bytes = layout::write_index(path, &header, data, graph, &slots, progress)?;
     Ok((header, overlap, bytes))
 }
@@ -575,11 +577,6 @@ impl DiskIndex {
     /// measuring what the layout gives.
     pub fn set_sector_mates(&mut self, on: bool) {
         self.sector_mates = on;
-    }
-
-    /// Whether searches use sector mates (and the index has them).
-    pub fn uses_sector_mates(&self) -> bool {
-        self.sector_mates && self.geometry.order() == NodeOrder::Locality
     }
 
     /// Filtered searches with at most `n` matches score them flat (see
