@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use roaring::RoaringBitmap;
 
-use crate::cache::{CacheError, NodeCache};
+use crate::cache::NodeCache;
 use crate::clustered::ClusteredCodes;
 use crate::data::Vectors;
 use crate::docs::Documents;
@@ -39,6 +39,22 @@ use crate::search::{
     choose_plan, BeamSearch, Hit, Plan, SearchParams, SearchStats, CLUSTERED_MAX_ENTRIES,
 };
 use crate::vamana::{self, VamanaParams};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Sample searches [`DiskIndex::load_cache`] runs, at least and at most.
+const CACHE_SAMPLES_MIN: usize = 256;
+const CACHE_SAMPLES_MAX: usize = 2048;
+/// Seed of the cache's sample: every replica of a segment caches alike.
+const CACHE_SEED: u64 = 0x6361_6368;
+/// What the sample searches ask for: the lists users run at recall@10
+/// near 0.95 (16–28 on 1M points).
+const CACHE_SAMPLE_PARAMS: SearchParams = SearchParams {
+    k: 10,
+    list: 24,
+    beam: 4,
+};
 
 /// Everything `build` needs besides the data.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -299,7 +315,8 @@ pub struct OpenOptions {
     pub direct_io: bool,
     /// Which reader fetches node sectors.
     pub io: IoBackend,
-    /// Nodes to keep in RAM, breadth-first from the medoid (0 = no cache).
+    /// Nodes to keep in RAM, those sample searches read most (0 = no
+    /// cache; [`DiskIndex::load_cache`]).
     pub cache_nodes: usize,
     /// Points of the navigation graph built at open ([`crate::navigation`];
     /// [`NavPoints::NONE`]: searches start at the medoid).
@@ -409,8 +426,9 @@ impl DiskIndex {
         let path = dir.join(INDEX_FILE);
         let reader = open_reader(&path, opts.direct_io, opts.io)?;
         let mut idx = Self::open_with_reader(dir, reader)?;
-        idx.load_cache(opts.cache_nodes)?;
+        // The cache's sample searches start from the navigation graph.
         idx.load_navigation(opts.nav_points)?;
+        idx.load_cache(opts.cache_nodes)?;
         Ok(idx)
     }
 
@@ -520,25 +538,82 @@ impl DiskIndex {
         })
     }
 
-    /// Fills the node cache with up to `nodes` nodes, breadth-first from the
-    /// medoid (replacing any previous cache; 0 empties it).
+    /// Fills the node cache with about `nodes` nodes (replacing any
+    /// previous cache; 0 empties it): those that sample searches read
+    /// most. Call it after [`Self::load_navigation`]: the samples start
+    /// where real searches start.
+    ///
+    /// Breadth-first from the medoid, the earlier rule, caches nodes that
+    /// no search reads once the navigation graph starts searches near the
+    /// query: 0.2 cache hits per query with 10,000 nodes on 1M points.
     pub fn load_cache(&mut self, nodes: usize) -> Result<()> {
-        let path = self.dir.join(INDEX_FILE);
-        self.cache = if nodes == 0 || self.is_empty() {
-            NodeCache::empty()
-        } else {
-            NodeCache::load(
-                self.reader.as_ref(),
-                &self.geometry,
-                self.header.medoid as u32,
-                nodes,
-            )
-            .map_err(|e| match e {
-                CacheError::Io(e) => Error::io(&path, e),
-                CacheError::Format(e) => Error::format(&path, e),
-            })?
+        self.cache = NodeCache::empty();
+        if nodes == 0 || self.is_empty() {
+            return Ok(());
+        }
+        let ranked = match self.header.elem {
+            ElemType::U8 => self.most_read::<u8>(nodes)?,
+            ElemType::I8 => self.most_read::<i8>(nodes)?,
+            ElemType::F32 => self.most_read::<f32>(nodes)?,
         };
+        let path = self.dir.join(INDEX_FILE);
+        self.cache = NodeCache::load(self.reader.as_ref(), &self.geometry, &ranked, nodes)
+            .map_err(|e| e.at(&path))?;
         Ok(())
+    }
+
+    /// Runs searches for a sample of the indexed points (about one per four
+    /// nodes to cache) and returns the nodes they read, most read first. In
+    /// version 2 reads are counted per sector (the unit the cache keeps),
+    /// and each sector is named by the first node read from it.
+    fn most_read<T: Element>(&self, nodes: usize) -> Result<Vec<u32>> {
+        let path = self.dir.join(INDEX_FILE);
+        let total = self.header.num_points as usize;
+        let samples = (nodes / 4)
+            .clamp(CACHE_SAMPLES_MIN, CACHE_SAMPLES_MAX)
+            .min(total);
+        let mut rng = ChaCha8Rng::seed_from_u64(CACHE_SEED);
+        let mut ids: Vec<u32> = rand::seq::index::sample(&mut rng, total, samples)
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
+        ids.sort_unstable();
+        let size = std::mem::size_of::<T>();
+        let mut queries: Vec<T> = Vec::with_capacity(samples * self.dim());
+        crate::cache::read_records(self.reader.as_ref(), &self.geometry, &ids, |id, bytes| {
+            let rec = self.geometry.decode(id, bytes)?;
+            queries.extend(
+                rec.vector
+                    .chunks_exact(size)
+                    .map(bytemuck::pod_read_unaligned::<T>),
+            );
+            Ok(())
+        })
+        .map_err(|e| e.at(&path))?;
+        let by_sector = self.geometry.order() == NodeOrder::Locality;
+        // unit (node or sector) → (reads, first node read from it)
+        let mut reads: rustc_hash::FxHashMap<u64, (u32, u32)> = Default::default();
+        let mut scratch = SearchScratch::<T>::default();
+        let mut log = Vec::new();
+        for query in queries.chunks_exact(self.dim().max(1)) {
+            self.start_search(&mut scratch.search, query, CACHE_SAMPLE_PARAMS, None);
+            log.clear();
+            self.drive(&mut scratch, Some(&mut log))?;
+            for &id in &log {
+                let unit = if by_sector {
+                    self.geometry.locate(id).sector
+                } else {
+                    id as u64
+                };
+                reads.entry(unit).or_insert((0, id)).0 += 1;
+            }
+        }
+        let mut ranked: Vec<(u64, u32, u32)> = reads
+            .into_iter()
+            .map(|(unit, (count, id))| (unit, count, id))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(ranked.into_iter().map(|(_, _, id)| id).collect())
     }
 
     /// The nodes held in RAM.
@@ -836,11 +911,14 @@ impl DiskIndex {
         }
         let m = self.pq.num_chunks();
         let mut first_err = None;
-        batch.retain(|&id| match self.cache.get(id) {
-            Some(rec) if first_err.is_none() => {
+        batch.retain(|&id| match self.cache.lookup(id) {
+            Some((rec, sector)) if first_err.is_none() => {
                 search.stats.cache_hits += 1;
                 if let Err(e) = search.visit(id, &rec, self.codes(), m) {
                     first_err = Some(e);
+                }
+                if let Some(sector) = sector {
+                    search.take_mates(id, sector, self.codes());
                 }
                 false
             }
@@ -862,7 +940,7 @@ impl DiskIndex {
             return Ok((Vec::new(), SearchStats::default()));
         }
         self.start_search(&mut scratch.search, query, params, None);
-        let (mut hits, stats) = self.drive(scratch)?;
+        let (mut hits, stats) = self.drive(scratch, None)?;
         self.map_to_global(&mut hits);
         Ok((hits, stats))
     }
@@ -899,13 +977,18 @@ impl DiskIndex {
             return Ok((Vec::new(), SearchStats::default(), Plan::Empty));
         }
         let plan = self.start_search(&mut scratch.search, query, params, matches);
-        let (hits, stats) = self.drive(scratch)?;
+        let (hits, stats) = self.drive(scratch, None)?;
         Ok((hits, stats, plan))
     }
 
     /// The blocking driver: reads what the search asks for, round by
     /// round, until it is done. Hits are segment-local.
-    fn drive<T: Element>(&self, scratch: &mut SearchScratch<T>) -> Result<(Vec<Hit>, SearchStats)> {
+    /// `log`, when given, receives the id of every node read.
+    fn drive<T: Element>(
+        &self,
+        scratch: &mut SearchScratch<T>,
+        mut log: Option<&mut Vec<u32>>,
+    ) -> Result<(Vec<Hit>, SearchStats)> {
         let node_bytes = self.geometry.node_read_bytes();
         let m = self.pq.num_chunks();
         let s = &mut scratch.search;
@@ -942,6 +1025,9 @@ impl DiskIndex {
                 .read(&mut reqs)
                 .map_err(|e| Error::io(&path, e))?;
             drop(reqs);
+            if let Some(log) = log.as_deref_mut() {
+                log.extend_from_slice(&batch);
+            }
             for (&id, buf) in batch.iter().zip(scratch.buffers.iter()) {
                 let rec = self
                     .geometry

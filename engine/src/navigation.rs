@@ -20,7 +20,7 @@ use std::path::Path;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::cache::{read_records, CacheError};
+use crate::cache::read_records;
 use crate::data::Vectors;
 use crate::element::ElemType;
 use crate::error::{Error, Result};
@@ -195,10 +195,7 @@ impl Navigation {
             bytes.extend_from_slice(rec.vector);
             Ok(())
         })
-        .map_err(|e| match e {
-            CacheError::Io(e) => Error::io(path, e),
-            CacheError::Format(e) => Error::format(path, e),
-        })?;
+        .map_err(|e| e.at(path))?;
         let mut vectors = vec![0u32; bytes.len().div_ceil(4)];
         bytemuck::cast_slice_mut::<u32, u8>(&mut vectors)[..bytes.len()].copy_from_slice(&bytes);
         drop(bytes);

@@ -598,9 +598,14 @@ impl<T: Element> BeamSearch<T> {
     /// does not decode goes into the batch instead: the driver then reads
     /// it and reports the corruption with the file's name.
     fn expand_held(&mut self, id: u32, codes: &[u8]) -> Result<()> {
-        let (Some(at), Some(geometry)) = (self.held.remove(&id), self.mates.take()) else {
-            // Not held after all (cannot happen: only held ids come here):
-            // read it like any other candidate.
+        // Not held after all (cannot happen: only held ids come here):
+        // read it like any other candidate. The mates' geometry is taken
+        // only once the record is known to be held, or it would be lost.
+        let Some(at) = self.held.remove(&id) else {
+            self.batch.push(id);
+            return Ok(());
+        };
+        let Some(geometry) = self.mates.take() else {
             self.batch.push(id);
             return Ok(());
         };

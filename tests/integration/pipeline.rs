@@ -190,6 +190,8 @@ fn uring_pread_and_memory_readers_agree() {
         "24",
         "--pq-bytes",
         "16",
+        "--layout",
+        "v1",
     ]);
     let queries = shardann_engine::data::VectorFile::open(d.join("query.u8bin")).unwrap();
     let q = queries.vectors::<u8>().unwrap();
@@ -251,40 +253,63 @@ fn uring_pread_and_memory_readers_agree() {
     for (name, backend, r) in &results[1..] {
         assert_eq!(r, &results[0].2, "{name} ({backend}) differs from pread");
     }
-    // A node cache of any size returns the same hits; only IO differs.
-    let no_cache: Vec<Vec<u32>> = results[0]
-        .2
-        .iter()
-        .map(|(hits, _)| hits.iter().map(|h| h.id).collect())
-        .collect();
-    for cache_nodes in [1, 10, 300, 5000] {
-        let opts = OpenOptions {
-            direct_io: true,
-            io: IoBackend::Auto,
-            cache_nodes,
-            nav_points: NavPoints::NONE,
+    // A node cache of any size returns the same hits; only IO differs. In
+    // layout v2 the cache keeps whole sectors, so a cached node brings its
+    // sector mates as a read one does: the search takes the same path.
+    let index_v2 = d.join("index-v2");
+    cli_ok(&["relayout", "--index", p(&index), "--out", p(&index_v2)]);
+    for (layout, dir) in [("v1", &index), ("v2", &index_v2)] {
+        let open = |cache_nodes| {
+            let opts = OpenOptions {
+                direct_io: true,
+                io: IoBackend::Auto,
+                cache_nodes,
+                nav_points: NavPoints::NONE,
+            };
+            shard::open(dir, opts).unwrap()
         };
-        let idx = shard::open(&index, opts).unwrap();
-        assert_eq!(idx.node_cache().len(), cache_nodes.min(3000));
+        let idx = open(0);
         let mut s = SearchScratch::<u8>::default();
-        let (mut ios, mut hits) = (0, 0);
-        for (i, want) in no_cache.iter().enumerate() {
-            let (found, stats) = idx.search(&mut s, q.row(i), params).unwrap();
+        let base: Vec<_> = (0..q.len())
+            .map(|i| idx.search(&mut s, q.row(i), params).unwrap())
+            .collect();
+        let base_ios: u32 = base.iter().map(|(_, st)| st.ios).sum();
+        let base_mates: u32 = base.iter().map(|(_, st)| st.sector_mates).sum();
+        assert_eq!(base_mates > 0, layout == "v2", "{layout}: sector mates");
+        for cache_nodes in [1, 10, 300, 5000] {
+            let idx = open(cache_nodes);
+            let cached = idx.node_cache().len();
+            let want = cache_nodes.min(3000);
+            if layout == "v1" {
+                assert_eq!(cached, want);
+            } else {
+                // Whole sectors: the last one may overshoot by its mates.
+                let rps = idx.geometry().records_per_sector;
+                assert!(
+                    cached >= want && cached < want + rps,
+                    "{layout}: {cached} cached for a budget of {cache_nodes}"
+                );
+            }
+            let (mut ios, mut hits, mut mates) = (0, 0, 0);
+            for (i, (want, base_stats)) in base.iter().enumerate() {
+                let (found, stats) = idx.search(&mut s, q.row(i), params).unwrap();
+                assert_eq!(&found, want, "{layout}, cache {cache_nodes}, query {i}");
+                assert_eq!(
+                    stats.hops, base_stats.hops,
+                    "{layout}, cache {cache_nodes}, query {i}: same rounds"
+                );
+                ios += stats.ios;
+                hits += stats.cache_hits;
+                mates += stats.sector_mates;
+            }
             assert_eq!(
-                &found.iter().map(|h| h.id).collect::<Vec<_>>(),
-                want,
-                "cache {cache_nodes}, query {i}"
+                ios + hits,
+                base_ios,
+                "{layout}: every visited node is read or cached, cache {cache_nodes}"
             );
-            ios += stats.ios;
-            hits += stats.cache_hits;
+            assert_eq!(mates, base_mates, "{layout}, cache {cache_nodes}");
+            assert!(hits > 0);
         }
-        let base_ios: u32 = results[0].2.iter().map(|(_, st)| st.ios).sum();
-        assert_eq!(
-            ios + hits,
-            base_ios,
-            "every visited node is read or cached, cache {cache_nodes}"
-        );
-        assert!(hits > 0);
     }
     // The search command prints the same for both backends.
     let a = cli_ok(&[

@@ -90,7 +90,7 @@ pub fn demo(a: &DemoArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<()
             pq_bytes: Some(32),
             pq_sample: 100_000,
             seed: 1,
-            layout: crate::cli::Layout::V1,
+            layout: crate::cli::Layout::V2,
         };
         // A leftover that does not open (an interrupted build, an index from
         // an older layout) is rebuilt from scratch.
