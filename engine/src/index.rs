@@ -647,11 +647,25 @@ impl DiskIndex {
         self.manifest.as_ref()
     }
 
-    /// Whether searches use the sector mates of a version 2 index (the
-    /// default); off, every read serves its one node, as in version 1: for
-    /// measuring what the layout gives.
+    /// Whether searches use the other records of the sectors they read
+    /// (the default): the sector mates of a version 2 index, and, in any
+    /// packed layout, one read for the nodes of a round that share a
+    /// sector. Off, every read serves its one node: for measuring what the
+    /// layout gives.
     pub fn set_sector_mates(&mut self, on: bool) {
         self.sector_mates = on;
+    }
+
+    /// [`SectorGeometry::shared_reads`] for a round of a search, or each
+    /// node its own read when sector mates are off. Every search driver
+    /// calls it before its reads.
+    pub fn shared_reads(&self, batch: &[u32], first: &mut Vec<usize>) {
+        if self.sector_mates {
+            self.geometry.shared_reads(batch, first);
+        } else {
+            first.clear();
+            first.extend(0..batch.len());
+        }
     }
 
     /// Filtered searches with at most `n` matches score them flat (see
@@ -1006,10 +1020,15 @@ impl DiskIndex {
             while scratch.buffers.len() < batch.len() {
                 scratch.buffers.push(AlignedBuf::new(node_bytes));
             }
+            // Nodes of one sector are read once, into the first one's buffer.
+            let first = &mut scratch.first;
+            self.shared_reads(&batch, first);
             let mut reqs: Vec<SectorRequest<'_>> = batch
                 .iter()
                 .zip(scratch.buffers.iter_mut())
-                .map(|(&id, buf)| {
+                .enumerate()
+                .filter(|&(i, _)| first[i] == i)
+                .map(|(_, (&id, buf))| {
                     let loc = self.geometry.locate(id);
                     SectorRequest {
                         sector: loc.sector,
@@ -1026,9 +1045,20 @@ impl DiskIndex {
                 .map_err(|e| Error::io(&path, e))?;
             drop(reqs);
             if let Some(log) = log.as_deref_mut() {
-                log.extend_from_slice(&batch);
+                let first = &scratch.first;
+                log.extend(
+                    batch
+                        .iter()
+                        .enumerate()
+                        .filter(|&(i, _)| first[i] == i)
+                        .map(|(_, &id)| id),
+                );
             }
-            for (&id, buf) in batch.iter().zip(scratch.buffers.iter()) {
+            for (i, &id) in batch.iter().enumerate() {
+                let buf = &scratch.buffers[scratch.first[i]];
+                if scratch.first[i] != i {
+                    s.stats.sector_mates += 1;
+                }
                 let rec = self
                     .geometry
                     .decode(id, buf.as_slice())
@@ -1045,6 +1075,9 @@ impl DiskIndex {
 pub struct SearchScratch<T: Element> {
     search: BeamSearch<T>,
     buffers: Vec<AlignedBuf>,
+    /// Per batch entry, the entry whose read it shares
+    /// ([`SectorGeometry::shared_reads`]).
+    first: Vec<usize>,
 }
 
 impl<T: Element> Default for SearchScratch<T> {
@@ -1052,6 +1085,7 @@ impl<T: Element> Default for SearchScratch<T> {
         SearchScratch {
             search: BeamSearch::new(),
             buffers: Vec::new(),
+            first: Vec::new(),
         }
     }
 }
@@ -1103,7 +1137,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(again.contains("is not empty"), "{again}");
-        let v1 = DiskIndex::open(v1_dir.path(), OpenOptions::buffered()).unwrap();
+        let mut v1 = DiskIndex::open(v1_dir.path(), OpenOptions::buffered()).unwrap();
         let mut v2 = DiskIndex::open(v2_dir.path(), OpenOptions::buffered()).unwrap();
         assert_eq!(v2.header().order, NodeOrder::Locality);
         assert!(v2.geometry().memory_bytes() == 4 * n);
@@ -1116,6 +1150,9 @@ mod tests {
         };
         let (mut ios_v1, mut ios_v2, mut mates) = (0, 0, 0);
         for i in 0..q.len() {
+            // Node by node, in both layouts: not even a round's nodes that
+            // share a sector share its read.
+            v1.set_sector_mates(false);
             let (a, sa) = v1.search(&mut scratch, q.row(i), params).unwrap();
             v2.set_sector_mates(false);
             let (b, sb) = v2.search(&mut scratch, q.row(i), params).unwrap();
@@ -1126,6 +1163,11 @@ mod tests {
             );
             v2.set_sector_mates(true);
             let (_, sc) = v2.search(&mut scratch, q.row(i), params).unwrap();
+            // v1 as searched by default: one read per sector of a round.
+            v1.set_sector_mates(true);
+            let (a_shared, sa) = v1.search(&mut scratch, q.row(i), params).unwrap();
+            assert_eq!(a, a_shared, "query {i}: sharing a read changes no hit");
+            assert!(sa.ios <= sb.ios);
             ios_v1 += sa.ios;
             ios_v2 += sc.ios;
             mates += sc.sector_mates;

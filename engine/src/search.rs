@@ -80,7 +80,9 @@ pub struct SearchStats {
     /// Of those, the ones served from the node cache without IO.
     pub cache_hits: u32,
     /// Of those, the ones whose record came in the sector read for another
-    /// node (version 2 layout), so cost no read of their own.
+    /// node, so cost no read of their own: a sector mate kept from an
+    /// earlier read (version 2 layout), or a node of a round whose sector
+    /// another node of the round read ([`crate::layout::SectorGeometry::shared_reads`]).
     pub sector_mates: u32,
     /// PQ distance evaluations.
     pub pq_distances: u32,

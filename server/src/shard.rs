@@ -117,6 +117,7 @@ pub async fn search_one_filtered<T: Element>(
     // borrow of the scratch) while the batch is still being walked. A flat
     // plan asks for all its nodes at once, so the buffer grows to the batch.
     let mut batch: Vec<u32> = Vec::with_capacity(params.beam);
+    let mut first: Vec<usize> = Vec::with_capacity(params.beam);
     loop {
         batch.clear();
         batch.extend_from_slice(scratch.next_batch(codes)?);
@@ -129,11 +130,45 @@ pub async fn search_one_filtered<T: Element>(
         if batch.is_empty() {
             continue;
         }
-        let reads = join_all(batch.iter().map(|&id| read_node(file, geometry, id))).await;
+        // Nodes of one sector are read once (as the synchronous path does).
+        index.shared_reads(&batch, &mut first);
+        let mut reads = join_all(
+            batch
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| first[i] == i)
+                .map(|(_, &id)| read_node(file, geometry, id)),
+        )
+        .await
+        .into_iter();
+        // The sectors read so far, by batch entry.
+        let mut done: Vec<Option<Sectors>> = Vec::with_capacity(batch.len());
         // Visit in batch order, as the synchronous path does: ties in the
         // candidate list are then broken identically and results match bit
         // for bit.
-        for (&id, (loc, read)) in batch.iter().zip(reads) {
+        for (i, &id) in batch.iter().enumerate() {
+            if first[i] != i {
+                // The sector this node shares was read and checked for an
+                // earlier entry of the batch.
+                done.push(None);
+                scratch.stats.sector_mates += 1;
+                if let Some(bytes) = &done[first[i]] {
+                    let record =
+                        geometry
+                            .decode(id, bytes)
+                            .map_err(|source| ServerError::Corrupt {
+                                path: index_file_path(index),
+                                source,
+                            })?;
+                    scratch.visit(id, &record, codes, m)?;
+                    scratch.take_mates(id, bytes, codes);
+                }
+                continue;
+            }
+            let Some((loc, read)) = reads.next() else {
+                done.push(None);
+                continue;
+            };
             let bytes = read.map_err(|failure| match failure {
                 ReadFailure::Io(source) => ServerError::Read {
                     path: index_file_path(index),
@@ -159,6 +194,7 @@ pub async fn search_one_filtered<T: Element>(
                 })?;
             scratch.visit(id, &record, codes, m)?;
             scratch.take_mates(id, &bytes, codes);
+            done.push(Some(bytes));
         }
     }
     let hits = scratch.finish();

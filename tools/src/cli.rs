@@ -229,7 +229,7 @@ pub struct GraphArgs {
     pub seed: u64,
     /// Layout of disk.index: v2 groups each node with its graph neighbours
     /// in one 4 KiB sector, and searches use every record of every sector
-    /// they read (0.79x the reads at recall@10 0.95 on 1M points); v1 stores
+    /// they read (0.73x the reads at recall@10 0.95 on 1M points); v1 stores
     /// nodes in id order. Where one record fills a sector, v1 is written
     /// either way.
     #[arg(long, value_enum, default_value_t = Layout::V2)]

@@ -17,8 +17,12 @@ use crate::rt::until;
 /// Gives up after [`VERSION_TIMEOUT`]: the follower asks every peer in
 /// turn, and one that hangs must not stall the others.
 pub async fn remote_version(addr: SocketAddr, token: Option<&str>, shard: u32) -> Result<u64> {
+    // The deadline below decides; the connection's and the request's own
+    // timeouts are longer, so that a hung peer always gets the same error
+    // (with equal timeouts, whichever timer fired first named it).
+    let inner = VERSION_TIMEOUT * 2;
     let ask = async {
-        let mut sender = http::connect(addr, VERSION_TIMEOUT)
+        let mut sender = http::connect(addr, inner)
             .await
             .map_err(|source| ServerError::Peer { addr, source })?;
         get_bytes(
@@ -27,7 +31,7 @@ pub async fn remote_version(addr: SocketAddr, token: Option<&str>, shard: u32) -
             token,
             &format!("/v1/shards/{shard}/manifest"),
             MANIFEST_LIMIT,
-            VERSION_TIMEOUT,
+            inner,
         )
         .await
     };
