@@ -147,54 +147,46 @@ pub async fn search_one_filtered<T: Element>(
         // candidate list are then broken identically and results match bit
         // for bit.
         for (i, &id) in batch.iter().enumerate() {
-            if first[i] != i {
-                // The sector this node shares was read and checked for an
-                // earlier entry of the batch.
-                done.push(None);
+            if first[i] == i {
+                let Some((loc, read)) = reads.next() else {
+                    done.push(None);
+                    continue;
+                };
+                let bytes = read.map_err(|failure| match failure {
+                    ReadFailure::Io(source) => ServerError::Read {
+                        path: index_file_path(index),
+                        node: id,
+                        sector: loc.sector,
+                        sectors: loc.sectors,
+                        source,
+                    },
+                    ReadFailure::Short { got } => ServerError::ShortRead {
+                        path: index_file_path(index),
+                        node: id,
+                        sector: loc.sector,
+                        got,
+                        want: loc.sectors * SECTOR,
+                    },
+                })?;
+                scratch.stats.ios += loc.sectors as u32;
+                done.push(Some(bytes));
+            } else {
+                // The sector this node shares was read for an earlier
+                // entry of the batch.
                 scratch.stats.sector_mates += 1;
-                if let Some(bytes) = &done[first[i]] {
-                    let record =
-                        geometry
-                            .decode(id, bytes)
-                            .map_err(|source| ServerError::Corrupt {
-                                path: index_file_path(index),
-                                source,
-                            })?;
-                    scratch.visit(id, &record, codes, m)?;
-                    scratch.take_mates(id, bytes, codes);
-                }
-                continue;
-            }
-            let Some((loc, read)) = reads.next() else {
                 done.push(None);
+            }
+            let Some(bytes) = done.get(first[i]).and_then(Option::as_ref) else {
                 continue;
             };
-            let bytes = read.map_err(|failure| match failure {
-                ReadFailure::Io(source) => ServerError::Read {
-                    path: index_file_path(index),
-                    node: id,
-                    sector: loc.sector,
-                    sectors: loc.sectors,
-                    source,
-                },
-                ReadFailure::Short { got } => ServerError::ShortRead {
-                    path: index_file_path(index),
-                    node: id,
-                    sector: loc.sector,
-                    got,
-                    want: loc.sectors * SECTOR,
-                },
-            })?;
-            scratch.stats.ios += loc.sectors as u32;
             let record = geometry
-                .decode(id, &bytes)
+                .decode(id, bytes)
                 .map_err(|source| ServerError::Corrupt {
                     path: index_file_path(index),
                     source,
                 })?;
             scratch.visit(id, &record, codes, m)?;
-            scratch.take_mates(id, &bytes, codes);
-            done.push(Some(bytes));
+            scratch.take_mates(id, bytes, codes);
         }
     }
     let hits = scratch.finish();

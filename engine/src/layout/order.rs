@@ -5,9 +5,9 @@
 //! A search reads a whole sector to visit one node; in version 1 the other
 //! records of that sector are whatever nodes have the neighbouring ids, of
 //! no use to the query. Here a sector is filled with a node and its graph
-//! neighbours (a greedy form of Starling's block shuffling), so that the records a read brings along are likely to be
-//! ones the search wants next: it uses them without reading them
-//! ([`crate::search::BeamSearch`]).
+//! neighbours (a greedy form of Starling's block shuffling), so that the
+//! records a read brings along are likely to be ones the search wants
+//! next: it uses them without reading them ([`crate::search::BeamSearch`]).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -30,8 +30,8 @@ use crate::vamana::Graph;
 /// The first version grew each sector breadth-first (a node, then its
 /// first neighbours): a star whose leaves are rarely each other's
 /// neighbours. Counting the links into the sector makes it denser: on 1M
-/// sift-like points 35 % of a node's sector mates are its neighbours
-/// instead of 25 %, and a search at recall@10 0.95 reads 3 % fewer
+/// sift-like points 36 % of a node's sector mates are its neighbours
+/// instead of 25 %, and a search at recall@10 0.95 reads about 3 % fewer
 /// sectors. Counting links out of the candidate too (a reverse graph,
 /// 4 bytes per edge) gave 37 % and under 1 % fewer reads: not worth the
 /// memory.
