@@ -14,19 +14,16 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::data::Vectors;
-use crate::docs::{Documents, Ingested};
 use crate::element::ElemType;
 use crate::error::{ClusterFileError, Error, Result};
-use crate::index::{BuildParams, DiskIndex, OpenOptions, SearchScratch};
+use crate::index::{DiskIndex, OpenOptions, SearchScratch};
 use crate::layout::{self, CLUSTER_FILE, IDS_FILE, INDEX_FILE};
 use crate::metric::{Element, Metric};
-use crate::partition::{Partition, PartitionKind};
-use crate::progress::Progress;
+use crate::partition::PartitionKind;
 use crate::search::{Hit, SearchParams, SearchStats};
 
-const FORMAT: &str = "shardann-cluster";
-const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT: &str = "shardann-cluster";
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 /// `cluster.json`. Spec: `format-spec/cluster.md`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -200,79 +197,18 @@ impl ClusterManifest {
     }
 }
 
-/// Partitions `data` and builds one index per shard under `out`; with
-/// `documents` (what `docs::ingest` read, row i = document i), each shard
-/// gets the documents of its points.
-pub fn build_sharded<T: Element>(
-    data: Vectors<'_, T>,
-    params: &BuildParams,
-    shards: usize,
-    kind: PartitionKind,
-    out: &Path,
-    progress: &dyn Progress,
-    documents: Option<&Ingested>,
-) -> Result<ClusterManifest> {
-    let part = Partition::compute(data, shards, kind, params.vamana.seed)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut infos = Vec::with_capacity(shards);
-    for s in 0..shards {
-        let members = part.members(s);
-        let mut rows: Vec<T> = Vec::with_capacity(members.len() * data.dim());
-        for &g in &members {
-            rows.extend_from_slice(data.row(g as usize));
-        }
-        let dir_name = format!("shard-{s}");
-        let dir = out.join(&dir_name);
-        crate::shard::build_version(
-            Vectors::new(&rows, data.dim()),
-            params,
-            &dir,
-            s as u32,
-            progress,
-            |seg| {
-                layout::write_ids(&seg.join(IDS_FILE), &members)?;
-                match documents {
-                    Some(d) => Documents::install_subset(d, &members, seg),
-                    None => Ok(()),
-                }
-            },
-        )?;
-        infos.push(ShardInfo {
-            id: s as u32,
-            dir: dir_name,
-            num_points: members.len(),
-        });
-    }
-    let manifest = ClusterManifest {
-        format: FORMAT.into(),
-        version: FORMAT_VERSION,
-        metric: params.metric,
-        elem: T::TYPE,
-        dim: data.dim(),
-        num_points: data.len(),
-        partition: kind,
-        shards: infos,
-        centroids: part
-            .centroids
-            .chunks_exact(data.dim())
-            .map(<[f32]>::to_vec)
-            .collect(),
-    };
-    let path = out.join(CLUSTER_FILE);
-    manifest
-        .check()
-        .map_err(|e| Error::cluster_file(&path, e))?;
-    let json = manifest
-        .to_bytes()
-        .map_err(|e| Error::cluster_file(&path, e))?;
-    crate::fs::write_atomic(&path, &json)?;
-    Ok(manifest)
-}
-
 impl ClusterManifest {
     /// `cluster.json`'s bytes (pretty-printed JSON).
     pub fn to_bytes(&self) -> Result<Vec<u8>, ClusterFileError> {
         serde_json::to_vec_pretty(self).map_err(ClusterFileError::Json)
+    }
+
+    /// Checks the manifest and writes it as `dir/cluster.json`, atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(CLUSTER_FILE);
+        self.check().map_err(|e| Error::cluster_file(&path, e))?;
+        let json = self.to_bytes().map_err(|e| Error::cluster_file(&path, e))?;
+        crate::fs::write_atomic(&path, &json)
     }
 
     /// Parses `cluster.json`'s bytes and checks them against themselves.

@@ -8,6 +8,7 @@
 //! | [`ManifestError`] | a segment's `segment.json` | `layout::manifest` |
 //! | [`SegmentError`] | a segment or shard directory whose files, pointer or versions disagree | `segment`, `shard` |
 //! | [`ClusterFileError`] | a sharded index's `cluster.json` | `cluster` |
+//! | [`PlanError`] | a sharded build's plan (`plan.json`, the shards' id lists) | `shard_plan` |
 //! | [`DocsError`] | documents in JSON Lines: ids, vectors, payloads | `docs` |
 //! | [`FilterError`] | a filter, or a payload the filter index cannot hold | `filter` |
 //! | [`BeirError`] | a data set in the BEIR layout: corpus, queries, judgments | `eval` |
@@ -86,6 +87,14 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: ClusterFileError,
+    },
+    /// A sharded build's plan that is missing, does not parse, or does not
+    /// fit the base vectors or shard it is used with.
+    #[error("{}: {source}", path.display())]
+    Plan {
+        path: PathBuf,
+        #[source]
+        source: Box<PlanError>,
     },
     /// A documents file with a bad line (the error names the line).
     #[error("{}: {source}", path.display())]
@@ -208,6 +217,13 @@ impl Error {
 
     pub(crate) fn beir(path: impl Into<PathBuf>, source: BeirError) -> Self {
         Error::Beir {
+            path: path.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn plan(path: impl Into<PathBuf>, source: PlanError) -> Self {
+        Error::Plan {
             path: path.into(),
             source: Box::new(source),
         }
@@ -431,6 +447,40 @@ pub enum ClusterFileError {
         got: String,
         want: String,
     },
+}
+
+/// What can be wrong with the plan of a sharded build (`build --plan DIR
+/// --shard i`; `format-spec/cluster.md`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    #[error("no plan here: make one with `build --shards N --plan-only --out DIR`")]
+    Missing,
+    #[error("not a plan: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("format {format:?} version {version} is not shardann-plan version 1")]
+    WrongFormat { format: String, version: u32 },
+    #[error("says the base is {plan} but cluster.json says {manifest}")]
+    ManifestMismatch { plan: String, manifest: String },
+    #[error(
+        "the base vectors given are not the ones the plan was made from: \
+         their {what} is {given}, the plan's is {plan}"
+    )]
+    BaseMismatch {
+        what: &'static str,
+        plan: String,
+        given: String,
+    },
+    #[error("no shard {shard}: the plan has {shards} shard(s), numbered from 0")]
+    NoShard { shard: usize, shards: usize },
+    #[error("shard {shard} lists {count} points; cluster.json says {want}")]
+    ShardSize {
+        shard: usize,
+        count: usize,
+        want: usize,
+    },
+    #[error("lists point {id}, beyond the base's {points} points")]
+    IdOutOfRange { id: u32, points: usize },
 }
 
 /// What can be wrong with documents given as JSON Lines (`build --docs`).

@@ -83,6 +83,7 @@ pub mod progress;
 pub mod search;
 pub mod segment;
 pub mod shard;
+pub mod shard_plan;
 pub mod synth;
 pub mod text;
 pub mod vamana;
@@ -91,6 +92,6 @@ mod visited;
 pub use element::ElemType;
 pub use error::{
     BeirError, ClusterFileError, DataError, DocsError, EmbedError, Error, FormatError, FusionError,
-    ManifestError, Result, SegmentError, TextError,
+    ManifestError, PlanError, Result, SegmentError, TextError,
 };
 pub use metric::{Element, Metric};

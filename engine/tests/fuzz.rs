@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-use shardann_engine::cluster::{build_sharded, ClusterManifest};
+use shardann_engine::cluster::ClusterManifest;
 use shardann_engine::data::VectorFile;
 use shardann_engine::docs::{ingest, DocStore, IndexedFields, KeyMap, VectorSource};
 use shardann_engine::filter::{Filter, FilterIndex};
@@ -31,6 +31,7 @@ use shardann_engine::layout::{
 use shardann_engine::partition::PartitionKind;
 use shardann_engine::pq::PqParams;
 use shardann_engine::progress::NoProgress;
+use shardann_engine::shard_plan::build_sharded;
 use shardann_engine::text::TextIndex;
 use shardann_engine::vamana::VamanaParams;
 use shardann_engine::{ElemType, Metric};

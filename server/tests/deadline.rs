@@ -8,12 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardann_engine::cluster::build_sharded;
 use shardann_engine::data::Vectors;
 use shardann_engine::index::BuildParams;
 use shardann_engine::partition::PartitionKind;
 use shardann_engine::pq::PqParams;
 use shardann_engine::progress::NoProgress;
+use shardann_engine::shard_plan::build_sharded;
 use shardann_engine::synth::{generate_u8, Stream};
 use shardann_engine::vamana::VamanaParams;
 use shardann_engine::Metric;

@@ -205,3 +205,172 @@ fn sharded_build_merges_to_the_unsharded_recall() {
     .unwrap_err()
     .contains("shard count"));
 }
+
+/// Issue 13: `build --shards N --plan-only`, then one `build --plan DIR
+/// --shard i` per shard in any order, leaves the directory `build --shards N`
+/// writes: the same files byte for byte (with one thread each, where the
+/// graph build is deterministic) and the same answers.
+#[test]
+fn shards_built_apart_from_a_plan_match_the_one_process_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [base, query, _] = generated(d, "sift-like", "3000", "30", "5", "l2", "10");
+    let graph = [
+        "--max-degree",
+        "16",
+        "--build-list",
+        "32",
+        "--pq-bytes",
+        "8",
+        "--threads",
+        "1",
+    ];
+    let together = d.join("together");
+    let mut args = vec![
+        "build",
+        "--base",
+        p(&base),
+        "--out",
+        p(&together),
+        "--shards",
+        "3",
+    ];
+    args.extend_from_slice(&graph);
+    cli_ok(&args);
+
+    let apart = d.join("apart");
+    let mut args = vec![
+        "build",
+        "--base",
+        p(&base),
+        "--out",
+        p(&apart),
+        "--shards",
+        "3",
+        "--plan-only",
+    ];
+    args.extend_from_slice(&graph);
+    let msg = cli_ok(&args);
+    assert!(
+        msg.contains("planned 3 shards") && msg.contains("--plan"),
+        "{msg}"
+    );
+    assert!(!apart.join("shard-0").exists(), "the plan builds no shard");
+    for shard in ["2", "0", "1"] {
+        // The graph flags are the plan's: given again (equal) they are accepted.
+        let msg = cli_ok(&[
+            "build",
+            "--plan",
+            p(&apart),
+            "--shard",
+            shard,
+            "--base",
+            p(&base),
+            "--threads",
+            "1",
+            "--max-degree",
+            "16",
+        ]);
+        assert!(msg.contains(&format!("built shard {shard} of 3")), "{msg}");
+    }
+    for name in [
+        "cluster.json",
+        "plan.json",
+        "plan/shard-0.ids",
+        "plan/shard-2.ids",
+    ] {
+        let read = |root: &std::path::Path| std::fs::read(root.join(name)).unwrap();
+        assert_eq!(read(&together), read(&apart), "{name}");
+    }
+    for s in 0..3 {
+        for file in ["disk.index", "pq.bin", IDS_FILE] {
+            let path = format!("shard-{s}/v0000000001/{file}");
+            let read = |root: &std::path::Path| std::fs::read(root.join(&path)).unwrap();
+            assert!(read(&together) == read(&apart), "{path} differs");
+        }
+    }
+    let queries = VectorFile::open(&query).unwrap();
+    let q = queries.vectors::<u8>().unwrap();
+    let opts = OpenOptions {
+        direct_io: false,
+        ..Default::default()
+    };
+    let (one, two) = (
+        ShardedIndex::open(&together, opts).unwrap(),
+        ShardedIndex::open(&apart, opts).unwrap(),
+    );
+    let params = SearchParams {
+        k: 10,
+        list: 20,
+        beam: 4,
+    };
+    let mut scratch = SearchScratch::<u8>::default();
+    for i in 0..q.len() {
+        let hits = one.search(&mut scratch, q.row(i), params).unwrap().0;
+        assert_eq!(hits.len(), 10);
+        assert_eq!(
+            hits,
+            two.search(&mut scratch, q.row(i), params).unwrap().0,
+            "query {i}"
+        );
+    }
+
+    // What a shard build refuses, each with a message that says why.
+    let other = d.join("other.u8bin");
+    let mut bytes = std::fs::read(&base).unwrap();
+    bytes[8] ^= 1; // first element of row 0, always among the fingerprinted rows
+    std::fs::write(&other, &bytes).unwrap();
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "--plan", p(&apart), "--base", p(&base)];
+        args.extend_from_slice(extra);
+        cli(&args).unwrap_err()
+    };
+    let e = cli(&[
+        "build",
+        "--plan",
+        p(&apart),
+        "--shard",
+        "0",
+        "--base",
+        p(&other),
+    ])
+    .unwrap_err();
+    assert!(e.contains("not the ones the plan was made from"), "{e}");
+    let e = build(&["--shard", "3"]);
+    assert!(e.contains("no shard 3") && e.contains("3 shard"), "{e}");
+    let e = build(&["--shard", "0", "--max-degree", "24"]);
+    assert!(
+        e.contains("fixes the build parameters")
+            && e.contains("--max-degree 24 (the plan's is 16)"),
+        "{e}"
+    );
+    let e = build(&["--shard", "0", "--shards", "3"]);
+    assert!(e.contains("--shards") && e.contains("--plan"), "{e}");
+    let e = cli(&[
+        "build",
+        "--plan",
+        p(&d.join("together/shard-0")),
+        "--shard",
+        "0",
+        "--base",
+        p(&base),
+    ])
+    .unwrap_err();
+    assert!(e.contains("cluster.json"), "{e}");
+    std::fs::remove_file(apart.join("plan.json")).unwrap();
+    let e = build(&["--shard", "0"]);
+    assert!(
+        e.contains("no plan here") && e.contains("--plan-only"),
+        "{e}"
+    );
+    let e = cli(&[
+        "build",
+        "--base",
+        p(&base),
+        "--out",
+        p(&d.join("one")),
+        "--plan-only",
+    ])
+    .unwrap_err();
+    assert!(e.contains("--shards N"), "{e}");
+}

@@ -129,7 +129,11 @@ fn read_documents(a: &BuildArgs, quiet: bool) -> anyhow::Result<Option<(Ingested
             dim: None,
         },
     };
-    let staging = a.out.join(".staging");
+    let staging = match a.shard {
+        // Shard builds of one plan may run at once: one staging folder each.
+        Some(i) if a.plan.is_some() => a.out_dir().join(format!(".staging-shard-{i}")),
+        _ => a.out_dir().join(".staging"),
+    };
     let bars = Bars::new(quiet);
     let fields = IndexedFields {
         filter: a.filter_fields.clone(),
@@ -151,10 +155,13 @@ pub fn build(a: &BuildArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Result<
     // Checked first: every later step creates something below --out, and
     // the OS error for that ("Not a directory", "File exists") names a path
     // the user never gave.
-    if a.out.exists() && !a.out.is_dir() {
+    if a.out.is_none() && a.plan.is_none() {
+        anyhow::bail!("give --out DIR (or --plan DIR --shard i)");
+    }
+    if a.out_dir().exists() && !a.out_dir().is_dir() {
         anyhow::bail!(
             "--out {} exists and is not a directory; give a new path, or an index directory to add a version to",
-            a.out.display()
+            a.out_dir().display()
         );
     }
     let embedded;
@@ -192,7 +199,7 @@ fn embed_documents(
     let spec = JobSpec {
         input: docs.clone(),
         fields: a.embed_field.clone(),
-        out: a.out.join(".embed"),
+        out: a.out_dir().join(".embed"),
         batch: a.embed_batch,
         part: None,
         window: embed::plan::WINDOW,
@@ -223,16 +230,28 @@ fn build_with(
         (None, Some(staged)) => staged.clone(),
         (None, None) => anyhow::bail!("give the vectors: --base VECTORS, or --docs FILE.jsonl with a \"vector\" in every line"),
     };
+    if let (Some(dir), Some(shard)) = (&a.plan, a.shard) {
+        return build_planned_shard(a, dir, shard, &base_path, quiet, out, documents);
+    }
+    if a.plan_only {
+        return plan_shards(a, &base_path, quiet, out, documents);
+    }
     if a.shards > 1 {
         return build_shards(a, &base_path, quiet, out, documents);
     }
     let (r, version, secs) = run_build(
-        &base_path, a.metric, &a.graph, &a.out, a.threads, quiet, documents,
+        &base_path,
+        a.metric,
+        &a.graph,
+        a.out_dir(),
+        a.threads,
+        quiet,
+        documents,
     )?;
     writeln!(
         out,
         "built {} version {version} ({} points, {}-d {}, {}): R={} L={} alpha={} pq-bytes={}",
-        a.out.display(),
+        a.out_dir().display(),
         r.num_points,
         r.dim,
         r.elem,
@@ -298,8 +317,8 @@ fn build_shards(
     let t = Instant::now();
     let manifest = with_threads(a.threads, || -> anyhow::Result<_> {
         with_elem!(base.elem(), T => {
-            Ok(shardann_engine::cluster::build_sharded(
-                base.vectors::<T>()?, &params, a.shards, a.partition, &a.out, &bars, documents,
+            Ok(shardann_engine::shard_plan::build_sharded(
+                base.vectors::<T>()?, &params, a.shards, a.partition, a.out_dir(), &bars, documents,
             )?)
         })
     })?
@@ -308,7 +327,7 @@ fn build_shards(
             "building {} shards of {} into {}",
             a.shards,
             base_path.display(),
-            a.out.display()
+            a.out_dir().display()
         )
     })?;
     let sizes: Vec<String> = manifest
@@ -322,10 +341,177 @@ fn build_shards(
         manifest.shards.len(),
         manifest.partition,
         manifest.num_points,
-        a.out.display(),
+        a.out_dir().display(),
         t.elapsed().as_secs_f64(),
         sizes.join(", "),
         peak_rss_bytes().map_or("unknown".into(), human_bytes)
     )?;
     Ok(())
+}
+
+/// `build --shards N --plan-only`: the partition and the plan, no shard.
+fn plan_shards(
+    a: &BuildArgs,
+    base_path: &Path,
+    quiet: bool,
+    out: &mut dyn Write,
+    documents: Option<&Ingested>,
+) -> anyhow::Result<()> {
+    if a.shards < 2 {
+        anyhow::bail!("--plan-only plans a sharded build: give --shards N with N ≥ 2");
+    }
+    let base = open_base(base_path, documents)?;
+    let params = fit_pq(a.graph.to_params(a.metric), base.dim(), a.graph.pq_bytes);
+    let bars = Bars::new(quiet);
+    let t = Instant::now();
+    let manifest = with_threads(a.threads, || -> anyhow::Result<_> {
+        with_elem!(base.elem(), T => {
+            Ok(shardann_engine::shard_plan::plan(
+                base.vectors::<T>()?, &params, a.shards, a.partition, a.out_dir(), &bars,
+            )?)
+        })
+    })?
+    .with_context(|| format!("planning {} shards of {}", a.shards, base_path.display()))?;
+    let sizes: Vec<String> = manifest
+        .shards
+        .iter()
+        .map(|s| s.num_points.to_string())
+        .collect();
+    writeln!(
+        out,
+        "planned {} shards ({:?} partition) of {} points in {} in {:.1}s; shard sizes {}; peak memory {}",
+        manifest.shards.len(),
+        manifest.partition,
+        manifest.num_points,
+        a.out_dir().display(),
+        t.elapsed().as_secs_f64(),
+        sizes.join(", "),
+        peak_rss_bytes().map_or("unknown".into(), human_bytes)
+    )?;
+    writeln!(
+        out,
+        "build each shard, anywhere, in any order: shardann build --plan {} --shard I --base {}   (I = 0..{})",
+        a.out_dir().display(),
+        base_path.display(),
+        manifest.shards.len() - 1
+    )?;
+    Ok(())
+}
+
+/// `build --plan DIR --shard i`: one shard of a plan.
+#[allow(clippy::too_many_arguments)]
+fn build_planned_shard(
+    a: &BuildArgs,
+    dir: &Path,
+    shard: usize,
+    base_path: &Path,
+    quiet: bool,
+    out: &mut dyn Write,
+    documents: Option<&Ingested>,
+) -> anyhow::Result<()> {
+    let plan = shardann_engine::shard_plan::ShardPlan::open(dir)?;
+    let base = open_base(base_path, documents)?;
+    let conflicts = plan_conflicts(a, &plan.params());
+    if !conflicts.is_empty() {
+        anyhow::bail!(
+            "the plan in {} fixes the build parameters; given with other values: {}. Drop these flags, or give the plan's values",
+            dir.display(),
+            conflicts.join(", ")
+        );
+    }
+    let bars = Bars::new(quiet);
+    let t = Instant::now();
+    let (report, version) = with_threads(a.threads, || -> anyhow::Result<_> {
+        with_elem!(base.elem(), T => {
+            Ok(plan.build_shard_from_file::<T>(&base, shard, &bars, documents)?)
+        })
+    })?
+    .with_context(|| {
+        format!(
+            "building shard {shard} of the plan in {} from {}",
+            dir.display(),
+            base_path.display()
+        )
+    })?;
+    let info = &plan.manifest().shards[shard];
+    writeln!(
+        out,
+        "built shard {shard} of {} ({} points) into {} version {version} in {:.1}s; peak memory {}",
+        plan.manifest().shards.len(),
+        report.num_points,
+        dir.join(&info.dir).display(),
+        t.elapsed().as_secs_f64(),
+        peak_rss_bytes().map_or("unknown".into(), human_bytes)
+    )?;
+    Ok(())
+}
+
+/// The graph flags given with `--plan` whose values differ from the plan's,
+/// as "--flag given (the plan's is planned)". A flag at its default value
+/// counts as not given.
+fn plan_conflicts(a: &BuildArgs, planned: &shardann_engine::index::BuildParams) -> Vec<String> {
+    let defaults = GraphArgs::defaults();
+    let g = &a.graph;
+    let mut out = Vec::new();
+    let mut check = |flag: &str, given: String, default: String, plan: String| {
+        if given != default && given != plan {
+            out.push(format!("{flag} {given} (the plan's is {plan})"));
+        }
+    };
+    check(
+        "--metric",
+        a.metric.name().into(),
+        Metric::L2.name().into(),
+        planned.metric.name().into(),
+    );
+    let v = &planned.vamana;
+    check(
+        "--max-degree",
+        g.max_degree.to_string(),
+        defaults.max_degree.to_string(),
+        v.max_degree.to_string(),
+    );
+    check(
+        "--build-list",
+        g.build_list.to_string(),
+        defaults.build_list.to_string(),
+        v.build_list.to_string(),
+    );
+    check(
+        "--alpha",
+        g.alpha.to_string(),
+        defaults.alpha.to_string(),
+        v.alpha.to_string(),
+    );
+    check(
+        "--seed",
+        g.seed.to_string(),
+        defaults.seed.to_string(),
+        v.seed.to_string(),
+    );
+    let pq = &planned.pq;
+    let given_pq = g.pq_bytes.map_or("default".into(), |b| b.to_string());
+    check(
+        "--pq-bytes",
+        given_pq,
+        "default".into(),
+        pq.num_chunks.to_string(),
+    );
+    check(
+        "--pq-sample",
+        g.pq_sample.to_string(),
+        defaults.pq_sample.to_string(),
+        pq.train_sample.to_string(),
+    );
+    let layout = |o| match o {
+        shardann_engine::layout::NodeOrder::Identity => "v1".to_string(),
+        shardann_engine::layout::NodeOrder::Locality => "v2".to_string(),
+    };
+    check(
+        "--layout",
+        layout(g.layout.order()),
+        layout(defaults.layout.order()),
+        layout(planned.order),
+    );
+    out
 }

@@ -188,8 +188,8 @@ pub struct BuildArgs {
     /// Output directory (created). Each build adds a version: OUT/v0000000001/
     /// (disk.index, pq.bin, build.json, segment.json), then v…2, and OUT/CURRENT
     /// names the one searches open. Searches of the old version are not disturbed.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "plan")]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub graph: GraphArgs,
     /// Threads (0 = all cores).
@@ -204,6 +204,34 @@ pub struct BuildArgs {
     /// neighbours concentrate in few shards) or random.
     #[arg(long, default_value = "kmeans")]
     pub partition: shardann_engine::partition::PartitionKind,
+    /// With --shards N: only plan the build (partition the points; write
+    /// OUT/cluster.json, OUT/plan.json with the build parameters and
+    /// OUT/plan/shard-i.ids), build no shard. Then build every shard with
+    /// `build --plan OUT --shard i --base BASE`: on N machines at once (a
+    /// Kubernetes indexed job, a Slurm array), in any order; the result is
+    /// the directory `build --shards N` writes.
+    #[arg(long, conflicts_with = "embed_model")]
+    pub plan_only: bool,
+    /// Build one shard of the plan in DIR (written by --plan-only) into
+    /// DIR/shard-i, from the same --base (checked against the plan). The
+    /// graph and PQ parameters are the plan's: flags that differ are refused.
+    #[arg(long, value_name = "DIR", requires = "shard", conflicts_with_all = ["out", "plan_only", "shards", "partition", "embed_model"])]
+    pub plan: Option<PathBuf>,
+    /// With --plan: which shard to build (0-based).
+    #[arg(long, requires = "plan")]
+    pub shard: Option<usize>,
+}
+
+impl BuildArgs {
+    /// Where the build writes: --out, or the plan's directory (clap
+    /// requires one of them; `build` checks it again for callers that make
+    /// a `BuildArgs` themselves).
+    pub fn out_dir(&self) -> &std::path::Path {
+        self.out
+            .as_deref()
+            .or(self.plan.as_deref())
+            .unwrap_or(std::path::Path::new("."))
+    }
 }
 
 #[derive(Debug, Args, Clone)]
@@ -234,6 +262,18 @@ pub struct GraphArgs {
     /// either way.
     #[arg(long, value_enum, default_value_t = Layout::V2)]
     pub layout: Layout,
+}
+
+impl GraphArgs {
+    /// The values of every flag when none is given.
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            graph: GraphArgs,
+        }
+        <Only as clap::Parser>::parse_from(["shardann"]).graph
+    }
 }
 
 /// `disk.index` layout version (`format-spec/index.md`).

@@ -15,7 +15,7 @@ use crate::progress::Progress;
 pub const CENTROIDS: usize = 256;
 
 /// How to train a codebook.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PqParams {
     /// Bytes per code = number of chunks M.
     pub num_chunks: usize,
