@@ -59,6 +59,7 @@
 compile_error!("shardann's on-disk format is little-endian; big-endian targets are not supported");
 
 pub mod cache;
+pub mod capacity;
 pub mod cluster;
 pub mod clustered;
 pub mod data;

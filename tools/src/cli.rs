@@ -52,6 +52,7 @@ pub enum Command {
     Serve(ServeArgs),
     Demo(DemoArgs),
     Relayout(RelayoutArgs),
+    Plan(PlanArgs),
 }
 
 /// Generate a reproducible synthetic data set (base and query files).
@@ -840,6 +841,128 @@ pub struct DemoArgs {
     pub threads: usize,
 }
 
+/// Plan a deployment: shards, nodes, RAM and disk per node, build memory and
+/// time per shard, and queries per second, for N points on nodes of a size.
+///
+/// Sizes of files and of what a node holds in RAM are exact (the same code
+/// writes them); build time, reads per query and the disk's read rate are
+/// rates measured on this project's development machine (printed with the
+/// plan; each can be given instead, e.g. --disk-iops from `fio` on yours).
+/// The shard count is the fewest whose build fits one node's memory and
+/// whose search data fits with others on a node (80 % of RAM and disk).
+///
+/// Example: shardann plan --points 1e9 --dim 128 --type u8 --ram-per-node 24GiB --replicas 2
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Points in the whole corpus (1e9, 1000000000).
+    #[arg(long, value_parser = parse_count)]
+    pub points: u64,
+    #[arg(long)]
+    pub dim: u32,
+    /// Element type of the vectors: u8, i8 or f32.
+    #[arg(long = "type", default_value = "f32")]
+    pub elem: ElemType,
+    #[arg(long, default_value = "l2")]
+    pub metric: Metric,
+    #[arg(long, default_value_t = 32)]
+    pub pq_bytes: u32,
+    #[arg(long, default_value_t = 64)]
+    pub max_degree: u32,
+    #[arg(long, default_value_t = 100)]
+    pub build_list: u32,
+    #[arg(long, value_enum, default_value_t = Layout::V2)]
+    pub layout: Layout,
+    /// RAM of one node (64GiB, 24GiB, 512MiB, or bytes).
+    #[arg(long, value_parser = parse_bytes)]
+    pub ram_per_node: u64,
+    /// Disk of one node, if it bounds the plan.
+    #[arg(long, value_parser = parse_bytes)]
+    pub disk_per_node: Option<u64>,
+    /// Cores of one node [default: this machine's].
+    #[arg(long)]
+    pub cores: Option<u32>,
+    /// Copies of every shard, on distinct nodes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub replicas: u32,
+    /// Nodes cached in RAM per shard (--cache-nodes of serve and bench).
+    #[arg(long, default_value_t = 0)]
+    pub cache_nodes: u64,
+    /// Compressed payload bytes per document, if documents are stored.
+    #[arg(long, default_value_t = 0)]
+    pub docs_bytes_per_point: u64,
+    /// Use this many shards instead of the fewest that fit.
+    #[arg(long)]
+    pub shards: Option<u64>,
+    /// 4 KiB random reads per second one node's disk serves to searches
+    /// (fio --rw=randread --bs=4k --iodepth=64 --direct=1 on the index
+    /// file is an upper bound) [default: measured here].
+    #[arg(long)]
+    pub disk_iops: Option<f64>,
+    /// Sector reads per query at recall@10 0.95 on 1M points, from
+    /// `shardann bench` on your data [default: measured here].
+    #[arg(long)]
+    pub reads_per_query: Option<f64>,
+    /// Build µs per point per core at 1M points, R 64, L 100, 128-d, from
+    /// a `shardann build` on your machine [default: measured here].
+    #[arg(long)]
+    pub build_us_per_point: Option<f64>,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `1e9`, `1000000000`, `10M`, `2.5B`: a count of points.
+fn parse_count(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1e3),
+        Some((i, 'm' | 'M')) => (&t[..i], 1e6),
+        Some((i, 'b' | 'B' | 'g' | 'G')) => (&t[..i], 1e9),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a count (1000000, 1e9, 10M, 2.5B)"))?;
+    let v = v * mult;
+    if !(1.0..=1.8e19).contains(&v) || v.fract() != 0.0 {
+        return Err(format!(
+            "{s:?}: a count must be a whole number of at least 1"
+        ));
+    }
+    Ok(v as u64)
+}
+
+/// `24GiB`, `512MiB`, `64G`, `1.5TiB`, or bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024f64.powi(2),
+        "g" | "gib" => 1024f64.powi(3),
+        "t" | "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (24GiB, 512MiB, 1e9)"))?;
+    if v.is_nan() || v <= 0.0 || !(v * mult).is_finite() {
+        return Err(format!("{s:?}: a size must be positive"));
+    }
+    Ok((v * mult) as u64)
+}
+
 /// A count that must be at least 1 (where 0 has no meaning, unlike the
 /// `--threads 0` of "all cores"): refused by clap, naming the flag, rather
 /// than quietly taken as 1.
@@ -863,5 +986,6 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Replicate(a) => crate::serve::replicate(&a, out),
         Command::Demo(a) => crate::demo::demo(&a, q, out),
         Command::Relayout(a) => crate::inspect::relayout(&a, q, out),
+        Command::Plan(a) => crate::plan::plan(&a, out),
     }
 }

@@ -11,6 +11,7 @@ mod demo;
 mod embed;
 mod eval;
 mod inspect;
+mod plan;
 mod progress;
 mod search;
 mod serve;
