@@ -267,9 +267,17 @@ impl Workload {
                 // The fewest shards whose one shard builds and serves on a machine.
                 let ok = |s: u64| fits_build(per_shard(s)) && fits_node(per_shard(s));
                 if !ok(self.points) {
+                    let s1 = one(1);
+                    let need = s1
+                        .build_ram_bytes
+                        .max(s1.search_ram_bytes + rates.runtime_bytes);
                     return Err(Error::InvalidParameter(format!(
-                        "even one point per shard does not fit {} bytes of RAM",
-                        machine.ram_bytes
+                        "nodes of {} bytes of RAM cannot build or serve even a one-point shard \
+                         (the plan fills {:.0} % of a node's RAM): give at least {} bytes, and \
+                         much more for shards of useful size",
+                        machine.ram_bytes,
+                        FILL * 100.0,
+                        (need as f64 / FILL).ceil() as u64
                     )));
                 }
                 let (mut lo, mut hi) = (1u64, self.points);
@@ -396,5 +404,15 @@ mod tests {
         assert_eq!(p4.shard.points, 250_000);
         assert!(p4.shard.reads_per_query < p.shard.reads_per_query);
         assert!(sift(10).plan(&NODE, &Rates::MEASURED, Some(0)).is_err());
+        // A node too small for anything says how much would do.
+        let tiny = Machine {
+            ram_bytes: 1 << 20,
+            ..NODE
+        };
+        let err = sift(1_000)
+            .plan(&tiny, &Rates::MEASURED, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("give at least"), "{err}");
     }
 }

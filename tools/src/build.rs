@@ -330,23 +330,37 @@ fn build_shards(
             a.out_dir().display()
         )
     })?;
+    writeln!(
+        out,
+        "{}",
+        shards_summary("built", &manifest, a.out_dir(), t)
+    )?;
+    Ok(())
+}
+
+/// "built 4 shards (KMeans partition) of N points into DIR in 12.3s; shard
+/// sizes …; peak memory …", the last line of a sharded build or plan.
+fn shards_summary(
+    verb: &str,
+    manifest: &shardann_engine::cluster::ClusterManifest,
+    dir: &Path,
+    t: Instant,
+) -> String {
     let sizes: Vec<String> = manifest
         .shards
         .iter()
         .map(|s| s.num_points.to_string())
         .collect();
-    writeln!(
-        out,
-        "built {} shards ({:?} partition) of {} points into {} in {:.1}s; shard sizes {}; peak memory {}",
+    format!(
+        "{verb} {} shards ({:?} partition) of {} points into {} in {:.1}s; shard sizes {}; peak memory {}",
         manifest.shards.len(),
         manifest.partition,
         manifest.num_points,
-        a.out_dir().display(),
+        dir.display(),
         t.elapsed().as_secs_f64(),
         sizes.join(", "),
         peak_rss_bytes().map_or("unknown".into(), human_bytes)
-    )?;
-    Ok(())
+    )
 }
 
 /// `build --shards N --plan-only`: the partition and the plan, no shard.
@@ -372,21 +386,10 @@ fn plan_shards(
         })
     })?
     .with_context(|| format!("planning {} shards of {}", a.shards, base_path.display()))?;
-    let sizes: Vec<String> = manifest
-        .shards
-        .iter()
-        .map(|s| s.num_points.to_string())
-        .collect();
     writeln!(
         out,
-        "planned {} shards ({:?} partition) of {} points in {} in {:.1}s; shard sizes {}; peak memory {}",
-        manifest.shards.len(),
-        manifest.partition,
-        manifest.num_points,
-        a.out_dir().display(),
-        t.elapsed().as_secs_f64(),
-        sizes.join(", "),
-        peak_rss_bytes().map_or("unknown".into(), human_bytes)
+        "{}",
+        shards_summary("planned", &manifest, a.out_dir(), t)
     )?;
     writeln!(
         out,
