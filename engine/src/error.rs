@@ -13,6 +13,7 @@
 //! | [`FilterError`] | a filter, or a payload the filter index cannot hold | `filter` |
 //! | [`BeirError`] | a data set in the BEIR layout: corpus, queries, judgments | `eval` |
 //! | [`FusionError`] | a fusion of two ranked lists asked with values out of range | `fusion` |
+//! | [`BudgetError`] | a memory budget a build cannot meet, a budgeted build's scratch files | `budget` |
 //! | [`EmbedError`] | a model folder, a text to embed, an embed run's input, checkpoint or parts | `embed` |
 //!
 //! This module is a leaf (it names only [`ElemType`]), so every other module
@@ -144,6 +145,10 @@ pub enum Error {
         expected: &'static str,
         got: &'static str,
     },
+    /// A memory budget a build cannot meet, or a scratch file of a
+    /// budgeted build that is not what it wrote.
+    #[error("{0}")]
+    Budget(#[source] BudgetError),
     /// A parameter outside the range the engine supports.
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
@@ -481,6 +486,57 @@ pub enum PlanError {
     },
     #[error("lists point {id}, beyond the base's {points} points")]
     IdOutOfRange { id: u32, points: usize },
+}
+
+/// Why a build under a memory budget (`build --memory-budget`) cannot run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BudgetError {
+    #[error(
+        "a memory budget of {} is too small to build {points} points: at least {} is needed \
+         (their PQ codes alone take {}, and one graph cell of {cell_points} points must fit); \
+         give --memory-budget {} or more",
+        fmt_bytes(*.budget), fmt_bytes(*.least), fmt_bytes(*.codes), fmt_bytes_up(*.least)
+    )]
+    TooSmall {
+        budget: u64,
+        points: usize,
+        least: u64,
+        codes: u64,
+        cell_points: u64,
+    },
+    #[error("{}: scratch file, byte {offset}: {why}", path.display())]
+    Scratch {
+        path: PathBuf,
+        offset: u64,
+        why: String,
+    },
+}
+
+/// Bytes as a person reads them: "1.5 GiB", "340 MiB", "12 KiB", "80 B".
+pub fn fmt_bytes(b: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for (name, size) in UNITS {
+        if b >= size {
+            let x = b as f64 / size as f64;
+            return if x < 10.0 {
+                format!("{x:.1} {name}")
+            } else {
+                format!("{x:.0} {name}")
+            };
+        }
+    }
+    format!("{b} B")
+}
+
+/// A size at or above `b`, as a flag takes it ("1100MiB"): whole MiB.
+fn fmt_bytes_up(b: u64) -> String {
+    format!("{}MiB", b.div_ceil(1 << 20))
 }
 
 /// What can be wrong with documents given as JSON Lines (`build --docs`).

@@ -92,6 +92,9 @@ pub struct BuildReport {
     /// Of the other records in a node's sector, the mean share that are its
     /// graph neighbours ([`layout::sector_overlap`]).
     pub sector_overlap: f64,
+    /// Graphs built and merged to stay under a memory budget
+    /// ([`crate::budget`]); 1 when the graph was built whole.
+    pub partitions: usize,
 }
 
 /// Builds an index over `data` into directory `out` (created if missing).
@@ -147,6 +150,7 @@ pub fn build_index<T: Element>(
         write_seconds: t.elapsed().as_secs_f64(),
         order: header.order,
         sector_overlap,
+        partitions: 1,
     };
     let info = out.join(BUILD_INFO_FILE);
     let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
@@ -158,7 +162,7 @@ pub fn build_index<T: Element>(
 /// falls back to version 1 where a sector holds one record only (no mates
 /// to use). Returns the header written, the sectors' overlap with the graph
 /// ([`layout::sector_overlap`]) and the file's size.
-fn write_in_order<T: Element>(
+pub(crate) fn write_in_order<T: Element>(
     path: &Path,
     mut header: IndexHeader,
     data: Vectors<'_, T>,
@@ -194,37 +198,13 @@ pub struct RelayoutReport {
     pub seconds: f64,
 }
 
-/// Writes the open index `index` again into the plain index directory
-/// `dst` with node order `order`, the same graph and the same vectors.
-/// Node ids do not change, so the other files of the segment (PQ codes,
-/// ids, documents, filters, text) are copied as they are; the manifest is not
-/// (its checksum of `disk.index` would be wrong). Reads `src`'s
-/// `disk.index` whole into RAM: one record per point (388 MB for 1M
-/// 128-d u8 points at R = 64).
-pub fn relayout(
+/// Every record of `index`'s `disk.index`, read whole into RAM: the
+/// vectors as raw bytes (node order) and the graph.
+pub(crate) fn read_records(
     index: &DiskIndex,
-    dst: &Path,
-    order: NodeOrder,
     progress: &dyn Progress,
-) -> Result<RelayoutReport> {
-    let t = Instant::now();
-    let from = index.dir().to_path_buf();
-    if from.canonicalize().ok() == dst.canonicalize().ok() {
-        return Err(Error::InvalidParameter(format!(
-            "relayout would overwrite its source {}: give another output directory",
-            from.display()
-        )));
-    }
-    // Into an empty directory only: files left from another index (its
-    // documents, a manifest, a CURRENT) would be paired with this one.
-    let occupied = std::fs::read_dir(dst).is_ok_and(|mut d| d.next().is_some());
-    if occupied {
-        return Err(Error::InvalidParameter(format!(
-            "relayout writes into an empty directory; {} is not empty",
-            dst.display()
-        )));
-    }
-    let src_path = from.join(INDEX_FILE);
+) -> Result<(Vec<u8>, vamana::Graph)> {
+    let src_path = index.dir().join(INDEX_FILE);
     let bytes = std::fs::read(&src_path).map_err(|e| Error::io(&src_path, e))?;
     let g = index.geometry();
     let n = index.len();
@@ -260,6 +240,43 @@ pub fn relayout(
     drop(bytes);
     let header = index.header();
     let graph = vamana::Graph::from_parts(adj, header.max_degree as usize, header.medoid as u32);
+    Ok((vectors, graph))
+}
+
+/// Writes the open index `index` again into the plain index directory
+/// `dst` with node order `order`, the same graph and the same vectors.
+/// Node ids do not change, so the other files of the segment (PQ codes,
+/// ids, documents, filters, text) are copied as they are; the manifest is not
+/// (its checksum of `disk.index` would be wrong). Reads `src`'s
+/// `disk.index` whole into RAM: one record per point (388 MB for 1M
+/// 128-d u8 points at R = 64).
+pub fn relayout(
+    index: &DiskIndex,
+    dst: &Path,
+    order: NodeOrder,
+    progress: &dyn Progress,
+) -> Result<RelayoutReport> {
+    let t = Instant::now();
+    let from = index.dir().to_path_buf();
+    if from.canonicalize().ok() == dst.canonicalize().ok() {
+        return Err(Error::InvalidParameter(format!(
+            "relayout would overwrite its source {}: give another output directory",
+            from.display()
+        )));
+    }
+    // Into an empty directory only: files left from another index (its
+    // documents, a manifest, a CURRENT) would be paired with this one.
+    let occupied = std::fs::read_dir(dst).is_ok_and(|mut d| d.next().is_some());
+    if occupied {
+        return Err(Error::InvalidParameter(format!(
+            "relayout writes into an empty directory; {} is not empty",
+            dst.display()
+        )));
+    }
+    let (vectors, graph) = read_records(index, progress)?;
+    let g = index.geometry();
+    let n = index.len();
+    let header = index.header();
     let data = Vectors::new(&vectors[..], g.vector_bytes);
     std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     // The segment files keyed by node id, as they are; nothing else (not

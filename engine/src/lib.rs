@@ -45,6 +45,7 @@
 //! | 6 | [`navigation`] | entry points from RAM: a small graph over a sample of the points, built at open |
 //! | 6 | [`clustered`] | copies of the PQ codes in a filter field's value order (opt-in) |
 //! | 7 | [`index`] | one index directory: build it, open it, search it |
+//! | 8 | [`budget`] | a build under a memory budget: cells, one graph each, merged on disk |
 //! | 8 | [`segment`] | an immutable, sealed, checksummed index directory |
 //! | 9 | [`shard`] | a shard directory: versions and `CURRENT`; the layer that will hold a shard's other parts |
 //! | 10 | [`cluster`] | a sharded index: `cluster.json`, sharded builds, in-process sharded search |
@@ -58,6 +59,7 @@
 #[cfg(not(target_endian = "little"))]
 compile_error!("shardann's on-disk format is little-endian; big-endian targets are not supported");
 
+pub mod budget;
 pub mod cache;
 pub mod capacity;
 pub mod cluster;

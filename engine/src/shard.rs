@@ -138,6 +138,22 @@ pub fn build_version<T: Element>(
     progress: &dyn Progress,
     extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<(BuildReport, u64)> {
+    build_version_with(
+        shard_dir,
+        shard_id,
+        |seg| build_index(data, params, seg, progress),
+        extra,
+    )
+}
+
+/// [`build_version`] with the index built by `build` into the version's
+/// directory (a build under a memory budget: [`crate::budget`]).
+pub fn build_version_with(
+    shard_dir: &Path,
+    shard_id: u32,
+    build: impl FnOnce(&Path) -> Result<BuildReport>,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<(BuildReport, u64)> {
     if shard_dir.join(INDEX_FILE).exists() && !shard_dir.join(CURRENT_FILE).exists() {
         return Err(Error::segment(shard_dir, SegmentError::PlainIndex));
     }
@@ -154,7 +170,7 @@ pub fn build_version<T: Element>(
         // an interrupted build. Start it over.
         std::fs::remove_dir_all(&seg).map_err(|e| Error::io(&seg, e))?;
     }
-    let report = build_index(data, params, &seg, progress)?;
+    let report = build(&seg)?;
     extra(&seg)?;
     segment::seal(&seg, shard_id, version, parent)?;
     publish(shard_dir, version)?;

@@ -363,3 +363,62 @@ fn zero_counts_and_a_file_as_out_are_refused() {
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"not an index");
 }
+
+/// `build --memory-budget` below what the data needs fails before any work
+/// (no version, no scratch left), naming the least budget that would do;
+/// that budget then builds.
+#[test]
+fn memory_budget_too_small_fails_at_once_naming_the_least() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fixture(d);
+    let base = d.join("base.u8bin");
+    let out = d.join("budgeted");
+    let e = err(&[
+        "build",
+        "--base",
+        p(&base),
+        "--out",
+        p(&out),
+        "--max-degree",
+        "16",
+        "--pq-bytes",
+        "8",
+        "--memory-budget",
+        "1MiB",
+    ]);
+    assert_mentions(&e, &["1.0 MiB", "too small", "800 points", "at least"]);
+    assert!(!out.join("CURRENT").exists());
+    let least = e
+        .split("--memory-budget ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no budget named in {e}"));
+    let built = cli_ok(&[
+        "build",
+        "--base",
+        p(&base),
+        "--out",
+        p(&out),
+        "--max-degree",
+        "16",
+        "--pq-bytes",
+        "8",
+        "--memory-budget",
+        least,
+    ]);
+    assert!(built.contains("memory budget"), "{built}");
+    assert!(out.join("CURRENT").exists());
+    assert_mentions(
+        &err(&[
+            "build",
+            "--base",
+            p(&base),
+            "--out",
+            p(&out),
+            "--memory-budget",
+            "lots",
+        ]),
+        &["lots"],
+    );
+}

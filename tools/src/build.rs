@@ -76,6 +76,69 @@ pub fn run_build(
     Ok((report, version, t.elapsed().as_secs_f64()))
 }
 
+/// `build --memory-budget`: plans the build against the budget first (a
+/// budget too small fails here, before any work), says what it will do,
+/// then builds the next version as [`run_build`] does.
+fn run_budgeted_build(
+    a: &BuildArgs,
+    base_path: &Path,
+    budget: u64,
+    quiet: bool,
+    out: &mut dyn Write,
+    documents: Option<&Ingested>,
+) -> anyhow::Result<(BuildReport, u64, f64)> {
+    use shardann_engine::budget::{build_within, BudgetPlan, MemoryModel};
+    use shardann_engine::error::fmt_bytes;
+    let base = open_base(base_path, documents)?;
+    let params = fit_pq(a.graph.to_params(a.metric), base.dim(), a.graph.pq_bytes);
+    let row = base.dim() * base.elem().size();
+    let plan = BudgetPlan::new(base.len(), row, &params, budget, MemoryModel::MEASURED)?;
+    if plan.partitions == 1 {
+        writeln!(
+            out,
+            "memory budget {}: the whole graph fits (estimated peak {})",
+            fmt_bytes(budget),
+            fmt_bytes(plan.estimated_peak)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "memory budget {}: {} cells of at most {} points (each point in 2), R' = {} per cell, merged to R = {}; layout v{}; estimated peak {}",
+            fmt_bytes(budget),
+            plan.partitions,
+            plan.partition_points,
+            plan.partition_degree,
+            params.vamana.max_degree,
+            plan.order.major(),
+            fmt_bytes(plan.estimated_peak)
+        )?;
+    }
+    let bars = Bars::with_memory(quiet);
+    let t = Instant::now();
+    let (report, version) = with_threads(a.threads, || -> anyhow::Result<_> {
+        with_elem!(base.elem(), T => {
+            Ok(shardann_engine::shard::build_version_with(
+                a.out_dir(),
+                0,
+                |seg| build_within::<T>(&base, &params, &plan, seg, &bars),
+                |seg| match documents {
+                    Some(d) => Documents::install(d, seg),
+                    None => Ok(()),
+                },
+            )?)
+        })
+    })?
+    .with_context(|| {
+        format!(
+            "building an index of {} into {} within {}",
+            base_path.display(),
+            a.out_dir().display(),
+            fmt_bytes(budget)
+        )
+    })?;
+    Ok((report, version, t.elapsed().as_secs_f64()))
+}
+
 /// PQ bytes per point when `--pq-bytes` is not given.
 const DEFAULT_PQ_BYTES: usize = 32;
 
@@ -237,17 +300,26 @@ fn build_with(
         return plan_shards(a, &base_path, quiet, out, documents);
     }
     if a.shards > 1 {
+        if a.memory_budget.is_some() {
+            anyhow::bail!(
+                "--memory-budget builds one index; with --shards N, make a plan (--plan-only) and \
+                 build each shard with `build --plan DIR --shard i` on a machine that holds it"
+            );
+        }
         return build_shards(a, &base_path, quiet, out, documents);
     }
-    let (r, version, secs) = run_build(
-        &base_path,
-        a.metric,
-        &a.graph,
-        a.out_dir(),
-        a.threads,
-        quiet,
-        documents,
-    )?;
+    let (r, version, secs) = match a.memory_budget {
+        Some(budget) => run_budgeted_build(a, &base_path, budget, quiet, out, documents)?,
+        None => run_build(
+            &base_path,
+            a.metric,
+            &a.graph,
+            a.out_dir(),
+            a.threads,
+            quiet,
+            documents,
+        )?,
+    };
     writeln!(
         out,
         "built {} version {version} ({} points, {}-d {}, {}): R={} L={} alpha={} pq-bytes={}",

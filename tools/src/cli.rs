@@ -221,6 +221,15 @@ pub struct BuildArgs {
     /// With --plan: which shard to build (0-based).
     #[arg(long, requires = "plan")]
     pub shard: Option<usize>,
+    /// Keep the build's peak resident memory under this (e.g. 2GiB, 512MiB).
+    /// If the whole graph does not fit, the points are split into
+    /// overlapping cells (each point in its 2 nearest), one graph is built
+    /// per cell in turn and the graphs are merged on disk; the base is read
+    /// in order, never loaded whole. A budget too small for the data fails
+    /// at once with the least that would do. Without it the graph is built
+    /// whole (about 700 B per 128-d u8 point with R = 64).
+    #[arg(long, value_parser = parse_bytes, value_name = "BYTES", conflicts_with_all = ["plan", "plan_only", "embed_model"])]
+    pub memory_budget: Option<u64>,
 }
 
 impl BuildArgs {

@@ -2,6 +2,7 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use shardann_engine::progress::Progress;
 
@@ -10,6 +11,18 @@ pub struct Bars {
     current: Mutex<Option<ProgressBar>>,
     quiet: bool,
     template: &'static str,
+    /// Show the process's resident memory after the stage name (a build
+    /// under a memory budget), refreshed at most every `MEMORY_EVERY`.
+    memory: Option<Mutex<(String, Instant)>>,
+}
+
+const MEMORY_EVERY: Duration = Duration::from_millis(500);
+
+/// Resident memory of this process now (Linux `/proc/self/statm`).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 impl Bars {
@@ -18,6 +31,23 @@ impl Bars {
             current: Mutex::new(None),
             quiet,
             template: "{msg:32} [{bar:30}] {human_pos}/{human_len} ({eta} left)",
+            memory: None,
+        }
+    }
+
+    /// Bars whose message also says the memory in use ("… · RSS 1.2 GiB").
+    pub fn with_memory(quiet: bool) -> Self {
+        Bars {
+            memory: Some(Mutex::new((String::new(), Instant::now()))),
+            template: "{msg:48} [{bar:30}] {human_pos}/{human_len} ({eta} left)",
+            ..Bars::new(quiet)
+        }
+    }
+
+    fn memory_message(name: &str) -> String {
+        match resident_bytes() {
+            Some(b) => format!("{name} · RSS {}", shardann_engine::error::fmt_bytes(b)),
+            None => name.to_string(),
         }
     }
 
@@ -31,6 +61,7 @@ impl Bars {
             current: Mutex::new(None),
             quiet,
             template,
+            memory: None,
         }
     }
 }
@@ -46,7 +77,15 @@ impl Progress for Bars {
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
             );
-            b.set_message(name.to_string());
+            match &self.memory {
+                Some(m) => {
+                    if let Ok(mut m) = m.lock() {
+                        *m = (name.to_string(), Instant::now());
+                    }
+                    b.set_message(Self::memory_message(name));
+                }
+                None => b.set_message(name.to_string()),
+            }
             b
         };
         if let Ok(mut cur) = self.current.lock() {
@@ -60,6 +99,12 @@ impl Progress for Bars {
         if let Ok(cur) = self.current.lock() {
             if let Some(b) = cur.as_ref() {
                 b.inc(n);
+                if let Some(Ok(mut m)) = self.memory.as_ref().map(Mutex::lock) {
+                    if m.1.elapsed() >= MEMORY_EVERY {
+                        m.1 = Instant::now();
+                        b.set_message(Self::memory_message(&m.0));
+                    }
+                }
             }
         }
     }

@@ -53,6 +53,7 @@ pub(crate) use order::slot_table_bytes;
 pub use order::{locality_order, parse_slot_table, read_slot_table, sector_overlap};
 pub use pqfile::{read_pq, write_pq, PqFile, PQ_MAGIC};
 pub use writer::write_index;
+pub(crate) use writer::{write_records, Records};
 
 /// Every file's unit of IO and alignment.
 pub const SECTOR: usize = 4096;

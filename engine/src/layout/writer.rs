@@ -33,12 +33,45 @@ pub fn write_index<T: Element>(
             graph.len()
         )));
     }
+    let mut held = InMemory { data, graph };
+    write_records(path, header, &mut held, order, progress)
+}
+
+/// Where [`write_records`] gets each node's vector and out-neighbours.
+/// Nodes are asked in slot order: `0, 1, 2, …` in version 1, the slot
+/// table's order in version 2; a source that can only stream (a build
+/// under a memory budget) serves version 1 only.
+pub(crate) trait Records<T> {
+    fn record(&mut self, node: usize) -> Result<(&[T], &[u32])>;
+}
+
+/// Vectors and a graph held whole (in RAM or mapped).
+struct InMemory<'a, 'g, T> {
+    data: Vectors<'a, T>,
+    graph: &'g Graph,
+}
+
+impl<T: Element> Records<T> for InMemory<'_, '_, T> {
+    fn record(&mut self, node: usize) -> Result<(&[T], &[u32])> {
+        Ok((self.data.row(node), self.graph.neighbors(node)))
+    }
+}
+
+/// [`write_index`] over any [`Records`]: `header.num_points` records.
+pub(crate) fn write_records<T: Element>(
+    path: &Path,
+    header: &IndexHeader,
+    src: &mut dyn Records<T>,
+    order: &[u32],
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let n = header.num_points as usize;
     let v2 = header.order == NodeOrder::Locality;
-    if v2 && (order.len() != data.len() || header.records_per_sector() == 0) {
+    if v2 && (order.len() != n || header.records_per_sector() == 0) {
         return Err(Error::InvalidParameter(format!(
             "a version 2 index needs a slot order of {} nodes and records that fit a sector \
              (order has {}, {} records per sector)",
-            data.len(),
+            n,
             order.len(),
             header.records_per_sector()
         )));
@@ -57,19 +90,20 @@ pub fn write_index<T: Element>(
     let g = SectorGeometry::new(header);
     let rps = g.records_per_sector;
     let mut written = 1u64;
-    progress.stage("writing disk index", data.len() as u64);
+    progress.stage("writing disk index", n as u64);
     if rps > 0 {
         let mut sector = vec![0u8; SECTOR];
-        for first in (0..data.len()).step_by(rps) {
+        for first in (0..n).step_by(rps) {
             sector.fill(0);
-            let last = (first + rps).min(data.len());
+            let last = (first + rps).min(n);
             for (j, slot) in (first..last).enumerate() {
                 let node = node_at(slot);
                 let at = j * g.record_bytes;
                 let rec = sector.get_mut(at..at + g.record_bytes).unwrap_or(&mut []);
+                let (vector, neighbors) = src.record(node)?;
                 encode_record(
-                    bytemuck::cast_slice(data.row(node)),
-                    graph.neighbors(node),
+                    bytemuck::cast_slice(vector),
+                    neighbors,
                     g.max_degree,
                     v2.then_some(node as u32),
                     rec,
@@ -81,12 +115,13 @@ pub fn write_index<T: Element>(
         }
     } else {
         let mut block = vec![0u8; g.sectors_per_record * SECTOR];
-        for node in 0..data.len() {
+        for node in 0..n {
             block.fill(0);
             let rec = block.get_mut(..g.record_bytes).unwrap_or(&mut []);
+            let (vector, neighbors) = src.record(node)?;
             encode_record(
-                bytemuck::cast_slice(data.row(node)),
-                graph.neighbors(node),
+                bytemuck::cast_slice(vector),
+                neighbors,
                 g.max_degree,
                 None,
                 rec,

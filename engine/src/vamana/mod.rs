@@ -22,3 +22,4 @@ mod prune;
 
 pub use build::{build, VamanaParams};
 pub use graph::Graph;
+pub(crate) use prune::robust_prune;
