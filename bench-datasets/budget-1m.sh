@@ -20,28 +20,11 @@ LISTS="${LISTS:-14,16,18,20,24,28}" ROUNDS="${ROUNDS:-2}"
 DATA="$WORK/data" OUT="$WORK/results"
 mkdir -p "$DATA" "$OUT"
 
-(cd "$REPO" && cargo build --release -p shardann --quiet)
-SA="$REPO/target/release/shardann"
-[[ -n "${CARGO_TARGET_DIR:-}" ]] && SA="$CARGO_TARGET_DIR/release/shardann"
-step() { printf '\n== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
-timed() {
-  local label="$1"; shift
-  /usr/bin/time -v -o "$OUT/$label.time" "$@" > "$OUT/$label.log" 2>&1
-  local wall rss
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$OUT/$label.time")
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$OUT/$label.time")
-  echo "$label $wall $rss" | tee -a "$OUT/timings.txt"
-}
+# shellcheck source=timed.sh
+source "$HERE/timed.sh"
 
 BASE="$DATA/base.u8bin" Q="$DATA/query.u8bin" GT="$DATA/gt100.bin"
-if [[ ! -s "$BASE" ]]; then
-  step "gen $N sift-like points"
-  "$SA" gen --preset sift-like --n "$N" --queries "$NQ" --seed "$SEED" --out "$DATA"
-fi
-if [[ ! -s "$GT" ]]; then
-  step "ground truth"
-  "$SA" groundtruth --base "$BASE" --queries "$Q" --k 100 --out "$GT"
-fi
+sift_like_data
 touch "$OUT/timings.txt"
 COMMON=(--base "$BASE" --metric l2 --max-degree 64 --build-list 100 --pq-bytes 32
         --layout "$LAYOUT" --threads "$THREADS")

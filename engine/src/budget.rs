@@ -40,7 +40,7 @@ use rayon::prelude::*;
 use crate::data::{VectorFile, Vectors};
 use crate::error::{BudgetError, Error, Result};
 use crate::index::{self, BuildParams, BuildReport};
-use crate::layout::{self, IndexHeader, NodeOrder, Records, BUILD_INFO_FILE, INDEX_FILE, PQ_FILE};
+use crate::layout::{self, IndexHeader, NodeOrder, Records, INDEX_FILE, PQ_FILE};
 use crate::metric::{l2sq_f32, Element};
 use crate::pq::PqCodebook;
 use crate::progress::{NoProgress, Progress};
@@ -292,7 +292,7 @@ fn partitioned<T: Element>(
         let _ = std::fs::remove_file(f);
     }
     let merged = MergedGraph::open(&merged_path, n, r)?;
-    let repaired = merged.repair_connectivity(medoid, &pq, &codes, progress)?;
+    merged.repair_connectivity(medoid, &pq, &codes, progress)?;
     let mean_degree = merged.mean_degree()?;
     graph_seconds += t.elapsed().as_secs_f64();
 
@@ -344,10 +344,7 @@ fn partitioned<T: Element>(
         sector_overlap,
         partitions: plan.partitions,
     };
-    let _ = repaired;
-    let info = out.join(BUILD_INFO_FILE);
-    let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
-    std::fs::write(&info, json).map_err(|e| Error::io(&info, e))?;
+    index::write_build_info(out, &report)?;
     Ok(report)
 }
 

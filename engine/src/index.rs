@@ -152,10 +152,15 @@ pub fn build_index<T: Element>(
         sector_overlap,
         partitions: 1,
     };
-    let info = out.join(BUILD_INFO_FILE);
-    let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
-    std::fs::write(&info, json).map_err(|e| Error::io(&info, e))?;
+    write_build_info(out, &report)?;
     Ok(report)
+}
+
+/// Writes `build.json` (informational: nothing reads it back).
+pub(crate) fn write_build_info(out: &Path, report: &BuildReport) -> Result<()> {
+    let info = out.join(BUILD_INFO_FILE);
+    let json = serde_json::to_vec_pretty(report).unwrap_or_default();
+    std::fs::write(&info, json).map_err(|e| Error::io(&info, e))
 }
 
 /// Writes `disk.index` at `path` in `header.order`, except that version 2

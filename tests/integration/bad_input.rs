@@ -374,19 +374,27 @@ fn memory_budget_too_small_fails_at_once_naming_the_least() {
     fixture(d);
     let base = d.join("base.u8bin");
     let out = d.join("budgeted");
-    let e = err(&[
-        "build",
-        "--base",
-        p(&base),
-        "--out",
-        p(&out),
-        "--max-degree",
-        "16",
-        "--pq-bytes",
-        "8",
-        "--memory-budget",
-        "1MiB",
-    ]);
+    let args = |budget: &str| -> Vec<String> {
+        let (b, o) = (p(&base), p(&out));
+        let flags = [
+            "build",
+            "--base",
+            b,
+            "--out",
+            o,
+            "--max-degree",
+            "16",
+            "--pq-bytes",
+            "8",
+        ];
+        let mut v: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        v.extend(["--memory-budget".to_string(), budget.to_string()]);
+        v
+    };
+    fn as_strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let e = err(&as_strs(&args("1MiB")));
     assert_mentions(&e, &["1.0 MiB", "too small", "800 points", "at least"]);
     assert!(!out.join("CURRENT").exists());
     let least = e
@@ -394,19 +402,7 @@ fn memory_budget_too_small_fails_at_once_naming_the_least() {
         .nth(1)
         .and_then(|s| s.split_whitespace().next())
         .unwrap_or_else(|| panic!("no budget named in {e}"));
-    let built = cli_ok(&[
-        "build",
-        "--base",
-        p(&base),
-        "--out",
-        p(&out),
-        "--max-degree",
-        "16",
-        "--pq-bytes",
-        "8",
-        "--memory-budget",
-        least,
-    ]);
+    let built = cli_ok(&as_strs(&args(least)));
     assert!(built.contains("memory budget"), "{built}");
     assert!(out.join("CURRENT").exists());
     assert_mentions(
