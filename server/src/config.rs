@@ -18,9 +18,12 @@
 //! lets wait) and `[connections]` (connection cap, HTTP/2 streams, header,
 //! body and idle timeouts, pings); see the README's node configuration.
 //!
-//! Every node of a cluster has its own file; nothing is discovered at run
-//! time. A node only opens the shards it serves, so `index_dir` needs just
-//! those shard directories and `cluster.json`.
+//! Every node of a cluster has its own file. In static mode (`[[peers]]`)
+//! nothing is discovered at run time; with `etcd = [...]` and `cluster =
+//! "name"` instead, the peers and the versions to serve come from etcd
+//! ([`crate::coord`]). A node only opens the shards it serves, so
+//! `index_dir` needs just those shard directories and `cluster.json` (which
+//! a coordinated node takes from etcd when it has none).
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -35,6 +38,8 @@ use crate::error::{Result, ServerError};
 pub const DEFAULT_DEADLINE_MS: u64 = 2000;
 /// How often a node looks for newer versions of its shards, by default.
 pub const DEFAULT_FOLLOW_MS: u64 = 5000;
+/// A coordinated node's lease, by default, in seconds.
+pub const DEFAULT_LEASE_TTL_S: u64 = 5;
 /// The default limit on a request body.
 pub const DEFAULT_MAX_BODY: usize = 8 << 20;
 
@@ -51,6 +56,27 @@ pub struct NodeConfig {
     pub shards: Option<Vec<u32>>,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// etcd endpoints (`["http://127.0.0.1:2379"]`): the node then finds
+    /// its peers, and the versions to serve, in etcd under `cluster`
+    /// (`crate::coord`) instead of `[[peers]]`.
+    #[serde(default)]
+    pub etcd: Option<Vec<String>>,
+    /// The cluster's name in etcd (with `etcd`).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// etcd's own authentication: user and password (with `etcd`).
+    #[serde(default)]
+    pub etcd_user: Option<String>,
+    #[serde(default)]
+    pub etcd_password: Option<String>,
+    /// Seconds the node's registration outlives its last renewal: a node
+    /// that dies leaves routing this long after (default 5; etcd's least is 2).
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_s: u64,
+    /// The `host:port` peers reach this node at, when not `listen` (a
+    /// wildcard listen address, NAT).
+    #[serde(default)]
+    pub advertise: Option<String>,
     /// Executors (one per core); the number of CPUs if omitted.
     #[serde(default)]
     pub executors: Option<usize>,
@@ -127,6 +153,10 @@ fn default_pull_min_rate() -> u64 {
     crate::replication::DEFAULT_PULL_MIN_BYTES_PER_SEC
 }
 
+fn default_lease_ttl() -> u64 {
+    DEFAULT_LEASE_TTL_S
+}
+
 fn default_follow() -> u64 {
     DEFAULT_FOLLOW_MS
 }
@@ -182,6 +212,12 @@ impl NodeConfig {
             index_dir: index_dir.to_path_buf(),
             shards: None,
             peers: Vec::new(),
+            etcd: None,
+            cluster: None,
+            etcd_user: None,
+            etcd_password: None,
+            lease_ttl_s: DEFAULT_LEASE_TTL_S,
+            advertise: None,
             executors: None,
             runtime: crate::rt::RuntimeChoice::Auto,
             deadline_ms: DEFAULT_DEADLINE_MS,
@@ -280,6 +316,7 @@ impl NodeConfig {
         if let Some(shards) = &self.shards {
             no_duplicates("shards", shards)?;
         }
+        self.check_coordination()?;
         let mut ids = BTreeSet::from([self.node_id.as_str()]);
         for p in &self.peers {
             if !ids.insert(p.id.as_str()) {
@@ -316,6 +353,58 @@ impl NodeConfig {
     }
 }
 
+impl NodeConfig {
+    /// `etcd` and `cluster` go together, replace `[[peers]]`, and need
+    /// names that can be keys.
+    fn check_coordination(&self) -> std::result::Result<(), ConfigError> {
+        let Some(endpoints) = &self.etcd else {
+            for (key, set) in [
+                ("cluster", self.cluster.is_some()),
+                ("etcd_user", self.etcd_user.is_some()),
+                ("advertise", self.advertise.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::Coordination(format!(
+                        "{key} is set without etcd"
+                    )));
+                }
+            }
+            return Ok(());
+        };
+        let bad = |why: String| Err(ConfigError::Coordination(why));
+        if endpoints.is_empty() {
+            return bad("etcd lists no endpoint".into());
+        }
+        if let Some(e) = endpoints.iter().find(|e| !e.starts_with("http://")) {
+            return bad(format!(
+                "etcd endpoint {e:?}: give http://host:port (TLS is not supported yet)"
+            ));
+        }
+        if !self.peers.is_empty() {
+            return bad("[[peers]] and etcd are both set: with etcd, peers come from etcd".into());
+        }
+        let Some(cluster) = &self.cluster else {
+            return bad("etcd is set without cluster = \"name\"".into());
+        };
+        crate::coord::keys::check_name("cluster", cluster)
+            .and_then(|()| crate::coord::keys::check_name("node_id", &self.node_id))
+            .or_else(|e| bad(e.to_string()))?;
+        if self.lease_ttl_s < 2 {
+            return Err(ConfigError::TooSmall {
+                key: "lease_ttl_s",
+                min: 2,
+            });
+        }
+        if let Some(a) = &self.advertise {
+            resolve(a).map_err(|source| ConfigError::Listen {
+                listen: a.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// What is wrong with a `node.toml`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -347,6 +436,8 @@ pub enum ConfigError {
     },
     #[error("peer {id:?} serves no shards")]
     PeerWithoutShards { id: String },
+    #[error("{0}")]
+    Coordination(String),
     #[error("cluster_token is empty: give a secret, or leave the key out to turn the check off")]
     EmptyToken,
     #[error("peer {id:?}: address {address:?} is this node's own address (listen = {listen:?})")]

@@ -177,6 +177,10 @@ impl ServerError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// etcd: the cluster is not there, or not this index's, or etcd is not
+    /// reachable at start.
+    #[error("etcd: {0}")]
+    Coordination(#[from] crate::coord::CoordError),
     #[error("shards lists shard {shard}, but {} has {shards} shard(s)", dir.display())]
     NoSuchShard {
         shard: u32,

@@ -38,6 +38,9 @@
 //!   for idle timeouts; `[admission]` and `[connections]` in `node.toml`.
 //! * [`replication`]: serving segment files to peers, pulling them, and
 //!   following newer versions while serving.
+//! * [`etcd`]: a blocking etcd v3 client over etcd's JSON gateway.
+//! * [`coord`]: the control plane on etcd: registration under a lease,
+//!   the watched view of the cluster, published versions.
 //! * [`serve`]: starts a node; the route table and the request handlers.
 //! * [`client`]: blocking entry points for `bench --server` and tests.
 //!
@@ -50,7 +53,9 @@ pub mod admission;
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod coord;
 pub mod error;
+pub mod etcd;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -109,9 +109,12 @@ pub struct Metrics {
     pub pull_failures: AtomicU64,
     /// Local shards switched to a newer version while serving.
     pub version_switches: AtomicU64,
-    /// Per peer, in configuration order: requests sent, requests failed.
-    peer_calls: Vec<AtomicU64>,
-    peer_failures: Vec<AtomicU64>,
+    /// Per peer, in the order peers were first seen (the routing's peer
+    /// index): requests sent, requests failed. Grows as peers join.
+    peer_counts: std::sync::Mutex<Vec<[u64; 2]>>,
+    /// Gauge: 1 when the control plane can be reached (always, in static
+    /// mode), 0 while etcd cannot.
+    pub coordination_available: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -125,8 +128,8 @@ fn get(c: &AtomicU64) -> u64 {
 impl Metrics {
     pub fn new(peers: usize) -> Self {
         Metrics {
-            peer_calls: (0..peers).map(|_| AtomicU64::new(0)).collect(),
-            peer_failures: (0..peers).map(|_| AtomicU64::new(0)).collect(),
+            peer_counts: std::sync::Mutex::new(vec![[0; 2]; peers]),
+            coordination_available: AtomicU64::new(1),
             ..Default::default()
         }
     }
@@ -161,14 +164,12 @@ impl Metrics {
     }
 
     pub fn peer_call(&self, peer: usize, failed: bool) {
-        if let Some(c) = self.peer_calls.get(peer) {
-            inc(c);
+        let mut counts = self.peer_counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.len() <= peer {
+            counts.resize(peer + 1, [0; 2]);
         }
-        if failed {
-            if let Some(c) = self.peer_failures.get(peer) {
-                inc(c);
-            }
-        }
+        counts[peer][0] += 1;
+        counts[peer][1] += u64::from(failed);
     }
 
     pub fn add(&self, counter: &AtomicU64, n: u64) {
@@ -395,6 +396,11 @@ impl Metrics {
                 "Client connections open.",
                 &self.connections_open,
             ),
+            (
+                "shardann_coordination_available",
+                "1 while the control plane (etcd) can be reached, or in static mode; 0 while it cannot (the node serves with the last known routing).",
+                &self.coordination_available,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -402,25 +408,30 @@ impl Metrics {
                 get(g)
             );
         }
-        for (name, help, counters) in [
+        let counts = self
+            .peer_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (name, help, which) in [
             (
                 "shardann_peer_calls_total",
                 "Requests sent to a peer, retries included.",
-                &self.peer_calls,
+                0,
             ),
             (
                 "shardann_peer_failures_total",
                 "Requests to a peer that failed or timed out.",
-                &self.peer_failures,
+                1,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for ((id, _), c) in peers.iter().zip(counters) {
+            for (i, (id, _)) in peers.iter().enumerate() {
                 let _ = writeln!(
                     out,
                     "{name}{{node=\"{node}\",peer=\"{}\"}} {}",
                     escape(id),
-                    get(c)
+                    counts.get(i).map_or(0, |c| c[which])
                 );
             }
         }

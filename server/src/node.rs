@@ -96,7 +96,8 @@ fn open_encoder(
 pub struct Peer {
     pub id: String,
     pub addr: SocketAddr,
-    pub shards: Vec<u32>,
+    /// The shards it serves, as last configured or registered.
+    shards: Mutex<Vec<u32>>,
     /// Requests in flight to it from this node (all executors).
     outstanding: AtomicUsize,
     /// Until when (ms since the node started) to prefer other replicas.
@@ -106,13 +107,71 @@ pub struct Peer {
     /// answer again. True before the first call (nothing has failed yet).
     /// What `/healthz`, `/v1/shards` and `shardann_peer_up` report.
     up: AtomicBool,
+    /// Still part of the cluster: always in static mode; with etcd, while
+    /// its registration (under its lease) exists. A peer that left keeps
+    /// its slot (its counters stay readable) but serves no shard.
+    present: AtomicBool,
 }
 
 impl Peer {
-    /// Whether its last call got an answer (see `up`).
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+    fn new(id: String, addr: SocketAddr, shards: Vec<u32>) -> Self {
+        Peer {
+            id,
+            addr,
+            shards: Mutex::new(shards),
+            outstanding: AtomicUsize::new(0),
+            down_until_ms: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            present: AtomicBool::new(true),
+        }
     }
+
+    /// Whether its last call got an answer (see `up`) and it is still
+    /// part of the cluster.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed) && self.is_present()
+    }
+
+    /// Whether it is part of the cluster now (see `present`).
+    pub fn is_present(&self) -> bool {
+        self.present.load(Ordering::Relaxed)
+    }
+
+    /// The shards it serves.
+    pub fn shards(&self) -> Vec<u32> {
+        self.shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Who serves what, as one immutable snapshot: a query takes the snapshot
+/// current when it asks and keeps it (a routing change never pulls a
+/// peer out from under a request in flight). Peers are only ever
+/// appended, so a peer's index means the same peer in every later
+/// snapshot (metrics, connection pools and version tables key on it).
+#[derive(Debug, Default)]
+pub struct Routing {
+    pub peers: Vec<Arc<Peer>>,
+    /// Indexed by shard id: the peers serving it.
+    replicas: Vec<Vec<usize>>,
+}
+
+impl Routing {
+    /// Indices of the peers serving shard `s`.
+    pub fn replicas_of(&self, s: u32) -> &[usize] {
+        self.replicas.get(s as usize).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// A peer as the coordination store registers it (`crate::coord`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerEntry {
+    pub id: String,
+    pub addr: SocketAddr,
+    /// Shard ids and the version served (0 for a plain index).
+    pub shards: Vec<(u32, u64)>,
 }
 
 /// What every executor of a node shares.
@@ -122,16 +181,21 @@ pub struct Node {
     /// Indexed by shard id; `Some` for the shards this node serves. The
     /// version being served can be swapped while queries run: each query
     /// clones the `Arc` it started with and finishes on that version.
-    local: Vec<Option<RwLock<Arc<DiskIndex>>>>,
+    /// Shards can be added and dropped while serving when etcd places them
+    /// ([`Node::add_local`], [`Node::drop_local`]).
+    local: Vec<RwLock<Option<Arc<DiskIndex>>>>,
     /// Versions replaced by a newer one, kept until no query holds them;
     /// then their segment directories are removed (see [`Node::collect`]).
     retired: Mutex<Vec<Arc<DiskIndex>>>,
     /// Per peer and shard: the version that peer last said it serves.
     pub peer_versions: Mutex<BTreeMap<(usize, u32), u64>>,
-    pub peers: Vec<Peer>,
-    /// Indexed by shard id: the peers serving it.
-    replicas: Vec<Vec<usize>>,
+    /// The peers and which of them serve each shard; replaced whole when
+    /// the coordination store reports a change ([`Node::set_peers`]).
+    routing: RwLock<Arc<Routing>>,
     pub metrics: Metrics,
+    /// The control plane's state: static, or etcd and whether it is
+    /// reachable (`/healthz`, `/metrics`).
+    pub coordination: crate::coord::Status,
     /// The sentence encoder of `model_dir`: text queries without a vector
     /// are embedded with it (on an executor's blocking thread, see
     /// `serve::embed_queries`). Checked at start against the index: same
@@ -155,7 +219,8 @@ impl Node {
             .shards
             .clone()
             .unwrap_or_else(|| (0..n as u32).collect());
-        let mut local: Vec<Option<RwLock<Arc<DiskIndex>>>> = (0..n).map(|_| None).collect();
+        let mut local: Vec<RwLock<Option<Arc<DiskIndex>>>> =
+            (0..n).map(|_| RwLock::new(None)).collect();
         for &s in &mine {
             let slot = local.get_mut(s as usize).ok_or_else(|| {
                 start_err(StartError::NoSuchShard {
@@ -171,7 +236,7 @@ impl Node {
             };
             let mut index = manifest.open_shard(dir, s as usize, opts)?;
             index.cluster_codes(&config.cluster_codes)?;
-            *slot = Some(RwLock::new(Arc::new(index)));
+            *slot = RwLock::new(Some(Arc::new(index)));
         }
         let mut replicas = vec![Vec::new(); n];
         let mut peers = Vec::with_capacity(config.peers.len());
@@ -188,20 +253,14 @@ impl Node {
                     })?
                     .push(i);
             }
-            peers.push(Peer {
-                id: p.id.clone(),
-                addr: resolve(&p.address).map_err(|source| {
-                    start_err(StartError::PeerAddress {
-                        peer: p.id.clone(),
-                        address: p.address.clone(),
-                        source,
-                    })
-                })?,
-                shards: p.shards.clone(),
-                outstanding: AtomicUsize::new(0),
-                down_until_ms: AtomicU64::new(0),
-                up: AtomicBool::new(true),
-            });
+            let addr = resolve(&p.address).map_err(|source| {
+                start_err(StartError::PeerAddress {
+                    peer: p.id.clone(),
+                    address: p.address.clone(),
+                    source,
+                })
+            })?;
+            peers.push(Arc::new(Peer::new(p.id.clone(), addr, p.shards.clone())));
         }
         let encoder = match &config.model_dir {
             None => None,
@@ -210,13 +269,13 @@ impl Node {
         Ok(Node {
             encoder,
             metrics: Metrics::new(peers.len()),
+            coordination: crate::coord::Status::new(config.etcd.is_some()),
             config,
             manifest,
             local,
             retired: Mutex::new(Vec::new()),
             peer_versions: Mutex::new(BTreeMap::new()),
-            peers,
-            replicas,
+            routing: RwLock::new(Arc::new(Routing { peers, replicas })),
             started: Instant::now(),
         })
     }
@@ -225,7 +284,9 @@ impl Node {
     /// partial. Reported at startup.
     pub fn unserved_shards(&self) -> Vec<u32> {
         (0..self.manifest.shards.len())
-            .filter(|&s| self.local[s].is_none() && self.replicas[s].is_empty())
+            .filter(|&s| {
+                self.local_shard(s as u32).is_none() && self.replica_indices(s as u32).is_empty()
+            })
             .map(|s| s as u32)
             .collect()
     }
@@ -241,26 +302,27 @@ impl Node {
 
     /// The nodes serving shard `s` that are live as far as this node knows:
     /// itself when local, then the peers serving it that are up.
-    pub fn live_nodes_of(&self, s: u32) -> Vec<&str> {
+    pub fn live_nodes_of(&self, s: u32) -> Vec<String> {
         let mut live = Vec::new();
         if self.local_shard(s).is_some() {
-            live.push(self.config.node_id.as_str());
+            live.push(self.config.node_id.clone());
         }
+        let routing = self.routing();
         live.extend(
-            self.replica_indices(s)
+            routing
+                .replicas_of(s)
                 .iter()
-                .map(|&p| &self.peers[p])
+                .map(|&p| &routing.peers[p])
                 .filter(|p| p.is_up())
-                .map(|p| p.id.as_str()),
+                .map(|p| p.id.clone()),
         );
         live
     }
 
     /// The shards this node serves.
     pub fn local_shards(&self) -> Vec<u32> {
-        (0..self.local.len())
-            .filter(|&s| self.local[s].is_some())
-            .map(|s| s as u32)
+        (0..self.local.len() as u32)
+            .filter(|&s| self.local_shard(s).is_some())
             .collect()
     }
 
@@ -274,27 +336,56 @@ impl Node {
 
     /// The version of local shard `s` being served now.
     pub fn local_shard(&self, s: u32) -> Option<Arc<DiskIndex>> {
-        let slot = self.local.get(s as usize)?.as_ref()?;
+        let slot = self.local.get(s as usize)?;
         // A poisoned lock only means a swap panicked; the Arc inside is whole.
         let current = slot.read().unwrap_or_else(|p| p.into_inner());
-        Some(Arc::clone(&current))
+        current.as_ref().map(Arc::clone)
     }
 
     /// Serves `index` for local shard `s` from now on; the previous version
-    /// is retired (queries running on it finish on it).
+    /// is retired (queries running on it finish on it). False when `s` is
+    /// not local.
     pub fn swap(&self, s: u32, index: DiskIndex) -> bool {
-        let Some(slot) = self.local.get(s as usize).and_then(Option::as_ref) else {
+        let Some(slot) = self.local.get(s as usize) else {
             return false;
         };
         let old = {
             let mut current = slot.write().unwrap_or_else(|p| p.into_inner());
-            std::mem::replace(&mut *current, Arc::new(index))
+            if current.is_none() {
+                return false;
+            }
+            current.replace(Arc::new(index))
         };
-        self.retired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(old);
+        if let Some(old) = old {
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(old);
+        }
         true
+    }
+
+    /// Starts serving shard `s` (placed here while serving, and pulled).
+    /// False when it is served already or not a shard of the manifest.
+    pub fn add_local(&self, s: u32, index: DiskIndex) -> bool {
+        let Some(slot) = self.local.get(s as usize) else {
+            return false;
+        };
+        let mut current = slot.write().unwrap_or_else(|p| p.into_inner());
+        if current.is_some() {
+            return false;
+        }
+        *current = Some(Arc::new(index));
+        true
+    }
+
+    /// Stops serving shard `s` (its placement here was removed). Queries
+    /// running on it finish on it; its files stay on disk.
+    pub fn drop_local(&self, s: u32) -> bool {
+        self.local
+            .get(s as usize)
+            .and_then(|slot| slot.write().unwrap_or_else(|p| p.into_inner()).take())
+            .is_some()
     }
 
     /// Removes the segment directories of retired versions no query holds
@@ -319,51 +410,119 @@ impl Node {
         removed
     }
 
-    /// Indices (into `peers`) of the peers serving shard `s`.
-    pub fn replica_indices(&self, s: u32) -> &[usize] {
-        self.replicas.get(s as usize).map_or(&[], Vec::as_slice)
+    /// The routing snapshot in force now.
+    pub fn routing(&self) -> Arc<Routing> {
+        Arc::clone(&self.routing.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Peer `p` (an index from a routing snapshot: valid in every later one).
+    pub fn peer(&self, p: usize) -> Arc<Peer> {
+        Arc::clone(&self.routing().peers[p])
+    }
+
+    /// Indices (into the routing's peers) of the peers serving shard `s`.
+    pub fn replica_indices(&self, s: u32) -> Vec<usize> {
+        self.routing().replicas_of(s).to_vec()
     }
 
     /// Peer ids serving shard `s`.
-    pub fn replicas_of(&self, s: u32) -> Vec<&str> {
-        self.replicas
-            .get(s as usize)
-            .map(|r| r.iter().map(|&p| self.peers[p].id.as_str()).collect())
-            .unwrap_or_default()
+    pub fn replicas_of(&self, s: u32) -> Vec<String> {
+        let routing = self.routing();
+        routing
+            .replicas_of(s)
+            .iter()
+            .map(|&p| routing.peers[p].id.clone())
+            .collect()
     }
 
-    /// Each peer's id and whether it is up, in configuration order.
+    /// Each peer's id and whether it is up, in the order peers were first
+    /// seen (a peer that left is listed as down).
     pub fn peer_states(&self) -> Vec<(String, bool)> {
-        self.peers
+        self.routing()
+            .peers
             .iter()
             .map(|p| (p.id.clone(), p.is_up()))
             .collect()
     }
 
-    pub fn peer_ids(&self) -> Vec<String> {
-        self.peers.iter().map(|p| p.id.clone()).collect()
+    /// Replaces the peers with `entries` (the coordination store's
+    /// registrations, this node's own left out): a peer seen before (same
+    /// id and address) keeps its index and its state, a new one is
+    /// appended, one no longer listed stays as an absent slot that serves
+    /// nothing. Shards beyond the manifest's count are ignored. Queries
+    /// already asking peers finish on the snapshot they took.
+    pub fn set_peers(&self, entries: &[PeerEntry]) {
+        let mut slot = self.routing.write().unwrap_or_else(|e| e.into_inner());
+        let mut peers = slot.peers.clone();
+        let mut replicas = vec![Vec::new(); self.manifest.shards.len()];
+        let mut present = vec![false; peers.len()];
+        let mut versions = Vec::new();
+        for e in entries.iter().filter(|e| e.id != self.config.node_id) {
+            let p = match peers.iter().position(|p| p.id == e.id && p.addr == e.addr) {
+                Some(p) => p,
+                None => {
+                    peers.push(Arc::new(Peer::new(e.id.clone(), e.addr, Vec::new())));
+                    present.push(false);
+                    peers.len() - 1
+                }
+            };
+            present[p] = true;
+            let shards: Vec<u32> = e
+                .shards
+                .iter()
+                .map(|&(s, _)| s)
+                .filter(|&s| (s as usize) < replicas.len())
+                .collect();
+            for &s in &shards {
+                replicas[s as usize].push(p);
+            }
+            for &(s, v) in &e.shards {
+                versions.push(((p, s), v));
+            }
+            *peers[p].shards.lock().unwrap_or_else(|e| e.into_inner()) = shards;
+        }
+        for (p, peer) in peers.iter().enumerate() {
+            let was = peer.present.swap(present[p], Ordering::Relaxed);
+            if present[p] && !was {
+                // Back (a restart): nothing is known against it.
+                peer.up.store(true, Ordering::Relaxed);
+                peer.down_until_ms.store(0, Ordering::Relaxed);
+            }
+            if !present[p] {
+                peer.shards
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+            }
+        }
+        {
+            let mut known = self.peer_versions.lock().unwrap_or_else(|e| e.into_inner());
+            known.clear();
+            known.extend(versions.into_iter().filter(|&(_, v)| v > 0));
+        }
+        *slot = Arc::new(Routing { peers, replicas });
     }
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn is_down(&self, p: usize) -> bool {
-        self.peers[p].down_until_ms.load(Ordering::Relaxed) > self.now_ms()
+    fn is_down(&self, peer: &Peer) -> bool {
+        peer.down_until_ms.load(Ordering::Relaxed) > self.now_ms()
     }
 
     /// Peer `p` failed a call: down until a call gets an answer, and
     /// passed over for `DOWN_FOR` when another replica can answer.
-    fn mark_down(&self, p: usize) {
+    fn mark_down(&self, peer: &Peer) {
         let until = self.now_ms() + DOWN_FOR.as_millis() as u64;
-        self.peers[p].down_until_ms.store(until, Ordering::Relaxed);
-        self.peers[p].up.store(false, Ordering::Relaxed);
+        peer.down_until_ms.store(until, Ordering::Relaxed);
+        peer.up.store(false, Ordering::Relaxed);
     }
 
     /// Peer `p` answered a call.
-    fn mark_up(&self, p: usize) {
-        self.peers[p].down_until_ms.store(0, Ordering::Relaxed);
-        self.peers[p].up.store(true, Ordering::Relaxed);
+    fn mark_up(&self, peer: &Peer) {
+        peer.down_until_ms.store(0, Ordering::Relaxed);
+        peer.up.store(true, Ordering::Relaxed);
     }
 }
 
@@ -420,7 +579,7 @@ impl<T: WireElem> Executor<T> {
                 None => None,
             });
         }
-        let peers = node.peers.len();
+        let peers = node.routing().peers.len();
         Ok(Executor {
             node,
             files: RefCell::new(files),
@@ -969,7 +1128,7 @@ impl<T: WireElem> Executor<T> {
         body: &B,
         deadline: Instant,
     ) -> std::result::Result<R, PeerError> {
-        let peer = &self.node.peers[p];
+        let peer = self.node.peer(p);
         let _in_flight = Outstanding::new(&peer.outstanding);
         let req = http::post_json(peer.addr, path, body)?;
         let exchange = async {
@@ -986,23 +1145,23 @@ impl<T: WireElem> Executor<T> {
         };
         match until(deadline, exchange).await {
             Some(Ok(resp)) => {
-                self.node.mark_up(p);
+                self.node.mark_up(&peer);
                 Ok(resp)
             }
             Some(Err(e)) => {
                 if e.peer_answered() {
                     // An error status (a 400 for a filter it cannot
                     // evaluate, a 503): the peer is there.
-                    self.node.mark_up(p);
+                    self.node.mark_up(&peer);
                 } else {
                     // Refused, reset, or the connection died mid-answer.
-                    self.node.mark_down(p);
+                    self.node.mark_down(&peer);
                 }
                 Err(e)
             }
             None => {
                 // Hung or overloaded: prefer the other replicas for a while.
-                self.node.mark_down(p);
+                self.node.mark_down(&peer);
                 Err(PeerError::Deadline)
             }
         }
@@ -1051,7 +1210,8 @@ impl<T: WireElem> Executor<T> {
     }
 
     fn pick(&self, s: u32, tried: &[(u32, usize)]) -> Option<usize> {
-        let candidates = self.node.replicas.get(s as usize)?;
+        let routing = self.node.routing();
+        let candidates = routing.replicas_of(s);
         let turn = self.turn.get();
         self.turn.set(turn.wrapping_add(1));
         let len = candidates.len().max(1);
@@ -1061,8 +1221,8 @@ impl<T: WireElem> Executor<T> {
             .filter(|(_, &p)| !tried.contains(&(s, p)))
             .min_by_key(|&(i, &p)| {
                 (
-                    self.node.is_down(p),
-                    self.node.peers[p].outstanding.load(Ordering::Relaxed),
+                    self.node.is_down(&routing.peers[p]),
+                    routing.peers[p].outstanding.load(Ordering::Relaxed),
                     (i + len - turn % len) % len,
                 )
             })
@@ -1150,9 +1310,10 @@ impl<T: WireElem> Executor<T> {
     /// Does shard `s` have a replica not yet tried for this query?
     fn has_untried(&self, s: u32, tried: &[(u32, usize)]) -> bool {
         self.node
-            .replicas
-            .get(s as usize)
-            .is_some_and(|r| r.iter().any(|&p| !tried.contains(&(s, p))))
+            .routing()
+            .replicas_of(s)
+            .iter()
+            .any(|&p| !tried.contains(&(s, p)))
     }
 
     /// One attempt: [`Self::call_peer`], returning what it asked for.
@@ -1224,22 +1385,23 @@ impl<T: WireElem> Executor<T> {
                 return Ok(s.clone());
             }
         }
-        let addr = self.node.peers[p].addr;
+        let peer = self.node.peer(p);
+        let addr = peer.addr;
         let left = deadline.saturating_duration_since(Instant::now());
         match http::connect(addr, left).await {
             Ok(sender) => {
-                if let Some(c) = self
-                    .pool
-                    .borrow_mut()
-                    .get_mut(p)
-                    .and_then(|c| c.get_mut(slot))
-                {
+                let mut pool = self.pool.borrow_mut();
+                if pool.len() <= p {
+                    // A peer that joined after this executor started.
+                    pool.resize_with(p + 1, Default::default);
+                }
+                if let Some(c) = pool[p].get_mut(slot) {
                     *c = Some(sender.clone());
                 }
                 Ok(sender)
             }
             Err(e) => {
-                self.node.mark_down(p);
+                self.node.mark_down(&peer);
                 Err(e)
             }
         }

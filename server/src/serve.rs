@@ -140,6 +140,10 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
     // first CPUs, so the kernel places them instead.
     let pinned = executors == online_cpus();
     let backend = choose_backend(&config, executors, pinned);
+    let coordinated = config.etcd.is_some();
+    if coordinated {
+        crate::coord::prepare(&config).map_err(|e| start_err(e.into()))?;
+    }
     let pulled = pull_missing_shards(&config);
     let node = Arc::new(Node::open(config)?);
     node.metrics.add(&node.metrics.pulls, pulled.0);
@@ -170,7 +174,12 @@ pub fn start(config: NodeConfig) -> Result<RunningNode> {
             Err(_) => return Err(start_err(StartError::ExecutorTimeout)),
         }
     }
-    if node.config.follow_ms > 0 && !node.local_shards().is_empty() {
+    if coordinated {
+        // Registered, and the peers known, before the node says it is up.
+        crate::coord::start(Arc::clone(&node), addr).map_err(|e| start_err(e.into()))?;
+    }
+    // A coordinated node follows even with no shard yet: one may be placed.
+    if coordinated || (node.config.follow_ms > 0 && !node.local_shards().is_empty()) {
         let follower = Arc::clone(&node);
         let spec = PoolSpec {
             backend,
@@ -1177,9 +1186,9 @@ fn shards<T: WireElem>(exec: &Executor<T>) -> Reply {
         .iter()
         .map(|s| {
             let local = node.local_shard(s.id);
-            let mut served_by: Vec<&str> = node.replicas_of(s.id);
+            let mut served_by: Vec<String> = node.replicas_of(s.id);
             if local.is_some() {
-                served_by.insert(0, &node.config.node_id);
+                served_by.insert(0, node.config.node_id.clone());
             }
             serde_json::json!({
                 "id": s.id,
@@ -1221,7 +1230,7 @@ fn shards<T: WireElem>(exec: &Executor<T>) -> Reply {
             "elem": m.elem,
             "partition": m.partition,
             "shards": shards,
-            "peers": node.peers.iter().map(|p| serde_json::json!({
+            "peers": node.routing().peers.iter().filter(|p| p.is_present()).map(|p| serde_json::json!({
                 "id": p.id,
                 "address": p.addr.to_string(),
                 "up": p.is_up(),
@@ -1242,9 +1251,10 @@ fn versions_of(
         out.insert(node.config.node_id.clone(), v.into());
     }
     let known = node.peer_versions.lock().unwrap_or_else(|e| e.into_inner());
-    for &p in node.replica_indices(s) {
+    let routing = node.routing();
+    for &p in routing.replicas_of(s) {
         if let Some(v) = known.get(&(p, s)) {
-            out.insert(node.peers[p].id.clone(), (*v).into());
+            out.insert(routing.peers[p].id.clone(), (*v).into());
         }
     }
     out
@@ -1262,16 +1272,25 @@ fn health<T: WireElem>(exec: &Executor<T>) -> Reply {
             "unserved_shards": node.unserved_shards(),
             "unavailable_shards": node.unavailable_shards(),
             "peers": node
+                .routing()
                 .peers
                 .iter()
+                .filter(|p| p.is_present())
                 .map(|p| (p.id.clone(), if p.is_up() { "up" } else { "down" }.into()))
                 .collect::<serde_json::Map<String, serde_json::Value>>(),
+            // Static, or etcd and whether it can be reached; unreachable:
+            // serving with the last known routing and versions.
+            "coordination": node.coordination.to_json(),
         }),
     )
 }
 
 fn metrics<T: WireElem>(exec: &Executor<T>) -> Reply {
     let node = &exec.node;
+    let available = node.coordination.available();
+    node.metrics
+        .coordination_available
+        .store(u64::from(available), std::sync::atomic::Ordering::Relaxed);
     let text = node
         .metrics
         .render(&node.config.node_id, &node.peer_states());

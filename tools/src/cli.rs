@@ -53,6 +53,122 @@ pub enum Command {
     Demo(DemoArgs),
     Relayout(RelayoutArgs),
     Plan(PlanArgs),
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// A cluster's control plane in etcd: publish an index, see who serves what.
+///
+/// Nodes started with `etcd = ["http://HOST:2379"]` and `cluster = "NAME"`
+/// in their node.toml (instead of [[peers]]) register themselves under a
+/// lease, watch each other's registrations and the published versions, and
+/// pull a newer version as soon as it is published. Keys:
+/// format-spec/etcd.md.
+///
+///   shardann cluster init --etcd http://127.0.0.1:2379 --name prod --index data/idx
+///   shardann cluster status --etcd http://127.0.0.1:2379 --name prod --json
+#[derive(Debug, Subcommand)]
+#[command(verbatim_doc_comment)]
+pub enum ClusterCommand {
+    Init(ClusterInitArgs),
+    Status(ClusterStatusArgs),
+    Place(ClusterPlaceArgs),
+    Drain(ClusterDrainArgs),
+}
+
+/// Place a shard on a node (or, with --remove, take it off).
+///
+/// A node placed on a shard it does not serve pulls the shard's published
+/// version from a node that serves it, verifies it, opens it, and only
+/// then registers it, so no query is routed to it before it can answer. A
+/// node whose placement is removed leaves its registration at once (every
+/// node stops routing that shard to it) and stops serving the shard a
+/// second later; the files stay on its disk. A node's first start places
+/// it on the `shards` of its node.toml; after that, placement in etcd
+/// decides.
+#[derive(Debug, Args)]
+pub struct ClusterPlaceArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[arg(long)]
+    pub shard: u32,
+    /// The node's id (node_id in its node.toml).
+    #[arg(long)]
+    pub node: String,
+    /// Take the shard off the node instead.
+    #[arg(long)]
+    pub remove: bool,
+    /// Remove even the shard's last placement (its answers would be partial).
+    #[arg(long, requires = "remove")]
+    pub force: bool,
+}
+
+/// Take every shard off a node (before it is stopped for good).
+///
+/// Each shard it serves leaves its registration at once and stops being
+/// served a second later; refused when a shard would be placed on no node
+/// (--force drains anyway). A drained node that restarts with `shards` in
+/// its node.toml places itself on them again: remove them first.
+#[derive(Debug, Args)]
+pub struct ClusterDrainArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[arg(long)]
+    pub node: String,
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Where the cluster's keys are.
+#[derive(Debug, Args)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated: http://HOST:PORT[,http://HOST:PORT…].
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// The cluster's name (its keys live under /shardann/NAME/).
+    #[arg(long)]
+    pub name: String,
+    /// etcd user, when etcd's authentication is on.
+    #[arg(long)]
+    pub etcd_user: Option<String>,
+    /// etcd password (with --etcd-user).
+    #[arg(long, requires = "etcd_user")]
+    pub etcd_password: Option<String>,
+}
+
+/// Publish a sharded build to a cluster: its cluster.json, and each
+/// shard's current version.
+///
+/// Run it once per new cluster, where the index is. Nodes of the cluster
+/// started with an empty index directory take cluster.json from etcd; the
+/// nodes that have a shard's published version serve it, the others pull it.
+/// A cluster that already holds another index is refused (--force replaces
+/// it); a published version newer than the index's is left as it is.
+#[derive(Debug, Args)]
+pub struct ClusterInitArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// A sharded index directory (cluster.json and shard-N/), as `build --shards` writes.
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Replace the cluster.json of a cluster that holds another index.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Show a cluster: live nodes (their lease and what they serve), and per
+/// shard its published version, the live replicas serving it, and whether
+/// it is under-replicated (fewer live replicas at the published version
+/// than placed, or none).
+#[derive(Debug, Args)]
+pub struct ClusterStatusArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// JSON: {"nodes": [{"id", "address", "shards", "versions", "lease"}],
+    /// "shards": [{"id", "version", "replicas", "serving", "placed",
+    /// "under_replicated"}], …}; only live nodes are listed.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Generate a reproducible synthetic data set (base and query files).
@@ -996,5 +1112,9 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Demo(a) => crate::demo::demo(&a, q, out),
         Command::Relayout(a) => crate::inspect::relayout(&a, q, out),
         Command::Plan(a) => crate::plan::plan(&a, out),
+        Command::Cluster(ClusterCommand::Init(a)) => crate::cluster::init(&a, out),
+        Command::Cluster(ClusterCommand::Status(a)) => crate::cluster::status(&a, out),
+        Command::Cluster(ClusterCommand::Place(a)) => crate::cluster::place(&a, out),
+        Command::Cluster(ClusterCommand::Drain(a)) => crate::cluster::drain(&a, out),
     }
 }

@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod cli;
+mod cluster;
 mod data;
 mod demo;
 mod embed;

@@ -52,14 +52,20 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         node.manifest.dim,
         node.manifest.elem,
         node.manifest.metric,
-        if node.peers.is_empty() {
-            "none".to_string()
-        } else {
-            node.peers
+        {
+            let routing = node.routing();
+            let peers: Vec<String> = routing
+                .peers
                 .iter()
-                .map(|p| format!("{} at {} {:?}", p.id, p.addr, p.shards))
-                .collect::<Vec<_>>()
-                .join(", ")
+                .filter(|p| p.is_present())
+                .map(|p| format!("{} at {} {:?}", p.id, p.addr, p.shards()))
+                .collect();
+            match (&node.config.cluster, peers.is_empty()) {
+                (Some(c), true) => format!("none yet (cluster {c:?} in etcd)"),
+                (Some(c), false) => format!("{} (cluster {c:?} in etcd)", peers.join(", ")),
+                (None, true) => "none".to_string(),
+                (None, false) => peers.join(", "),
+            }
         }
     )?;
     if let Some(enc) = &node.encoder {

@@ -1,6 +1,7 @@
 //! Following newer versions while serving.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use shardann_engine::layout;
@@ -56,19 +57,49 @@ pub async fn remote_version(addr: SocketAddr, token: Option<&str>, shard: u32) -
 /// retried after a backoff that doubles up to a minute. Retired versions
 /// are removed once no query holds them.
 pub async fn follow(node: std::sync::Arc<Node>) {
-    let interval = std::time::Duration::from_millis(node.config.follow_ms.max(1));
+    // With etcd, the published versions are in memory (the watcher keeps
+    // them): looking at them often costs nothing and asks no peer.
+    let interval = if node.coordination.enabled() {
+        crate::coord::TICK
+    } else {
+        std::time::Duration::from_millis(node.config.follow_ms.max(1))
+    };
     let mut backoff: std::collections::BTreeMap<u32, (Instant, std::time::Duration)> =
         std::collections::BTreeMap::new();
     loop {
         crate::rt::sleep(interval).await;
-        for s in node.local_shards() {
+        let local = node.local_shards();
+        // With etcd: shards placed here and not served yet are joined
+        // (pulled, opened, added); served ones no longer placed here leave.
+        let placed = node.coordination.placed();
+        let mut wanted = local.clone();
+        if let Some(placed) = &placed {
+            for &s in &local {
+                if placed.contains(&s) {
+                    node.coordination.stay(s);
+                } else if node.coordination.leave(s) && node.drop_local(s) {
+                    node.coordination.stay(s);
+                    eprintln!(
+                        "node {}: shard {s} is no longer placed here; stopped serving it",
+                        node.config.node_id
+                    );
+                }
+            }
+            wanted.extend(placed.iter().filter(|s| !local.contains(s)));
+        }
+        for s in wanted {
             if backoff
                 .get(&s)
                 .is_some_and(|(until, _)| Instant::now() < *until)
             {
                 continue;
             }
-            match follow_shard(&node, s).await {
+            let step = if local.contains(&s) {
+                follow_shard(&node, s).await
+            } else {
+                join_shard(&node, s).await
+            };
+            match step {
                 Ok(()) => {
                     backoff.remove(&s);
                 }
@@ -95,18 +126,92 @@ pub async fn follow(node: std::sync::Arc<Node>) {
     }
 }
 
-async fn follow_shard(node: &Node, s: u32) -> Result<()> {
+/// Starts serving shard `s`, placed on this node while it serves: the
+/// published version (or, with none published, what a peer serves) from
+/// local disk when it is there, else pulled from a peer that registered it
+/// (verified before `CURRENT` switches); then opened and added. The keeper
+/// registers it on its next tick, so no peer routes a query here before
+/// it can answer.
+async fn join_shard(node: &Node, s: u32) -> Result<()> {
     let Some(dir) = node.shard_dir(s) else {
         return Ok(());
     };
-    if !dir.join(layout::CURRENT_FILE).exists() {
-        return Ok(()); // a plain index has no versions to follow
+    let on_disk = if dir.join(layout::CURRENT_FILE).exists() {
+        Some(shard::current(&dir)?.0)
+    } else {
+        None
+    };
+    let want = node.coordination.published(s);
+    let fresh = match (on_disk, want) {
+        (Some(have), Some(want)) => have >= want,
+        (Some(_), None) => true,
+        (None, _) => dir.join(layout::INDEX_FILE).exists(),
+    };
+    if !fresh {
+        let source = {
+            let known = node.peer_versions.lock().unwrap_or_else(|e| e.into_inner());
+            let routing = node.routing();
+            routing
+                .replicas_of(s)
+                .iter()
+                .copied()
+                .find(|&p| want.is_none_or(|w| known.get(&(p, s)) == Some(&w)))
+                .map(|p| Arc::clone(&routing.peers[p]))
+        };
+        let Some(peer) = source else {
+            return Ok(()); // nobody serves it yet: the next tick looks again
+        };
+        let r = pull(
+            peer.addr,
+            node.config.cluster_token.as_deref(),
+            s,
+            &node.config.index_dir,
+            &node.config.pull_limits(),
+        )
+        .await?;
+        node.metrics.add(&node.metrics.pulls, 1);
+        eprintln!(
+            "node {}: pulled shard {s} version {} from {} ({} bytes in {:.2}s) to serve it",
+            node.config.node_id,
+            r.version,
+            peer.id,
+            r.raw_bytes(),
+            r.seconds
+        );
     }
-    let (mut on_disk, _) = shard::current(&dir)?;
+    let index = open_local(node, s)?;
+    let version = index.segment().map_or(0, |m| m.version);
+    if node.add_local(s, index) {
+        eprintln!(
+            "node {}: shard {s} placed here; serving version {version}",
+            node.config.node_id
+        );
+    }
+    Ok(())
+}
+
+/// Opens local shard `s`'s current version as the node serves it.
+fn open_local(node: &Node, s: u32) -> Result<shardann_engine::index::DiskIndex> {
+    let opts = shardann_engine::index::OpenOptions {
+        cache_nodes: node.config.cache_nodes,
+        nav_points: node.config.nav_points,
+        ..shardann_engine::index::OpenOptions::buffered()
+    };
+    let mut index = node
+        .manifest
+        .open_shard(&node.config.index_dir, s as usize, opts)?;
+    index.cluster_codes(&node.config.cluster_codes)?;
+    Ok(index)
+}
+
+/// The newest version newer than `on_disk` that a peer serving `s` says
+/// it serves, and that peer (static mode: every replica is asked).
+async fn newest_at_peers(node: &Node, s: u32, on_disk: u64) -> Option<(u64, usize)> {
     let token = node.config.cluster_token.as_deref();
+    let routing = node.routing();
     let mut newest: Option<(u64, usize)> = None;
-    for &p in node.replica_indices(s) {
-        let Ok(v) = remote_version(node.peers[p].addr, token, s).await else {
+    for &p in routing.replicas_of(s) {
+        let Ok(v) = remote_version(routing.peers[p].addr, token, s).await else {
             continue; // a peer that is down is the searches' concern
         };
         node.peer_versions
@@ -117,22 +222,44 @@ async fn follow_shard(node: &Node, s: u32) -> Result<()> {
             newest = Some((v, p));
         }
     }
+    newest
+}
+
+async fn follow_shard(node: &Node, s: u32) -> Result<()> {
+    let Some(dir) = node.shard_dir(s) else {
+        return Ok(());
+    };
+    if !dir.join(layout::CURRENT_FILE).exists() {
+        return Ok(()); // a plain index has no versions to follow
+    }
+    let (mut on_disk, _) = shard::current(&dir)?;
+    let token = node.config.cluster_token.as_deref();
+    let newest = if node.coordination.enabled() {
+        // The published version, from a peer that registered it: known
+        // from etcd's watch, no peer is asked.
+        node.coordination
+            .published(s)
+            .filter(|&want| want > on_disk)
+            .and_then(|want| {
+                let known = node.peer_versions.lock().unwrap_or_else(|e| e.into_inner());
+                node.replica_indices(s)
+                    .into_iter()
+                    .find(|&p| known.get(&(p, s)) == Some(&want))
+                    .map(|p| (want, p))
+            })
+    } else {
+        newest_at_peers(node, s, on_disk).await
+    };
     if let Some((_, p)) = newest {
+        let peer = node.peer(p);
         let limits = node.config.pull_limits();
-        let r = pull(
-            node.peers[p].addr,
-            token,
-            s,
-            &node.config.index_dir,
-            &limits,
-        )
-        .await?;
+        let r = pull(peer.addr, token, s, &node.config.index_dir, &limits).await?;
         node.metrics.add(&node.metrics.pulls, 1);
         eprintln!(
             "node {}: pulled shard {s} version {} from {} ({} bytes in {:.2}s)",
             node.config.node_id,
             r.version,
-            node.peers[p].id,
+            peer.id,
             r.raw_bytes(),
             r.seconds
         );
@@ -144,15 +271,7 @@ async fn follow_shard(node: &Node, s: u32) -> Result<()> {
     if serving.is_some_and(|v| v >= on_disk) {
         return Ok(());
     }
-    let opts = shardann_engine::index::OpenOptions {
-        cache_nodes: node.config.cache_nodes,
-        nav_points: node.config.nav_points,
-        ..shardann_engine::index::OpenOptions::buffered()
-    };
-    let mut index = node
-        .manifest
-        .open_shard(&node.config.index_dir, s as usize, opts)?;
-    index.cluster_codes(&node.config.cluster_codes)?;
+    let index = open_local(node, s)?;
     let now = index.segment().map(|m| m.version);
     node.swap(s, index);
     node.metrics.add(&node.metrics.version_switches, 1);
