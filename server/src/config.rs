@@ -395,11 +395,28 @@ impl NodeConfig {
                 min: 2,
             });
         }
-        if let Some(a) = &self.advertise {
-            resolve(a).map_err(|source| ConfigError::Listen {
-                listen: a.clone(),
-                source,
-            })?;
+        match &self.advertise {
+            Some(a) => {
+                let addr = resolve(a).map_err(|source| ConfigError::Listen {
+                    listen: a.clone(),
+                    source,
+                })?;
+                if addr.ip().is_unspecified() {
+                    return bad(format!(
+                        "advertise = {a:?} is a wildcard address: give one peers can reach"
+                    ));
+                }
+            }
+            None => {
+                // Peers reach a node at the address it registers; a
+                // wildcard listen address reaches no one.
+                if self.listen_addr()?.ip().is_unspecified() {
+                    return bad(format!(
+                        "listen = {:?} is a wildcard address: set advertise = \"host:port\" to the address peers reach this node at",
+                        self.listen
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -231,8 +231,14 @@ impl Etcd {
     /// Renews `lease`; returns the seconds it now has, 0 when it had
     /// already expired (its keys are gone).
     pub fn keep_alive(&self, lease: i64) -> Result<i64> {
-        let (_, v) = self.call("/v3/lease/keepalive", json!({"ID": lease.to_string()}))?;
-        // A stream of one: {"result": {..., "TTL": "5"}}; no TTL once expired.
+        let path = "/v3/lease/keepalive";
+        let (endpoint, v) = self.call(path, json!({"ID": lease.to_string()}))?;
+        // A stream of one: {"result": {..., "TTL": "5"}}, no TTL once
+        // expired; or {"error": {...}} when etcd could not renew it (then
+        // the lease's fate is unknown: not "expired").
+        if let Some(err) = v.get("error") {
+            return Err(answer(&endpoint, path, &err.to_string()));
+        }
         Ok(num(v.get("result").and_then(|r| r.get("TTL"))).unwrap_or(0))
     }
 
@@ -283,7 +289,14 @@ impl Etcd {
             let endpoint = &self.endpoints[at];
             let mut retried_auth = false;
             loop {
-                let token = self.token(agent, endpoint)?;
+                let token = match self.token(agent, endpoint) {
+                    Ok(t) => t,
+                    Err(e @ EtcdError::Unreachable { .. }) => {
+                        last = Some(e);
+                        break; // the next endpoint may answer
+                    }
+                    Err(e) => return Err(e),
+                };
                 let mut req = agent.post(&format!("{endpoint}{path}"));
                 if let Some(t) = &token {
                     req = req.set("Authorization", t);
@@ -304,12 +317,19 @@ impl Etcd {
                             retried_auth = true;
                             continue;
                         }
-                        return Err(EtcdError::Status {
+                        let e = EtcdError::Status {
                             endpoint: endpoint.clone(),
                             path,
                             status,
                             body: text.chars().take(300).collect(),
-                        });
+                        };
+                        if status >= 500 {
+                            // This member is unwell (no leader, shutting
+                            // down): another may answer.
+                            last = Some(e);
+                            break;
+                        }
+                        return Err(e);
                     }
                     Err(e) => {
                         last = Some(EtcdError::Unreachable {

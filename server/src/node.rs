@@ -91,6 +91,16 @@ fn open_encoder(
     Ok(enc)
 }
 
+/// Whether shard `s` of `manifest` is on disk under `dir`: a versioned
+/// shard (`CURRENT`) or a plain index file.
+pub fn on_disk(dir: &Path, manifest: &ClusterManifest, s: u32) -> bool {
+    manifest.shards.get(s as usize).is_some_and(|info| {
+        let d = dir.join(&info.dir);
+        d.join(shardann_engine::layout::CURRENT_FILE).exists()
+            || d.join(shardann_engine::layout::INDEX_FILE).exists()
+    })
+}
+
 /// Another node, as this node sees it.
 #[derive(Debug)]
 pub struct Peer {
@@ -229,6 +239,11 @@ impl Node {
                     shards: n,
                 })
             })?;
+            if config.etcd.is_some() && !on_disk(dir, &manifest, s) {
+                // Coordinated: placed here, and pulled by the follower
+                // from a peer that serves it (`replication::follow`).
+                continue;
+            }
             let opts = OpenOptions {
                 cache_nodes: config.cache_nodes,
                 nav_points: config.nav_points,
@@ -446,8 +461,8 @@ impl Node {
     }
 
     /// Replaces the peers with `entries` (the coordination store's
-    /// registrations, this node's own left out): a peer seen before (same
-    /// id and address) keeps its index and its state, a new one is
+    /// registrations, this node's own left out): a peer seen before keeps
+    /// its index, and its state unless its address changed; a new one is
     /// appended, one no longer listed stays as an absent slot that serves
     /// nothing. Shards beyond the manifest's count are ignored. Queries
     /// already asking peers finish on the snapshot they took.
@@ -458,8 +473,16 @@ impl Node {
         let mut present = vec![false; peers.len()];
         let mut versions = Vec::new();
         for e in entries.iter().filter(|e| e.id != self.config.node_id) {
-            let p = match peers.iter().position(|p| p.id == e.id && p.addr == e.addr) {
-                Some(p) => p,
+            let p = match peers.iter().position(|p| p.id == e.id) {
+                Some(p) if peers[p].addr == e.addr => p,
+                Some(p) => {
+                    // The same node at a new address (restarted elsewhere):
+                    // the slot (and its counters) stays, the state starts
+                    // fresh, and executors reconnect (their pooled
+                    // connections remember the address they reached).
+                    peers[p] = Arc::new(Peer::new(e.id.clone(), e.addr, Vec::new()));
+                    p
+                }
                 None => {
                     peers.push(Arc::new(Peer::new(e.id.clone(), e.addr, Vec::new())));
                     present.push(false);
@@ -495,12 +518,14 @@ impl Node {
                     .clear();
             }
         }
-        {
-            let mut known = self.peer_versions.lock().unwrap_or_else(|e| e.into_inner());
-            known.clear();
-            known.extend(versions.into_iter().filter(|&(_, v)| v > 0));
-        }
         *slot = Arc::new(Routing { peers, replicas });
+        // The routing lock is released before the versions' lock is taken:
+        // readers hold `peer_versions` while they look at the routing, and
+        // holding both here, in the other order, would deadlock with them.
+        drop(slot);
+        let mut known = self.peer_versions.lock().unwrap_or_else(|e| e.into_inner());
+        known.clear();
+        known.extend(versions.into_iter().filter(|&(_, v)| v > 0));
     }
 
     fn now_ms(&self) -> u64 {
@@ -546,6 +571,9 @@ impl Drop for Outstanding<'_> {
 /// An executor's handle on one version of a shard's node file.
 type OpenFile = (Weak<DiskIndex>, Rc<IndexFile>);
 
+/// A pooled connection to a peer, and the address it reached.
+type Pooled = (SocketAddr, Sender);
+
 /// One executor's view of the node.
 pub struct Executor<T: WireElem> {
     pub node: Arc<Node>,
@@ -556,7 +584,9 @@ pub struct Executor<T: WireElem> {
     scratch: RefCell<Vec<BeamSearch<T>>>,
     /// `PEER_CONNECTIONS` HTTP/2 connections per peer, used in turn, each
     /// multiplexing many requests.
-    pool: RefCell<Vec<[Option<Sender>; PEER_CONNECTIONS]>>,
+    /// Each remembers the address it reached: a peer registered again at
+    /// another address is reached there.
+    pool: RefCell<Vec<[Option<Pooled>; PEER_CONNECTIONS]>>,
     /// Breaks ties between equally loaded replicas.
     turn: Cell<usize>,
     /// One forward pass of the model at a time per executor, as on glommio
@@ -1380,13 +1410,13 @@ impl<T: WireElem> Executor<T> {
         slot: usize,
         deadline: Instant,
     ) -> std::result::Result<Sender, PeerError> {
-        if let Some(Some(s)) = self.pool.borrow().get(p).and_then(|c| c.get(slot)) {
-            if !s.is_closed() {
+        let peer = self.node.peer(p);
+        let addr = peer.addr;
+        if let Some(Some((at, s))) = self.pool.borrow().get(p).and_then(|c| c.get(slot)) {
+            if *at == addr && !s.is_closed() {
                 return Ok(s.clone());
             }
         }
-        let peer = self.node.peer(p);
-        let addr = peer.addr;
         let left = deadline.saturating_duration_since(Instant::now());
         match http::connect(addr, left).await {
             Ok(sender) => {
@@ -1396,7 +1426,7 @@ impl<T: WireElem> Executor<T> {
                     pool.resize_with(p + 1, Default::default);
                 }
                 if let Some(c) = pool[p].get_mut(slot) {
-                    *c = Some(sender.clone());
+                    *c = Some((addr, sender.clone()));
                 }
                 Ok(sender)
             }

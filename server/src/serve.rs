@@ -313,13 +313,7 @@ fn pull_missing_shards(config: &NodeConfig) -> (u64, u64) {
     for s in wanted {
         let present = manifest
             .as_ref()
-            .and_then(|m| m.shards.get(s as usize))
-            .map(|info| {
-                let d = dir.join(&info.dir);
-                d.join(shardann_engine::layout::CURRENT_FILE).exists()
-                    || d.join(shardann_engine::layout::INDEX_FILE).exists()
-            })
-            .unwrap_or(false);
+            .is_some_and(|m| crate::node::on_disk(dir, m, s));
         if present || (manifest.is_none() && dir.join(shardann_engine::layout::INDEX_FILE).exists())
         {
             continue;
@@ -329,6 +323,9 @@ fn pull_missing_shards(config: &NodeConfig) -> (u64, u64) {
             .iter()
             .filter(|p| p.shards.contains(&s))
             .collect();
+        if sources.is_empty() {
+            continue; // with etcd, the follower pulls it once placed
+        }
         let mut wait = Duration::from_millis(500);
         'rounds: for round in 0..3 {
             for peer in &sources {
@@ -1250,8 +1247,8 @@ fn versions_of(
     if let Some(v) = local.and_then(|i| i.segment().map(|m| m.version)) {
         out.insert(node.config.node_id.clone(), v.into());
     }
-    let known = node.peer_versions.lock().unwrap_or_else(|e| e.into_inner());
     let routing = node.routing();
+    let known = node.peer_versions.lock().unwrap_or_else(|e| e.into_inner());
     for &p in routing.replicas_of(s) {
         if let Some(v) = known.get(&(p, s)) {
             out.insert(routing.peers[p].id.clone(), (*v).into());

@@ -238,9 +238,23 @@ fn nodes_coordinated_by_etcd() {
     copy_all(&idx[0].join("shard-1"), &idx[2].join("shard-1"));
 
     let mut etcd = EtcdProc::start(&d.join("etcd"));
-    // A node of a cluster that was never published is refused at start.
-    let status = cli_ok(&["cluster", "status", "--etcd", &etcd.url, "--name", "t"]);
+    let cluster_cli = |sub: &str, extra: &[&str]| {
+        let mut args = vec!["cluster", sub, "--etcd", &etcd.url, "--name", "t"];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let status = cluster_cli("status", &[]).unwrap();
     assert!(status.contains("not initialised"), "{status}");
+    // A node of a cluster that was never published is refused at start.
+    let early = d.join("early.toml");
+    let early_addr = free_addrs(1)[0];
+    std::fs::write(
+        &early,
+        node_toml("n1", early_addr, &d.join("early"), &[0], &etcd.url),
+    )
+    .unwrap();
+    let err = cli(&["serve", "--config", p(&early)]).unwrap_err();
+    assert!(err.contains("shardann cluster init"), "{err}");
     let out = cli_ok(&[
         "cluster",
         "init",
@@ -300,25 +314,26 @@ fn nodes_coordinated_by_etcd() {
     let batch = |addr: SocketAddr| search_many(addr, Arc::clone(&vectors), params, 4, 1).unwrap();
     all_whole(&batch(addrs[0]));
 
-    // A fourth node joins with an empty disk and is placed on shard 1 while
-    // queries run through n1: it takes cluster.json from etcd, pulls the
-    // shard from a node that serves it, and serves it; then it is taken
-    // off again. No query fails or comes back partial throughout.
+    // A fourth node joins with an empty disk while queries run through n1:
+    // its node.toml names shard 0, which becomes its placement; it takes
+    // cluster.json from etcd, pulls shard 0 from a node that serves it,
+    // and serves it. Then it is placed on shard 1 too, taken off it, and
+    // drained. No query fails or comes back partial throughout.
     let queries = QueryLoop::start(addrs[0], Arc::clone(&vectors), params);
     let addr4 = free_addrs(1)[0];
     let idx4 = d.join("n4");
     let toml4 = d.join("n4.toml");
-    std::fs::write(&toml4, node_toml("n4", addr4, &idx4, &[], &etcd.url)).unwrap();
+    std::fs::write(&toml4, node_toml("n4", addr4, &idx4, &[0], &etcd.url)).unwrap();
     let mut n4 = NodeProc::start("n4", addr4, &toml4);
     n4.wait_ready();
-    let err = cli(&[
-        "cluster", "place", "--etcd", &etcd.url, "--name", "t", "--shard", "2", "--node", "n4",
-    ])
-    .unwrap_err();
+    wait_for(
+        "n4 pulls and serves shard 0, its first placement",
+        20,
+        || version_served(addr4, 0) == Some(1),
+    );
+    let err = cluster_cli("place", &["--shard", "2", "--node", "n4"]).unwrap_err();
     assert!(err.contains("shard 2 does not exist"), "{err}");
-    cli_ok(&[
-        "cluster", "place", "--etcd", &etcd.url, "--name", "t", "--shard", "1", "--node", "n4",
-    ]);
+    cluster_cli("place", &["--shard", "1", "--node", "n4"]).unwrap();
     let joined = wait_for("n4 serves shard 1 and n1 routes to it", 20, || {
         version_served(addr4, 1) == Some(1)
             && get_json(addrs[0], "/v1/shards")["shards"][1]["served_by"]
@@ -332,16 +347,18 @@ fn nodes_coordinated_by_etcd() {
     wait_for("n1 sends n4 queries", 20, || {
         peer_calls(&get_text(addrs[0], "/metrics"), "n4") > 0
     });
-    cli_ok(&[
-        "cluster", "place", "--etcd", &etcd.url, "--name", "t", "--shard", "1", "--node", "n4",
-        "--remove",
-    ]);
+    cluster_cli("place", &["--shard", "1", "--node", "n4", "--remove"]).unwrap();
     wait_for("n1 stops routing shard 1 to n4", 10, || {
         get_json(addrs[0], "/v1/shards")["shards"][1]["served_by"]
             .as_array()
             .is_some_and(|a| !a.iter().any(|n| n == "n4"))
     });
     wait_for("n4 stops serving shard 1", 10, || {
+        get_json(addr4, "/healthz")["local_shards"] == serde_json::json!([0])
+    });
+    let out = cluster_cli("drain", &["--node", "n4"]).unwrap();
+    assert!(out.contains("n4 drained"), "{out}");
+    wait_for("n4 stops serving shard 0", 10, || {
         get_json(addr4, "/healthz")["local_shards"]
             .as_array()
             .is_some_and(Vec::is_empty)
@@ -416,6 +433,10 @@ fn nodes_coordinated_by_etcd() {
         .map(|n| n["id"].as_str().unwrap())
         .collect();
     assert_eq!(live, ["n1", "n2"]);
+    // With n3 gone, n2 is shard 1's only live replica: draining it is
+    // refused, though n3's placement is still in etcd.
+    let err = cluster_cli("drain", &["--node", "n2"]).unwrap_err();
+    assert!(err.contains("leaves them unserved"), "{err}");
 
     // etcd killed: the nodes keep answering with what they knew, and say
     // coordination is unavailable; etcd back: they register again.
@@ -478,6 +499,20 @@ fn coordinated_config_mistakes_are_named() {
             .to_string();
         assert!(err.contains(want), "{extra:?}: {err} should say {want:?}");
     }
+    // A wildcard listen address is what peers would be told to call.
+    let coordinated = "node_id = \"n1\"\nindex_dir = \"x\"\netcd = [\"http://127.0.0.1:2379\"]\ncluster = \"t\"\n";
+    let path = dir.path().join("w.toml");
+    std::fs::write(&path, format!("{coordinated}listen = \"0.0.0.0:7001\"\n")).unwrap();
+    let err = shardann_server::config::NodeConfig::from_file(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("set advertise"), "{err}");
+    std::fs::write(
+        &path,
+        format!("{coordinated}listen = \"0.0.0.0:7001\"\nadvertise = \"127.0.0.1:7001\"\n"),
+    )
+    .unwrap();
+    shardann_server::config::NodeConfig::from_file(&path).unwrap();
 }
 
 /// One JSON POST to etcd's gateway, for what the client does not offer

@@ -98,7 +98,8 @@ pub struct ClusterPlaceArgs {
     /// Take the shard off the node instead.
     #[arg(long)]
     pub remove: bool,
-    /// Remove even the shard's last placement (its answers would be partial).
+    /// Remove even when no other live node serves the shard at its
+    /// published version (its answers would be partial).
     #[arg(long, requires = "remove")]
     pub force: bool,
 }
@@ -106,8 +107,9 @@ pub struct ClusterPlaceArgs {
 /// Take every shard off a node (before it is stopped for good).
 ///
 /// Each shard it serves leaves its registration at once and stops being
-/// served a second later; refused when a shard would be placed on no node
-/// (--force drains anyway). A drained node that restarts with `shards` in
+/// served a second later; refused when no other live node serves one of
+/// them at its published version (--force drains anyway). A drained node
+/// that restarts with `shards` in
 /// its node.toml places itself on them again: remove them first.
 #[derive(Debug, Args)]
 pub struct ClusterDrainArgs {
@@ -115,6 +117,7 @@ pub struct ClusterDrainArgs {
     pub etcd: EtcdArgs,
     #[arg(long)]
     pub node: String,
+    /// Drain even shards no other live node serves (answers would be partial).
     #[arg(long)]
     pub force: bool,
 }

@@ -36,8 +36,8 @@ pub fn init(a: &ClusterInitArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let bytes = std::fs::read(a.index.join(shardann_engine::layout::CLUSTER_FILE))?;
     let (etcd, keys) = client(&a.etcd)?;
     let view = read_view(&etcd, &a.etcd.name)?;
-    if let Some(theirs) = &view.cluster {
-        let same = serde_json::from_slice::<ClusterManifest>(theirs).ok() == Some(manifest.clone());
+    if let Some(theirs) = view.manifest() {
+        let same = theirs.ok().as_ref() == Some(&manifest);
         if !same && !a.force {
             bail!(
                 "cluster {:?} already holds another index's cluster.json; \
@@ -138,12 +138,10 @@ fn shard_status(view: &ClusterView, id: u32) -> ShardStatus {
 pub fn status(a: &ClusterStatusArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let (etcd, _) = client(&a.etcd)?;
     let view = read_view(&etcd, &a.etcd.name)?;
-    let manifest: Option<ClusterManifest> = match &view.cluster {
-        None => None,
-        Some(bytes) => Some(
-            serde_json::from_slice(bytes).context("the cluster.json in etcd is not readable")?,
-        ),
-    };
+    let manifest: Option<ClusterManifest> = view
+        .manifest()
+        .transpose()
+        .context("the cluster.json in etcd is not readable")?;
     let shard_ids: Vec<u32> = match &manifest {
         Some(m) => m.shards.iter().map(|s| s.id).collect(),
         None => view.versions.keys().copied().collect(),
@@ -234,14 +232,13 @@ pub fn status(a: &ClusterStatusArgs, out: &mut dyn Write) -> anyhow::Result<()> 
 /// The cluster's view, refused when it was never initialised.
 fn initialised(etcd: &Etcd, a: &EtcdArgs) -> anyhow::Result<(ClusterView, ClusterManifest)> {
     let view = read_view(etcd, &a.name)?;
-    let Some(bytes) = &view.cluster else {
+    let Some(manifest) = view.manifest() else {
         bail!(
             "cluster {:?} is not initialised in etcd: run `shardann cluster init` first",
             a.name
         );
     };
-    let manifest: ClusterManifest =
-        serde_json::from_slice(bytes).context("the cluster.json in etcd is not readable")?;
+    let manifest = manifest.context("the cluster.json in etcd is not readable")?;
     Ok((view, manifest))
 }
 
@@ -269,10 +266,11 @@ pub fn place(a: &ClusterPlaceArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             )?;
             return Ok(());
         }
-        if placed.len() == 1 && !a.force {
+        if !view.served_elsewhere(a.shard, &a.node) && !a.force {
             bail!(
-                "{} is shard {}'s last placement: removing it leaves the shard unserved \
-                 (answers would be partial); place it elsewhere first, or --force",
+                "no live node other than {} serves shard {} at its published version: \
+                 removing it leaves the shard unserved (answers would be partial); \
+                 place it elsewhere and wait until that node serves it (`cluster status`), or --force",
                 a.node,
                 a.shard
             );
@@ -315,12 +313,13 @@ pub fn drain(a: &ClusterDrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let orphans: Vec<u32> = mine
         .iter()
         .copied()
-        .filter(|s| view.placement.get(s).is_some_and(|n| n.len() == 1))
+        .filter(|&s| !view.served_elsewhere(s, &a.node))
         .collect();
     if !orphans.is_empty() && !a.force {
         bail!(
-            "{} is the only placement of shard(s) {orphans:?}: draining it leaves them unserved; \
-             place them elsewhere first, or --force",
+            "no live node other than {} serves shard(s) {orphans:?} at the published version: \
+             draining it leaves them unserved; place them elsewhere and wait until they are served \
+             (`cluster status`), or --force",
             a.node
         );
     }

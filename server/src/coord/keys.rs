@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+use shardann_engine::cluster::ClusterManifest;
 
 use crate::etcd::{Event, KeyValue};
 use crate::node::PeerEntry;
@@ -233,6 +234,22 @@ impl ClusterView {
         (entries, unresolved)
     }
 
+    /// The cluster's `cluster.json`, parsed: None before `cluster init`.
+    pub fn manifest(&self) -> Option<Result<ClusterManifest, serde_json::Error>> {
+        self.cluster.as_deref().map(serde_json::from_slice)
+    }
+
+    /// Whether a live node other than `node` serves shard `s` at its
+    /// published version (at any version when none is published): what
+    /// must hold before `node` may stop serving it without leaving it
+    /// unserved.
+    pub fn served_elsewhere(&self, s: u32, node: &str) -> bool {
+        let want = self.published(s);
+        self.serving(s)
+            .into_iter()
+            .any(|(id, v)| id != node && want.is_none_or(|w| v == w))
+    }
+
     /// The published version of shard `s`.
     pub fn published(&self, s: u32) -> Option<u64> {
         self.versions.get(&s).map(|&(v, _)| v)
@@ -346,6 +363,8 @@ mod tests {
         assert_eq!(view.published(0), Some(3));
         assert_eq!(view.versions.len(), 1, "07 is not a shard id");
         assert_eq!(view.serving(0), vec![("n1", 3)]);
+        assert!(view.served_elsewhere(0, "n2"));
+        assert!(!view.served_elsewhere(0, "n1"), "n1 is the only one");
         assert!(view.unreadable.contains_key("/shardann/c/nodes/n2"));
         let (entries, unresolved) = view.peer_entries();
         assert_eq!(entries[0].shards, vec![(0, 3)]);
@@ -366,6 +385,7 @@ mod tests {
             ],
         );
         assert!(view.nodes.is_empty());
+        assert!(!view.served_elsewhere(0, "n2"), "n1 is gone");
         assert_eq!(view.versions[&0], (4, 9));
         assert!(view.placement.is_empty());
     }

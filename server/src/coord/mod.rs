@@ -32,13 +32,11 @@
 
 pub mod keys;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use shardann_engine::cluster::ClusterManifest;
 
 use crate::config::NodeConfig;
 use crate::etcd::{Compare, Credentials, Etcd, EtcdError, WatchUpdate};
@@ -71,6 +69,10 @@ pub enum CoordError {
     },
     #[error("cluster {cluster:?}: the cluster.json in etcd is not readable: {why}")]
     BadManifest { cluster: String, why: String },
+    #[error("the local cluster.json cannot be read to compare with etcd's: {0}")]
+    LocalManifest(#[source] Box<shardann_engine::Error>),
+    #[error("starting the etcd threads: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("{}: writing cluster.json from etcd: {source}", path.display())]
     Write {
         path: std::path::PathBuf,
@@ -80,14 +82,19 @@ pub enum CoordError {
 }
 
 /// A client for the etcd of `config` (its endpoints and credentials).
+/// Its calls give up after a quarter of the lease's TTL (within 250 ms and
+/// [`CALL_TIMEOUT`]): one hung endpoint must leave time to renew the lease
+/// through another before it lapses.
 pub fn client(config: &NodeConfig) -> Result<Etcd, EtcdError> {
+    let timeout = (Duration::from_secs(config.lease_ttl_s) / 4)
+        .clamp(Duration::from_millis(250), CALL_TIMEOUT);
     let credentials = config.etcd_user.as_ref().map(|user| Credentials {
         user: user.clone(),
         password: config.etcd_password.clone().unwrap_or_default(),
     });
     Etcd::new(
         config.etcd.as_deref().unwrap_or_default(),
-        CALL_TIMEOUT,
+        timeout,
         credentials,
     )
 }
@@ -103,15 +110,16 @@ pub fn prepare(config: &NodeConfig) -> Result<(), CoordError> {
     let Some(kv) = etcd.get(&key)? else {
         return Err(CoordError::NotInitialised { cluster, key });
     };
-    let theirs: ClusterManifest =
-        serde_json::from_slice(&kv.value).map_err(|e| CoordError::BadManifest {
+    let theirs: shardann_engine::cluster::ClusterManifest = serde_json::from_slice(&kv.value)
+        .map_err(|e| CoordError::BadManifest {
             cluster: cluster.clone(),
             why: e.to_string(),
         })?;
     let path = config.index_dir.join(shardann_engine::layout::CLUSTER_FILE);
     if path.exists() {
-        let ours = shardann_engine::cluster::read_manifest(&config.index_dir).ok();
-        if ours.as_ref() != Some(&theirs) {
+        let ours = shardann_engine::cluster::read_manifest(&config.index_dir)
+            .map_err(|e| CoordError::LocalManifest(Box::new(e)))?;
+        if ours != theirs {
             return Err(CoordError::OtherCluster { cluster, path });
         }
         return Ok(());
@@ -146,15 +154,18 @@ pub struct Status {
     changes: Mutex<(Option<Instant>, u64)>,
     /// The shards placed on this node (`placement/<s>/<this node>`); None
     /// before the first view.
-    placed: Mutex<Option<std::collections::BTreeSet<u32>>>,
-    /// Local shards whose placement was removed, and since when: left out
-    /// of the registration at once, dropped [`LEAVE_GRACE`] later.
-    leaving: Mutex<BTreeMap<u32, Instant>>,
+    placed: Mutex<Option<BTreeSet<u32>>>,
+    /// Local shards whose placement was removed: left out of the
+    /// registration at once, dropped [`LEAVE_GRACE`] after a registration
+    /// without them was written.
+    leaving: Mutex<BTreeSet<u32>>,
+    /// The shards of the registration last written to etcd, and when.
+    registered: Mutex<Option<(Vec<u32>, Instant)>>,
 }
 
 /// How long a shard whose placement here was removed is still served
-/// after it left this node's registration: time for every watcher to take
-/// it out of routing and for queries already sent to finish.
+/// after a registration without it was written: time for every watcher to
+/// take it out of routing and for queries already sent to finish.
 pub const LEAVE_GRACE: Duration = Duration::from_secs(1);
 
 impl Status {
@@ -186,7 +197,7 @@ impl Status {
     }
 
     /// The shards placed on this node, once known.
-    pub fn placed(&self) -> Option<std::collections::BTreeSet<u32>> {
+    pub fn placed(&self) -> Option<BTreeSet<u32>> {
         self.placed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -194,11 +205,23 @@ impl Status {
     }
 
     /// Marks local shard `s` as leaving (if it is not already); returns
-    /// whether it left the registration at least [`LEAVE_GRACE`] ago.
+    /// whether a registration without it was written to etcd at least
+    /// [`LEAVE_GRACE`] ago (only then may it stop being served: peers
+    /// route by the registration).
     pub fn leave(&self, s: u32) -> bool {
-        let mut leaving = self.leaving.lock().unwrap_or_else(|e| e.into_inner());
-        let since = *leaving.entry(s).or_insert_with(Instant::now);
-        since.elapsed() >= LEAVE_GRACE
+        self.leaving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(s);
+        self.registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|(shards, at)| !shards.contains(&s) && at.elapsed() >= LEAVE_GRACE)
+    }
+
+    fn written(&self, shards: Vec<u32>) {
+        *self.registered.lock().unwrap_or_else(|e| e.into_inner()) = Some((shards, Instant::now()));
     }
 
     /// Shard `s` is no longer leaving (dropped, or placed here again).
@@ -213,7 +236,7 @@ impl Status {
         self.leaving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&s)
+            .contains(&s)
     }
 
     fn set_error(&self, e: &dyn std::fmt::Display) {
@@ -270,9 +293,16 @@ pub fn start(node: Arc<Node>, addr: SocketAddr) -> Result<(), CoordError> {
     let mut view = ClusterView::from_kvs(&keys, &kvs);
     let me = node.config.node_id.clone();
     if !view.placement.values().any(|nodes| nodes.contains(&me)) {
-        // First start in this cluster: the shards of node.toml become this
-        // node's placement; from now on etcd's placement decides.
-        for s in node.local_shards() {
+        // First start in this cluster: the shards of node.toml (all when
+        // it names none) become this node's placement, and those not on
+        // disk are pulled; from now on etcd's placement decides.
+        let n = node.manifest.shards.len() as u32;
+        let seed = node
+            .config
+            .shards
+            .clone()
+            .unwrap_or_else(|| (0..n).collect());
+        for s in seed {
             etcd.put(&keys.placement(s, &me), b"{}", None)?;
         }
         let (kvs, r) = etcd.get_prefix(keys.prefix())?;
@@ -287,13 +317,7 @@ pub fn start(node: Arc<Node>, addr: SocketAddr) -> Result<(), CoordError> {
             .name(name.to_string())
             .spawn(f)
             .map(|_| ())
-            .map_err(|e| {
-                CoordError::Etcd(EtcdError::Unreachable {
-                    endpoint: "-".into(),
-                    path: "thread",
-                    why: e.to_string(),
-                })
-            })
+            .map_err(CoordError::Thread)
     };
     spawn("shardann-etcd-keep", Box::new(move || keeper.run()))?;
     let watcher = Watcher {
@@ -317,17 +341,22 @@ fn apply(node: &Node, view: &ClusterView) {
         );
     }
     node.set_peers(&entries);
-    *node
-        .coordination
-        .placed
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some(
-        view.placement
-            .iter()
-            .filter(|(_, nodes)| nodes.contains(&node.config.node_id))
-            .map(|(&s, _)| s)
-            .collect(),
-    );
+    // A view without the cluster key is not this cluster's state (an etcd
+    // restored empty, or a prefix deleted by hand): its empty placement
+    // would drop every shard, so the last placement stays.
+    if view.cluster.is_some() {
+        *node
+            .coordination
+            .placed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(
+            view.placement
+                .iter()
+                .filter(|(_, nodes)| nodes.contains(&node.config.node_id))
+                .map(|(&s, _)| s)
+                .collect(),
+        );
+    }
     *node
         .coordination
         .published
@@ -441,6 +470,9 @@ impl Keeper {
             let value = serde_json::to_vec(&reg).unwrap_or_default();
             self.etcd
                 .put(&self.keys.node(&reg.id), &value, Some(lease))?;
+            self.node
+                .coordination
+                .written(reg.shards.iter().map(|sv| sv.id).collect());
             self.written = Some(reg.clone());
         }
         self.publish(&reg)
@@ -502,16 +534,27 @@ impl Watcher {
         loop {
             match self.etcd.get_prefix(self.keys.prefix()) {
                 Ok((kvs, revision)) => {
-                    self.view = ClusterView::from_kvs(&self.keys, &kvs);
+                    let view = ClusterView::from_kvs(&self.keys, &kvs);
                     self.revision = revision;
-                    apply(&self.node, &self.view);
+                    if view != self.view {
+                        self.view = view;
+                        apply(&self.node, &self.view);
+                    }
                     self.node
                         .coordination
                         .watcher_ok
                         .store(true, Ordering::Relaxed);
                     // Until the stream breaks (etcd gone, or silent for
                     // WATCH_IDLE) or is cancelled; then read it all again.
-                    let _ = self.watch();
+                    let opened = Instant::now();
+                    if let Err(e) = self.watch() {
+                        if opened.elapsed() < RETRY {
+                            // Refused at once (not a stream that ran and
+                            // broke): do not spin on range + watch.
+                            self.node.coordination.set_error(&e);
+                            std::thread::sleep(RETRY);
+                        }
+                    }
                 }
                 Err(e) => {
                     self.node

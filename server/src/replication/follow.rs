@@ -68,6 +68,11 @@ pub async fn follow(node: std::sync::Arc<Node>) {
         std::collections::BTreeMap::new();
     loop {
         crate::rt::sleep(interval).await;
+        if !node.coordination.available() {
+            // etcd away: no placement or version changes until it is back
+            // (the last known ones may be stale; serving goes on).
+            continue;
+        }
         let local = node.local_shards();
         // With etcd: shards placed here and not served yet are joined
         // (pulled, opened, added); served ones no longer placed here leave.
@@ -149,13 +154,16 @@ async fn join_shard(node: &Node, s: u32) -> Result<()> {
     };
     if !fresh {
         let source = {
-            let known = node.peer_versions.lock().unwrap_or_else(|e| e.into_inner());
             let routing = node.routing();
+            let known = node.peer_versions.lock().unwrap_or_else(|e| e.into_inner());
             routing
                 .replicas_of(s)
                 .iter()
                 .copied()
-                .find(|&p| want.is_none_or(|w| known.get(&(p, s)) == Some(&w)))
+                .filter(|&p| want.is_none_or(|w| known.get(&(p, s)) == Some(&w)))
+                // A peer whose last call failed is asked only when no
+                // other has the version.
+                .max_by_key(|&p| routing.peers[p].is_up())
                 .map(|p| Arc::clone(&routing.peers[p]))
         };
         let Some(peer) = source else {
@@ -241,10 +249,14 @@ async fn follow_shard(node: &Node, s: u32) -> Result<()> {
             .published(s)
             .filter(|&want| want > on_disk)
             .and_then(|want| {
+                let routing = node.routing();
                 let known = node.peer_versions.lock().unwrap_or_else(|e| e.into_inner());
-                node.replica_indices(s)
-                    .into_iter()
-                    .find(|&p| known.get(&(p, s)) == Some(&want))
+                routing
+                    .replicas_of(s)
+                    .iter()
+                    .copied()
+                    .filter(|&p| known.get(&(p, s)) == Some(&want))
+                    .max_by_key(|&p| routing.peers[p].is_up())
                     .map(|p| (want, p))
             })
     } else {
