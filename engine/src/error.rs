@@ -152,6 +152,23 @@ pub enum Error {
     /// A parameter outside the range the engine supports.
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
+    /// A write-ahead log whose header is not one this build reads, or that
+    /// belongs to another index (`format-spec/wal.md`).
+    #[error("{}: {source}", path.display())]
+    Wal {
+        path: PathBuf,
+        #[source]
+        source: Box<WalError>,
+    },
+    /// A write refused before any of it was logged or applied.
+    #[error("{0}")]
+    Write(#[source] Box<WriteError>),
+}
+
+impl From<WriteError> for Error {
+    fn from(e: WriteError) -> Self {
+        Error::Write(Box::new(e))
+    }
 }
 
 impl From<FilterError> for Error {
@@ -240,6 +257,83 @@ impl Error {
             source,
         }
     }
+}
+
+/// What can be wrong with a write-ahead log (`wal.log`). A record cut
+/// short or failing its checksum is not an error: it is the torn tail of
+/// a crash, and recovery drops it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalError {
+    #[error("bad magic bytes {found:02x?}: not a shardann write-ahead log")]
+    BadMagic { found: [u8; 8] },
+    #[error("log format version {major}.{minor} is not supported (this build reads 1.x)")]
+    Version { major: u16, minor: u16 },
+    #[error("header checksum mismatch: stored {stored:#018x}, computed {computed:#018x}")]
+    HeaderChecksum { stored: u64, computed: u64 },
+    #[error("the log holds {what} {log}, but the index has {index}: it belongs to another index")]
+    Mismatch {
+        what: &'static str,
+        log: String,
+        index: String,
+    },
+    #[error("a batch of {len} bytes is larger than a log record may be ({max} bytes)")]
+    RecordTooLarge { len: usize, max: usize },
+}
+
+/// A write (an upsert or a delete) that is refused. Nothing of a refused
+/// batch is logged or applied. Positions are 0-based within the batch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    #[error("the shard has no documents (built without --docs): it cannot take writes by id")]
+    NoDocuments,
+    #[error("the batch is empty")]
+    Empty,
+    #[error("the batch holds {count} documents; at most {max} are taken in one request")]
+    TooMany { count: usize, max: usize },
+    #[error(
+        "document {pos} (id {id}): \"vector\" has {got} values, the index has dimension {expected}"
+    )]
+    Dimension {
+        pos: usize,
+        id: String,
+        got: usize,
+        expected: usize,
+    },
+    #[error("document {pos} (id {id}): \"vector\": {why}")]
+    BadVector { pos: usize, id: String, why: String },
+    #[error(
+        "document {pos}: id {id} is also document {first} of this batch; a batch names an id once"
+    )]
+    DuplicateInBatch {
+        pos: usize,
+        id: String,
+        first: usize,
+    },
+    #[error("document {pos}: id {id} is {got}, but this index's ids are {expected}s")]
+    IdKind {
+        pos: usize,
+        id: String,
+        got: &'static str,
+        expected: &'static str,
+    },
+    #[error("document {pos} (id {id}): {source}")]
+    Filter {
+        pos: usize,
+        id: String,
+        #[source]
+        source: FilterError,
+    },
+    #[error("document {pos} (id {id}): the payload is {len} bytes, more than {max}")]
+    PayloadTooLarge {
+        pos: usize,
+        id: String,
+        len: usize,
+        max: usize,
+    },
+    #[error("the mutable part holds {points} points, its limit; wait for a merge")]
+    Full { points: usize },
 }
 
 /// What can be wrong with the bytes of a data file.

@@ -34,6 +34,7 @@
 //! | 3 | [`eval`] | relevance judgments, nDCG/recall/MRR as pytrec_eval computes them, BEIR data sets |
 //! | 3 | [`pq`] | product quantization: training, encoding, ADC tables |
 //! | 3 | [`vamana`] | the DiskANN graph build (greedy search + RobustPrune) |
+//! | 2 | [`wal`] | the write-ahead log of a shard's mutable part: checksummed records, group commit |
 //! | 3 | [`partition`] | assigning points to shards (k-means cells or random) |
 //! | 4 | [`layout`] | the on-disk format (see `format-spec/`), bytes ↔ structs; every file name |
 //! | 5 | [`filter`] | payload filters: the JSON filter language, its index (roaring bitmaps) and `filters.bin` |
@@ -46,6 +47,7 @@
 //! | 6 | [`clustered`] | copies of the PQ codes in a filter field's value order (opt-in) |
 //! | 7 | [`index`] | one index directory: build it, open it, search it |
 //! | 8 | [`budget`] | a build under a memory budget: cells, one graph each, merged on disk |
+//! | 8 | [`mutable`] | a shard's mutable part: logged writes, a growing graph, the delete set |
 //! | 8 | [`segment`] | an immutable, sealed, checksummed index directory |
 //! | 9 | [`shard`] | a shard directory: versions and `CURRENT`; the layer that will hold a shard's other parts |
 //! | 10 | [`cluster`] | a sharded index: `cluster.json`, sharded builds, in-process sharded search |
@@ -79,6 +81,7 @@ pub mod io;
 mod kmeans;
 pub mod layout;
 pub mod metric;
+pub mod mutable;
 pub mod navigation;
 pub mod partition;
 pub mod pq;
@@ -91,10 +94,11 @@ pub mod synth;
 pub mod text;
 pub mod vamana;
 mod visited;
+pub mod wal;
 
 pub use element::ElemType;
 pub use error::{
     BeirError, ClusterFileError, DataError, DocsError, EmbedError, Error, FormatError, FusionError,
-    ManifestError, PlanError, Result, SegmentError, TextError,
+    ManifestError, PlanError, Result, SegmentError, TextError, WalError, WriteError,
 };
 pub use metric::{Element, Metric};

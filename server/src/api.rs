@@ -482,11 +482,15 @@ pub enum ApiError {
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: hyper::Method, path: String },
     #[error(
-        "no endpoint {path}; see /v1/search, /v1/search/batch, /v1/shards, /healthz, /metrics, /v1/documents/{{id}}, /v1/documents/get"
+        "no endpoint {path}; see /v1/search, /v1/search/batch, /v1/shards, /healthz, /metrics, /v1/documents/{{id}}, /v1/documents/get, /v1/documents, /v1/documents/delete"
     )]
     NoEndpoint { path: String },
     #[error("no document {0}")]
     NoDocument(String),
+    #[error("documents[{pos}]: {why}")]
+    Document { pos: usize, why: String },
+    #[error("give \"ids\" or \"filter\" (one of them) to delete")]
+    DeleteWhat,
     #[error("give \"vector\", \"text\", or both")]
     NoQuery,
     #[error("text is empty")]

@@ -317,6 +317,9 @@ pub struct Request {
     pub method: hyper::Method,
     pub path: String,
     pub body: Vec<u8>,
+    /// Sent as `authorization: Bearer <token>` (writes to a node with a
+    /// `write_token`).
+    pub bearer: Option<String>,
 }
 
 impl Request {
@@ -325,6 +328,7 @@ impl Request {
             method: hyper::Method::GET,
             path: path.into(),
             body: Vec::new(),
+            bearer: None,
         }
     }
 
@@ -333,7 +337,22 @@ impl Request {
             method: hyper::Method::POST,
             path: path.into(),
             body: body.into(),
+            bearer: None,
         }
+    }
+
+    pub fn delete(path: &str) -> Self {
+        Request {
+            method: hyper::Method::DELETE,
+            path: path.into(),
+            body: Vec::new(),
+            bearer: None,
+        }
+    }
+
+    pub fn with_bearer(mut self, token: Option<&str>) -> Self {
+        self.bearer = token.map(str::to_string);
+        self
     }
 }
 
@@ -367,11 +386,15 @@ async fn exchange_one(
     version: Version,
     r: Request,
 ) -> std::result::Result<(u16, Bytes), PeerError> {
-    let req = hyper::Request::builder()
+    let mut req = hyper::Request::builder()
         .method(r.method)
         .uri(format!("http://{addr}{}", r.path))
         .header(hyper::header::HOST, addr.to_string())
-        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(token) = &r.bearer {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
         .body(Full::new(Bytes::from(r.body)))
         .map_err(|e| PeerError::Request(Arc::new(e)))?;
     let resp = match version {

@@ -113,6 +113,11 @@ pub struct NodeConfig {
     /// `authorization: Bearer <token>`, and this node sends it to peers.
     #[serde(default)]
     pub cluster_token: Option<String>,
+    /// When set, writes (`POST /v1/documents`, deletes) are taken only
+    /// with `authorization: Bearer <token>`; without it, only from
+    /// loopback addresses (said at start).
+    #[serde(default)]
+    pub write_token: Option<String>,
     /// Every this many ms, check whether a newer version of a local shard
     /// is on local disk (a build) or at a peer serving it (then pull it),
     /// and switch to it while serving. 0 turns following off.
@@ -143,6 +148,10 @@ pub struct NodeConfig {
     /// idle_timeout_ms, keepalive_ms, keepalive_timeout_ms).
     #[serde(default)]
     pub connections: crate::admission::ConnectionConfig,
+    /// How writes are made durable and how much one may hold (`[writes]`:
+    /// durability = "fsync" | "buffered", max_batch, max_points).
+    #[serde(default)]
+    pub writes: crate::writes::WritesConfig,
 }
 
 fn default_pull_max_file() -> u64 {
@@ -227,12 +236,14 @@ impl NodeConfig {
             model_dir: None,
             max_body_bytes: DEFAULT_MAX_BODY,
             cluster_token: None,
+            write_token: None,
             follow_ms: DEFAULT_FOLLOW_MS,
             pull_max_file_bytes: crate::replication::DEFAULT_PULL_MAX_FILE_BYTES,
             pull_min_bytes_per_sec: crate::replication::DEFAULT_PULL_MIN_BYTES_PER_SEC,
             limits: crate::api::Limits::default(),
             admission: crate::admission::AdmissionConfig::default(),
             connections: crate::admission::ConnectionConfig::default(),
+            writes: crate::writes::WritesConfig::default(),
         }
     }
 

@@ -144,6 +144,9 @@ pub enum ServerError {
     #[error(transparent)]
     Overloaded(#[from] Overload),
 
+    #[error(transparent)]
+    Write(#[from] crate::writes::WriteRefusal),
+
     /// An HTTP exchange with another node failed (connection refused, timed
     /// out, a status or body that is not what the API promises).
     #[error("{addr}: {source}")]

@@ -26,6 +26,8 @@ use crate::error::ServerError;
 use crate::replication::Refusal;
 use crate::rt::net::TcpStream;
 use crate::rt::{AsyncIoTimer, Io, LocalExec};
+use crate::writes::WriteRefusal;
+use shardann_engine::WriteError;
 
 /// A response body: whole (JSON) or streamed (file transfers). Not `Send`:
 /// a file stream holds the executor's own file handle.
@@ -54,6 +56,15 @@ pub fn status(e: &ServerError) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         ServerError::Api(_) => StatusCode::BAD_REQUEST,
+        ServerError::Write(w) => match w {
+            WriteRefusal::Unauthorized => StatusCode::UNAUTHORIZED,
+            WriteRefusal::NotLoopback { .. } => StatusCode::FORBIDDEN,
+            WriteRefusal::NotHere { .. } => StatusCode::MISDIRECTED_REQUEST,
+        },
+        ServerError::Engine(shardann_engine::Error::Write(w)) => match **w {
+            WriteError::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        },
         ServerError::Refused(r) => match r {
             Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
             Refusal::BadShard { .. }

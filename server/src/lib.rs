@@ -36,6 +36,8 @@
 //! * [`admission`]: search slots and a bounded line per executor (503 with
 //!   `Retry-After` beyond), the node's connection cap, connection activity
 //!   for idle timeouts; `[admission]` and `[connections]` in `node.toml`.
+//! * [`writes`]: upserts and deletes by id into the owning shard's mutable
+//!   part (`engine::mutable`): authorization, owner routing, group commit.
 //! * [`replication`]: serving segment files to peers, pulling them, and
 //!   following newer versions while serving.
 //! * [`etcd`]: a blocking etcd v3 client over etcd's JSON gateway.
@@ -64,6 +66,7 @@ pub mod rt;
 pub mod runtime;
 pub mod serve;
 pub mod shard;
+pub mod writes;
 
 pub use config::NodeConfig;
 pub use error::{Result, ServerError};

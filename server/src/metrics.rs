@@ -22,9 +22,10 @@ pub enum Endpoint {
     Metrics = 4,
     Replication = 5,
     Other = 6,
+    Write = 7,
 }
 
-const ENDPOINTS: [&str; 7] = [
+const ENDPOINTS: [&str; 8] = [
     "search",
     "batch",
     "shards",
@@ -32,6 +33,7 @@ const ENDPOINTS: [&str; 7] = [
     "metrics",
     "replication",
     "other",
+    "write",
 ];
 
 /// Why a search request was refused before it ran (a 503).
@@ -63,11 +65,11 @@ const CLOSE_REASONS: [&str; 3] = ["header_timeout", "body_timeout", "idle"];
 /// Every counter of one node.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: [AtomicU64; 7],
+    requests: [AtomicU64; 8],
     /// Responses with status 4xx, by endpoint.
-    client_errors: [AtomicU64; 7],
+    client_errors: [AtomicU64; 8],
     /// Responses with status 5xx, by endpoint.
-    server_errors: [AtomicU64; 7],
+    server_errors: [AtomicU64; 8],
     /// Search and batch latency: bucket counts (not cumulative here), sum.
     latency_buckets: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
@@ -109,6 +111,9 @@ pub struct Metrics {
     pub pull_failures: AtomicU64,
     /// Local shards switched to a newer version while serving.
     pub version_switches: AtomicU64,
+    /// Documents upserted and deleted by acknowledged writes.
+    pub documents_upserted: AtomicU64,
+    pub documents_deleted: AtomicU64,
     /// Per peer, in the order peers were first seen (the routing's peer
     /// index): requests sent, requests failed. Grows as peers join.
     peer_counts: std::sync::Mutex<Vec<[u64; 2]>>,
@@ -285,6 +290,16 @@ impl Metrics {
                 "shardann_embedded_texts_total",
                 "Query texts embedded with the node's model.",
                 &self.embedded_texts,
+            ),
+            (
+                "shardann_documents_upserted_total",
+                "Documents inserted or replaced by acknowledged writes.",
+                &self.documents_upserted,
+            ),
+            (
+                "shardann_documents_deleted_total",
+                "Documents deleted by acknowledged writes.",
+                &self.documents_deleted,
             ),
             (
                 "shardann_shard_failures_total",

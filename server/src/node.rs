@@ -21,6 +21,7 @@
 //! executor that "owns" a shard would add a cross-thread hop per shard per
 //! query while saving nothing: the shared state is immutable.
 
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,10 +38,15 @@ use shardann_engine::cluster::ClusterManifest;
 use shardann_engine::docs::{Include, UserId};
 use shardann_engine::element::ElemType;
 use shardann_engine::embed::{Encoder, Workload};
+use shardann_engine::filter::RoaringBitmap;
 use shardann_engine::fusion::Fusion;
 use shardann_engine::index::{DiskIndex, Matches, OpenOptions};
+use shardann_engine::mutable::{
+    Location, MutableOptions, MutablePart, MutableStats, Replayed, WAL_FILE,
+};
 use shardann_engine::search::{BeamSearch, Plan, SearchStats};
 use shardann_engine::text::{TextIndex, TextStats};
+use shardann_engine::Element;
 
 use crate::api::{
     ApiError, DocumentsRequest, DocumentsResponse, Query, SearchRequest, SearchResponse,
@@ -63,6 +69,16 @@ const PEER_CONNECTIONS: usize = 4;
 /// How long a peer that refused a connection is passed over when another
 /// replica can answer.
 const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// Opens the mutable part of a shard whose log exists (at start).
+fn open_part<T: Element>(
+    shard_dir: &Path,
+    index: &DiskIndex,
+    opts: MutableOptions,
+) -> Result<(Arc<dyn Any + Send + Sync>, Replayed)> {
+    let (part, replayed) = MutablePart::<T>::open(shard_dir, index, opts)?;
+    Ok((Arc::new(part), replayed))
+}
 
 /// The model of `model_dir`, if its vectors can be searched in `manifest`'s
 /// index: as wide as the index's, and float (the model writes f32).
@@ -211,6 +227,11 @@ pub struct Node {
     /// `serve::embed_queries`). Checked at start against the index: same
     /// width, float vectors.
     pub encoder: Option<Arc<Encoder>>,
+    /// Per shard: its mutable part (the writes since its segment), once a
+    /// write made one or a log was found at start. Held type-erased
+    /// because the node is not generic over the element type; see
+    /// [`Node::mutable_part`].
+    mutable: Vec<Mutex<Option<Arc<dyn Any + Send + Sync>>>>,
     started: Instant,
 }
 
@@ -281,7 +302,47 @@ impl Node {
             None => None,
             Some(model) => Some(Arc::new(open_encoder(model, &manifest).map_err(start_err)?)),
         };
+        // The writes logged before a restart: replayed now, so that the
+        // node serves them from its first query.
+        let mutable: Vec<Mutex<Option<Arc<dyn Any + Send + Sync>>>> =
+            (0..n).map(|_| Mutex::new(None)).collect();
+        for (s, slot) in local.iter().enumerate() {
+            let index = slot.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let (Some(index), Some(info)) = (index, manifest.shards.get(s)) else {
+                continue;
+            };
+            let shard_dir = dir.join(&info.dir);
+            if !shard_dir.join(WAL_FILE).exists() {
+                continue;
+            }
+            let opts = config.writes.options();
+            let t = Instant::now();
+            let (part, replayed) = match index.header().elem {
+                ElemType::U8 => open_part::<u8>(&shard_dir, &index, opts)?,
+                ElemType::I8 => open_part::<i8>(&shard_dir, &index, opts)?,
+                ElemType::F32 => open_part::<f32>(&shard_dir, &index, opts)?,
+            };
+            eprintln!(
+                "node {}: shard {s}: replayed {} logged write(s) ({} document op(s)) in {} ms{}",
+                config.node_id,
+                replayed.records,
+                replayed.ops,
+                t.elapsed().as_millis(),
+                if replayed.dropped_bytes > 0 {
+                    format!(
+                        "; dropped a torn tail of {} byte(s) (never acknowledged)",
+                        replayed.dropped_bytes
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            if let Some(m) = mutable.get(s) {
+                *m.lock().unwrap_or_else(|p| p.into_inner()) = Some(part);
+            }
+        }
         Ok(Node {
+            mutable,
             encoder,
             metrics: Metrics::new(peers.len()),
             coordination: crate::coord::Status::new(config.etcd.is_some()),
@@ -423,6 +484,58 @@ impl Node {
             false
         });
         removed
+    }
+
+    /// The mutable part of local shard `s`, if it has one.
+    pub fn mutable_part<T: Element>(&self, s: u32) -> Option<Arc<MutablePart<T>>> {
+        let slot = self.mutable.get(s as usize)?;
+        let part = slot.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        part.downcast::<MutablePart<T>>().ok()
+    }
+
+    /// The mutable part of local shard `s`, opened (its log created) if it
+    /// has none yet. `index` is the shard's segment being served.
+    pub fn mutable_part_or_open<T: Element>(
+        &self,
+        s: u32,
+        index: &DiskIndex,
+    ) -> Result<Arc<MutablePart<T>>> {
+        let slot = self
+            .mutable
+            .get(s as usize)
+            .ok_or(ServerError::NotLocal { shard: s })?;
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(part) = slot.clone() {
+            return part.downcast::<MutablePart<T>>().map_err(|_| {
+                ServerError::InvalidParameter("element type of the mutable part".into())
+            });
+        }
+        let dir = self
+            .shard_dir(s)
+            .ok_or(ServerError::NotLocal { shard: s })?;
+        let (part, _) = MutablePart::<T>::open(&dir, index, self.config.writes.options())?;
+        let part = Arc::new(part);
+        *slot = Some(Arc::clone(&part) as Arc<dyn Any + Send + Sync>);
+        Ok(part)
+    }
+
+    /// What each local shard's mutable part holds (`/healthz`).
+    pub fn mutable_stats(&self) -> BTreeMap<u32, MutableStats> {
+        let mut out = BTreeMap::new();
+        for s in self.local_shards() {
+            let Some(index) = self.local_shard(s) else {
+                continue;
+            };
+            let stats = match index.header().elem {
+                ElemType::U8 => self.mutable_part::<u8>(s).map(|p| p.stats()),
+                ElemType::I8 => self.mutable_part::<i8>(s).map(|p| p.stats()),
+                ElemType::F32 => self.mutable_part::<f32>(s).map(|p| p.stats()),
+            };
+            if let Some(st) = stats {
+                out.insert(s, st);
+            }
+        }
+        out
     }
 
     /// The routing snapshot in force now.
@@ -700,19 +813,25 @@ impl<T: WireElem> Executor<T> {
                 missing.push(s);
                 continue;
             };
-            let matches = prepare_filter(&index, q)?;
-            prepared.push((s, index, matches));
+            // Writes since the segment: its deleted or replaced documents
+            // are left out at every stage, the new ones searched beside it.
+            let part = self.node.mutable_part::<T>(s).filter(|p| !p.is_empty());
+            let deletes = part.as_ref().and_then(|p| p.segment_deletes(&index));
+            let matches = prepare_filter(&index, q, deletes.as_deref())?;
+            prepared.push((s, index, matches, part));
         }
-        let local_part = join_all(prepared.into_iter().map(|(s, index, matches)| async move {
-            (
-                s,
-                until(
-                    deadline,
-                    self.search_local(s, index, matches, q, !defer_fields),
+        let local_part = join_all(prepared.into_iter().map(
+            |(s, index, matches, part)| async move {
+                (
+                    s,
+                    until(
+                        deadline,
+                        self.search_local(s, index, matches, part, q, !defer_fields),
+                    )
+                    .await,
                 )
-                .await,
-            )
-        }));
+            },
+        ));
         let (local_done, remote_done) =
             join(local_part, self.search_remote(remote, q, deadline)).await;
 
@@ -894,6 +1013,7 @@ impl<T: WireElem> Executor<T> {
         // does not pull this version from under the query.
         index: Arc<DiskIndex>,
         matches: Option<Matches>,
+        part: Option<Arc<MutablePart<T>>>,
         q: &Query<T>,
         fetch_fields: bool,
     ) -> Result<LocalFound> {
@@ -960,6 +1080,22 @@ impl<T: WireElem> Executor<T> {
                         .collect()
                 }
             };
+            if let Some(part) = &part {
+                // The mutable part's nearest, exact distances like the
+                // segment's: one list by distance.
+                let filter = q.filter.as_ref().map(|(f, _)| f.as_ref());
+                let extra = part.search(vector, params.k, params.list, filter, &include);
+                found.hits.extend(extra.into_iter().map(|h| WireHit {
+                    id: h.id,
+                    distance: Some(h.distance),
+                    score: None,
+                    text_score: None,
+                    shard: s,
+                    fields: (include != Include::Nothing).then_some(h.fields),
+                }));
+                sort_by_distance(&mut found.hits);
+                found.hits.truncate(params.k);
+            }
         }
         if let Some(text) = &q.text {
             let t = Instant::now();
@@ -1019,18 +1155,27 @@ impl<T: WireElem> Executor<T> {
         }
         let mut remote: Vec<UserId> = Vec::new();
         for (shard, at) in by_shard {
-            let docs = self.node.local_shard(shard);
-            let Some(docs) = docs.as_ref().and_then(|index| index.documents()) else {
+            let index = self.node.local_shard(shard);
+            let Some(docs) = index.as_ref().and_then(|index| index.documents()) else {
                 remote.extend(at.iter().filter_map(|&i| hits.get(i)).map(|h| h.id.clone()));
                 continue;
             };
-            let found: Vec<(usize, u32)> = at
-                .iter()
-                .filter_map(|&i| {
-                    let h = hits.get(i)?;
-                    Some((i, docs.keys().lookup(&h.id)?))
-                })
-                .collect();
+            let part = self.node.mutable_part::<T>(shard);
+            let mut found: Vec<(usize, u32)> = Vec::with_capacity(at.len());
+            for &i in &at {
+                let Some(h) = hits.get_mut(i) else { continue };
+                let at = match (&part, &index) {
+                    (Some(part), Some(index)) => part.locate(index, &h.id),
+                    _ => docs.keys().lookup(&h.id).map(Location::Segment),
+                };
+                match at {
+                    Some(Location::Segment(l)) => found.push((i, l)),
+                    Some(Location::Mutable(_)) => {
+                        h.fields = part.as_ref().and_then(|p| p.payload(&h.id, &include));
+                    }
+                    None => {}
+                }
+            }
             let locals: Vec<u32> = found.iter().map(|&(_, l)| l).collect();
             for ((i, _), fields) in found.iter().zip(docs.fetch(&locals, &include)?) {
                 if let Some(h) = hits.get_mut(*i) {
@@ -1078,19 +1223,38 @@ impl<T: WireElem> Executor<T> {
                 continue;
             };
             with_docs += 1;
+            let part = self.node.mutable_part::<T>(s);
             for (i, id) in ids.iter().enumerate() {
                 if found[i] {
                     continue;
                 }
-                if let Some(doc) = docs.keys().lookup(id) {
-                    let fields = docs.fetch(&[doc], &Include::All)?;
-                    found[i] = true;
-                    resp.documents.push(WireDocument {
-                        id: id.clone(),
-                        shard: s,
-                        fields: fields.into_iter().next().unwrap_or_default(),
-                    });
-                }
+                // Writes since the segment decide first: a deleted id is
+                // gone, a replaced one has its new payload.
+                let at = match &part {
+                    Some(part) => part.locate(&index, id),
+                    None => docs.keys().lookup(id).map(Location::Segment),
+                };
+                let fields = match at {
+                    None => continue,
+                    Some(Location::Segment(doc)) => docs
+                        .fetch(&[doc], &Include::All)?
+                        .into_iter()
+                        .next()
+                        .unwrap_or_default(),
+                    Some(Location::Mutable(_)) => {
+                        match part.as_ref().and_then(|p| p.payload(id, &Include::All)) {
+                            Some(f) => f,
+                            // Deleted between the two reads.
+                            None => continue,
+                        }
+                    }
+                };
+                found[i] = true;
+                resp.documents.push(WireDocument {
+                    id: id.clone(),
+                    shard: s,
+                    fields,
+                });
             }
         }
         if local > 0 && with_docs == 0 {
@@ -1554,19 +1718,39 @@ fn text_index(index: &DiskIndex) -> Result<&TextIndex> {
 /// The segment-local ids of `index` that `q`'s filter admits (`None`: no
 /// filter). A filter or include on a shard without documents, or a filter
 /// naming a field the shard does not index, is the request's fault (a 400).
-fn prepare_filter<T>(index: &DiskIndex, q: &Query<T>) -> Result<Option<Matches>> {
+///
+/// `deletes`: segment-local ids deleted or replaced by writes since the
+/// segment; they never match, so no stage returns them or counts them
+/// toward k.
+fn prepare_filter<T>(
+    index: &DiskIndex,
+    q: &Query<T>,
+    deletes: Option<&RoaringBitmap>,
+) -> Result<Option<Matches>> {
     if index.documents().is_none() {
         if q.filter.is_some() || !q.include.is_empty() {
             return Err(ApiError::NoDocuments(index.dir().display().to_string()).into());
         }
         return Ok(None);
     }
-    let Some((filter, _)) = &q.filter else {
-        return Ok(None);
+    let filtered = match &q.filter {
+        None => None,
+        Some((filter, _)) => match index.evaluate(filter) {
+            Ok(m) => Some(m),
+            Err(shardann_engine::Error::Filter(e)) => {
+                return Err(ApiError::Filter(e.to_string()).into())
+            }
+            Err(e) => return Err(e.into()),
+        },
     };
-    match index.evaluate(filter) {
-        Ok(m) => Ok(Some(m)),
-        Err(shardann_engine::Error::Filter(e)) => Err(ApiError::Filter(e.to_string()).into()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(match (filtered, deletes) {
+        (m, None) => m,
+        (Some(m), Some(d)) => Some(Matches::new(Arc::new(m.docs().as_ref() - d))),
+        (None, Some(d)) => {
+            let mut live = RoaringBitmap::new();
+            live.insert_range(0..index.len() as u32);
+            live -= d;
+            Some(Matches::new(Arc::new(live)))
+        }
+    })
 }

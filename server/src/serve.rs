@@ -57,6 +57,7 @@ use crate::node::{Executor, Node};
 use crate::replication;
 use crate::rt::net::{TcpListener, TcpStream};
 use crate::rt::{until, AsyncIoTimer, Backend, Io, LocalExec, Pool, PoolSpec, Queue};
+use crate::writes;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -487,12 +488,14 @@ async fn serve_connection<T: WireElem>(
         }
     };
     let activity = Rc::new(Activity::default());
+    // Writes without a write_token are taken from loopback clients only.
+    let client = stream.peer_addr().ok();
     let service = {
         let activity = Rc::clone(&activity);
         hyper::service::service_fn(move |req| {
             let front = Rc::clone(&front);
             let busy = activity.begin();
-            async move { Ok::<_, Infallible>(tracked(handle(&front, req).await, busy)) }
+            async move { Ok::<_, Infallible>(tracked(handle(&front, req, client).await, busy)) }
         })
     };
     let io = Io::with_prefix(stream, first.clone());
@@ -589,6 +592,9 @@ enum Handler {
     TextStats,
     Document,
     Documents,
+    Upsert,
+    DeleteOne,
+    Delete,
     Shards,
     Health,
     Metrics,
@@ -603,6 +609,7 @@ impl Handler {
             Handler::Search | Handler::TextStats => Endpoint::Search,
             Handler::Batch => Endpoint::Batch,
             Handler::Document | Handler::Documents => Endpoint::Other,
+            Handler::Upsert | Handler::DeleteOne | Handler::Delete => Endpoint::Write,
             Handler::Shards => Endpoint::Shards,
             Handler::Health => Endpoint::Health,
             Handler::Metrics => Endpoint::Metrics,
@@ -636,6 +643,9 @@ pub const ROUTES: &[Route] = &[
     route(Method::POST, "/v1/text/stats", Handler::TextStats),
     route(Method::GET, "/v1/documents/{id}", Handler::Document),
     route(Method::POST, "/v1/documents/get", Handler::Documents),
+    route(Method::POST, "/v1/documents", Handler::Upsert),
+    route(Method::DELETE, "/v1/documents/{id}", Handler::DeleteOne),
+    route(Method::POST, "/v1/documents/delete", Handler::Delete),
     route(Method::GET, "/v1/shards", Handler::Shards),
     route(Method::GET, "/healthz", Handler::Health),
     route(Method::GET, "/metrics", Handler::Metrics),
@@ -703,7 +713,11 @@ fn find_route<'a>(method: &Method, path: &'a str) -> Result<(&'static Route, Vec
 }
 
 /// Routes one request and counts it.
-async fn handle<T: WireElem>(front: &Rc<Front<T>>, req: Request<Incoming>) -> Reply {
+async fn handle<T: WireElem>(
+    front: &Rc<Front<T>>,
+    req: Request<Incoming>,
+    client: Option<SocketAddr>,
+) -> Reply {
     let exec = &front.exec;
     let start = Instant::now();
     let path = req.uri().path().to_string();
@@ -716,6 +730,9 @@ async fn handle<T: WireElem>(front: &Rc<Front<T>>, req: Request<Incoming>) -> Re
                 Handler::TextStats => text_stats(exec, req).await,
                 Handler::Document => document(exec, params.first().copied().unwrap_or("")).await,
                 Handler::Documents => documents(exec, req).await,
+                Handler::Upsert | Handler::DeleteOne | Handler::Delete => {
+                    write(exec, req, route.handler, &params, client).await
+                }
                 Handler::Shards => Ok(shards(exec)),
                 Handler::Health => Ok(health(exec)),
                 Handler::Metrics => Ok(metrics(exec)),
@@ -1136,6 +1153,67 @@ async fn document<T: WireElem>(exec: &Executor<T>, raw: &str) -> Result<Reply> {
     }
 }
 
+/// `POST /v1/documents`, `DELETE /v1/documents/{id}` and
+/// `POST /v1/documents/delete`, after the sender is authorized.
+async fn write<T: WireElem>(
+    exec: &Executor<T>,
+    req: Request<Incoming>,
+    handler: Handler,
+    params: &[&str],
+    client: Option<SocketAddr>,
+) -> Result<Reply> {
+    let node = &exec.node;
+    writes::authorize(node.config.write_token.as_deref(), req.headers(), client)?;
+    match (handler, params) {
+        (Handler::Upsert, _) => {
+            let request: writes::UpsertRequest = read_json(exec, req).await?;
+            let resp = writes::upsert(exec, request).await?;
+            Ok(json_reply(StatusCode::OK, &resp))
+        }
+        (Handler::DeleteOne, [raw]) => {
+            let text = percent_decode(raw);
+            // As GET reads it: an integer id if it parses as one and the
+            // index holds integer ids, else the string.
+            let id = match text.parse::<u64>() {
+                Ok(n) if exec_int_ids(exec) => UserId::Int(n),
+                _ => UserId::Str(text.clone()),
+            };
+            let resp = writes::delete_ids(exec, vec![id]).await?;
+            if resp.deleted == 0 {
+                return Err(ApiError::NoDocument(format!("{text:?}")).into());
+            }
+            Ok(json_reply(StatusCode::OK, &resp))
+        }
+        (Handler::Delete, _) => {
+            let request: writes::DeleteRequest = read_json(exec, req).await?;
+            let resp = match (request.ids, request.filter) {
+                (Some(ids), None) => {
+                    let ids = writes::parse_ids(&ids)?;
+                    writes::delete_ids(exec, ids).await?
+                }
+                (None, Some(filter)) => writes::delete_matching(exec, &filter).await?,
+                _ => return Err(ApiError::DeleteWhat.into()),
+            };
+            Ok(json_reply(StatusCode::OK, &resp))
+        }
+        _ => Err(ApiError::NoEndpoint {
+            path: "(write)".into(),
+        }
+        .into()),
+    }
+}
+
+/// Whether the local shards' ids are integers (the first local shard with
+/// documents decides; ids are of one kind across a cluster built at once).
+fn exec_int_ids<T: WireElem>(exec: &Executor<T>) -> bool {
+    exec.node.local_shards().into_iter().any(|s| {
+        exec.node
+            .local_shard(s)
+            .and_then(|i| i.documents().map(|d| d.keys().int_ids()))
+            .unwrap_or(false)
+    })
+}
+
 /// `POST /v1/documents/get`.
 async fn documents<T: WireElem>(exec: &Executor<T>, req: Request<Incoming>) -> Result<Reply> {
     let request: DocumentsRequest = read_json(exec, req).await?;
@@ -1278,6 +1356,7 @@ fn health<T: WireElem>(exec: &Executor<T>) -> Reply {
             // Static, or etcd and whether it can be reached; unreachable:
             // serving with the last known routing and versions.
             "coordination": node.coordination.to_json(),
+            "writes": node.mutable_stats(),
         }),
     )
 }

@@ -19,6 +19,7 @@ mod segments;
 mod sharding;
 mod text_cluster;
 mod text_queries;
+mod writes;
 
 use std::path::{Path, PathBuf};
 

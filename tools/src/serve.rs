@@ -68,6 +68,15 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
     )?;
+    writeln!(
+        out,
+        "writes (POST /v1/documents, deletes): {}, durability {:?}",
+        match &node.config.write_token {
+            Some(_) => "with the write_token only".to_string(),
+            None => "from loopback addresses only (no write_token is set)".to_string(),
+        },
+        node.config.writes.durability
+    )?;
     if let Some(enc) = &node.encoder {
         writeln!(
             out,

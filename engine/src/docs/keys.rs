@@ -138,6 +138,12 @@ impl KeyMap {
         self.order.is_empty()
     }
 
+    /// Whether the ids are integers (else strings): new documents of the
+    /// segment's shard must have ids of the same kind.
+    pub fn int_ids(&self) -> bool {
+        matches!(self.keys, Keys::Int(_))
+    }
+
     /// The user id of segment-local id `doc` (`doc < len()`).
     pub fn key(&self, doc: u32) -> UserId {
         match &self.keys {

@@ -362,13 +362,13 @@ fn sorted_bitmap(docs: &[u32]) -> RoaringBitmap {
 /// caller maps the document to its input line); the builder is then
 /// unchanged, and as ids stay dense the caller stops or adds the same
 /// document again with a corrected payload.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FilterIndexBuilder {
     num_docs: u32,
     fields: Vec<FieldBuilder>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct FieldBuilder {
     name: String,
     /// The kind and the first document that set it.
@@ -422,6 +422,50 @@ impl FilterIndexBuilder {
             num_docs: 0,
             fields: out,
         })
+    }
+
+    /// A builder that checks payloads against a segment's `schema`
+    /// ([`FilterIndexBuilder::check_payload`]): a field the segment made a
+    /// keyword field must stay one, and so on. Fields of kind
+    /// [`FieldKind::Empty`] take the kind of the first value checked.
+    pub fn checker(schema: &FilterSchema) -> Self {
+        let fields = schema.names().map(str::to_string).collect::<Vec<_>>();
+        // The schema's names are valid field names already.
+        let mut b = FilterIndexBuilder::new(&fields).unwrap_or(FilterIndexBuilder {
+            num_docs: 0,
+            fields: Vec::new(),
+        });
+        for f in &mut b.fields {
+            f.kind = match schema.get(&f.name) {
+                Some(k @ (FieldKind::Keyword | FieldKind::Numeric)) => Some((k, 0)),
+                _ => None,
+            };
+        }
+        b
+    }
+
+    /// Checks `payload`'s indexed fields as [`FilterIndexBuilder::add`]
+    /// would for document `doc`, without adding it; a field whose kind was
+    /// open takes the kind of its value here.
+    pub fn check_payload(
+        &mut self,
+        doc: u32,
+        payload: &Map<String, Value>,
+    ) -> Result<(), FilterError> {
+        let parsed = self
+            .fields
+            .iter()
+            .map(|f| f.parse(doc, payload.get(&f.name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (f, p) in self.fields.iter_mut().zip(parsed) {
+            let kind = match p {
+                Parsed::Absent => continue,
+                Parsed::Keywords(_) => FieldKind::Keyword,
+                Parsed::Number(_) => FieldKind::Numeric,
+            };
+            f.kind.get_or_insert((kind, doc));
+        }
+        Ok(())
     }
 
     /// Documents added so far (the next document's id).

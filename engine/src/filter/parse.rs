@@ -139,6 +139,15 @@ pub(super) fn normalize(x: f64) -> f64 {
 }
 
 impl Filter {
+    /// Does one document's payload match? The same answer as
+    /// [`FilterIndex::evaluate`](super::FilterIndex::evaluate) gives for
+    /// it, computed from the payload itself: for documents not in a
+    /// segment's index (a shard's mutable part). Check the filter against
+    /// the schema first, as `evaluate` does.
+    pub fn matches(&self, payload: &serde_json::Map<String, Value>) -> bool {
+        node_matches(&self.root, payload)
+    }
+
     /// Parses a filter.
     ///
     /// Shapes (nested arbitrarily, up to [`MAX_DEPTH`] and [`MAX_TERMS`]):
@@ -496,4 +505,48 @@ fn check_cond(field: &str, cond: &Cond, kind: FieldKind) -> Result<(), FilterErr
         Cond::Exists(_) => {}
     }
     Ok(())
+}
+
+fn node_matches(node: &Node, payload: &serde_json::Map<String, Value>) -> bool {
+    match node {
+        Node::All => true,
+        Node::And(children) => children.iter().all(|c| node_matches(c, payload)),
+        Node::Or(children) => children.iter().any(|c| node_matches(c, payload)),
+        Node::Not(inner) => !node_matches(inner, payload),
+        Node::Cond { field, cond } => {
+            let value = payload.get(field).filter(|v| !v.is_null());
+            match cond {
+                Cond::Eq(s) => value_eq(value, s),
+                Cond::Ne(s) => !value_eq(value, s),
+                Cond::In(values) => values.iter().any(|s| value_eq(value, s)),
+                Cond::Nin(values) => !values.iter().any(|s| value_eq(value, s)),
+                Cond::Cmp(op, bound) => match value.and_then(Value::as_f64) {
+                    Some(x) => {
+                        let x = normalize(x);
+                        match op {
+                            CmpOp::Gt => x > *bound,
+                            CmpOp::Gte => x >= *bound,
+                            CmpOp::Lt => x < *bound,
+                            CmpOp::Lte => x <= *bound,
+                        }
+                    }
+                    None => false,
+                },
+                Cond::Exists(want) => value.is_some() == *want,
+            }
+        }
+    }
+}
+
+/// A field's value equals a scalar: a keyword, or a keyword array holding
+/// it; or the same number.
+fn value_eq(value: Option<&Value>, s: &Scalar) -> bool {
+    match (value, s) {
+        (Some(Value::String(v)), Scalar::Str(s)) => v == s,
+        (Some(Value::Array(items)), Scalar::Str(s)) => {
+            items.iter().any(|i| i.as_str() == Some(s.as_str()))
+        }
+        (Some(Value::Number(n)), Scalar::Num(x)) => n.as_f64().map(normalize) == Some(*x),
+        _ => false,
+    }
 }

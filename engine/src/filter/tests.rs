@@ -637,6 +637,14 @@ proptest! {
                 .map(|(i, _)| i as u32)
                 .collect();
             prop_assert_eq!(&got, &want, "filter {}", json);
+            // One document at a time (a mutable part's), the same answer.
+            let one: Vec<u32> = payloads
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| filter.matches(p.as_object().unwrap()))
+                .map(|(i, _)| i as u32)
+                .collect();
+            prop_assert_eq!(&one, &want, "matches() on filter {}", json);
             // The canonical rendering parses back to the same filter.
             let again = Filter::parse(&serde_json::from_str(&filter.to_string()).unwrap()).unwrap();
             prop_assert_eq!(&again, &filter);

@@ -15,11 +15,14 @@
 //! | `graph.rs` | [`Graph`]: the finished adjacency lists and their invariants |
 //! | `prune.rs` | RobustPrune: the α-rule that keeps edges diverse |
 //! | `build.rs` | [`build`]: the two passes, greedy search, reverse edges |
+//! | `mutable.rs` | [`MutableGraph`]: a graph grown one insert at a time (a shard's mutable part) |
 
 mod build;
 mod graph;
+mod mutable;
 mod prune;
 
 pub use build::{build, VamanaParams};
 pub use graph::Graph;
+pub use mutable::MutableGraph;
 pub(crate) use prune::robust_prune;

@@ -63,6 +63,14 @@ impl TcpStream {
         }
     }
 
+    /// The address of the other end.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            TcpStream::Glommio(s) => s.peer_addr().map_err(io::Error::from),
+            TcpStream::Epoll(s) => s.io.get_ref().peer_addr(),
+        }
+    }
+
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match self {
             TcpStream::Glommio(s) => s.set_nodelay(on).map_err(io::Error::from),

@@ -1,0 +1,546 @@
+//! A shard's mutable part: the documents written since its segment was
+//! sealed, and the segment's documents they delete or replace
+//! (FreshDiskANN's RW index and delete list, over shardann's segments).
+//!
+//! ```text
+//!  upsert/delete batch ──check (dim, ids, filter kinds)──► Wal::append (one record)
+//!        │                                                   │
+//!        │                       apply, in LSN order ◄───────┘
+//!        ▼                                                   
+//!  MutableGraph (new vectors) · payloads · key → id · dead ids · shadowed keys
+//!        │                                    │
+//!  search(query, filter) ─► hits with ids     └─► segment_deletes(segment): the
+//!                                                 segment-local ids no answer may hold
+//! ```
+//!
+//! A write is checked whole before anything of it is logged, then logged as
+//! one record, then applied; the caller acknowledges it after
+//! [`MutablePart::sync`]. Applied writes are visible to searches at once,
+//! so a search may see a write a few milliseconds before it is durable; a
+//! crash in that window loses only writes never acknowledged.
+//!
+//! The segment's own files are never touched: a deleted or replaced segment
+//! document is remembered by its key (`shadowed`), and the segment-local
+//! ids to leave out are looked up per segment version, so the part stays
+//! valid when the shard swaps to another version of the same segment.
+//! Opening replays the log: the part after a restart is the part before it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use roaring::RoaringBitmap;
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde_json::{Map, Value};
+
+use crate::docs::{Include, UserId};
+use crate::error::{Error, Result, WriteError};
+use crate::filter::{Filter, FilterIndexBuilder};
+use crate::index::DiskIndex;
+use crate::metric::Element;
+use crate::vamana::{MutableGraph, VamanaParams};
+use crate::wal::{Durability, Op, Wal, WalStats};
+
+/// The log's file name in a shard directory (beside `CURRENT`).
+pub const WAL_FILE: &str = "wal.log";
+
+/// Limits and durability of a mutable part.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MutableOptions {
+    pub durability: Durability,
+    /// Documents in one write request, at most.
+    pub max_batch: usize,
+    /// Points the in-memory graph may hold (live or dead); writes beyond
+    /// are refused until a merge empties it.
+    pub max_points: usize,
+    /// A payload's JSON, at most.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for MutableOptions {
+    fn default() -> Self {
+        MutableOptions {
+            durability: Durability::Fsync,
+            max_batch: 10_000,
+            max_points: 2_000_000,
+            max_payload_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One document of an upsert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDocument<T> {
+    pub id: UserId,
+    pub vector: Vec<T>,
+    pub payload: Map<String, Value>,
+}
+
+/// Where a live document is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// In the segment, with this segment-local id.
+    Segment(u32),
+    /// In the mutable part, with this id.
+    Mutable(u32),
+}
+
+/// A hit of the mutable part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MutableHit {
+    pub distance: f32,
+    pub id: UserId,
+    /// The payload fields asked for.
+    pub fields: Map<String, Value>,
+}
+
+/// What a mutable part holds, for `/healthz`, `/metrics` and `inspect`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MutableStats {
+    /// Points in the in-memory graph, live or replaced/deleted.
+    pub points: u64,
+    /// Of those, live.
+    pub live: u64,
+    /// Segment documents deleted or replaced.
+    pub segment_deleted: u64,
+    pub last_lsn: u64,
+    pub wal_bytes: u64,
+    pub wal_records: u64,
+    pub wal_syncs: u64,
+    pub memory_bytes: u64,
+}
+
+struct State<T> {
+    graph: MutableGraph<T>,
+    keys: Vec<UserId>,
+    payloads: Vec<Map<String, Value>>,
+    /// Live documents of the part: key → graph id.
+    live: FxHashMap<UserId, u32>,
+    /// Graph ids replaced or deleted.
+    dead: RoaringBitmap,
+    /// Keys whose segment copy is dead (deleted, or replaced here).
+    shadowed: FxHashSet<UserId>,
+    /// The segment-local ids of `shadowed`, for the segment (directory)
+    /// they were looked up in; recomputed when another version is asked.
+    seg_deletes: Option<(PathBuf, Arc<RoaringBitmap>)>,
+    /// Keys shadowed since `seg_deletes` was computed: looked up and added
+    /// at the next ask, so a write costs one lookup, not a recomputation.
+    pending: Vec<UserId>,
+    /// Filter fields' kinds, as the segment and the writes so far set them.
+    checker: FilterIndexBuilder,
+}
+
+/// A shard's mutable part: the log, and what it holds in RAM.
+pub struct MutablePart<T> {
+    wal: Wal,
+    dim: usize,
+    int_ids: bool,
+    opts: MutableOptions,
+    /// Held from a write's append to the end of its apply, so writes apply
+    /// in log order.
+    order: Mutex<()>,
+    state: RwLock<State<T>>,
+}
+
+impl<T> std::fmt::Debug for MutablePart<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MutablePart")
+            .field("wal", &self.wal)
+            .finish()
+    }
+}
+
+/// What opening found in the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub records: u64,
+    pub ops: u64,
+    /// Bytes of a torn or corrupt tail, cut off and not applied.
+    pub dropped_bytes: u64,
+}
+
+fn kind_name(id: &UserId) -> &'static str {
+    match id {
+        UserId::Int(_) => "an integer",
+        UserId::Str(_) => "a string",
+    }
+}
+
+impl<T: Element> MutablePart<T> {
+    /// Opens the mutable part of the shard in `shard_dir` whose segment is
+    /// `segment` (documents required), replaying its log.
+    pub fn open(
+        shard_dir: &Path,
+        segment: &DiskIndex,
+        opts: MutableOptions,
+    ) -> Result<(Self, Replayed)> {
+        let docs = segment
+            .documents()
+            .ok_or_else(|| Error::from(WriteError::NoDocuments))?;
+        let dim = segment.dim();
+        let (wal, recovered) = Wal::open::<T>(&shard_dir.join(WAL_FILE), dim, opts.durability)?;
+        let params = VamanaParams {
+            max_degree: segment.header().max_degree as usize,
+            ..VamanaParams::default()
+        };
+        let schema = docs.filters().map(|f| f.schema()).unwrap_or_default();
+        let part = MutablePart {
+            wal,
+            dim,
+            int_ids: docs.keys().int_ids(),
+            opts,
+            order: Mutex::new(()),
+            state: RwLock::new(State {
+                graph: MutableGraph::new(dim, segment.metric(), &params),
+                keys: Vec::new(),
+                payloads: Vec::new(),
+                live: FxHashMap::default(),
+                dead: RoaringBitmap::new(),
+                shadowed: FxHashSet::default(),
+                seg_deletes: None,
+                pending: Vec::new(),
+                checker: FilterIndexBuilder::checker(&schema),
+            }),
+        };
+        let mut replayed = Replayed {
+            dropped_bytes: recovered.dropped_bytes,
+            ..Replayed::default()
+        };
+        {
+            let mut st = part.state.write();
+            for (_, ops) in recovered.records {
+                replayed.records += 1;
+                replayed.ops += ops.len() as u64;
+                for op in ops {
+                    if let Op::Upsert { payload, .. } = &op {
+                        // Checked when written; this only fixes open kinds.
+                        let n = st.keys.len() as u32;
+                        let _ = st.checker.check_payload(n, payload);
+                    }
+                    apply(&mut st, op);
+                }
+            }
+        }
+        Ok((part, replayed))
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn options(&self) -> &MutableOptions {
+        &self.opts
+    }
+
+    fn check_id(&self, pos: usize, id: &UserId) -> Result<(), WriteError> {
+        let ok = matches!(id, UserId::Int(_)) == self.int_ids;
+        if ok {
+            return Ok(());
+        }
+        Err(WriteError::IdKind {
+            pos,
+            id: id.to_string(),
+            got: kind_name(id),
+            expected: if self.int_ids { "integer" } else { "string" },
+        })
+    }
+
+    fn check_batch_ids<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a UserId>,
+    ) -> Result<usize, WriteError> {
+        let mut seen: FxHashMap<&UserId, usize> = FxHashMap::default();
+        let mut n = 0;
+        for (pos, id) in ids.enumerate() {
+            self.check_id(pos, id)?;
+            if let Some(&first) = seen.get(id) {
+                return Err(WriteError::DuplicateInBatch {
+                    pos,
+                    id: id.to_string(),
+                    first,
+                });
+            }
+            seen.insert(id, pos);
+            n += 1;
+        }
+        if n == 0 {
+            return Err(WriteError::Empty);
+        }
+        if n > self.opts.max_batch {
+            return Err(WriteError::TooMany {
+                count: n,
+                max: self.opts.max_batch,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Inserts or replaces `docs`, as one logged record, and returns its
+    /// LSN (pass it to [`MutablePart::sync`] before acknowledging). The
+    /// whole batch is checked first; a refused batch changes nothing.
+    pub fn upsert(&self, docs: Vec<NewDocument<T>>) -> Result<u64> {
+        let n = self.check_batch_ids(docs.iter().map(|d| &d.id))?;
+        for (pos, d) in docs.iter().enumerate() {
+            if d.vector.len() != self.dim {
+                return Err(WriteError::Dimension {
+                    pos,
+                    id: d.id.to_string(),
+                    got: d.vector.len(),
+                    expected: self.dim,
+                }
+                .into());
+            }
+            if d.vector.iter().any(|x| !x.to_f32().is_finite()) {
+                return Err(WriteError::BadVector {
+                    pos,
+                    id: d.id.to_string(),
+                    why: "holds a value that is not a finite number".into(),
+                }
+                .into());
+            }
+            let len = serde_json::to_vec(&d.payload).map(|v| v.len()).unwrap_or(0);
+            if len > self.opts.max_payload_bytes {
+                return Err(WriteError::PayloadTooLarge {
+                    pos,
+                    id: d.id.to_string(),
+                    len,
+                    max: self.opts.max_payload_bytes,
+                }
+                .into());
+            }
+        }
+        let _order = self.order.lock();
+        {
+            let st = self.state.read();
+            if st.keys.len() + n > self.opts.max_points {
+                return Err(WriteError::Full {
+                    points: st.keys.len(),
+                }
+                .into());
+            }
+            // Filter kinds: checked on a copy, kept only if the whole batch
+            // fits (a batch may be the one to fix an open field's kind).
+            let mut checker = st.checker.clone();
+            for (pos, d) in docs.iter().enumerate() {
+                checker
+                    .check_payload(pos as u32, &d.payload)
+                    .map_err(|source| WriteError::Filter {
+                        pos,
+                        id: d.id.to_string(),
+                        source,
+                    })?;
+            }
+            drop(st);
+            self.state.write().checker = checker;
+        }
+        let ops: Vec<Op<T>> = docs
+            .into_iter()
+            .map(|d| Op::Upsert {
+                id: d.id,
+                vector: d.vector,
+                payload: d.payload,
+            })
+            .collect();
+        let lsn = self.wal.append(&ops)?;
+        // One document at a time, so searches run between the inserts of
+        // a large batch.
+        for op in ops {
+            apply(&mut self.state.write(), op);
+        }
+        Ok(lsn)
+    }
+
+    /// Deletes the documents with these ids that exist (in `segment` or
+    /// here), as one logged record. Returns its LSN (`None`: none existed,
+    /// nothing was logged) and the ids that did not exist.
+    pub fn delete(
+        &self,
+        segment: &DiskIndex,
+        ids: Vec<UserId>,
+    ) -> Result<(Option<u64>, Vec<UserId>)> {
+        self.check_batch_ids(ids.iter())?;
+        let _order = self.order.lock();
+        let (found, missing): (Vec<UserId>, Vec<UserId>) = {
+            let st = self.state.read();
+            ids.into_iter()
+                .partition(|id| locate(&st, segment, id).is_some())
+        };
+        if found.is_empty() {
+            return Ok((None, missing));
+        }
+        let ops: Vec<Op<T>> = found.into_iter().map(|id| Op::Delete { id }).collect();
+        let lsn = self.wal.append(&ops)?;
+        let mut st = self.state.write();
+        for op in ops {
+            apply(&mut st, op);
+        }
+        Ok((Some(lsn), missing))
+    }
+
+    /// Blocks until the write with `lsn` is durable (group commit: see
+    /// [`Wal::sync`]).
+    pub fn sync(&self, lsn: u64) -> Result<()> {
+        self.wal.sync(lsn)
+    }
+
+    /// Where the live document `id` is, if anywhere.
+    pub fn locate(&self, segment: &DiskIndex, id: &UserId) -> Option<Location> {
+        locate(&self.state.read(), segment, id)
+    }
+
+    /// The payload of a live document of this part (`None`: not here; it
+    /// may be in the segment: see [`MutablePart::locate`]).
+    pub fn payload(&self, id: &UserId, include: &Include) -> Option<Map<String, Value>> {
+        let st = self.state.read();
+        let &m = st.live.get(id)?;
+        st.payloads
+            .get(m as usize)
+            .map(|p| include.project(p.clone()))
+    }
+
+    /// The segment-local ids of `segment` that are deleted or replaced
+    /// (`None` when there are none). Cached per segment directory.
+    pub fn segment_deletes(&self, segment: &DiskIndex) -> Option<Arc<RoaringBitmap>> {
+        {
+            let st = self.state.read();
+            if st.shadowed.is_empty() {
+                return None;
+            }
+            if let Some((dir, b)) = &st.seg_deletes {
+                if dir == segment.dir() && st.pending.is_empty() {
+                    return Some(Arc::clone(b));
+                }
+            }
+        }
+        let keys = segment.documents()?.keys();
+        let mut st = self.state.write();
+        let st = &mut *st;
+        let b = match &mut st.seg_deletes {
+            Some((dir, b)) if dir == segment.dir() => {
+                let b = Arc::make_mut(b);
+                b.extend(st.pending.iter().filter_map(|k| keys.lookup(k)));
+                Arc::new(std::mem::take(b))
+            }
+            _ => Arc::new(st.shadowed.iter().filter_map(|k| keys.lookup(k)).collect()),
+        };
+        st.pending.clear();
+        st.seg_deletes = Some((segment.dir().to_path_buf(), Arc::clone(&b)));
+        Some(b)
+    }
+
+    /// The `k` nearest live documents of this part that `filter` admits,
+    /// nearest first, with the fields `include` asks for. `list` is the
+    /// graph walk's list size. Check the filter against the segment's
+    /// schema first (as the segment's search does).
+    pub fn search(
+        &self,
+        query: &[T],
+        k: usize,
+        list: usize,
+        filter: Option<&Filter>,
+        include: &Include,
+    ) -> Vec<MutableHit> {
+        let st = self.state.read();
+        if st.live.is_empty() {
+            return Vec::new();
+        }
+        let accept = |id: u32| {
+            !st.dead.contains(id)
+                && filter.is_none_or(|f| st.payloads.get(id as usize).is_some_and(|p| f.matches(p)))
+        };
+        st.graph
+            .search(query, k, list, accept)
+            .into_iter()
+            .filter_map(|(distance, id)| {
+                let i = id as usize;
+                Some(MutableHit {
+                    distance,
+                    id: st.keys.get(i)?.clone(),
+                    fields: match include {
+                        Include::Nothing => Map::new(),
+                        _ => include.project(st.payloads.get(i)?.clone()),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// The ids of this part's live documents that `filter` admits.
+    pub fn matching_ids(&self, filter: &Filter) -> Vec<UserId> {
+        let st = self.state.read();
+        st.live
+            .iter()
+            .filter(|(_, &m)| {
+                st.payloads
+                    .get(m as usize)
+                    .is_some_and(|p| filter.matches(p))
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// True when the part holds nothing: no document, no delete.
+    pub fn is_empty(&self) -> bool {
+        let st = self.state.read();
+        st.keys.is_empty() && st.shadowed.is_empty()
+    }
+
+    pub fn stats(&self) -> MutableStats {
+        let st = self.state.read();
+        let WalStats { records, syncs, .. } = self.wal.stats();
+        let payload_bytes: usize = st.payloads.iter().map(|p| p.len() * 64).sum::<usize>();
+        MutableStats {
+            points: st.keys.len() as u64,
+            live: st.live.len() as u64,
+            segment_deleted: st.seg_deletes.as_ref().map(|(_, b)| b.len()).unwrap_or(0),
+            last_lsn: self.wal.last_lsn(),
+            wal_bytes: self.wal.len(),
+            wal_records: records,
+            wal_syncs: syncs,
+            memory_bytes: (st.graph.memory_bytes()
+                + payload_bytes
+                + st.live.len() * 48
+                + st.shadowed.len() * 40) as u64,
+        }
+    }
+}
+
+fn locate<T>(st: &State<T>, segment: &DiskIndex, id: &UserId) -> Option<Location> {
+    if let Some(&m) = st.live.get(id) {
+        return Some(Location::Mutable(m));
+    }
+    if st.shadowed.contains(id) {
+        return None;
+    }
+    segment
+        .documents()?
+        .keys()
+        .lookup(id)
+        .map(Location::Segment)
+}
+
+/// Applies one logged op. Never fails: ops were checked before logging.
+fn apply<T: Element>(st: &mut State<T>, op: Op<T>) {
+    let id = op.id().clone();
+    // Whatever copy of the id was live is dead now.
+    if let Some(old) = st.live.remove(&id) {
+        st.dead.insert(old);
+    }
+    if st.shadowed.insert(id.clone()) {
+        st.pending.push(id.clone());
+    }
+    if let Op::Upsert {
+        id,
+        vector,
+        payload,
+    } = op
+    {
+        let m = st.graph.insert(&vector);
+        st.keys.push(id.clone());
+        st.payloads.push(payload);
+        st.live.insert(id, m);
+    }
+}
+
+#[cfg(test)]
+mod tests;

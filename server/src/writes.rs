@@ -1,0 +1,496 @@
+//! Writes by id: upserts and deletes of documents, into the mutable part
+//! of the shard that owns each id (`engine::mutable`).
+//!
+//! ```text
+//!  POST /v1/documents {"documents": [...]}      ─┐ authorize (write_token, or loopback only)
+//!  DELETE /v1/documents/{id}                     ├─► parse, check ─► owner shard per id
+//!  POST /v1/documents/delete {"ids"|"filter"}   ─┘        │
+//!                                                        ▼  (on the executor's blocking thread)
+//!                               MutablePart::upsert / delete ─► Wal::sync (group commit)
+//!                                                        │
+//!                                              acknowledged: searchable, durable
+//! ```
+//!
+//! The owner of an id: the local shard that holds it now (so an upsert
+//! replaces and a delete finds it); for a new id, by the partition's rule:
+//! the nearest centroid of a k-means partition (where searches with
+//! `probe_shards` look for it), a hash of the id for a random one. This
+//! node must serve the owner: routing writes to other nodes and ordering
+//! them through an elected primary is not built yet (a 421 names the
+//! nodes that serve it).
+//!
+//! A write is acknowledged once its record is durable in the shard's log
+//! (`[writes] durability`). A batch spanning shards is one record per
+//! shard: durable per shard, not across shards.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use shardann_engine::docs::UserId;
+use shardann_engine::filter::Filter;
+use shardann_engine::index::DiskIndex;
+use shardann_engine::mutable::{MutableOptions, MutablePart, NewDocument};
+use shardann_engine::partition::PartitionKind;
+use shardann_engine::wal::Durability;
+
+use crate::api::{check_vector, ApiError, WireElem};
+use crate::error::{Result, ServerError};
+use crate::node::Executor;
+
+/// `[writes]` in `node.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WritesConfig {
+    /// "fsync" (default): acknowledged writes survive a machine crash;
+    /// "buffered": they survive a process crash only.
+    pub durability: Durability,
+    /// Documents (or ids) in one write request, at most.
+    pub max_batch: usize,
+    /// Points a shard's mutable part may hold before writes are refused
+    /// (503) until a merge.
+    pub max_points: usize,
+}
+
+impl Default for WritesConfig {
+    fn default() -> Self {
+        let o = MutableOptions::default();
+        WritesConfig {
+            durability: o.durability,
+            max_batch: o.max_batch,
+            max_points: o.max_points,
+        }
+    }
+}
+
+impl WritesConfig {
+    pub fn options(&self) -> MutableOptions {
+        MutableOptions {
+            durability: self.durability,
+            max_batch: self.max_batch,
+            max_points: self.max_points,
+            ..MutableOptions::default()
+        }
+    }
+}
+
+/// Why a write was refused before it was looked at.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteRefusal {
+    #[error("writes need \"authorization: Bearer <write_token>\"")]
+    Unauthorized,
+    #[error("this node has no write_token, so it takes writes only from loopback addresses, and {peer} is not one (set write_token in node.toml)")]
+    NotLoopback { peer: SocketAddr },
+    #[error("shard {shard} owns id {id}, and this node does not serve it; send the write to a node that does ({nodes}); routing writes between nodes is not built yet")]
+    NotHere {
+        shard: u32,
+        id: String,
+        nodes: String,
+    },
+}
+
+/// `POST /v1/documents`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertRequest {
+    /// Documents: `"id"`, `"vector"`, and any other fields as the payload.
+    pub documents: Vec<Map<String, Value>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+pub struct UpsertResponse {
+    pub upserted: usize,
+    /// Per shard written: the log record's sequence number.
+    pub lsn: BTreeMap<u32, u64>,
+    pub took_us: u64,
+}
+
+/// `POST /v1/documents/delete`: `ids` or `filter`, not both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    #[serde(default)]
+    pub ids: Option<Vec<Value>>,
+    #[serde(default)]
+    pub filter: Option<Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+pub struct DeleteResponse {
+    pub deleted: usize,
+    /// Ids that named no document (nothing was logged for them).
+    pub not_found: Vec<UserId>,
+    /// Shards this node does not serve: a document there was not deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsearched_shards: Vec<u32>,
+    pub took_us: u64,
+}
+
+/// Checks that the sender may write: with the node's `write_token`, or,
+/// without one, from a loopback address.
+pub fn authorize(
+    token: Option<&str>,
+    headers: &hyper::HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<(), WriteRefusal> {
+    match token {
+        Some(token) => {
+            let given = headers
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given == Some(token) {
+                Ok(())
+            } else {
+                Err(WriteRefusal::Unauthorized)
+            }
+        }
+        None => match peer {
+            Some(p) if p.ip().is_loopback() => Ok(()),
+            // No address known (not a TCP client): not a remote one.
+            None => Ok(()),
+            Some(peer) => Err(WriteRefusal::NotLoopback { peer }),
+        },
+    }
+}
+
+/// A request document → an engine document; errors name its position.
+fn parse_document<T: WireElem>(
+    pos: usize,
+    mut doc: Map<String, Value>,
+    dim: usize,
+) -> Result<NewDocument<T>, ApiError> {
+    let bad = |why: String| ApiError::Document { pos, why };
+    let id = match doc.remove("id") {
+        None => return Err(bad("no \"id\"".into())),
+        Some(v) => UserId::from_json(&v).ok_or_else(|| {
+            bad(format!(
+                "\"id\" must be a non-negative integer or a string, got {v}"
+            ))
+        })?,
+    };
+    let vector = match doc.remove("vector") {
+        None => {
+            return Err(bad(format!(
+                "id {id}: no \"vector\" (a write carries the document's vector)"
+            )))
+        }
+        Some(Value::Array(items)) => {
+            let mut xs = Vec::with_capacity(items.len());
+            for (i, x) in items.iter().enumerate() {
+                xs.push(x.as_f64().ok_or_else(|| {
+                    bad(format!("id {id}: \"vector\"[{i}] is {x}, not a number"))
+                })?);
+            }
+            check_vector::<T>(&format!("documents[{pos}].vector"), &xs, dim)?
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "id {id}: \"vector\" must be an array of numbers, got {other}"
+            )))
+        }
+    };
+    Ok(NewDocument {
+        id,
+        vector,
+        payload: doc,
+    })
+}
+
+/// The local shard whose live documents hold `id`, if any.
+fn holder<T: WireElem>(exec: &Executor<T>, id: &UserId) -> Option<u32> {
+    let node = &exec.node;
+    node.local_shards().into_iter().find(|&s| {
+        let Some(index) = node.local_shard(s) else {
+            return false;
+        };
+        match node.mutable_part::<T>(s) {
+            Some(part) => part.locate(&index, id).is_some(),
+            None => index
+                .documents()
+                .is_some_and(|d| d.keys().lookup(id).is_some()),
+        }
+    })
+}
+
+/// The shard that owns `id`: the local shard holding it, else the
+/// partition's choice for a new id.
+fn owner<T: WireElem>(exec: &Executor<T>, id: &UserId, vector: Option<&[T]>) -> u32 {
+    let node = &exec.node;
+    if let Some(s) = holder(exec, id) {
+        return s;
+    }
+    let n = node.manifest.shards.len().max(1);
+    match (node.manifest.partition, vector) {
+        (PartitionKind::KMeans, Some(v)) => node
+            .manifest
+            .route(v, 1)
+            .first()
+            .map(|&s| s as u32)
+            .unwrap_or(0),
+        _ => {
+            // A fixed hash (not the std one, whose keys vary by process):
+            // every node, every run, sends an id to the same shard.
+            let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+            id.hash(&mut h);
+            (h.finish() % n as u64) as u32
+        }
+    }
+}
+
+/// FNV-1a, for a hash that never changes between builds or processes.
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The segment served for `s` and its mutable part (opened, its log
+/// created, on the first write).
+fn shard_for_write<T: WireElem>(
+    exec: &Executor<T>,
+    s: u32,
+    id: &UserId,
+) -> Result<(Arc<DiskIndex>, Arc<MutablePart<T>>)> {
+    let node = &exec.node;
+    let Some(index) = node.local_shard(s) else {
+        let nodes = node.replicas_of(s);
+        return Err(WriteRefusal::NotHere {
+            shard: s,
+            id: id.to_string(),
+            nodes: if nodes.is_empty() {
+                "none is known".into()
+            } else {
+                nodes.join(", ")
+            },
+        }
+        .into());
+    };
+    let part = node.mutable_part_or_open::<T>(s, &index)?;
+    Ok((index, part))
+}
+
+/// Upserts a batch: checked whole, split by owner shard, each shard's part
+/// logged as one record and synced, then acknowledged.
+pub async fn upsert<T: WireElem>(
+    exec: &Executor<T>,
+    request: UpsertRequest,
+) -> Result<UpsertResponse> {
+    let start = Instant::now();
+    let node = &exec.node;
+    let max = node.config.writes.max_batch;
+    if request.documents.is_empty() {
+        return Err(ServerError::Engine(
+            shardann_engine::WriteError::Empty.into(),
+        ));
+    }
+    if request.documents.len() > max {
+        return Err(ServerError::Engine(
+            shardann_engine::WriteError::TooMany {
+                count: request.documents.len(),
+                max,
+            }
+            .into(),
+        ));
+    }
+    let dim = node.manifest.dim;
+    let docs = request
+        .documents
+        .into_iter()
+        .enumerate()
+        .map(|(pos, d)| parse_document::<T>(pos, d, dim))
+        .collect::<Result<Vec<_>, _>>()?;
+    // A duplicate id in the batch is refused before routing (two shards
+    // could otherwise each take one copy).
+    let mut seen: BTreeMap<&UserId, usize> = BTreeMap::new();
+    for (pos, d) in docs.iter().enumerate() {
+        if let Some(&first) = seen.get(&d.id) {
+            return Err(ServerError::Engine(
+                shardann_engine::WriteError::DuplicateInBatch {
+                    pos,
+                    id: d.id.to_string(),
+                    first,
+                }
+                .into(),
+            ));
+        }
+        seen.insert(&d.id, pos);
+    }
+    let mut by_shard: BTreeMap<u32, Vec<NewDocument<T>>> = BTreeMap::new();
+    for d in docs {
+        let s = owner(exec, &d.id, Some(&d.vector));
+        by_shard.entry(s).or_default().push(d);
+    }
+    // Every owner must be here before anything is written.
+    let mut targets = Vec::with_capacity(by_shard.len());
+    for (s, batch) in by_shard {
+        let (_, part) = shard_for_write(exec, s, &batch[0].id)?;
+        targets.push((s, part, batch));
+    }
+    let mut resp = UpsertResponse::default();
+    for (s, part, batch) in targets {
+        let n = batch.len();
+        // Graph inserts and the fsync: off the executor, whose searches go on.
+        let lsn = crate::rt::spawn_blocking(move || -> shardann_engine::Result<u64> {
+            let lsn = part.upsert(batch)?;
+            part.sync(lsn)?;
+            Ok(lsn)
+        })
+        .await?;
+        resp.upserted += n;
+        resp.lsn.insert(s, lsn);
+    }
+    let m = &node.metrics;
+    m.add(&m.documents_upserted, resp.upserted as u64);
+    resp.took_us = start.elapsed().as_micros() as u64;
+    Ok(resp)
+}
+
+/// Deletes the documents with `ids` from the local shards that hold them;
+/// ids found nowhere here are listed, not an error.
+pub async fn delete_ids<T: WireElem>(
+    exec: &Executor<T>,
+    ids: Vec<UserId>,
+) -> Result<DeleteResponse> {
+    let start = Instant::now();
+    let node = &exec.node;
+    let max = node.config.writes.max_batch;
+    if ids.is_empty() {
+        return Err(ServerError::Engine(
+            shardann_engine::WriteError::Empty.into(),
+        ));
+    }
+    if ids.len() > max {
+        return Err(ServerError::Engine(
+            shardann_engine::WriteError::TooMany {
+                count: ids.len(),
+                max,
+            }
+            .into(),
+        ));
+    }
+    let mut resp = DeleteResponse::default();
+    let mut by_shard: BTreeMap<u32, Vec<UserId>> = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for id in ids {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let holder = holder(exec, &id);
+        match holder {
+            Some(s) => by_shard.entry(s).or_default().push(id),
+            None => resp.not_found.push(id),
+        }
+    }
+    resp.unsearched_shards = (0..node.manifest.shards.len() as u32)
+        .filter(|&s| node.local_shard(s).is_none())
+        .collect();
+    for (s, ids) in by_shard {
+        let (index, part) = shard_for_write(exec, s, &ids[0])?;
+        let (deleted, missing) =
+            crate::rt::spawn_blocking(move || -> shardann_engine::Result<(usize, Vec<UserId>)> {
+                let n = ids.len();
+                let (lsn, missing) = part.delete(&index, ids)?;
+                if let Some(lsn) = lsn {
+                    part.sync(lsn)?;
+                }
+                Ok((n - missing.len(), missing))
+            })
+            .await?;
+        resp.deleted += deleted;
+        // Deleted by another writer between the lookup and the delete.
+        resp.not_found.extend(missing);
+    }
+    let m = &node.metrics;
+    m.add(&m.documents_deleted, resp.deleted as u64);
+    resp.took_us = start.elapsed().as_micros() as u64;
+    Ok(resp)
+}
+
+/// Deletes every document of the local shards that `filter` matches.
+pub async fn delete_matching<T: WireElem>(
+    exec: &Executor<T>,
+    filter: &Value,
+) -> Result<DeleteResponse> {
+    let start = Instant::now();
+    let node = &exec.node;
+    let filter = Filter::parse(filter).map_err(|e| ApiError::Filter(e.to_string()))?;
+    let mut resp = DeleteResponse::default();
+    let max = node.config.writes.max_batch.max(1);
+    for s in node.local_shards() {
+        let Some(index) = node.local_shard(s) else {
+            continue;
+        };
+        if index.documents().is_none() {
+            return Err(ApiError::NoDocuments(index.dir().display().to_string()).into());
+        }
+        let part = node.mutable_part::<T>(s);
+        let mut ids: Vec<UserId> = Vec::new();
+        let matched = index.evaluate(&filter).map_err(|e| match e {
+            shardann_engine::Error::Filter(e) => ServerError::from(ApiError::Filter(e.to_string())),
+            e => e.into(),
+        })?;
+        let deletes = part.as_ref().and_then(|p| p.segment_deletes(&index));
+        if let Some(docs) = index.documents() {
+            for local in matched.docs().iter() {
+                if deletes.as_ref().is_some_and(|d| d.contains(local)) {
+                    continue;
+                }
+                ids.push(docs.keys().key(local));
+            }
+        }
+        if let Some(part) = &part {
+            ids.extend(part.matching_ids(&filter));
+        }
+        if ids.is_empty() {
+            continue;
+        }
+        let (index, part) = shard_for_write(exec, s, &ids[0])?;
+        for chunk in ids.chunks(max) {
+            let chunk = chunk.to_vec();
+            let (index, part) = (Arc::clone(&index), Arc::clone(&part));
+            let n = crate::rt::spawn_blocking(move || -> shardann_engine::Result<usize> {
+                let n = chunk.len();
+                let (lsn, missing) = part.delete(&index, chunk)?;
+                if let Some(lsn) = lsn {
+                    part.sync(lsn)?;
+                }
+                Ok(n - missing.len())
+            })
+            .await?;
+            resp.deleted += n;
+        }
+    }
+    resp.unsearched_shards = (0..node.manifest.shards.len() as u32)
+        .filter(|&s| node.local_shard(s).is_none())
+        .collect();
+    let m = &node.metrics;
+    m.add(&m.documents_deleted, resp.deleted as u64);
+    resp.took_us = start.elapsed().as_micros() as u64;
+    Ok(resp)
+}
+
+/// Ids of a delete request, checked; errors name the position.
+pub fn parse_ids(ids: &[Value]) -> Result<Vec<UserId>, ApiError> {
+    ids.iter()
+        .enumerate()
+        .map(|(index, v)| {
+            UserId::from_json(v).ok_or_else(|| ApiError::BadId {
+                index,
+                value: v.to_string(),
+            })
+        })
+        .collect()
+}
