@@ -238,15 +238,68 @@ fn writes_are_searchable_durable_and_checked() {
     }
     assert_eq!(c.get("good").0, 404, "a refused batch wrote nothing");
 
+    // The CLI: a bulk load in batches, deletes by id; a bad line stops the
+    // load with its number and where to resume.
+    let url = format!("http://{addr}");
+    let mut lines = String::new();
+    for i in 0..30 {
+        lines.push_str(
+            &json!({"id": format!("cli-{i}"), "vector": vec![i as u8; DIM], "lang": "cli"})
+                .to_string(),
+        );
+        lines.push('\n');
+    }
+    let file = d.join("cli.jsonl");
+    std::fs::write(&file, &lines).unwrap();
+    let out = cli_ok(&[
+        "upsert",
+        "--server",
+        &url,
+        "--docs",
+        p(&file),
+        "--batch",
+        "7",
+        "--token",
+        TOKEN,
+    ]);
+    assert!(out.contains("upserted 30 documents"), "{out}");
+    assert_eq!(
+        c.nearest(&[9u8; DIM], 1, None)[0],
+        ("cli-9".to_string(), 0.0)
+    );
+    let out = cli_ok(&[
+        "delete", "--server", &url, "--id", "cli-0", "--id", "cli-1", "--id", "nobody", "--token",
+        TOKEN,
+    ]);
+    assert!(out.contains("deleted 2 documents; 1 ids"), "{out}");
+    assert_eq!(c.get("cli-1").0, 404);
+    lines.push_str("{\"id\": \"cli-x\", \"vector\": [1, 2]}\n");
+    std::fs::write(&file, &lines).unwrap();
+    let e = crate::cli(&[
+        "upsert",
+        "--server",
+        &url,
+        "--docs",
+        p(&file),
+        "--batch",
+        "10",
+        "--token",
+        TOKEN,
+    ])
+    .unwrap_err();
+    assert!(e.contains("line 31"), "{e}");
+    let good = d.join("good.jsonl");
+    std::fs::write(&good, lines.lines().take(30).collect::<Vec<_>>().join("\n")).unwrap();
+    let e = crate::cli(&["upsert", "--server", &url, "--docs", p(&good)]).unwrap_err();
+    assert!(e.contains("401") && e.contains("--from-line 1"), "{e}");
+
     // What /healthz says about the writes.
     let (_, health) = call(addr, Request::get("/healthz"));
     let writes = health["writes"].as_object().unwrap();
     let live: u64 = writes.values().map(|w| w["live"].as_u64().unwrap()).sum();
-    assert_eq!(
-        live,
-        40 - 1 + 1,
-        "40 new, new-1 deleted, doc-3 replaced: {health}"
-    );
+    // 40 new, new-1 deleted, doc-3 replaced; the CLI's 30 (cli-0 and cli-1,
+    // deleted, came back with the load that stopped at line 31).
+    assert_eq!(live, 40 - 1 + 1 + 30, "{health}");
 
     // kill -9 during a stream of writes from 3 clients: every acknowledged
     // batch is back after the restart; the batch in flight is whole or

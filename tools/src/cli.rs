@@ -53,8 +53,75 @@ pub enum Command {
     Demo(DemoArgs),
     Relayout(RelayoutArgs),
     Plan(PlanArgs),
+    Upsert(UpsertArgs),
+    Delete(DeleteArgs),
     #[command(subcommand)]
     Cluster(ClusterCommand),
+}
+
+/// Insert or replace documents in a serving index, from JSON Lines.
+///
+/// Each line is a document as `build --docs` reads it: "id", "vector" and
+/// payload fields. Lines are sent in batches to a node (POST /v1/documents),
+/// which checks each batch whole, makes it durable in the owning shard's
+/// write-ahead log and answers; the documents are searchable from then on.
+/// A batch the node refuses stops the load with the node's message and the
+/// line to resume from: batches before it are written, and upserts are
+/// idempotent, so running again with --from-line LINE finishes the load.
+///
+///   shardann upsert --server http://127.0.0.1:7001 --docs new.jsonl
+///   SHARDANN_WRITE_TOKEN=... shardann upsert --server http://10.0.0.5:7001 --docs new.jsonl
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct UpsertArgs {
+    /// The node to write to: http://HOST:PORT.
+    #[arg(long)]
+    pub server: String,
+    /// JSON Lines: one document per line.
+    #[arg(long)]
+    pub docs: PathBuf,
+    /// Documents per request (at most the node's [writes] max_batch).
+    #[arg(long, default_value_t = 500, value_parser = at_least_one())]
+    pub batch: usize,
+    /// Requests in flight at once (the node's log shares fsyncs among them).
+    #[arg(long, default_value_t = 4, value_parser = at_least_one())]
+    pub concurrency: usize,
+    /// Skip the lines before this one (1-based): resume a load.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
+    pub from_line: usize,
+    /// The node's write_token (default: $SHARDANN_WRITE_TOKEN).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+/// Delete documents from a serving index: by id, or every one a filter matches.
+///
+///   shardann delete --server http://127.0.0.1:7001 --id doc-17 --id doc-18
+///   shardann delete --server http://127.0.0.1:7001 --ids-file withdrawn.txt
+///   shardann delete --server http://127.0.0.1:7001 --filter '{"year": {"$lt": 2000}}'
+///
+/// An ids file holds one id per line: a JSON string or integer, or a bare
+/// string. Ids that name no document are counted, not an error.
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct DeleteArgs {
+    /// The node to write to: http://HOST:PORT.
+    #[arg(long)]
+    pub server: String,
+    /// An id to delete (repeat for more).
+    #[arg(long = "id", conflicts_with_all = ["ids_file", "filter"])]
+    pub ids: Vec<String>,
+    #[arg(long, conflicts_with = "filter")]
+    pub ids_file: Option<PathBuf>,
+    /// A filter in the search API's language (JSON).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Ids per request.
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one())]
+    pub batch: usize,
+    /// The node's write_token (default: $SHARDANN_WRITE_TOKEN).
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 /// A cluster's control plane in etcd: publish an index, see who serves what.
@@ -1115,6 +1182,8 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Demo(a) => crate::demo::demo(&a, q, out),
         Command::Relayout(a) => crate::inspect::relayout(&a, q, out),
         Command::Plan(a) => crate::plan::plan(&a, out),
+        Command::Upsert(a) => crate::writes::upsert(&a, q, out),
+        Command::Delete(a) => crate::writes::delete(&a, q, out),
         Command::Cluster(ClusterCommand::Init(a)) => crate::cluster::init(&a, out),
         Command::Cluster(ClusterCommand::Status(a)) => crate::cluster::status(&a, out),
         Command::Cluster(ClusterCommand::Place(a)) => crate::cluster::place(&a, out),

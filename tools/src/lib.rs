@@ -17,6 +17,7 @@ mod progress;
 mod search;
 mod serve;
 mod util;
+mod writes;
 
 use std::ffi::OsString;
 use std::io::Write;
