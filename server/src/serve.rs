@@ -934,39 +934,8 @@ async fn embed_queries<T: WireElem>(
     if texts.is_empty() {
         return Ok(0);
     }
-    // `check` marks texts for embedding only on a node with a model.
-    let Some(encoder) = exec.node.encoder.clone() else {
-        return Err(ApiError::NoModel.into());
-    };
     let start = Instant::now();
-    let n = texts.len() as u64;
-    let _one_at_a_time = exec.embedding.lock().await;
-    let vectors = crate::rt::spawn_blocking(move || {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        // A panic would kill glommio's only blocking thread of this
-        // executor and leave this request, and every later embedding, waiting.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            encoder.embed_batched(&refs, EMBED_BATCH)
-        }))
-        .unwrap_or_else(|_| {
-            Err(shardann_engine::Error::embed(
-                "<query texts>",
-                shardann_engine::EmbedError::Inference {
-                    what: "running the model",
-                    message: "it panicked".into(),
-                },
-            ))
-        })
-    })
-    .await
-    .map_err(|e| match e {
-        shardann_engine::Error::Embed { source, .. }
-            if matches!(*source, shardann_engine::EmbedError::EmptyText { .. }) =>
-        {
-            ServerError::from(ApiError::Unembeddable(source.to_string()))
-        }
-        e => e.into(),
-    })?;
+    let vectors = embed_texts(exec, texts).await?;
     for (q, v) in queries
         .iter_mut()
         .filter(|q| q.embed.is_some())
@@ -982,11 +951,7 @@ async fn embed_queries<T: WireElem>(
         q.vector = Some(v);
         q.embed = None;
     }
-    let us = start.elapsed().as_micros() as u64;
-    let m = &exec.node.metrics;
-    m.add(&m.embedded_texts, n);
-    m.add(&m.embed_us, us);
-    Ok(us)
+    Ok(start.elapsed().as_micros() as u64)
 }
 
 /// After embedding: a 503 naming the embedding if it used up the deadline,
@@ -1151,6 +1116,51 @@ async fn document<T: WireElem>(exec: &Executor<T>, raw: &str) -> Result<Reply> {
         .into()),
         None => Err(ApiError::NoDocument(format!("{text:?}")).into()),
     }
+}
+
+/// `texts` embedded with the node's model, one forward pass at a time per
+/// executor, on its blocking thread; counted in the metrics. Shared by
+/// text queries and written documents that come without a vector.
+pub(crate) async fn embed_texts<T: WireElem>(
+    exec: &Executor<T>,
+    texts: Vec<String>,
+) -> Result<Vec<Vec<f32>>> {
+    let Some(encoder) = exec.node.encoder.clone() else {
+        return Err(ApiError::NoModel.into());
+    };
+    let start = Instant::now();
+    let n = texts.len() as u64;
+    let _one_at_a_time = exec.embedding.lock().await;
+    let vectors = crate::rt::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        // A panic would kill glommio's only blocking thread of this
+        // executor and leave this request, and every later embedding, waiting.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            encoder.embed_batched(&refs, EMBED_BATCH)
+        }))
+        .unwrap_or_else(|_| {
+            Err(shardann_engine::Error::embed(
+                "<texts>",
+                shardann_engine::EmbedError::Inference {
+                    what: "running the model",
+                    message: "it panicked".into(),
+                },
+            ))
+        })
+    })
+    .await
+    .map_err(|e| match e {
+        shardann_engine::Error::Embed { source, .. }
+            if matches!(*source, shardann_engine::EmbedError::EmptyText { .. }) =>
+        {
+            ServerError::from(ApiError::Unembeddable(source.to_string()))
+        }
+        e => e.into(),
+    })?;
+    let m = &exec.node.metrics;
+    m.add(&m.embedded_texts, n);
+    m.add(&m.embed_us, start.elapsed().as_micros() as u64);
+    Ok(vectors)
 }
 
 /// `POST /v1/documents`, `DELETE /v1/documents/{id}` and

@@ -43,7 +43,7 @@ use crate::error::{Result, ServerError};
 use crate::node::Executor;
 
 /// `[writes]` in `node.toml`.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WritesConfig {
     /// "fsync" (default): acknowledged writes survive a machine crash;
@@ -54,6 +54,9 @@ pub struct WritesConfig {
     /// Points a shard's mutable part may hold before writes are refused
     /// (503) until a merge.
     pub max_points: usize,
+    /// On a node with a model: a document without a "vector" has this
+    /// field's text embedded (default "text").
+    pub embed_field: String,
 }
 
 impl Default for WritesConfig {
@@ -63,6 +66,7 @@ impl Default for WritesConfig {
             durability: o.durability,
             max_batch: o.max_batch,
             max_points: o.max_points,
+            embed_field: "text".into(),
         }
     }
 }
@@ -159,12 +163,15 @@ pub fn authorize(
     }
 }
 
-/// A request document → an engine document; errors name its position.
+/// A request document → an engine document, or, without a vector, the
+/// text to embed for it (`embed`: the field to take it from, on a node
+/// with a model). Errors name its position.
 fn parse_document<T: WireElem>(
     pos: usize,
     mut doc: Map<String, Value>,
     dim: usize,
-) -> Result<NewDocument<T>, ApiError> {
+    embed: Option<&str>,
+) -> Result<(NewDocument<T>, Option<String>), ApiError> {
     let bad = |why: String| ApiError::Document { pos, why };
     let id = match doc.remove("id") {
         None => return Err(bad("no \"id\"".into())),
@@ -174,12 +181,22 @@ fn parse_document<T: WireElem>(
             ))
         })?,
     };
-    let vector = match doc.remove("vector") {
-        None => {
-            return Err(bad(format!(
-                "id {id}: no \"vector\" (a write carries the document's vector)"
-            )))
-        }
+    let (vector, text) = match doc.remove("vector") {
+        None => match embed {
+            Some(field) => match doc.get(field) {
+                Some(Value::String(t)) if !t.trim().is_empty() => (Vec::new(), Some(t.clone())),
+                _ => {
+                    return Err(bad(format!(
+                        "id {id}: no \"vector\", and no text in {field:?} to embed"
+                    )))
+                }
+            },
+            None => {
+                return Err(bad(format!(
+                    "id {id}: no \"vector\" (this node has no model to embed text with)"
+                )))
+            }
+        },
         Some(Value::Array(items)) => {
             let mut xs = Vec::with_capacity(items.len());
             for (i, x) in items.iter().enumerate() {
@@ -187,7 +204,10 @@ fn parse_document<T: WireElem>(
                     bad(format!("id {id}: \"vector\"[{i}] is {x}, not a number"))
                 })?);
             }
-            check_vector::<T>(&format!("documents[{pos}].vector"), &xs, dim)?
+            (
+                check_vector::<T>(&format!("documents[{pos}].vector"), &xs, dim)?,
+                None,
+            )
         }
         Some(other) => {
             return Err(bad(format!(
@@ -195,11 +215,43 @@ fn parse_document<T: WireElem>(
             )))
         }
     };
-    Ok(NewDocument {
-        id,
-        vector,
-        payload: doc,
-    })
+    Ok((
+        NewDocument {
+            id,
+            vector,
+            payload: doc,
+        },
+        text,
+    ))
+}
+
+/// Embeds the texts of documents that came without a vector.
+async fn embed_missing<T: WireElem>(
+    exec: &Executor<T>,
+    parsed: Vec<(NewDocument<T>, Option<String>)>,
+) -> Result<Vec<NewDocument<T>>> {
+    let texts: Vec<String> = parsed.iter().filter_map(|(_, t)| t.clone()).collect();
+    if texts.is_empty() {
+        return Ok(parsed.into_iter().map(|(d, _)| d).collect());
+    }
+    let mut vectors = crate::serve::embed_texts(exec, texts).await?.into_iter();
+    let mut docs = Vec::with_capacity(parsed.len());
+    for (mut d, text) in parsed {
+        if text.is_some() {
+            // A node starts with a model only over an f32 index of its
+            // width (`node::open_encoder`): every value converts.
+            let v = vectors.next().unwrap_or_default();
+            d.vector = v
+                .iter()
+                .map(|&x| T::from_wire(f64::from(x)))
+                .collect::<std::result::Result<Vec<T>, _>>()
+                .map_err(|why| {
+                    ServerError::InvalidParameter(format!("an embedded vector {why}"))
+                })?;
+        }
+        docs.push(d);
+    }
+    Ok(docs)
 }
 
 /// The local shard whose live documents hold `id`, if any.
@@ -306,16 +358,20 @@ pub async fn upsert<T: WireElem>(
         ));
     }
     let dim = node.manifest.dim;
-    let docs = request
+    let embed = node
+        .encoder
+        .as_ref()
+        .map(|_| node.config.writes.embed_field.as_str());
+    let parsed = request
         .documents
         .into_iter()
         .enumerate()
-        .map(|(pos, d)| parse_document::<T>(pos, d, dim))
+        .map(|(pos, d)| parse_document::<T>(pos, d, dim, embed))
         .collect::<Result<Vec<_>, _>>()?;
     // A duplicate id in the batch is refused before routing (two shards
     // could otherwise each take one copy).
     let mut seen: BTreeMap<&UserId, usize> = BTreeMap::new();
-    for (pos, d) in docs.iter().enumerate() {
+    for (pos, (d, _)) in parsed.iter().enumerate() {
         if let Some(&first) = seen.get(&d.id) {
             return Err(ServerError::Engine(
                 shardann_engine::WriteError::DuplicateInBatch {
@@ -328,6 +384,7 @@ pub async fn upsert<T: WireElem>(
         }
         seen.insert(&d.id, pos);
     }
+    let docs = embed_missing(exec, parsed).await?;
     let mut by_shard: BTreeMap<u32, Vec<NewDocument<T>>> = BTreeMap::new();
     for d in docs {
         let s = owner(exec, &d.id, Some(&d.vector));

@@ -197,6 +197,52 @@ fn text_queries_are_embedded_by_a_node_with_a_model() {
     let (st, e) = search(with_model, json!({"text": "\u{200b}\u{200b}"}));
     assert_eq!(st, 400, "{e}");
 
+    // Writes of documents without a vector (issue 14): the node with the
+    // model embeds their "text"; the text as a query finds each at once.
+    // Each id goes to its own shard (a hash of the id): those owned by
+    // shard 1, served by n2 only, are refused with a 421 naming n2.
+    let (mut taken, mut elsewhere) = (0, 0);
+    for i in 0..10 {
+        let text = format!("frobnicate the widget number {i} with the quux daemon");
+        let (st, r) = call(
+            with_model,
+            Request::post(
+                "/v1/documents",
+                json!({"documents": [{"id": format!("fresh-{i}"), "text": text, "title": "new"}]})
+                    .to_string(),
+            ),
+        );
+        match st {
+            200 => {
+                taken += 1;
+                let (st, found) = search(with_model, json!({"text": text, "k": 1}));
+                assert_eq!(st, 200, "{found}");
+                let hit = &found["hits"][0];
+                assert_eq!(hit["id"], format!("fresh-{i}"), "{found}");
+                assert!(hit["distance"].as_f64().unwrap() < 1e-3, "{found}");
+            }
+            421 => {
+                elsewhere += 1;
+                assert!(r["error"].as_str().unwrap().contains("n2"), "{r}");
+            }
+            _ => panic!("{st}: {r}"),
+        }
+    }
+    assert!(
+        taken > 0 && elsewhere > 0,
+        "{taken} taken, {elsewhere} elsewhere"
+    );
+    // The node without a model wants a vector.
+    let (st, r) = call(
+        without,
+        Request::post(
+            "/v1/documents",
+            json!({"documents": [{"id": "x", "text": "some text"}]}).to_string(),
+        ),
+    );
+    assert_eq!(st, 400, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("no model"), "{r}");
+
     // /metrics counts the texts embedded and the time.
     let (st, text) = get_text(with_model, "/metrics");
     assert_eq!(st, 200);
