@@ -123,6 +123,9 @@ struct State<T> {
     /// The segment-local ids of `shadowed`, for the segment (directory)
     /// they were looked up in; recomputed when another version is asked.
     seg_deletes: Option<(PathBuf, Arc<RoaringBitmap>)>,
+    /// The segment's live ids (all but `seg_deletes`), for the deletes it
+    /// was made from: a search without a filter matches these.
+    seg_live: Option<(Arc<RoaringBitmap>, Arc<RoaringBitmap>)>,
     /// Keys shadowed since `seg_deletes` was computed: looked up and added
     /// at the next ask, so a write costs one lookup, not a recomputation.
     pending: Vec<UserId>,
@@ -198,6 +201,7 @@ impl<T: Element> MutablePart<T> {
                 dead: RoaringBitmap::new(),
                 shadowed: FxHashSet::default(),
                 seg_deletes: None,
+                seg_live: None,
                 pending: Vec::new(),
                 checker: FilterIndexBuilder::checker(&schema),
             }),
@@ -426,6 +430,24 @@ impl<T: Element> MutablePart<T> {
         st.pending.clear();
         st.seg_deletes = Some((segment.dir().to_path_buf(), Arc::clone(&b)));
         Some(b)
+    }
+
+    /// The segment-local ids of `segment` that are live (`None`: all are),
+    /// cached until the deletes change: what a search without a filter
+    /// matches.
+    pub fn segment_live(&self, segment: &DiskIndex) -> Option<Arc<RoaringBitmap>> {
+        let deletes = self.segment_deletes(segment)?;
+        if let Some((of, live)) = &self.state.read().seg_live {
+            if Arc::ptr_eq(of, &deletes) {
+                return Some(Arc::clone(live));
+            }
+        }
+        let mut live = RoaringBitmap::new();
+        live.insert_range(0..segment.len() as u32);
+        live -= deletes.as_ref();
+        let live = Arc::new(live);
+        self.state.write().seg_live = Some((deletes, Arc::clone(&live)));
+        Some(live)
     }
 
     /// The `k` nearest live documents of this part that `filter` admits,

@@ -816,8 +816,13 @@ impl<T: WireElem> Executor<T> {
             // Writes since the segment: its deleted or replaced documents
             // are left out at every stage, the new ones searched beside it.
             let part = self.node.mutable_part::<T>(s).filter(|p| !p.is_empty());
-            let deletes = part.as_ref().and_then(|p| p.segment_deletes(&index));
-            let matches = prepare_filter(&index, q, deletes.as_deref())?;
+            let deletes = part.as_ref().and_then(|p| {
+                Some(match q.filter {
+                    Some(_) => Deleted::Ids(p.segment_deletes(&index)?),
+                    None => Deleted::Live(p.segment_live(&index)?),
+                })
+            });
+            let matches = prepare_filter(&index, q, deletes)?;
             prepared.push((s, index, matches, part));
         }
         let local_part = join_all(prepared.into_iter().map(
@@ -1725,7 +1730,7 @@ fn text_index(index: &DiskIndex) -> Result<&TextIndex> {
 fn prepare_filter<T>(
     index: &DiskIndex,
     q: &Query<T>,
-    deletes: Option<&RoaringBitmap>,
+    deletes: Option<Deleted>,
 ) -> Result<Option<Matches>> {
     if index.documents().is_none() {
         if q.filter.is_some() || !q.include.is_empty() {
@@ -1745,12 +1750,26 @@ fn prepare_filter<T>(
     };
     Ok(match (filtered, deletes) {
         (m, None) => m,
-        (Some(m), Some(d)) => Some(Matches::new(Arc::new(m.docs().as_ref() - d))),
-        (None, Some(d)) => {
+        (Some(m), Some(Deleted::Ids(d))) => {
+            Some(Matches::new(Arc::new(m.docs().as_ref() - d.as_ref())))
+        }
+        (Some(m), Some(Deleted::Live(live))) => {
+            Some(Matches::new(Arc::new(m.docs().as_ref() & live.as_ref())))
+        }
+        (None, Some(Deleted::Live(live))) => Some(Matches::new(live)),
+        (None, Some(Deleted::Ids(d))) => {
             let mut live = RoaringBitmap::new();
             live.insert_range(0..index.len() as u32);
-            live -= d;
+            live -= d.as_ref();
             Some(Matches::new(Arc::new(live)))
         }
     })
+}
+
+/// A shard's segment documents deleted by writes, as the search needs
+/// them: the deleted ids (to take from a filter's matches) or the live
+/// ones (what a search without a filter matches; cached by the part).
+enum Deleted {
+    Ids(Arc<RoaringBitmap>),
+    Live(Arc<RoaringBitmap>),
 }

@@ -155,6 +155,13 @@ fn writes_are_searchable_replayed_and_checked() {
         .into_iter()
         .collect();
         assert_eq!(*deleted, want);
+        let live = part.segment_live(&seg).unwrap();
+        assert_eq!(live.len() as usize, seg.len() - 2);
+        assert!(live.is_disjoint(&want));
+        assert!(
+            Arc::ptr_eq(&live, &part.segment_live(&seg).unwrap()),
+            "cached"
+        );
         // The new vector is found at distance 0, with its fields.
         let hits = part.search(&[200, 10, 15, 7, 1, 2, 3, 4], 3, 16, None, &Include::All);
         assert_eq!(hits[0].id, s("new-3"));
