@@ -322,33 +322,8 @@ impl Wal {
                 index: format!("{} ({})", T::TYPE.code(), T::TYPE.name()),
             }));
         }
-        let mut records = Vec::new();
-        let mut at = HEADER_LEN;
-        let mut lsn = base_lsn;
-        while let Some(len) = le_u32(&bytes, at) {
-            let len = len as usize;
-            if len > MAX_RECORD {
-                break;
-            }
-            let end = at + 12 + len + 8;
-            let (Some(rec_lsn), Some(body), Some(stored)) = (
-                le_u64(&bytes, at + 4),
-                bytes.get(at + 12..at + 12 + len),
-                le_u64(&bytes, at + 12 + len),
-            ) else {
-                break;
-            };
-            let computed = xxhash_rust::xxh3::xxh3_64(bytes.get(at..at + 12 + len).unwrap_or(&[]));
-            if stored != computed || rec_lsn != lsn + 1 {
-                break;
-            }
-            let Some(ops) = decode_ops::<T>(body, dim) else {
-                break;
-            };
-            records.push((rec_lsn, ops));
-            lsn = rec_lsn;
-            at = end;
-        }
+        let (records, at) = read_records::<T>(&bytes, dim, base_lsn);
+        let lsn = records.last().map_or(base_lsn, |r| r.0);
         let dropped = bytes.len() as u64 - at as u64;
         if dropped > 0 {
             file.set_len(at as u64).map_err(io)?;
@@ -479,6 +454,110 @@ impl Wal {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The records of a log's bytes that check, in order, and the offset where
+/// the good ones end (see the spec's "Reading: where the log ends").
+#[allow(clippy::type_complexity)]
+fn read_records<T: Element>(
+    bytes: &[u8],
+    dim: usize,
+    base_lsn: u64,
+) -> (Vec<(u64, Vec<Op<T>>)>, usize) {
+    let mut records = Vec::new();
+    let mut at = HEADER_LEN;
+    let mut lsn = base_lsn;
+    while let Some(len) = le_u32(bytes, at) {
+        let len = len as usize;
+        if len > MAX_RECORD {
+            break;
+        }
+        let end = at + 12 + len + 8;
+        let (Some(rec_lsn), Some(body), Some(stored)) = (
+            le_u64(bytes, at + 4),
+            bytes.get(at + 12..at + 12 + len),
+            le_u64(bytes, at + 12 + len),
+        ) else {
+            break;
+        };
+        let computed = xxhash_rust::xxh3::xxh3_64(bytes.get(at..at + 12 + len).unwrap_or(&[]));
+        if stored != computed || rec_lsn != lsn + 1 {
+            break;
+        }
+        let Some(ops) = decode_ops::<T>(body, dim) else {
+            break;
+        };
+        records.push((rec_lsn, ops));
+        lsn = rec_lsn;
+        at = end;
+    }
+    (records, at)
+}
+
+/// What a log holds, read without changing it (`shardann verify`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogSummary {
+    pub dim: u32,
+    pub elem: u8,
+    pub base_lsn: u64,
+    pub records: u64,
+    pub upserts: u64,
+    pub deletes: u64,
+    /// Bytes of the whole records.
+    pub bytes: u64,
+    /// Bytes after the last whole record: a write cut short by a crash
+    /// (never acknowledged), which a node drops when it opens the log.
+    pub torn_bytes: u64,
+}
+
+/// Reads the log at `path` without changing it: its header (refused as
+/// [`Wal::open`] refuses it) and what its records hold.
+pub fn scan(path: &Path) -> Result<LogSummary> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let wal_err = |source| Error::Wal {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    };
+    let header = bytes.get(..HEADER_LEN).ok_or_else(|| {
+        let mut found = [0u8; 8];
+        for (d, s) in found.iter_mut().zip(&bytes) {
+            *d = *s;
+        }
+        wal_err(WalError::BadMagic { found })
+    })?;
+    let (dim, elem, base_lsn) = parse_header(header).map_err(wal_err)?;
+    fn count<T: Element>(bytes: &[u8], dim: usize, base: u64) -> (u64, u64, u64, usize) {
+        let (records, at) = read_records::<T>(bytes, dim, base);
+        let upserts = records
+            .iter()
+            .flat_map(|r| &r.1)
+            .filter(|op| matches!(op, Op::Upsert { .. }))
+            .count() as u64;
+        let ops = records.iter().map(|r| r.1.len() as u64).sum::<u64>();
+        (records.len() as u64, upserts, ops - upserts, at)
+    }
+    let (records, upserts, deletes, at) = match ElemType::from_code(elem) {
+        Some(ElemType::U8) => count::<u8>(&bytes, dim as usize, base_lsn),
+        Some(ElemType::I8) => count::<i8>(&bytes, dim as usize, base_lsn),
+        Some(ElemType::F32) => count::<f32>(&bytes, dim as usize, base_lsn),
+        None => {
+            return Err(wal_err(WalError::Mismatch {
+                what: "element type code",
+                log: elem.to_string(),
+                index: "0, 1 or 2".into(),
+            }))
+        }
+    };
+    Ok(LogSummary {
+        dim,
+        elem,
+        base_lsn,
+        records,
+        upserts,
+        deletes,
+        bytes: (at - HEADER_LEN) as u64,
+        torn_bytes: (bytes.len() - at) as u64,
+    })
 }
 
 #[cfg(test)]

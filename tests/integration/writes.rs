@@ -378,6 +378,21 @@ fn writes_are_searchable_durable_and_checked() {
     assert_eq!(c.get("doc-3").1["fields"]["lang"], "moved");
     assert_eq!(c.nearest(&new[0].1, 1, None)[0], (new[0].0.clone(), 0.0));
     node.kill();
+
+    // verify reads the logs too; a torn tail is reported, not an error.
+    let out = cli_ok(&["verify", p(&index)]);
+    assert_eq!(out.matches("wal.log: ").count(), 2, "{out}");
+    assert!(!out.contains("torn"), "{out}");
+    let log = index.join("shard-0").join("wal.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.extend_from_slice(&[9, 0, 0]);
+    std::fs::write(&log, &bytes).unwrap();
+    let out = cli_ok(&["verify", p(&index)]);
+    assert!(out.contains("a torn tail of 3 byte(s)"), "{out}");
+    bytes[3] ^= 1;
+    std::fs::write(&log, &bytes).unwrap();
+    let e = crate::cli(&["verify", p(&index)]).unwrap_err();
+    assert!(e.contains("magic") && e.contains("wal.log"), "{e}");
 }
 
 /// The vector of stream batch `b`'s document `i`: distinct per document.
