@@ -634,17 +634,21 @@ impl DocumentsRequest {
                 max: MAX_BATCH,
             });
         }
-        self.ids
-            .iter()
-            .enumerate()
-            .map(|(index, v)| {
-                UserId::from_json(v).ok_or_else(|| ApiError::BadId {
-                    index,
-                    value: v.to_string(),
-                })
-            })
-            .collect()
+        parse_ids(&self.ids)
     }
+}
+
+/// Ids given as JSON, checked; an error names the first bad one's position.
+pub fn parse_ids(ids: &[serde_json::Value]) -> Result<Vec<UserId>, ApiError> {
+    ids.iter()
+        .enumerate()
+        .map(|(index, v)| {
+            UserId::from_json(v).ok_or_else(|| ApiError::BadId {
+                index,
+                value: v.to_string(),
+            })
+        })
+        .collect()
 }
 
 impl SearchRequest {

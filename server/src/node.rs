@@ -70,7 +70,44 @@ const PEER_CONNECTIONS: usize = 4;
 /// replica can answer.
 const DOWN_FOR: Duration = Duration::from_secs(2);
 
-/// Opens the mutable part of a shard whose log exists (at start).
+/// The mutable part of shard `s` if its directory holds a log: opened
+/// and replayed (at start, or when the shard is placed here again), so
+/// that searches see the logged writes before any new one.
+fn replay_log(
+    config: &NodeConfig,
+    shard_dir: &Path,
+    s: u32,
+    index: &DiskIndex,
+) -> Result<Option<Arc<dyn Any + Send + Sync>>> {
+    if !shard_dir.join(WAL_FILE).exists() {
+        return Ok(None);
+    }
+    let opts = config.writes.options();
+    let t = Instant::now();
+    let (part, replayed) = match index.header().elem {
+        ElemType::U8 => open_part::<u8>(shard_dir, index, opts)?,
+        ElemType::I8 => open_part::<i8>(shard_dir, index, opts)?,
+        ElemType::F32 => open_part::<f32>(shard_dir, index, opts)?,
+    };
+    eprintln!(
+        "node {}: shard {s}: replayed {} logged write(s) ({} document op(s)) in {} ms{}",
+        config.node_id,
+        replayed.records,
+        replayed.ops,
+        t.elapsed().as_millis(),
+        if replayed.dropped_bytes > 0 {
+            format!(
+                "; dropped a torn tail of {} byte(s) (never acknowledged)",
+                replayed.dropped_bytes
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(Some(part))
+}
+
+/// Opens the mutable part of a shard whose log exists.
 fn open_part<T: Element>(
     shard_dir: &Path,
     index: &DiskIndex,
@@ -311,32 +348,8 @@ impl Node {
             let (Some(index), Some(info)) = (index, manifest.shards.get(s)) else {
                 continue;
             };
-            let shard_dir = dir.join(&info.dir);
-            if !shard_dir.join(WAL_FILE).exists() {
-                continue;
-            }
-            let opts = config.writes.options();
-            let t = Instant::now();
-            let (part, replayed) = match index.header().elem {
-                ElemType::U8 => open_part::<u8>(&shard_dir, &index, opts)?,
-                ElemType::I8 => open_part::<i8>(&shard_dir, &index, opts)?,
-                ElemType::F32 => open_part::<f32>(&shard_dir, &index, opts)?,
-            };
-            eprintln!(
-                "node {}: shard {s}: replayed {} logged write(s) ({} document op(s)) in {} ms{}",
-                config.node_id,
-                replayed.records,
-                replayed.ops,
-                t.elapsed().as_millis(),
-                if replayed.dropped_bytes > 0 {
-                    format!(
-                        "; dropped a torn tail of {} byte(s) (never acknowledged)",
-                        replayed.dropped_bytes
-                    )
-                } else {
-                    String::new()
-                }
-            );
+            let part = replay_log(&config, &dir.join(&info.dir), s as u32, &index)?;
+            let Some(part) = part else { continue };
             if let Some(m) = mutable.get(s) {
                 *m.lock().unwrap_or_else(|p| p.into_inner()) = Some(part);
             }
@@ -443,10 +456,27 @@ impl Node {
 
     /// Starts serving shard `s` (placed here while serving, and pulled).
     /// False when it is served already or not a shard of the manifest.
+    ///
+    /// A log left in its directory (it served the shard before) is
+    /// replayed first, so its writes are searchable from the start.
     pub fn add_local(&self, s: u32, index: DiskIndex) -> bool {
         let Some(slot) = self.local.get(s as usize) else {
             return false;
         };
+        if let (Some(dir), Some(m)) = (self.shard_dir(s), self.mutable.get(s as usize)) {
+            let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+            if m.is_none() {
+                match replay_log(&self.config, &dir, s, &index) {
+                    Ok(part) => *m = part,
+                    Err(e) => {
+                        // Serving without the logged writes would answer
+                        // without them: refuse the shard instead.
+                        eprintln!("node {}: shard {s}: {e}", self.config.node_id);
+                        return false;
+                    }
+                }
+            }
+        }
         let mut current = slot.write().unwrap_or_else(|p| p.into_inner());
         if current.is_some() {
             return false;

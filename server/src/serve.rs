@@ -1198,7 +1198,7 @@ async fn write<T: WireElem>(
             let request: writes::DeleteRequest = read_json(exec, req).await?;
             let resp = match (request.ids, request.filter) {
                 (Some(ids), None) => {
-                    let ids = writes::parse_ids(&ids)?;
+                    let ids = crate::api::parse_ids(&ids)?;
                     writes::delete_ids(exec, ids).await?
                 }
                 (None, Some(filter)) => writes::delete_matching(exec, &filter).await?,

@@ -456,16 +456,7 @@ pub async fn delete_ids<T: WireElem>(
         .collect();
     for (s, ids) in by_shard {
         let (index, part) = shard_for_write(exec, s, &ids[0])?;
-        let (deleted, missing) =
-            crate::rt::spawn_blocking(move || -> shardann_engine::Result<(usize, Vec<UserId>)> {
-                let n = ids.len();
-                let (lsn, missing) = part.delete(&index, ids)?;
-                if let Some(lsn) = lsn {
-                    part.sync(lsn)?;
-                }
-                Ok((n - missing.len(), missing))
-            })
-            .await?;
+        let (deleted, missing) = delete_durably(index, part, ids).await?;
         resp.deleted += deleted;
         // Deleted by another writer between the lookup and the delete.
         resp.not_found.extend(missing);
@@ -474,6 +465,25 @@ pub async fn delete_ids<T: WireElem>(
     m.add(&m.documents_deleted, resp.deleted as u64);
     resp.took_us = start.elapsed().as_micros() as u64;
     Ok(resp)
+}
+
+/// Deletes `ids` from one shard, durably, off the executor: how many were
+/// deleted, and the ids that named no live document.
+async fn delete_durably<T: WireElem>(
+    index: Arc<DiskIndex>,
+    part: Arc<MutablePart<T>>,
+    ids: Vec<UserId>,
+) -> Result<(usize, Vec<UserId>)> {
+    let out = crate::rt::spawn_blocking(move || -> shardann_engine::Result<_> {
+        let n = ids.len();
+        let (lsn, missing) = part.delete(&index, ids)?;
+        if let Some(lsn) = lsn {
+            part.sync(lsn)?;
+        }
+        Ok((n - missing.len(), missing))
+    })
+    .await?;
+    Ok(out)
 }
 
 /// Deletes every document of the local shards that `filter` matches.
@@ -518,15 +528,7 @@ pub async fn delete_matching<T: WireElem>(
         for chunk in ids.chunks(max) {
             let chunk = chunk.to_vec();
             let (index, part) = (Arc::clone(&index), Arc::clone(&part));
-            let n = crate::rt::spawn_blocking(move || -> shardann_engine::Result<usize> {
-                let n = chunk.len();
-                let (lsn, missing) = part.delete(&index, chunk)?;
-                if let Some(lsn) = lsn {
-                    part.sync(lsn)?;
-                }
-                Ok(n - missing.len())
-            })
-            .await?;
+            let (n, _) = delete_durably(index, part, chunk).await?;
             resp.deleted += n;
         }
     }
@@ -537,17 +539,4 @@ pub async fn delete_matching<T: WireElem>(
     m.add(&m.documents_deleted, resp.deleted as u64);
     resp.took_us = start.elapsed().as_micros() as u64;
     Ok(resp)
-}
-
-/// Ids of a delete request, checked; errors name the position.
-pub fn parse_ids(ids: &[Value]) -> Result<Vec<UserId>, ApiError> {
-    ids.iter()
-        .enumerate()
-        .map(|(index, v)| {
-            UserId::from_json(v).ok_or_else(|| ApiError::BadId {
-                index,
-                value: v.to_string(),
-            })
-        })
-        .collect()
 }

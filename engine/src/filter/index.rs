@@ -452,11 +452,7 @@ impl FilterIndexBuilder {
         doc: u32,
         payload: &Map<String, Value>,
     ) -> Result<(), FilterError> {
-        let parsed = self
-            .fields
-            .iter()
-            .map(|f| f.parse(doc, payload.get(&f.name)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let parsed = self.parse_all(doc, payload)?;
         for (f, p) in self.fields.iter_mut().zip(parsed) {
             let kind = match p {
                 Parsed::Absent => continue,
@@ -466,6 +462,18 @@ impl FilterIndexBuilder {
             f.kind.get_or_insert((kind, doc));
         }
         Ok(())
+    }
+
+    /// Every indexed field of `payload`, validated, in field order.
+    fn parse_all<'a>(
+        &self,
+        doc: u32,
+        payload: &'a Map<String, Value>,
+    ) -> Result<Vec<Parsed<'a>>, FilterError> {
+        self.fields
+            .iter()
+            .map(|f| f.parse(doc, payload.get(&f.name)))
+            .collect()
     }
 
     /// Documents added so far (the next document's id).
@@ -488,11 +496,7 @@ impl FilterIndexBuilder {
             });
         }
         // Validate every field first, so an error leaves the builder as it was.
-        let parsed = self
-            .fields
-            .iter()
-            .map(|f| f.parse(doc, payload.get(&f.name)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let parsed = self.parse_all(doc, payload)?;
         for (f, p) in self.fields.iter_mut().zip(parsed) {
             f.apply(doc, p);
         }
