@@ -279,6 +279,15 @@ pub enum WalError {
     },
     #[error("a batch of {len} bytes is larger than a log record may be ({max} bytes)")]
     RecordTooLarge { len: usize, max: usize },
+    #[error(
+        "cannot cut the log through LSN {applied}: it ends at {last}, and the {checked} record(s) \
+         after the cut do not all check"
+    )]
+    CutMismatch {
+        applied: u64,
+        last: u64,
+        checked: u64,
+    },
 }
 
 /// A write (an upsert or a delete) that is refused. Nothing of a refused
@@ -288,6 +297,8 @@ pub enum WalError {
 pub enum WriteError {
     #[error("the shard has no documents (built without --docs): it cannot take writes by id")]
     NoDocuments,
+    #[error("the writes delete every document of the shard; a segment holds at least one")]
+    WouldEmpty,
     #[error("the batch is empty")]
     Empty,
     #[error("the batch holds {count} documents; at most {max} are taken in one request")]
@@ -472,6 +483,12 @@ pub enum ManifestError {
 pub enum SegmentError {
     #[error("holds a plain (unversioned) index; build into a new directory")]
     PlainIndex,
+    #[error(
+        "is not a sealed version of a shard (no segment.json): there is nothing to merge into"
+    )]
+    NotAVersion,
+    #[error("version {version} is not the shard's current one ({current}): merge into the current version")]
+    NotCurrent { version: u64, current: u64 },
     /// A version directory without `segment.json`.
     #[error(
         "is not sealed (no segment.json): a build or copy that did not finish; it cannot be opened"

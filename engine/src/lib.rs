@@ -80,6 +80,7 @@ pub mod index;
 pub mod io;
 mod kmeans;
 pub mod layout;
+pub mod merge;
 pub mod metric;
 pub mod mutable;
 pub mod navigation;

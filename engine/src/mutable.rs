@@ -37,7 +37,7 @@ use crate::docs::{Include, UserId};
 use crate::error::{Error, Result, WriteError};
 use crate::filter::{Filter, FilterIndexBuilder};
 use crate::index::DiskIndex;
-use crate::metric::Element;
+use crate::metric::{Element, Metric};
 use crate::vamana::{MutableGraph, VamanaParams};
 use crate::wal::{Durability, Op, Wal, WalStats};
 
@@ -108,9 +108,16 @@ pub struct MutableStats {
     pub wal_records: u64,
     pub wal_syncs: u64,
     pub memory_bytes: u64,
+    /// A merge is running: writes go to two views until it ends.
+    pub merging: bool,
 }
 
+/// What the part holds over one segment version: the writes logged after
+/// the version's applied LSN (`base`).
 struct State<T> {
+    /// The segment version's applied LSN (0 for a build): this view holds
+    /// the writes after it.
+    base: u64,
     graph: MutableGraph<T>,
     keys: Vec<UserId>,
     payloads: Vec<Map<String, Value>>,
@@ -129,20 +136,62 @@ struct State<T> {
     /// Keys shadowed since `seg_deletes` was computed: looked up and added
     /// at the next ask, so a write costs one lookup, not a recomputation.
     pending: Vec<UserId>,
-    /// Filter fields' kinds, as the segment and the writes so far set them.
-    checker: FilterIndexBuilder,
+}
+
+impl<T: Element> State<T> {
+    fn empty(base: u64, dim: usize, metric: Metric, params: &VamanaParams) -> Self {
+        State {
+            base,
+            graph: MutableGraph::new(dim, metric, params),
+            keys: Vec::new(),
+            payloads: Vec::new(),
+            live: FxHashMap::default(),
+            dead: RoaringBitmap::new(),
+            shadowed: FxHashSet::default(),
+            seg_deletes: None,
+            seg_live: None,
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// The applied LSN of a segment version: the writes it holds.
+fn base_of(segment: &DiskIndex) -> u64 {
+    segment.segment().and_then(|m| m.applied_lsn).unwrap_or(0)
+}
+
+/// The view to use with a segment of applied LSN `base`: the one made for
+/// it, else the newest older one.
+fn pick<T>(views: &[State<T>], base: u64) -> usize {
+    views
+        .iter()
+        .rposition(|v| v.base == base)
+        .or_else(|| views.iter().rposition(|v| v.base <= base))
+        .unwrap_or(0)
 }
 
 /// A shard's mutable part: the log, and what it holds in RAM.
+///
+/// It holds one view per segment version it may be searched with: one,
+/// except while a merge runs ([`MutablePart::begin_merge`]), when a second
+/// view holds only the writes after the merge's snapshot. Every write goes
+/// to every view; a search uses the view of the segment version it
+/// searches, so a search never sees a write twice (in the new version and
+/// in the part) or not at all, whichever version it started on.
 pub struct MutablePart<T> {
     wal: Wal,
     dim: usize,
+    metric: Metric,
+    params: VamanaParams,
     int_ids: bool,
     opts: MutableOptions,
     /// Held from a write's append to the end of its apply, so writes apply
     /// in log order.
     order: Mutex<()>,
-    state: RwLock<State<T>>,
+    /// Filter fields' kinds, as the segment and the writes so far set them.
+    checker: Mutex<FilterIndexBuilder>,
+    /// Oldest first; never empty.
+    views: RwLock<Vec<State<T>>>,
 }
 
 impl<T> std::fmt::Debug for MutablePart<T> {
@@ -171,7 +220,8 @@ fn kind_name(id: &UserId) -> &'static str {
 
 impl<T: Element> MutablePart<T> {
     /// Opens the mutable part of the shard in `shard_dir` whose segment is
-    /// `segment` (documents required), replaying its log.
+    /// `segment` (documents required), replaying the log records the
+    /// segment does not hold already (those after its applied LSN).
     pub fn open(
         shard_dir: &Path,
         segment: &DiskIndex,
@@ -181,7 +231,9 @@ impl<T: Element> MutablePart<T> {
             .documents()
             .ok_or_else(|| Error::from(WriteError::NoDocuments))?;
         let dim = segment.dim();
-        let (wal, recovered) = Wal::open::<T>(&shard_dir.join(WAL_FILE), dim, opts.durability)?;
+        let base = base_of(segment);
+        let (wal, recovered) =
+            Wal::open_after::<T>(&shard_dir.join(WAL_FILE), dim, opts.durability, base)?;
         let params = VamanaParams {
             max_degree: segment.header().max_degree as usize,
             ..VamanaParams::default()
@@ -190,38 +242,30 @@ impl<T: Element> MutablePart<T> {
         let part = MutablePart {
             wal,
             dim,
+            metric: segment.metric(),
+            params,
             int_ids: docs.keys().int_ids(),
             opts,
             order: Mutex::new(()),
-            state: RwLock::new(State {
-                graph: MutableGraph::new(dim, segment.metric(), &params),
-                keys: Vec::new(),
-                payloads: Vec::new(),
-                live: FxHashMap::default(),
-                dead: RoaringBitmap::new(),
-                shadowed: FxHashSet::default(),
-                seg_deletes: None,
-                seg_live: None,
-                pending: Vec::new(),
-                checker: FilterIndexBuilder::checker(&schema),
-            }),
+            checker: Mutex::new(FilterIndexBuilder::checker(&schema)),
+            views: RwLock::new(vec![State::empty(base, dim, segment.metric(), &params)]),
         };
         let mut replayed = Replayed {
             dropped_bytes: recovered.dropped_bytes,
             ..Replayed::default()
         };
         {
-            let mut st = part.state.write();
+            let mut views = part.views.write();
+            let mut checker = part.checker.lock();
             for (_, ops) in recovered.records {
                 replayed.records += 1;
                 replayed.ops += ops.len() as u64;
                 for op in ops {
                     if let Op::Upsert { payload, .. } = &op {
                         // Checked when written; this only fixes open kinds.
-                        let n = st.keys.len() as u32;
-                        let _ = st.checker.check_payload(n, payload);
+                        let _ = checker.check_payload(0, payload);
                     }
-                    apply(&mut st, op);
+                    apply_all(&mut views, op);
                 }
             }
         }
@@ -315,16 +359,14 @@ impl<T: Element> MutablePart<T> {
         }
         let _order = self.order.lock();
         {
-            let st = self.state.read();
-            if st.keys.len() + n > self.opts.max_points {
-                return Err(WriteError::Full {
-                    points: st.keys.len(),
-                }
-                .into());
+            let points = self.views.read().iter().map(|v| v.keys.len()).max();
+            let points = points.unwrap_or(0);
+            if points + n > self.opts.max_points {
+                return Err(WriteError::Full { points }.into());
             }
             // Filter kinds: checked on a copy, kept only if the whole batch
             // fits (a batch may be the one to fix an open field's kind).
-            let mut checker = st.checker.clone();
+            let mut checker = self.checker.lock().clone();
             for (pos, d) in docs.iter().enumerate() {
                 checker
                     .check_payload(pos as u32, &d.payload)
@@ -334,8 +376,7 @@ impl<T: Element> MutablePart<T> {
                         source,
                     })?;
             }
-            drop(st);
-            self.state.write().checker = checker;
+            *self.checker.lock() = checker;
         }
         let ops: Vec<Op<T>> = docs
             .into_iter()
@@ -349,7 +390,7 @@ impl<T: Element> MutablePart<T> {
         // One document at a time, so searches run between the inserts of
         // a large batch.
         for op in ops {
-            apply(&mut self.state.write(), op);
+            apply_all(&mut self.views.write(), op);
         }
         Ok(lsn)
     }
@@ -365,18 +406,19 @@ impl<T: Element> MutablePart<T> {
         self.check_batch_ids(ids.iter())?;
         let _order = self.order.lock();
         let (found, missing): (Vec<UserId>, Vec<UserId>) = {
-            let st = self.state.read();
+            let views = self.views.read();
+            let st = &views[pick(&views, base_of(segment))];
             ids.into_iter()
-                .partition(|id| locate(&st, segment, id).is_some())
+                .partition(|id| locate(st, segment, id).is_some())
         };
         if found.is_empty() {
             return Ok((None, missing));
         }
         let ops: Vec<Op<T>> = found.into_iter().map(|id| Op::Delete { id }).collect();
         let lsn = self.wal.append(&ops)?;
-        let mut st = self.state.write();
+        let mut views = self.views.write();
         for op in ops {
-            apply(&mut st, op);
+            apply_all(&mut views, op);
         }
         Ok((Some(lsn), missing))
     }
@@ -387,15 +429,62 @@ impl<T: Element> MutablePart<T> {
         self.wal.sync(lsn)
     }
 
-    /// Where the live document `id` is, if anywhere.
-    pub fn locate(&self, segment: &DiskIndex, id: &UserId) -> Option<Location> {
-        locate(&self.state.read(), segment, id)
+    /// Starts a merge: returns the LSN it folds in the writes up to (the
+    /// last one logged, made durable), and adds the view that the merged
+    /// version will be searched with: the writes after that LSN, none yet.
+    /// `None` when there is nothing to merge.
+    pub fn begin_merge(&self) -> Result<Option<u64>> {
+        let _order = self.order.lock();
+        let through = self.wal.last_lsn();
+        let mut views = self.views.write();
+        let newest = views.last().map_or(0, |v| v.base);
+        if through <= newest {
+            return Ok(None);
+        }
+        self.wal.sync(through)?;
+        views.push(State::empty(through, self.dim, self.metric, &self.params));
+        Ok(Some(through))
     }
 
-    /// The payload of a live document of this part (`None`: not here; it
-    /// may be in the segment: see [`MutablePart::locate`]).
-    pub fn payload(&self, id: &UserId, include: &Include) -> Option<Map<String, Value>> {
-        let st = self.state.read();
+    /// Ends the merge begun at `through`. Published (the merged version is
+    /// being served, and no search holds an older one any more): the older
+    /// views are dropped and the log is cut after `through`. Not published
+    /// (the merge failed): its view is dropped and nothing else changes.
+    /// Returns the bytes cut from the log.
+    pub fn finish_merge(&self, through: u64, published: bool) -> Result<u64> {
+        let _order = self.order.lock();
+        let mut views = self.views.write();
+        if !published {
+            if views.len() > 1 {
+                views.retain(|v| v.base != through);
+            }
+            return Ok(0);
+        }
+        views.retain(|v| v.base >= through);
+        if views.is_empty() {
+            views.push(State::empty(through, self.dim, self.metric, &self.params));
+        }
+        drop(views);
+        self.wal.truncate_through::<T>(self.dim, through)
+    }
+
+    /// Where the live document `id` is, if anywhere.
+    pub fn locate(&self, segment: &DiskIndex, id: &UserId) -> Option<Location> {
+        let views = self.views.read();
+        locate(&views[pick(&views, base_of(segment))], segment, id)
+    }
+
+    /// The payload of a live document of this part, as searches of
+    /// `segment` see it (`None`: not here; it may be in the segment: see
+    /// [`MutablePart::locate`]).
+    pub fn payload(
+        &self,
+        segment: &DiskIndex,
+        id: &UserId,
+        include: &Include,
+    ) -> Option<Map<String, Value>> {
+        let views = self.views.read();
+        let st = &views[pick(&views, base_of(segment))];
         let &m = st.live.get(id)?;
         st.payloads
             .get(m as usize)
@@ -405,8 +494,10 @@ impl<T: Element> MutablePart<T> {
     /// The segment-local ids of `segment` that are deleted or replaced
     /// (`None` when there are none). Cached per segment directory.
     pub fn segment_deletes(&self, segment: &DiskIndex) -> Option<Arc<RoaringBitmap>> {
+        let base = base_of(segment);
         {
-            let st = self.state.read();
+            let views = self.views.read();
+            let st = &views[pick(&views, base)];
             if st.shadowed.is_empty() {
                 return None;
             }
@@ -417,8 +508,9 @@ impl<T: Element> MutablePart<T> {
             }
         }
         let keys = segment.documents()?.keys();
-        let mut st = self.state.write();
-        let st = &mut *st;
+        let mut views = self.views.write();
+        let i = pick(&views, base);
+        let st = &mut views[i];
         let b = match &mut st.seg_deletes {
             Some((dir, b)) if dir == segment.dir() => {
                 let b = Arc::make_mut(b);
@@ -437,32 +529,41 @@ impl<T: Element> MutablePart<T> {
     /// matches.
     pub fn segment_live(&self, segment: &DiskIndex) -> Option<Arc<RoaringBitmap>> {
         let deletes = self.segment_deletes(segment)?;
-        if let Some((of, live)) = &self.state.read().seg_live {
-            if Arc::ptr_eq(of, &deletes) {
-                return Some(Arc::clone(live));
+        let base = base_of(segment);
+        {
+            let views = self.views.read();
+            if let Some((of, live)) = &views[pick(&views, base)].seg_live {
+                if Arc::ptr_eq(of, &deletes) {
+                    return Some(Arc::clone(live));
+                }
             }
         }
         let mut live = RoaringBitmap::new();
         live.insert_range(0..segment.len() as u32);
         live -= deletes.as_ref();
         let live = Arc::new(live);
-        self.state.write().seg_live = Some((deletes, Arc::clone(&live)));
+        let mut views = self.views.write();
+        let i = pick(&views, base);
+        views[i].seg_live = Some((deletes, Arc::clone(&live)));
         Some(live)
     }
 
     /// The `k` nearest live documents of this part that `filter` admits,
-    /// nearest first, with the fields `include` asks for. `list` is the
-    /// graph walk's list size. Check the filter against the segment's
-    /// schema first (as the segment's search does).
+    /// as searches of `segment` see them, nearest first, with the fields
+    /// `include` asks for. `list` is the graph walk's list size. Check the
+    /// filter against the segment's schema first (as the segment's search
+    /// does).
     pub fn search(
         &self,
+        segment: &DiskIndex,
         query: &[T],
         k: usize,
         list: usize,
         filter: Option<&Filter>,
         include: &Include,
     ) -> Vec<MutableHit> {
-        let st = self.state.read();
+        let views = self.views.read();
+        let st = &views[pick(&views, base_of(segment))];
         if st.live.is_empty() {
             return Vec::new();
         }
@@ -487,9 +588,11 @@ impl<T: Element> MutablePart<T> {
             .collect()
     }
 
-    /// The ids of this part's live documents that `filter` admits.
-    pub fn matching_ids(&self, filter: &Filter) -> Vec<UserId> {
-        let st = self.state.read();
+    /// The ids of this part's live documents that `filter` admits, as
+    /// searches of `segment` see them.
+    pub fn matching_ids(&self, segment: &DiskIndex, filter: &Filter) -> Vec<UserId> {
+        let views = self.views.read();
+        let st = &views[pick(&views, base_of(segment))];
         st.live
             .iter()
             .filter(|(_, &m)| {
@@ -501,28 +604,40 @@ impl<T: Element> MutablePart<T> {
             .collect()
     }
 
-    /// True when the part holds nothing: no document, no delete.
-    pub fn is_empty(&self) -> bool {
-        let st = self.state.read();
+    /// True when the part holds nothing over `segment`: no document, no
+    /// delete.
+    pub fn is_empty(&self, segment: &DiskIndex) -> bool {
+        let views = self.views.read();
+        let st = &views[pick(&views, base_of(segment))];
         st.keys.is_empty() && st.shadowed.is_empty()
     }
 
     pub fn stats(&self) -> MutableStats {
-        let st = self.state.read();
+        let views = self.views.read();
         let WalStats { records, syncs, .. } = self.wal.stats();
-        let payload_bytes: usize = st.payloads.iter().map(|p| p.len() * 64).sum::<usize>();
+        // The newest view: what stays after a merge running now.
+        let Some(st) = views.last() else {
+            return MutableStats::default();
+        };
+        let memory: usize = views
+            .iter()
+            .map(|st| {
+                st.graph.memory_bytes()
+                    + st.payloads.iter().map(|p| p.len() * 64).sum::<usize>()
+                    + st.live.len() * 48
+                    + st.shadowed.len() * 40
+            })
+            .sum();
         MutableStats {
             points: st.keys.len() as u64,
             live: st.live.len() as u64,
-            segment_deleted: st.seg_deletes.as_ref().map(|(_, b)| b.len()).unwrap_or(0),
+            segment_deleted: st.seg_deletes.as_ref().map_or(0, |(_, b)| b.len()),
             last_lsn: self.wal.last_lsn(),
             wal_bytes: self.wal.len(),
             wal_records: records,
             wal_syncs: syncs,
-            memory_bytes: (st.graph.memory_bytes()
-                + payload_bytes
-                + st.live.len() * 48
-                + st.shadowed.len() * 40) as u64,
+            memory_bytes: memory as u64,
+            merging: views.len() > 1,
         }
     }
 }
@@ -539,6 +654,16 @@ fn locate<T>(st: &State<T>, segment: &DiskIndex, id: &UserId) -> Option<Location
         .keys()
         .lookup(id)
         .map(Location::Segment)
+}
+
+/// Applies one logged op to every view.
+fn apply_all<T: Element>(views: &mut [State<T>], op: Op<T>) {
+    if let Some((last, older)) = views.split_last_mut() {
+        for st in older {
+            apply(st, op.clone());
+        }
+        apply(last, op);
+    }
 }
 
 /// Applies one logged op. Never fails: ops were checked before logging.
@@ -565,4 +690,4 @@ fn apply<T: Element>(st: &mut State<T>, op: Op<T>) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -33,11 +33,14 @@ fn now_unix_ms() -> u64 {
 /// Seals the index in `dir` as version `version` of shard `shard_id`:
 /// fsyncs its files, hashes them, and writes the manifest last (via a
 /// temporary file, so a half-written manifest never exists under its name).
+/// `applied_lsn`: the last logged write a merged version holds (`None`
+/// for a build).
 pub fn seal(
     dir: &Path,
     shard_id: u32,
     version: u64,
     parent_version: Option<u64>,
+    applied_lsn: Option<u64>,
 ) -> Result<Manifest> {
     let index = DiskIndex::open(dir, OpenOptions::buffered())?;
     let h = index.header();
@@ -77,6 +80,7 @@ pub fn seal(
         created_unix_ms: now_unix_ms(),
         build,
         files,
+        applied_lsn,
     };
     let path = dir.join(MANIFEST_FILE);
     manifest.check().map_err(|e| Error::manifest(&path, e))?;

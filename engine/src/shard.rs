@@ -172,7 +172,7 @@ pub fn build_version_with(
     }
     let report = build(&seg)?;
     extra(&seg)?;
-    segment::seal(&seg, shard_id, version, parent)?;
+    segment::seal(&seg, shard_id, version, parent, None)?;
     publish(shard_dir, version)?;
     Ok((report, version))
 }

@@ -116,13 +116,13 @@ pub struct Wal {
     durability: Durability,
     appender: Mutex<Appender>,
     /// A second handle for `fdatasync`, so that appends go on while a sync
-    /// runs.
-    sync_file: File,
-    sync_lock: Mutex<()>,
+    /// runs; the lock orders syncs (and is taken after `appender` when the
+    /// log is cut, never before it).
+    sync_file: Mutex<File>,
     /// The last LSN written to the file, and the last one known durable.
     written: AtomicU64,
     synced: AtomicU64,
-    base_lsn: u64,
+    base_lsn: AtomicU64,
     records: AtomicU64,
     bytes: AtomicU64,
     syncs: AtomicU64,
@@ -278,6 +278,19 @@ impl Wal {
         dim: usize,
         durability: Durability,
     ) -> Result<(Wal, Recovered<T>)> {
+        Self::open_after(path, dim, durability, 0)
+    }
+
+    /// [`Wal::open`] for a shard whose segment holds every write up to
+    /// `applied` (a merged version): records up to it are not returned,
+    /// and a log that ends before it (lost, or cut by hand) starts again
+    /// after it, so that a new write never gets an LSN the segment claims.
+    pub fn open_after<T: Element>(
+        path: &Path,
+        dim: usize,
+        durability: Durability,
+        applied: u64,
+    ) -> Result<(Wal, Recovered<T>)> {
         let io = |e| Error::io(path, e);
         let wal_err = |source| Error::Wal {
             path: path.to_path_buf(),
@@ -322,15 +335,30 @@ impl Wal {
                 index: format!("{} ({})", T::TYPE.code(), T::TYPE.name()),
             }));
         }
-        let (records, at) = read_records::<T>(&bytes, dim, base_lsn);
+        let (mut records, at) = read_records::<T>(&bytes, dim, base_lsn);
         let lsn = records.last().map_or(base_lsn, |r| r.0);
         let dropped = bytes.len() as u64 - at as u64;
+        if lsn < applied {
+            // Every record here is in the segment already: start a fresh
+            // log after `applied` (the old one stays until the rename).
+            drop(file);
+            crate::fs::write_atomic(path, &header_bytes(dim as u32, T::TYPE, applied))?;
+            let (wal, _) = Self::open_after::<T>(path, dim, durability, applied)?;
+            return Ok((
+                wal,
+                Recovered {
+                    records: Vec::new(),
+                    dropped_bytes: dropped,
+                },
+            ));
+        }
+        records.retain(|r| r.0 > applied);
         if dropped > 0 {
             file.set_len(at as u64).map_err(io)?;
             file.sync_data().map_err(io)?;
         }
         file.seek(SeekFrom::Start(at as u64)).map_err(io)?;
-        let sync_file = file.try_clone().map_err(io)?;
+        let sync_file = Mutex::new(file.try_clone().map_err(io)?);
         let wal = Wal {
             path: path.to_path_buf(),
             durability,
@@ -341,10 +369,9 @@ impl Wal {
                 buf: Vec::new(),
             }),
             sync_file,
-            sync_lock: Mutex::new(()),
             written: AtomicU64::new(lsn),
             synced: AtomicU64::new(lsn),
-            base_lsn,
+            base_lsn: AtomicU64::new(base_lsn),
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -365,7 +392,7 @@ impl Wal {
     /// The LSN before this log's first record (records up to it were folded
     /// into a segment and cut from the log).
     pub fn base_lsn(&self) -> u64 {
-        self.base_lsn
+        self.base_lsn.load(Ordering::Acquire)
     }
 
     /// The last LSN appended.
@@ -379,7 +406,7 @@ impl Wal {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.last_lsn() == self.base_lsn
+        self.last_lsn() == self.base_lsn()
     }
 
     pub fn stats(&self) -> WalStats {
@@ -442,18 +469,108 @@ impl Wal {
         if self.durability == Durability::Buffered || self.synced.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
-        let _turn = self.sync_lock.lock();
+        let file = self.sync_file.lock();
         if self.synced.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
         let upto = self.written.load(Ordering::Acquire);
-        self.sync_file
-            .sync_data()
-            .map_err(|e| Error::io(&self.path, e))?;
+        file.sync_data().map_err(|e| Error::io(&self.path, e))?;
         self.synced.fetch_max(upto, Ordering::AcqRel);
         self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+impl Wal {
+    /// Cuts the records up to `applied` (now held by a published segment
+    /// version) from the log: the records after it are copied to a new
+    /// file with base LSN `applied`, which replaces the log by rename
+    /// (fsynced first, so a crash leaves the old log or the new one, and
+    /// either replays to the same state). Appends wait meanwhile; the copy
+    /// is only the records written since `applied`. Returns the bytes cut.
+    pub fn truncate_through<T: Element>(&self, dim: usize, applied: u64) -> Result<u64> {
+        let io = |e| Error::io(&self.path, e);
+        let mut a = self.appender.lock();
+        if applied <= self.base_lsn() {
+            return Ok(0);
+        }
+        let file_bytes = std::fs::read(&self.path).map_err(io)?;
+        let bytes = file_bytes
+            .get(..a.len as usize)
+            .unwrap_or(file_bytes.as_slice());
+        // Offset of the first record after `applied`.
+        let mut at = HEADER_LEN;
+        let mut lsn = self.base_lsn();
+        while lsn < applied {
+            let Some(len) = le_u32(bytes, at) else { break };
+            at += 12 + len as usize + 8;
+            lsn += 1;
+        }
+        let kept = bytes.get(at..).unwrap_or(&[]);
+        // The records kept are copied as they are, so they must check,
+        // starting right after `applied`.
+        let mut probe = header_bytes(dim as u32, T::TYPE, applied).to_vec();
+        probe.extend_from_slice(kept);
+        let (records, end) = read_records::<T>(&probe, dim, applied);
+        if lsn < applied || end != probe.len() {
+            return Err(Error::Wal {
+                path: self.path.clone(),
+                source: Box::new(WalError::CutMismatch {
+                    applied,
+                    last: a.next_lsn - 1,
+                    checked: records.len() as u64,
+                }),
+            });
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + kept.len());
+        out.extend_from_slice(&header_bytes(dim as u32, T::TYPE, applied));
+        out.extend_from_slice(kept);
+        crate::fs::write_atomic(&self.path, &out)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(io)?;
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        let sync = file.try_clone().map_err(io)?;
+        let mut sync_file = self.sync_file.lock();
+        *sync_file = sync;
+        a.file = file;
+        let cut = a.len - out.len() as u64;
+        a.len = out.len() as u64;
+        self.base_lsn.store(applied, Ordering::Release);
+        // The new file was fsynced whole before the rename.
+        self.synced
+            .fetch_max(self.written.load(Ordering::Acquire), Ordering::AcqRel);
+        Ok(cut)
+    }
+}
+
+/// The records of the log at `path` that check, in LSN order, read
+/// without changing the file (a merge reads what it folds in this way
+/// while writes go on being appended).
+pub fn read_log<T: Element>(path: &Path, dim: usize) -> Result<Vec<(u64, Vec<Op<T>>)>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let wal_err = |source| Error::Wal {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    };
+    let header = bytes.get(..HEADER_LEN).ok_or_else(|| {
+        let mut found = [0u8; 8];
+        for (d, s) in found.iter_mut().zip(&bytes) {
+            *d = *s;
+        }
+        wal_err(WalError::BadMagic { found })
+    })?;
+    let (log_dim, elem, base) = parse_header(header).map_err(wal_err)?;
+    if log_dim as usize != dim || elem != T::TYPE.code() {
+        return Err(wal_err(WalError::Mismatch {
+            what: "dimension or element type",
+            log: format!("{log_dim}, code {elem}"),
+            index: format!("{dim}, code {}", T::TYPE.code()),
+        }));
+    }
+    Ok(read_records::<T>(&bytes, dim, base).0)
 }
 
 /// The records of a log's bytes that check, in order, and the offset where
@@ -574,6 +691,42 @@ mod tests {
             vector: v.to_vec(),
             payload,
         }
+    }
+
+    #[test]
+    fn a_cut_keeps_the_records_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.log");
+        let (wal, _) = Wal::open::<f32>(&path, 3, Durability::Fsync).unwrap();
+        for i in 1..=5u64 {
+            assert_eq!(wal.append(&[upsert(i, [i as f32; 3], "t")]).unwrap(), i);
+        }
+        wal.sync(5).unwrap();
+        let before = wal.len();
+        let cut = wal.truncate_through::<f32>(3, 3).unwrap();
+        assert!(cut > 0 && wal.len() == before - cut);
+        assert_eq!(wal.base_lsn(), 3);
+        // Appends follow the kept records, in the new file.
+        assert_eq!(wal.append(&[upsert(6, [6.0; 3], "t")]).unwrap(), 6);
+        wal.sync(6).unwrap();
+        assert_eq!(wal.truncate_through::<f32>(3, 2).unwrap(), 0, "already cut");
+        drop(wal);
+        let lsns: Vec<u64> = read_log::<f32>(&path, 3)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(lsns, vec![4, 5, 6]);
+        // A segment holding up to 5 replays only 6; one holding up to 9
+        // (the log lost its tail) makes the next write 10.
+        let (_, rec) = Wal::open_after::<f32>(&path, 3, Durability::Fsync, 5).unwrap();
+        assert_eq!(rec.records.iter().map(|r| r.0).collect::<Vec<_>>(), vec![6]);
+        let (wal, rec) = Wal::open_after::<f32>(&path, 3, Durability::Fsync, 9).unwrap();
+        assert!(rec.records.is_empty());
+        assert_eq!(wal.append(&[upsert(7, [7.0; 3], "t")]).unwrap(), 10);
+        // A cut beyond the log's end is refused and changes nothing.
+        assert!(wal.truncate_through::<f32>(3, 12).is_err());
+        assert_eq!(wal.last_lsn(), 10);
     }
 
     #[test]

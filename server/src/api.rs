@@ -479,6 +479,8 @@ pub enum ApiError {
     BadId { index: usize, value: String },
     #[error("shards names shard {shard}; the cluster has {shards}")]
     UnknownShard { shard: u32, shards: usize },
+    #[error("{0:?} in the path is not a shard number")]
+    ShardPath(String),
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: hyper::Method, path: String },
     #[error(

@@ -60,6 +60,8 @@ pub fn status(e: &ServerError) -> StatusCode {
             WriteRefusal::Unauthorized => StatusCode::UNAUTHORIZED,
             WriteRefusal::NotLoopback { .. } => StatusCode::FORBIDDEN,
             WriteRefusal::NotHere { .. } => StatusCode::MISDIRECTED_REQUEST,
+            WriteRefusal::NoLocalShard { .. } => StatusCode::NOT_FOUND,
+            WriteRefusal::MergeRunning { .. } => StatusCode::CONFLICT,
         },
         ServerError::Engine(shardann_engine::Error::Write(w)) => match **w {
             WriteError::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,

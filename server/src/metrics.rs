@@ -114,6 +114,9 @@ pub struct Metrics {
     /// Documents upserted and deleted by acknowledged writes.
     pub documents_upserted: AtomicU64,
     pub documents_deleted: AtomicU64,
+    /// Merges of a shard's writes into a new version, and failed ones.
+    pub merges: AtomicU64,
+    pub merge_failures: AtomicU64,
     /// Per peer, in the order peers were first seen (the routing's peer
     /// index): requests sent, requests failed. Grows as peers join.
     peer_counts: std::sync::Mutex<Vec<[u64; 2]>>,
@@ -300,6 +303,16 @@ impl Metrics {
                 "shardann_documents_deleted_total",
                 "Documents deleted by acknowledged writes.",
                 &self.documents_deleted,
+            ),
+            (
+                "shardann_merges_total",
+                "Merges of a shard's logged writes into a new segment version.",
+                &self.merges,
+            ),
+            (
+                "shardann_merge_failures_total",
+                "Merges that failed (the shard kept its version and its log).",
+                &self.merge_failures,
             ),
             (
                 "shardann_shard_failures_total",

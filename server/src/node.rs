@@ -237,6 +237,15 @@ pub struct PeerEntry {
     pub shards: Vec<(u32, u64)>,
 }
 
+/// A running merge of one shard ([`Node::start_merge`]).
+pub struct MergeGuard<'a>(&'a AtomicBool);
+
+impl Drop for MergeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// What every executor of a node shares.
 pub struct Node {
     pub config: NodeConfig,
@@ -269,6 +278,8 @@ pub struct Node {
     /// because the node is not generic over the element type; see
     /// [`Node::mutable_part`].
     mutable: Vec<Mutex<Option<Arc<dyn Any + Send + Sync>>>>,
+    /// Per shard: a merge of its writes is running (one at a time).
+    merging: Vec<AtomicBool>,
     started: Instant,
 }
 
@@ -355,6 +366,7 @@ impl Node {
             }
         }
         Ok(Node {
+            merging: (0..n).map(|_| AtomicBool::new(false)).collect(),
             mutable,
             encoder,
             metrics: Metrics::new(peers.len()),
@@ -514,6 +526,61 @@ impl Node {
             false
         });
         removed
+    }
+
+    /// Opens local shard `s`'s current version as the node serves it (node
+    /// cache, navigation graph, clustered codes).
+    pub fn open_current(&self, s: u32) -> Result<DiskIndex> {
+        let opts = OpenOptions {
+            cache_nodes: self.config.cache_nodes,
+            nav_points: self.config.nav_points,
+            ..OpenOptions::buffered()
+        };
+        let mut index = self
+            .manifest
+            .open_shard(&self.config.index_dir, s as usize, opts)?;
+        index.cluster_codes(&self.config.cluster_codes)?;
+        Ok(index)
+    }
+
+    /// Marks a merge of shard `s` as running; false if one is already.
+    /// Cleared by dropping the guard.
+    pub fn start_merge(&self, s: u32) -> Option<MergeGuard<'_>> {
+        let flag = self.merging.get(s as usize)?;
+        if flag.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(MergeGuard(flag))
+    }
+
+    /// Whether a merge of shard `s` is running.
+    pub fn is_merging(&self, s: u32) -> bool {
+        self.merging
+            .get(s as usize)
+            .is_some_and(|f| f.load(Ordering::Acquire))
+    }
+
+    /// Where the live document `id` of local shard `s` is, as searches of
+    /// `index` (the shard's segment) see it: the writes since the segment
+    /// decide first (a deleted id is nowhere, a replaced one is in the
+    /// mutable part).
+    pub fn locate<T: Element>(&self, s: u32, index: &DiskIndex, id: &UserId) -> Option<Location> {
+        match self.mutable_part::<T>(s) {
+            Some(part) => part.locate(index, id),
+            None => index.documents()?.keys().lookup(id).map(Location::Segment),
+        }
+    }
+
+    /// The fields `include` asks for of a document [`Node::locate`] found
+    /// in shard `s`'s mutable part (`None`: deleted since).
+    pub fn written_payload<T: Element>(
+        &self,
+        s: u32,
+        index: &DiskIndex,
+        id: &UserId,
+        include: &Include,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+        self.mutable_part::<T>(s)?.payload(index, id, include)
     }
 
     /// The mutable part of local shard `s`, if it has one.
@@ -845,7 +912,10 @@ impl<T: WireElem> Executor<T> {
             };
             // Writes since the segment: its deleted or replaced documents
             // are left out at every stage, the new ones searched beside it.
-            let part = self.node.mutable_part::<T>(s).filter(|p| !p.is_empty());
+            let part = self
+                .node
+                .mutable_part::<T>(s)
+                .filter(|p| !p.is_empty(&index));
             let deletes = part.as_ref().and_then(|p| {
                 Some(match q.filter {
                     Some(_) => Deleted::Ids(p.segment_deletes(&index)?),
@@ -1119,7 +1189,7 @@ impl<T: WireElem> Executor<T> {
                 // The mutable part's nearest, exact distances like the
                 // segment's: one list by distance.
                 let filter = q.filter.as_ref().map(|(f, _)| f.as_ref());
-                let extra = part.search(vector, params.k, params.list, filter, &include);
+                let extra = part.search(&index, vector, params.k, params.list, filter, &include);
                 found.hits.extend(extra.into_iter().map(|h| WireHit {
                     id: h.id,
                     distance: Some(h.distance),
@@ -1191,22 +1261,22 @@ impl<T: WireElem> Executor<T> {
         let mut remote: Vec<UserId> = Vec::new();
         for (shard, at) in by_shard {
             let index = self.node.local_shard(shard);
-            let Some(docs) = index.as_ref().and_then(|index| index.documents()) else {
+            let Some((index, docs)) = index
+                .as_ref()
+                .and_then(|index| Some((index, index.documents()?)))
+            else {
                 remote.extend(at.iter().filter_map(|&i| hits.get(i)).map(|h| h.id.clone()));
                 continue;
             };
-            let part = self.node.mutable_part::<T>(shard);
             let mut found: Vec<(usize, u32)> = Vec::with_capacity(at.len());
             for &i in &at {
                 let Some(h) = hits.get_mut(i) else { continue };
-                let at = match (&part, &index) {
-                    (Some(part), Some(index)) => part.locate(index, &h.id),
-                    _ => docs.keys().lookup(&h.id).map(Location::Segment),
-                };
-                match at {
+                match self.node.locate::<T>(shard, index, &h.id) {
                     Some(Location::Segment(l)) => found.push((i, l)),
                     Some(Location::Mutable(_)) => {
-                        h.fields = part.as_ref().and_then(|p| p.payload(&h.id, &include));
+                        h.fields = self
+                            .node
+                            .written_payload::<T>(shard, index, &h.id, &include);
                     }
                     None => {}
                 }
@@ -1258,18 +1328,11 @@ impl<T: WireElem> Executor<T> {
                 continue;
             };
             with_docs += 1;
-            let part = self.node.mutable_part::<T>(s);
             for (i, id) in ids.iter().enumerate() {
                 if found[i] {
                     continue;
                 }
-                // Writes since the segment decide first: a deleted id is
-                // gone, a replaced one has its new payload.
-                let at = match &part {
-                    Some(part) => part.locate(&index, id),
-                    None => docs.keys().lookup(id).map(Location::Segment),
-                };
-                let fields = match at {
+                let fields = match self.node.locate::<T>(s, &index, id) {
                     None => continue,
                     Some(Location::Segment(doc)) => docs
                         .fetch(&[doc], &Include::All)?
@@ -1277,7 +1340,7 @@ impl<T: WireElem> Executor<T> {
                         .next()
                         .unwrap_or_default(),
                     Some(Location::Mutable(_)) => {
-                        match part.as_ref().and_then(|p| p.payload(id, &Include::All)) {
+                        match self.node.written_payload::<T>(s, &index, id, &Include::All) {
                             Some(f) => f,
                             // Deleted between the two reads.
                             None => continue,

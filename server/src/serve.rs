@@ -595,6 +595,7 @@ enum Handler {
     Upsert,
     DeleteOne,
     Delete,
+    Merge,
     Shards,
     Health,
     Metrics,
@@ -609,7 +610,9 @@ impl Handler {
             Handler::Search | Handler::TextStats => Endpoint::Search,
             Handler::Batch => Endpoint::Batch,
             Handler::Document | Handler::Documents => Endpoint::Other,
-            Handler::Upsert | Handler::DeleteOne | Handler::Delete => Endpoint::Write,
+            Handler::Upsert | Handler::DeleteOne | Handler::Delete | Handler::Merge => {
+                Endpoint::Write
+            }
             Handler::Shards => Endpoint::Shards,
             Handler::Health => Endpoint::Health,
             Handler::Metrics => Endpoint::Metrics,
@@ -646,6 +649,7 @@ pub const ROUTES: &[Route] = &[
     route(Method::POST, "/v1/documents", Handler::Upsert),
     route(Method::DELETE, "/v1/documents/{id}", Handler::DeleteOne),
     route(Method::POST, "/v1/documents/delete", Handler::Delete),
+    route(Method::POST, "/v1/shards/{shard}/merge", Handler::Merge),
     route(Method::GET, "/v1/shards", Handler::Shards),
     route(Method::GET, "/healthz", Handler::Health),
     route(Method::GET, "/metrics", Handler::Metrics),
@@ -730,7 +734,7 @@ async fn handle<T: WireElem>(
                 Handler::TextStats => text_stats(exec, req).await,
                 Handler::Document => document(exec, params.first().copied().unwrap_or("")).await,
                 Handler::Documents => documents(exec, req).await,
-                Handler::Upsert | Handler::DeleteOne | Handler::Delete => {
+                Handler::Upsert | Handler::DeleteOne | Handler::Delete | Handler::Merge => {
                     write(exec, req, route.handler, &params, client).await
                 }
                 Handler::Shards => Ok(shards(exec)),
@@ -1204,6 +1208,13 @@ async fn write<T: WireElem>(
                 (None, Some(filter)) => writes::delete_matching(exec, &filter).await?,
                 _ => return Err(ApiError::DeleteWhat.into()),
             };
+            Ok(json_reply(StatusCode::OK, &resp))
+        }
+        (Handler::Merge, [raw]) => {
+            let shard: u32 = raw
+                .parse()
+                .map_err(|_| ServerError::from(ApiError::ShardPath(raw.to_string())))?;
+            let resp = writes::merge_now(exec, shard).await?;
             Ok(json_reply(StatusCode::OK, &resp))
         }
         _ => Err(ApiError::NoEndpoint {

@@ -27,20 +27,23 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use shardann_engine::docs::UserId;
 use shardann_engine::filter::Filter;
 use shardann_engine::index::DiskIndex;
+use shardann_engine::merge::MergeReport;
+use shardann_engine::metric::Element;
 use shardann_engine::mutable::{MutableOptions, MutablePart, NewDocument};
 use shardann_engine::partition::PartitionKind;
+use shardann_engine::progress::NoProgress;
 use shardann_engine::wal::Durability;
 
 use crate::api::{check_vector, ApiError, WireElem};
 use crate::error::{Result, ServerError};
-use crate::node::Executor;
+use crate::node::{Executor, Node};
 
 /// `[writes]` in `node.toml`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -57,6 +60,14 @@ pub struct WritesConfig {
     /// On a node with a model: a document without a "vector" has this
     /// field's text embedded (default "text").
     pub embed_field: String,
+    /// A merge of a shard's writes into its next version starts by itself
+    /// once the writes since its version (documents written, plus the
+    /// version's documents deleted or replaced) reach this share of the
+    /// version's points. 0 turns automatic merges off
+    /// (`POST /v1/shards/{shard}/merge` still merges).
+    pub merge_fraction: f64,
+    /// ... or once the shard's mutable part holds this many points.
+    pub merge_points: usize,
 }
 
 impl Default for WritesConfig {
@@ -67,6 +78,8 @@ impl Default for WritesConfig {
             max_batch: o.max_batch,
             max_points: o.max_points,
             embed_field: "text".into(),
+            merge_fraction: 0.1,
+            merge_points: 1_000_000,
         }
     }
 }
@@ -96,6 +109,10 @@ pub enum WriteRefusal {
         id: String,
         nodes: String,
     },
+    #[error("this node does not serve shard {shard}; merge it on a node that does")]
+    NoLocalShard { shard: u32 },
+    #[error("a merge of shard {shard} is running; ask again when it is done")]
+    MergeRunning { shard: u32 },
 }
 
 /// `POST /v1/documents`.
@@ -258,15 +275,8 @@ async fn embed_missing<T: WireElem>(
 fn holder<T: WireElem>(exec: &Executor<T>, id: &UserId) -> Option<u32> {
     let node = &exec.node;
     node.local_shards().into_iter().find(|&s| {
-        let Some(index) = node.local_shard(s) else {
-            return false;
-        };
-        match node.mutable_part::<T>(s) {
-            Some(part) => part.locate(&index, id).is_some(),
-            None => index
-                .documents()
-                .is_some_and(|d| d.keys().lookup(id).is_some()),
-        }
+        node.local_shard(s)
+            .is_some_and(|index| node.locate::<T>(s, &index, id).is_some())
     })
 }
 
@@ -408,6 +418,7 @@ pub async fn upsert<T: WireElem>(
         .await?;
         resp.upserted += n;
         resp.lsn.insert(s, lsn);
+        merge_if_due::<T>(node, s);
     }
     let m = &node.metrics;
     m.add(&m.documents_upserted, resp.upserted as u64);
@@ -460,6 +471,7 @@ pub async fn delete_ids<T: WireElem>(
         resp.deleted += deleted;
         // Deleted by another writer between the lookup and the delete.
         resp.not_found.extend(missing);
+        merge_if_due::<T>(node, s);
     }
     let m = &node.metrics;
     m.add(&m.documents_deleted, resp.deleted as u64);
@@ -519,7 +531,7 @@ pub async fn delete_matching<T: WireElem>(
             }
         }
         if let Some(part) = &part {
-            ids.extend(part.matching_ids(&filter));
+            ids.extend(part.matching_ids(&index, &filter));
         }
         if ids.is_empty() {
             continue;
@@ -531,6 +543,7 @@ pub async fn delete_matching<T: WireElem>(
             let (n, _) = delete_durably(index, part, chunk).await?;
             resp.deleted += n;
         }
+        merge_if_due::<T>(node, s);
     }
     resp.unsearched_shards = (0..node.manifest.shards.len() as u32)
         .filter(|&s| node.local_shard(s).is_none())
@@ -539,4 +552,150 @@ pub async fn delete_matching<T: WireElem>(
     m.add(&m.documents_deleted, resp.deleted as u64);
     resp.took_us = start.elapsed().as_micros() as u64;
     Ok(resp)
+}
+
+/// `POST /v1/shards/{shard}/merge`'s answer.
+#[derive(Debug, Serialize)]
+pub struct MergeResponse {
+    pub shard: u32,
+    /// The version served now.
+    pub version: u64,
+    /// What the merge did; null when the shard had no writes to fold in.
+    pub merge: Option<MergeReport>,
+    /// Bytes cut from the front of the shard's log once the new version
+    /// was served.
+    pub log_bytes_cut: u64,
+}
+
+/// Merges local shard `s`'s writes into its next version now, on a thread
+/// of its own (minutes of CPU at a million points: not an executor's), and
+/// answers when the new version is served.
+pub async fn merge_now<T: WireElem>(exec: &Executor<T>, s: u32) -> Result<MergeResponse> {
+    let node = Arc::clone(&exec.node);
+    if node.local_shard(s).is_none() {
+        return Err(WriteRefusal::NoLocalShard { shard: s }.into());
+    }
+    let (tx, rx) = futures::channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("merge-shard-{s}"))
+        .spawn(move || {
+            let _ = tx.send(run_merge::<T>(&node, s));
+        })
+        .map_err(|e| ServerError::InvalidParameter(format!("starting a merge thread: {e}")))?;
+    rx.await
+        .map_err(|_| ServerError::InvalidParameter(format!("the merge of shard {s} panicked")))?
+}
+
+/// Starts a merge of local shard `s` in the background if its writes
+/// passed `[writes] merge_fraction` or `merge_points` and none is running.
+pub fn merge_if_due<T: WireElem>(node: &Arc<Node>, s: u32) {
+    let w = &node.config.writes;
+    let (Some(index), Some(part)) = (node.local_shard(s), node.mutable_part::<T>(s)) else {
+        return;
+    };
+    if node.is_merging(s) {
+        return;
+    }
+    let st = part.stats();
+    let changes = (st.points + st.segment_deleted) as f64;
+    let by_share = w.merge_fraction > 0.0 && changes >= w.merge_fraction * index.len() as f64;
+    let by_points = w.merge_fraction > 0.0 && st.points as usize >= w.merge_points;
+    if !(by_share || by_points) || st.merging {
+        return;
+    }
+    let name = node.config.node_id.clone();
+    let node = Arc::clone(node);
+    let spawned = std::thread::Builder::new()
+        .name(format!("merge-shard-{s}"))
+        .spawn(move || match run_merge::<T>(&node, s) {
+            Ok(r) => {
+                if let Some(m) = &r.merge {
+                    eprintln!(
+                        "node {}: shard {s}: merged {} write record(s) into version {} in {:.1} s \
+                         ({} inserted, {} removed, {} points)",
+                        node.config.node_id,
+                        m.records,
+                        m.version,
+                        m.seconds,
+                        m.inserted,
+                        m.removed,
+                        m.points_after
+                    );
+                }
+            }
+            Err(ServerError::Write(WriteRefusal::MergeRunning { .. })) => {}
+            Err(e) => eprintln!("node {}: shard {s}: merge failed: {e}", node.config.node_id),
+        });
+    if let Err(e) = spawned {
+        eprintln!("node {name}: shard {s}: starting a merge thread: {e}");
+    }
+}
+
+/// How long a merge waits for searches still running on the version it
+/// replaced before it drops the writes they see beside it. Searches end
+/// long before (their deadline); this bounds a stuck one.
+const DRAIN_WAIT: Duration = Duration::from_secs(60);
+
+/// The merge itself: fold the logged writes into the next version
+/// (`engine::merge`), serve it, wait for the searches of the old version
+/// to end, then drop the old view of the writes and cut the log.
+fn run_merge<T: Element>(node: &Node, s: u32) -> Result<MergeResponse> {
+    let Some(_running) = node.start_merge(s) else {
+        return Err(WriteRefusal::MergeRunning { shard: s }.into());
+    };
+    let index = node
+        .local_shard(s)
+        .ok_or(WriteRefusal::NoLocalShard { shard: s })?;
+    let serving = index.segment().map_or(0, |m| m.version);
+    let nothing = MergeResponse {
+        shard: s,
+        version: serving,
+        merge: None,
+        log_bytes_cut: 0,
+    };
+    let (Some(dir), Some(part)) = (node.shard_dir(s), node.mutable_part::<T>(s)) else {
+        return Ok(nothing);
+    };
+    let Some(through) = part.begin_merge()? else {
+        return Ok(nothing);
+    };
+    let report = match shardann_engine::merge::merge::<T>(&dir, &index, through, &NoProgress) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            part.finish_merge(through, false)?;
+            return Ok(nothing);
+        }
+        Err(e) => {
+            let _ = part.finish_merge(through, false);
+            node.metrics.add(&node.metrics.merge_failures, 1);
+            return Err(e.into());
+        }
+    };
+    // Published: serve it. Should it not open, the node goes on serving
+    // the old version with every write; a restart opens the new one and
+    // replays only the writes after it.
+    let new = match node.open_current(s) {
+        Ok(i) => i,
+        Err(e) => {
+            node.metrics.add(&node.metrics.merge_failures, 1);
+            return Err(e);
+        }
+    };
+    node.swap(s, new);
+    node.metrics.add(&node.metrics.version_switches, 1);
+    let waited = Instant::now();
+    // Ours, and the node's list of retired versions.
+    while Arc::strong_count(&index) > 2 && waited.elapsed() < DRAIN_WAIT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(index);
+    let cut = part.finish_merge(through, true)?;
+    node.collect();
+    node.metrics.add(&node.metrics.merges, 1);
+    Ok(MergeResponse {
+        shard: s,
+        version: report.version,
+        merge: Some(report),
+        log_bytes_cut: cut,
+    })
 }

@@ -237,7 +237,7 @@ fn segment_v1_golden_stays_verifiable() {
         for f in ["disk.index", "pq.bin"] {
             std::fs::copy(v1.join(f), seg.join(f)).unwrap();
         }
-        shardann_engine::segment::seal(&seg, 0, 1, None).unwrap();
+        shardann_engine::segment::seal(&seg, 0, 1, None, None).unwrap();
         shardann_engine::shard::publish(&shard, 1).unwrap();
         eprintln!("wrote the golden segment to {}: commit it", shard.display());
     }

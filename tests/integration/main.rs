@@ -11,6 +11,7 @@ mod documents_http;
 mod embed;
 mod eval;
 mod golden;
+mod merges;
 mod ops;
 mod overload;
 mod pipeline;

@@ -108,7 +108,7 @@ impl Client {
 fn start(d: &Path, index: &Path, name: &'static str, addr: SocketAddr) -> NodeProc {
     let toml = format!(
         "node_id = \"{name}\"\nlisten = \"{addr}\"\nindex_dir = \"{}\"\nexecutors = 2\n\
-         write_token = \"{TOKEN}\"\n[writes]\nmax_batch = 100\n",
+         write_token = \"{TOKEN}\"\n[writes]\nmax_batch = 100\nmerge_fraction = 0.0\n",
         p(index)
     );
     let path = d.join(format!("{name}.toml"));

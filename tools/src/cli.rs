@@ -55,6 +55,7 @@ pub enum Command {
     Plan(PlanArgs),
     Upsert(UpsertArgs),
     Delete(DeleteArgs),
+    Merge(MergeArgs),
     #[command(subcommand)]
     Cluster(ClusterCommand),
 }
@@ -122,6 +123,35 @@ pub struct DeleteArgs {
     /// The node's write_token (default: $SHARDANN_WRITE_TOKEN).
     #[arg(long)]
     pub token: Option<String>,
+}
+
+/// Fold a serving node's writes into new segment versions now.
+///
+/// A node merges a shard by itself once its writes pass [writes]
+/// merge_fraction of the shard (default 0.1); this asks for it at once
+/// (POST /v1/shards/{shard}/merge): the node writes the shard's next
+/// version with the logged upserts and deletes in its graph, documents and
+/// filter index, verifies and publishes it, serves it, and cuts the log.
+/// Searches and writes go on meanwhile. Without --shard, every shard the
+/// node has writes for.
+///
+///   shardann merge --server http://127.0.0.1:7001
+///   shardann merge --server http://127.0.0.1:7001 --shard 0 --json
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct MergeArgs {
+    /// The node serving the shards: http://HOST:PORT.
+    #[arg(long)]
+    pub server: String,
+    /// A shard to merge (repeat for more).
+    #[arg(long = "shard")]
+    pub shards: Vec<u32>,
+    /// The node's write_token (default: $SHARDANN_WRITE_TOKEN).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Print each shard's merge report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A cluster's control plane in etcd: publish an index, see who serves what.
@@ -1184,6 +1214,7 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Plan(a) => crate::plan::plan(&a, out),
         Command::Upsert(a) => crate::writes::upsert(&a, q, out),
         Command::Delete(a) => crate::writes::delete(&a, q, out),
+        Command::Merge(a) => crate::writes::merge(&a, out),
         Command::Cluster(ClusterCommand::Init(a)) => crate::cluster::init(&a, out),
         Command::Cluster(ClusterCommand::Status(a)) => crate::cluster::status(&a, out),
         Command::Cluster(ClusterCommand::Place(a)) => crate::cluster::place(&a, out),

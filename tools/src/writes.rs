@@ -15,7 +15,7 @@ use shardann_engine::progress::Progress;
 use shardann_engine::ElemType;
 use shardann_server::client::{exchange, parse_url, Request, Version};
 
-use crate::cli::{DeleteArgs, UpsertArgs};
+use crate::cli::{DeleteArgs, MergeArgs, UpsertArgs};
 use crate::progress::Bars;
 
 fn token(given: &Option<String>) -> Option<String> {
@@ -265,5 +265,57 @@ pub fn delete(a: &DeleteArgs, quiet: bool, out: &mut dyn Write) -> anyhow::Resul
         out,
         "deleted {deleted} documents; {not_found} ids named no document"
     )?;
+    Ok(())
+}
+
+/// `shardann merge`: asks the node to merge each shard, one at a time.
+pub fn merge(a: &MergeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let addr = parse_url(&a.server)?;
+    let token = token(&a.token);
+    let shards: Vec<u32> = if a.shards.is_empty() {
+        let health = send(addr, Request::get("/healthz"))?;
+        health["writes"]
+            .as_object()
+            .map(|m| m.keys().filter_map(|k| k.parse().ok()).collect())
+            .unwrap_or_default()
+    } else {
+        a.shards.clone()
+    };
+    if shards.is_empty() {
+        writeln!(out, "no shard of {} has writes to merge", a.server)?;
+        return Ok(());
+    }
+    for s in shards {
+        let req = Request::post(&format!("/v1/shards/{s}/merge"), b"{}".to_vec())
+            .with_bearer(token.as_deref());
+        let v = send(addr, req).with_context(|| format!("merging shard {s}"))?;
+        if a.json {
+            writeln!(out, "{v}")?;
+            continue;
+        }
+        let m = &v["merge"];
+        if m.is_null() {
+            writeln!(
+                out,
+                "shard {s}: nothing to merge (version {})",
+                v["version"]
+            )?;
+            continue;
+        }
+        writeln!(
+            out,
+            "shard {s}: version {} from {} in {:.1} s: {} write record(s), {} inserted, {} removed, \
+             {} points (was {}); log cut by {} bytes",
+            m["version"],
+            m["parent"],
+            m["seconds"].as_f64().unwrap_or(0.0),
+            m["records"],
+            m["inserted"],
+            m["removed"],
+            m["points_after"],
+            m["points_before"],
+            v["log_bytes_cut"]
+        )?;
+    }
     Ok(())
 }

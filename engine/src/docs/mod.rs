@@ -273,6 +273,90 @@ impl Documents {
         Ok(())
     }
 
+    /// Writes a merged segment's documents into `seg_dir`: the documents
+    /// `keep` of `old` (segment-local ids, ascending) as documents
+    /// `0..keep.len()`, then `added` after them, with the same filter
+    /// fields and text fields (and analyzer) as `old`. Every file is
+    /// written anew: its cost is the segment's size, not the changes'.
+    pub fn write_merged(
+        old: &Documents,
+        keep: &[u32],
+        added: &[(UserId, &Map<String, Value>)],
+        seg_dir: &Path,
+    ) -> Result<()> {
+        let mut store = DocStoreWriter::create(&seg_dir.join(DOCS_FILE), DEFAULT_BLOCK_BYTES)?;
+        let mut filters = match &old.filters {
+            Some(f) => {
+                let names: Vec<String> = f.schema().names().map(str::to_string).collect();
+                Some(FilterIndexBuilder::new(&names)?)
+            }
+            None => None,
+        };
+        let mut text = match &old.text {
+            Some(t) => Some(TextIndexBuilder::new(
+                t.fields(),
+                t.analyzer(),
+                &seg_dir.join(".text-scratch"),
+            )?),
+            None => None,
+        };
+        let mut ids = Vec::with_capacity(keep.len() + added.len());
+        let mut add = |payload: &[u8], map: Option<&Map<String, Value>>, id: UserId| {
+            let local = ids.len() as u32;
+            if filters.is_some() || text.is_some() {
+                let parsed;
+                let map = match map {
+                    Some(m) => m,
+                    None => {
+                        parsed =
+                            serde_json::from_slice::<Map<String, Value>>(payload).map_err(|e| {
+                                Error::format(
+                                    old.store.path(),
+                                    FormatError::Invalid {
+                                        field: "document",
+                                        value: local.into(),
+                                        why: format!("stored payload is not a JSON object: {e}"),
+                                    },
+                                )
+                            })?;
+                        &parsed
+                    }
+                };
+                if let Some(f) = filters.as_mut() {
+                    f.add(local, map)?;
+                }
+                if let Some(t) = text.as_mut() {
+                    t.add(local, map)
+                        .map_err(|e| Error::text(seg_dir.join(TEXT_FILE), e))?;
+                }
+            }
+            store.add(payload)?;
+            ids.push(id);
+            Ok::<(), Error>(())
+        };
+        for chunk in keep.chunks(4096) {
+            for (payload, &doc) in old.store.get_many(chunk)?.into_iter().zip(chunk) {
+                let id = old.keys.key(doc);
+                add(&payload, None, id)?;
+            }
+        }
+        for (id, map) in added {
+            let payload = serde_json::to_vec(map).unwrap_or_else(|_| b"{}".to_vec());
+            add(&payload, Some(map), id.clone())?;
+        }
+        store.finish()?;
+        KeyMap::from_ids(ids)
+            .map_err(|e| Error::docs(seg_dir.join(KEYS_FILE), e))?
+            .write(&seg_dir.join(KEYS_FILE))?;
+        if let Some(f) = filters {
+            f.finish().write(&seg_dir.join(FILTERS_FILE))?;
+        }
+        if let Some(t) = text {
+            t.finish(&seg_dir.join(TEXT_FILE))?;
+        }
+        Ok(())
+    }
+
     pub fn keys(&self) -> &KeyMap {
         &self.keys
     }

@@ -62,6 +62,10 @@ pub struct Manifest {
     pub build: BuildInfo,
     /// Every file of the segment except the manifest, sorted by name.
     pub files: Vec<FileEntry>,
+    /// For a version written by a merge: the last write-ahead-log LSN whose
+    /// writes it holds. Replay skips records up to it. Absent for a build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_lsn: Option<u64>,
 }
 
 /// The directory name of version `v`: `v` and 10 digits.
@@ -251,6 +255,7 @@ mod tests {
                     xxh3: hex64(sum),
                 })
                 .collect(),
+            applied_lsn: None,
         }
     }
 
@@ -287,6 +292,29 @@ mod tests {
                 prop_assert!(Manifest::from_bytes(Path::new("segment.json"), &bytes[..cut]).is_err());
             }
         }
+    }
+
+    /// A merged version's `applied_lsn` is written and read back; a
+    /// manifest without it (every build's) reads as before, and its bytes
+    /// do not name the field.
+    #[test]
+    fn applied_lsn_is_optional() {
+        let built = manifest(
+            0,
+            2,
+            Some(1),
+            vec![("disk.index".into(), 1, 1), ("pq.bin".into(), 1, 1)],
+        );
+        let bytes = built.to_bytes().unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("applied_lsn"));
+        assert_eq!(Manifest::parse(&bytes).unwrap().applied_lsn, None);
+        let merged = Manifest {
+            applied_lsn: Some(4711),
+            ..built
+        };
+        let bytes = merged.to_bytes().unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains("\"applied_lsn\":4711"));
+        assert_eq!(Manifest::parse(&bytes).unwrap(), merged);
     }
 
     #[test]

@@ -16,15 +16,18 @@ use crate::pq::PqParams;
 use crate::progress::NoProgress;
 use crate::shard_plan::build_sharded;
 
-struct Fixture {
-    dir: tempfile::TempDir,
+/// A one-shard docs index in a temporary directory (shared with the
+/// merge's tests).
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn shard_dir(&self) -> PathBuf {
+    pub(crate) fn shard_dir(&self) -> PathBuf {
         self.dir.path().join("index/shard-0")
     }
-    fn segment(&self) -> DiskIndex {
+    /// The shard's current version, opened.
+    pub(crate) fn segment(&self) -> DiskIndex {
         let out = self.dir.path().join("index");
         let m = ClusterManifest::of_dir(&out).unwrap();
         m.open_shard(&out, 0, OpenOptions::buffered()).unwrap()
@@ -36,12 +39,18 @@ fn vec_of(i: u32) -> Vec<u8> {
 }
 
 fn fixture() -> Fixture {
+    fixture_of(300, vec_of)
+}
+
+/// `n` documents `doc-i` with vector `vector(i)` (8 wide), `lang` en/fr
+/// alternating and `year` 2000 + i % 20 (both filter fields).
+pub(crate) fn fixture_of(n: u32, vector: impl Fn(u32) -> Vec<u8>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("docs.jsonl");
     let mut lines = String::new();
-    for i in 0..300u32 {
+    for i in 0..n {
         let lang = ["en", "fr"][i as usize % 2];
-        let line = json!({"id": format!("doc-{i}"), "vector": vec_of(i),
+        let line = json!({"id": format!("doc-{i}"), "vector": vector(i),
             "lang": lang, "year": 2000 + i % 20});
         lines.push_str(&line.to_string());
         lines.push('\n');
@@ -71,7 +80,7 @@ fn fixture() -> Fixture {
         },
         pq: PqParams {
             num_chunks: 4,
-            train_sample: 300,
+            train_sample: n as usize,
             iterations: 2,
             seed: 1,
         },
@@ -90,7 +99,7 @@ fn fixture() -> Fixture {
     Fixture { dir }
 }
 
-fn doc(id: &str, v: Vec<u8>, payload: serde_json::Value) -> NewDocument<u8> {
+pub(crate) fn doc(id: &str, v: Vec<u8>, payload: serde_json::Value) -> NewDocument<u8> {
     NewDocument {
         id: UserId::Str(id.into()),
         vector: v,
@@ -98,7 +107,7 @@ fn doc(id: &str, v: Vec<u8>, payload: serde_json::Value) -> NewDocument<u8> {
     }
 }
 
-fn s(id: &str) -> UserId {
+pub(crate) fn s(id: &str) -> UserId {
     UserId::Str(id.into())
 }
 
@@ -109,7 +118,7 @@ fn writes_are_searchable_replayed_and_checked() {
     let opts = MutableOptions::default();
     let (part, replayed) = MutablePart::<u8>::open(&f.shard_dir(), &seg, opts).unwrap();
     assert_eq!(replayed, Replayed::default());
-    assert!(part.is_empty() && part.segment_deletes(&seg).is_none());
+    assert!(part.is_empty(&seg) && part.segment_deletes(&seg).is_none());
 
     let new: Vec<NewDocument<u8>> = (0..40u32)
         .map(|i| {
@@ -163,12 +172,20 @@ fn writes_are_searchable_replayed_and_checked() {
             "cached"
         );
         // The new vector is found at distance 0, with its fields.
-        let hits = part.search(&[200, 10, 15, 7, 1, 2, 3, 4], 3, 16, None, &Include::All);
+        let hits = part.search(
+            &seg,
+            &[200, 10, 15, 7, 1, 2, 3, 4],
+            3,
+            16,
+            None,
+            &Include::All,
+        );
         assert_eq!(hits[0].id, s("new-3"));
         assert_eq!(hits[0].distance, 0.0);
         assert_eq!(hits[0].fields.get("year"), Some(&json!(2033)));
         // A deleted document never comes back, a filter is applied.
         let all = part.search(
+            &seg,
             &[200, 10, 35, 7, 1, 2, 3, 4],
             100,
             100,
@@ -178,12 +195,12 @@ fn writes_are_searchable_replayed_and_checked() {
         assert_eq!(all.len(), 40, "41 upserted, 1 deleted");
         assert!(all.iter().all(|h| h.id != s("new-7")));
         let f = Filter::parse(&json!({"year": {"$gte": 2060}})).unwrap();
-        let few = part.search(&[0; 8], 10, 16, Some(&f), &Include::Nothing);
+        let few = part.search(&seg, &[0; 8], 10, 16, Some(&f), &Include::Nothing);
         let ids: Vec<UserId> = few.iter().map(|h| h.id.clone()).collect();
         assert_eq!(ids.len(), 10);
         assert!(ids.iter().all(|i| *i.to_string() >= *"\"new-30"));
         assert_eq!(
-            part.payload(&s("doc-3"), &Include::Fields(vec!["title".into()])),
+            part.payload(&seg, &s("doc-3"), &Include::Fields(vec!["title".into()])),
             Some(json!({"title": "replaced"}).as_object().unwrap().clone())
         );
     };

@@ -25,4 +25,4 @@ mod prune;
 pub use build::{build, VamanaParams};
 pub use graph::Graph;
 pub use mutable::MutableGraph;
-pub(crate) use prune::robust_prune;
+pub(crate) use prune::{occludes, robust_prune};

@@ -27,6 +27,8 @@ pub struct MutableGraph<T> {
     slack: f32,
     vectors: Vec<T>,
     adj: Vec<Vec<u32>>,
+    /// Where walks start: point 0, or the segment's medoid in a merge.
+    entry: u32,
 }
 
 /// (distance, id) pairs.
@@ -48,7 +50,58 @@ impl<T: Element> MutableGraph<T> {
             slack: params.slack.max(1.0),
             vectors: Vec::new(),
             adj: Vec::new(),
+            entry: 0,
         }
+    }
+
+    /// A graph over existing points (`vectors`, `adj` of one list per
+    /// point) whose walks start at `entry`: a segment's graph, which a
+    /// merge grows with the new points. Lists may hold up to R·slack ids
+    /// until [`MutableGraph::into_parts`].
+    pub fn from_parts(
+        dim: usize,
+        metric: Metric,
+        params: &VamanaParams,
+        vectors: Vec<T>,
+        adj: Vec<Vec<u32>>,
+        entry: u32,
+    ) -> Self {
+        assert_eq!(vectors.len(), adj.len() * dim, "one vector per list");
+        assert!(
+            adj.is_empty() || (entry as usize) < adj.len(),
+            "entry in the graph"
+        );
+        MutableGraph {
+            vectors,
+            adj,
+            entry,
+            ..Self::new(dim, metric, params)
+        }
+    }
+
+    /// Makes walks start at `id` (a point of the graph).
+    pub fn set_entry(&mut self, id: u32) {
+        if (id as usize) < self.adj.len() {
+            self.entry = id;
+        }
+    }
+
+    /// The vectors and adjacency lists, every list pruned (RobustPrune)
+    /// down to R: the bound a segment's records have.
+    pub fn into_parts(mut self) -> (Vec<T>, Vec<Vec<u32>>) {
+        let mut pruned = Vec::new();
+        for p in 0..self.adj.len() as u32 {
+            if self.adj[p as usize].len() <= self.max_degree {
+                continue;
+            }
+            let mut pool: Vec<(f32, u32)> = self.adj[p as usize]
+                .iter()
+                .map(|&c| (self.dist(p, c), c))
+                .collect();
+            self.prune(p, &mut pool, &mut pruned);
+            self.adj[p as usize] = pruned.clone();
+        }
+        (self.vectors, self.adj)
     }
 
     pub fn len(&self) -> usize {
@@ -87,7 +140,7 @@ impl<T: Element> MutableGraph<T> {
         self.metric.distance(self.vector(a), self.vector(b))
     }
 
-    /// Greedy search from point 0 (the entry point) with list size `l`:
+    /// Greedy search from the entry point with list size `l`:
     /// the final list (distance, id) and the expanded nodes.
     fn walk(&self, query: &[T], l: usize) -> (Scored, Scored) {
         let mut visited = FxHashSet::default();
@@ -96,8 +149,13 @@ impl<T: Element> MutableGraph<T> {
         if self.adj.is_empty() {
             return (Vec::new(), expanded);
         }
-        visited.insert(0u32);
-        list.push((self.metric.distance(query, self.vector(0)), 0, false));
+        let entry = self.entry;
+        visited.insert(entry);
+        list.push((
+            self.metric.distance(query, self.vector(entry)),
+            entry,
+            false,
+        ));
         let mut cursor = 0;
         while cursor < list.len() {
             let (d, id, _) = list[cursor];

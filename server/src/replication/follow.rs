@@ -187,7 +187,7 @@ async fn join_shard(node: &Node, s: u32) -> Result<()> {
             r.seconds
         );
     }
-    let index = open_local(node, s)?;
+    let index = node.open_current(s)?;
     let version = index.segment().map_or(0, |m| m.version);
     if node.add_local(s, index) {
         eprintln!(
@@ -196,20 +196,6 @@ async fn join_shard(node: &Node, s: u32) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Opens local shard `s`'s current version as the node serves it.
-fn open_local(node: &Node, s: u32) -> Result<shardann_engine::index::DiskIndex> {
-    let opts = shardann_engine::index::OpenOptions {
-        cache_nodes: node.config.cache_nodes,
-        nav_points: node.config.nav_points,
-        ..shardann_engine::index::OpenOptions::buffered()
-    };
-    let mut index = node
-        .manifest
-        .open_shard(&node.config.index_dir, s as usize, opts)?;
-    index.cluster_codes(&node.config.cluster_codes)?;
-    Ok(index)
 }
 
 /// The newest version newer than `on_disk` that a peer serving `s` says
@@ -283,7 +269,7 @@ async fn follow_shard(node: &Node, s: u32) -> Result<()> {
     if serving.is_some_and(|v| v >= on_disk) {
         return Ok(());
     }
-    let index = open_local(node, s)?;
+    let index = node.open_current(s)?;
     let now = index.segment().map(|m| m.version);
     node.swap(s, index);
     node.metrics.add(&node.metrics.version_switches, 1);

@@ -871,6 +871,7 @@ mod tests {
                     xxh3: "0123456789abcdef".into(),
                 })
                 .into(),
+            applied_lsn: None,
         }
     }
 
