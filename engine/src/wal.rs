@@ -546,10 +546,9 @@ impl Wal {
     }
 }
 
-/// The records of the log at `path` that check, in LSN order, read
-/// without changing the file (a merge reads what it folds in this way
-/// while writes go on being appended).
-pub fn read_log<T: Element>(path: &Path, dim: usize) -> Result<Vec<(u64, Vec<Op<T>>)>> {
+/// The log at `path`, read whole without changing it, and its header's
+/// dim, element code and base LSN (refused as [`Wal::open`] refuses it).
+fn read_whole(path: &Path) -> Result<(Vec<u8>, (u32, u8, u64))> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let wal_err = |source| Error::Wal {
         path: path.to_path_buf(),
@@ -562,7 +561,19 @@ pub fn read_log<T: Element>(path: &Path, dim: usize) -> Result<Vec<(u64, Vec<Op<
         }
         wal_err(WalError::BadMagic { found })
     })?;
-    let (log_dim, elem, base) = parse_header(header).map_err(wal_err)?;
+    let parsed = parse_header(header).map_err(wal_err)?;
+    Ok((bytes, parsed))
+}
+
+/// The records of the log at `path` that check, in LSN order, read
+/// without changing the file (a merge reads what it folds in this way
+/// while writes go on being appended).
+pub fn read_log<T: Element>(path: &Path, dim: usize) -> Result<Vec<(u64, Vec<Op<T>>)>> {
+    let (bytes, (log_dim, elem, base)) = read_whole(path)?;
+    let wal_err = |source| Error::Wal {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    };
     if log_dim as usize != dim || elem != T::TYPE.code() {
         return Err(wal_err(WalError::Mismatch {
             what: "dimension or element type",
@@ -630,19 +641,11 @@ pub struct LogSummary {
 /// Reads the log at `path` without changing it: its header (refused as
 /// [`Wal::open`] refuses it) and what its records hold.
 pub fn scan(path: &Path) -> Result<LogSummary> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (bytes, (dim, elem, base_lsn)) = read_whole(path)?;
     let wal_err = |source| Error::Wal {
         path: path.to_path_buf(),
         source: Box::new(source),
     };
-    let header = bytes.get(..HEADER_LEN).ok_or_else(|| {
-        let mut found = [0u8; 8];
-        for (d, s) in found.iter_mut().zip(&bytes) {
-            *d = *s;
-        }
-        wal_err(WalError::BadMagic { found })
-    })?;
-    let (dim, elem, base_lsn) = parse_header(header).map_err(wal_err)?;
     fn count<T: Element>(bytes: &[u8], dim: usize, base: u64) -> (u64, u64, u64, usize) {
         let (records, at) = read_records::<T>(bytes, dim, base);
         let upserts = records

@@ -40,6 +40,35 @@ pub fn cli_ok(args: &[&str]) -> String {
     cli(args).unwrap_or_else(|e| panic!("shardann {args:?} failed: {e}"))
 }
 
+/// `build --docs` of a u8 JSON Lines file into a random 2-shard index with a
+/// small graph (R 16, L 32, 8 PQ bytes, 2 threads): the index the write
+/// tests start from. Returns the CLI's output.
+pub fn build_small_docs(docs: &Path, filter_fields: &str, out: &Path) -> String {
+    cli_ok(&[
+        "build",
+        "--docs",
+        p(docs),
+        "--vector-type",
+        "u8",
+        "--filter-fields",
+        filter_fields,
+        "--out",
+        p(out),
+        "--shards",
+        "2",
+        "--partition",
+        "random",
+        "--max-degree",
+        "16",
+        "--build-list",
+        "32",
+        "--pq-bytes",
+        "8",
+        "--threads",
+        "2",
+    ])
+}
+
 pub fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }

@@ -39,29 +39,7 @@ fn build(d: &Path) -> (std::path::PathBuf, Vec<(String, Vec<u8>)>) {
     let path = d.join("docs.jsonl");
     std::fs::write(&path, jsonl).unwrap();
     let out = d.join("index");
-    cli_ok(&[
-        "build",
-        "--docs",
-        p(&path),
-        "--vector-type",
-        "u8",
-        "--filter-fields",
-        "lang,year",
-        "--out",
-        p(&out),
-        "--shards",
-        "2",
-        "--partition",
-        "random",
-        "--max-degree",
-        "16",
-        "--build-list",
-        "32",
-        "--pq-bytes",
-        "8",
-        "--threads",
-        "2",
-    ]);
+    crate::build_small_docs(&path, "lang,year", &out);
     (out, docs)
 }
 

@@ -215,62 +215,15 @@ impl Documents {
     /// the part of a sharded build that lands in one shard.
     pub fn install_subset(ingested: &Ingested, members: &[u32], seg_dir: &Path) -> Result<()> {
         let source = DocStore::open(&ingested.store)?;
-        let mut store = DocStoreWriter::create(&seg_dir.join(DOCS_FILE), DEFAULT_BLOCK_BYTES)?;
-        let fields = &ingested.fields;
-        let mut filters = if fields.filter.is_empty() {
-            None
-        } else {
-            Some(FilterIndexBuilder::new(&fields.filter)?)
-        };
-        let mut text = if fields.text.is_empty() {
-            None
-        } else {
-            Some(TextIndexBuilder::new(
-                &fields.text,
-                fields.analyzer,
-                &seg_dir.join(".text-scratch"),
-            )?)
-        };
-        let mut ids = Vec::with_capacity(members.len());
+        let f = &ingested.fields;
+        let text = (!f.text.is_empty()).then_some((&f.text[..], f.analyzer));
+        let mut out = DocsWriter::create(seg_dir, &ingested.store, &f.filter, text)?;
         for chunk in members.chunks(4096) {
-            for (k, payload) in source.get_many(chunk)?.into_iter().enumerate() {
-                let global = chunk.get(k).copied().unwrap_or(0);
-                if filters.is_some() || text.is_some() {
-                    let map: Map<String, Value> =
-                        serde_json::from_slice(&payload).map_err(|e| {
-                            Error::format(
-                                &ingested.store,
-                                FormatError::Invalid {
-                                    field: "document",
-                                    value: global.into(),
-                                    why: format!("staged payload is not a JSON object: {e}"),
-                                },
-                            )
-                        })?;
-                    let local = ids.len() as u32;
-                    if let Some(f) = filters.as_mut() {
-                        f.add(local, &map)?;
-                    }
-                    if let Some(t) = text.as_mut() {
-                        t.add(local, &map)
-                            .map_err(|e| Error::text(&ingested.store, e))?;
-                    }
-                }
-                store.add(&payload)?;
-                ids.push(ingested.keys.key(global));
+            for (payload, &global) in source.get_many(chunk)?.into_iter().zip(chunk) {
+                out.add(&payload, None, ingested.keys.key(global))?;
             }
         }
-        store.finish()?;
-        KeyMap::from_ids(ids)
-            .map_err(|e| Error::docs(&ingested.store, e))?
-            .write(&seg_dir.join(KEYS_FILE))?;
-        if let Some(f) = filters {
-            f.finish().write(&seg_dir.join(FILTERS_FILE))?;
-        }
-        if let Some(t) = text {
-            t.finish(&seg_dir.join(TEXT_FILE))?;
-        }
-        Ok(())
+        out.finish()
     }
 
     /// Writes a merged segment's documents into `seg_dir`: the documents
@@ -284,77 +237,21 @@ impl Documents {
         added: &[(UserId, &Map<String, Value>)],
         seg_dir: &Path,
     ) -> Result<()> {
-        let mut store = DocStoreWriter::create(&seg_dir.join(DOCS_FILE), DEFAULT_BLOCK_BYTES)?;
-        let mut filters = match &old.filters {
-            Some(f) => {
-                let names: Vec<String> = f.schema().names().map(str::to_string).collect();
-                Some(FilterIndexBuilder::new(&names)?)
-            }
-            None => None,
-        };
-        let mut text = match &old.text {
-            Some(t) => Some(TextIndexBuilder::new(
-                t.fields(),
-                t.analyzer(),
-                &seg_dir.join(".text-scratch"),
-            )?),
-            None => None,
-        };
-        let mut ids = Vec::with_capacity(keep.len() + added.len());
-        let mut add = |payload: &[u8], map: Option<&Map<String, Value>>, id: UserId| {
-            let local = ids.len() as u32;
-            if filters.is_some() || text.is_some() {
-                let parsed;
-                let map = match map {
-                    Some(m) => m,
-                    None => {
-                        parsed =
-                            serde_json::from_slice::<Map<String, Value>>(payload).map_err(|e| {
-                                Error::format(
-                                    old.store.path(),
-                                    FormatError::Invalid {
-                                        field: "document",
-                                        value: local.into(),
-                                        why: format!("stored payload is not a JSON object: {e}"),
-                                    },
-                                )
-                            })?;
-                        &parsed
-                    }
-                };
-                if let Some(f) = filters.as_mut() {
-                    f.add(local, map)?;
-                }
-                if let Some(t) = text.as_mut() {
-                    t.add(local, map)
-                        .map_err(|e| Error::text(seg_dir.join(TEXT_FILE), e))?;
-                }
-            }
-            store.add(payload)?;
-            ids.push(id);
-            Ok::<(), Error>(())
-        };
+        let names: Vec<String> = old.filters.as_ref().map_or_else(Vec::new, |f| {
+            f.schema().names().map(str::to_string).collect()
+        });
+        let text = old.text.as_ref().map(|t| (t.fields(), t.analyzer()));
+        let mut out = DocsWriter::create(seg_dir, old.store.path(), &names, text)?;
         for chunk in keep.chunks(4096) {
             for (payload, &doc) in old.store.get_many(chunk)?.into_iter().zip(chunk) {
-                let id = old.keys.key(doc);
-                add(&payload, None, id)?;
+                out.add(&payload, None, old.keys.key(doc))?;
             }
         }
         for (id, map) in added {
             let payload = serde_json::to_vec(map).unwrap_or_else(|_| b"{}".to_vec());
-            add(&payload, Some(map), id.clone())?;
+            out.add(&payload, Some(map), id.clone())?;
         }
-        store.finish()?;
-        KeyMap::from_ids(ids)
-            .map_err(|e| Error::docs(seg_dir.join(KEYS_FILE), e))?
-            .write(&seg_dir.join(KEYS_FILE))?;
-        if let Some(f) = filters {
-            f.finish().write(&seg_dir.join(FILTERS_FILE))?;
-        }
-        if let Some(t) = text {
-            t.finish(&seg_dir.join(TEXT_FILE))?;
-        }
-        Ok(())
+        out.finish()
     }
 
     pub fn keys(&self) -> &KeyMap {
@@ -420,5 +317,102 @@ impl Documents {
                 Ok(include.project(all))
             })
             .collect()
+    }
+}
+
+/// Writes a segment's document files (`docs.bin`, `keys.bin`, and
+/// `filters.bin` and `text.bin` when it has such fields) one document at a
+/// time, as documents `0, 1, …`.
+struct DocsWriter<'a> {
+    seg_dir: &'a Path,
+    /// Where the payloads come from, named when one is not a JSON object.
+    source: &'a Path,
+    store: DocStoreWriter,
+    filters: Option<FilterIndexBuilder>,
+    text: Option<TextIndexBuilder>,
+    ids: Vec<UserId>,
+}
+
+impl<'a> DocsWriter<'a> {
+    fn create(
+        seg_dir: &'a Path,
+        source: &'a Path,
+        filter_fields: &[String],
+        text: Option<(&[String], crate::text::Analyzer)>,
+    ) -> Result<Self> {
+        Ok(DocsWriter {
+            store: DocStoreWriter::create(&seg_dir.join(DOCS_FILE), DEFAULT_BLOCK_BYTES)?,
+            filters: if filter_fields.is_empty() {
+                None
+            } else {
+                Some(FilterIndexBuilder::new(filter_fields)?)
+            },
+            text: match text {
+                Some((fields, analyzer)) => Some(TextIndexBuilder::new(
+                    fields,
+                    analyzer,
+                    &seg_dir.join(".text-scratch"),
+                )?),
+                None => None,
+            },
+            seg_dir,
+            source,
+            ids: Vec::new(),
+        })
+    }
+
+    /// The next document: its payload's JSON bytes (parsed here, unless
+    /// `parsed` is given, when a filter or text index needs the fields).
+    fn add(
+        &mut self,
+        payload: &[u8],
+        parsed: Option<&Map<String, Value>>,
+        id: UserId,
+    ) -> Result<()> {
+        let local = self.ids.len() as u32;
+        if self.filters.is_some() || self.text.is_some() {
+            let owned;
+            let map = match parsed {
+                Some(m) => m,
+                None => {
+                    owned = serde_json::from_slice::<Map<String, Value>>(payload).map_err(|e| {
+                        Error::format(
+                            self.source,
+                            FormatError::Invalid {
+                                field: "document",
+                                value: local.into(),
+                                why: format!("stored payload is not a JSON object: {e}"),
+                            },
+                        )
+                    })?;
+                    &owned
+                }
+            };
+            if let Some(f) = self.filters.as_mut() {
+                f.add(local, map)?;
+            }
+            if let Some(t) = self.text.as_mut() {
+                t.add(local, map)
+                    .map_err(|e| Error::text(self.seg_dir.join(TEXT_FILE), e))?;
+            }
+        }
+        self.store.add(payload)?;
+        self.ids.push(id);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        self.store.finish()?;
+        let keys = self.seg_dir.join(KEYS_FILE);
+        KeyMap::from_ids(self.ids)
+            .map_err(|e| Error::docs(&keys, e))?
+            .write(&keys)?;
+        if let Some(f) = self.filters {
+            f.finish().write(&self.seg_dir.join(FILTERS_FILE))?;
+        }
+        if let Some(t) = self.text {
+            t.finish(&self.seg_dir.join(TEXT_FILE))?;
+        }
+        Ok(())
     }
 }
