@@ -55,7 +55,9 @@ use crate::wal::{self, Op};
 /// has no row in the build's input; answers name it by its user id.
 pub const WRITTEN_GLOBAL_ID: u32 = u32::MAX;
 
-/// What a merge did and how long each stage took.
+/// What a merge did and how long each stage took. The version's
+/// `build.json` holds it as it stood before the seal (`seal_seconds` and
+/// `seconds` 0 there); the returned report is whole.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct MergeReport {
     /// The version written and published, and the one it replaced.

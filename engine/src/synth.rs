@@ -73,11 +73,14 @@ impl std::str::FromStr for Preset {
     }
 }
 
-/// Which independent stream of a seed to draw: base points or queries.
+/// Which independent stream of a seed to draw: base points, queries, or
+/// more points of the same distribution (the same clusters) that are in
+/// neither: `More(i)` for the i-th batch of new points a churn inserts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
     Base,
     Query,
+    More(u32),
 }
 
 const CLUSTERS: usize = 100;
@@ -158,6 +161,8 @@ impl Mixture {
         let stream_id: u64 = match stream {
             Stream::Base => 1,
             Stream::Query => 2,
+            // Above the payload stream (3).
+            Stream::More(i) => 16 + u64::from(i),
         };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(stream_id);
@@ -344,6 +349,9 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, q);
         assert_ne!(a, c);
+        let m0 = generate_u8(5000, 42, Stream::More(0));
+        let m1 = generate_u8(5000, 42, Stream::More(1));
+        assert!(m0 != a && m0 != q && m0 != m1);
         // A prefix of a longer run is the shorter run.
         assert_eq!(&generate_u8(10_000, 42, Stream::Base)[..a.len()], &a[..]);
     }

@@ -320,6 +320,9 @@ pub struct Request {
     /// Sent as `authorization: Bearer <token>` (writes to a node with a
     /// `write_token`).
     pub bearer: Option<String>,
+    /// How long to wait for the whole response (default 30 s): longer for
+    /// a request that works for minutes, such as a merge.
+    pub timeout: Option<Duration>,
 }
 
 impl Request {
@@ -329,6 +332,7 @@ impl Request {
             path: path.into(),
             body: Vec::new(),
             bearer: None,
+            timeout: None,
         }
     }
 
@@ -338,6 +342,7 @@ impl Request {
             path: path.into(),
             body: body.into(),
             bearer: None,
+            timeout: None,
         }
     }
 
@@ -347,11 +352,17 @@ impl Request {
             path: path.into(),
             body: Vec::new(),
             bearer: None,
+            timeout: None,
         }
     }
 
     pub fn with_bearer(mut self, token: Option<&str>) -> Self {
         self.bearer = token.map(str::to_string);
+        self
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 }
@@ -366,12 +377,13 @@ pub fn exchange(
     crate::rt::block_on("shardann-exchange", move || async move {
         let mut out = Vec::with_capacity(requests.len());
         for r in requests {
-            let deadline = Instant::now() + CLIENT_TIMEOUT;
+            let after = r.timeout.unwrap_or(CLIENT_TIMEOUT);
+            let deadline = Instant::now() + after;
             let one = until(deadline, exchange_one(addr, version, r))
                 .await
                 .unwrap_or(Err(PeerError::Timeout {
                     what: "response",
-                    after: CLIENT_TIMEOUT,
+                    after,
                 }));
             out.push(one);
         }

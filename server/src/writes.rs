@@ -597,7 +597,9 @@ pub fn merge_if_due<T: WireElem>(node: &Arc<Node>, s: u32) {
         return;
     }
     let st = part.stats();
-    let changes = (st.points + st.segment_deleted) as f64;
+    // The deletes as of now (the stats' count is as of the last search).
+    let deleted = part.segment_deletes(&index).map_or(0, |b| b.len());
+    let changes = (st.points + deleted) as f64;
     let by_share = w.merge_fraction > 0.0 && changes >= w.merge_fraction * index.len() as f64;
     let by_points = w.merge_fraction > 0.0 && st.points as usize >= w.merge_points;
     if !(by_share || by_points) || st.merging {

@@ -36,36 +36,19 @@ fn build(d: &Path) -> std::path::PathBuf {
     let path = d.join("docs.jsonl");
     std::fs::write(&path, jsonl).unwrap();
     let out = d.join("index");
-    cli_ok(&[
-        "build",
-        "--docs",
-        p(&path),
-        "--vector-type",
-        "u8",
-        "--filter-fields",
-        "lang",
-        "--out",
-        p(&out),
-        "--shards",
-        "2",
-        "--partition",
-        "random",
-        "--max-degree",
-        "16",
-        "--build-list",
-        "32",
-        "--pq-bytes",
-        "8",
-        "--threads",
-        "2",
-    ]);
+    crate::build_small_docs(&path, "lang", &out);
     out
 }
 
 fn start(d: &Path, index: &Path, addr: SocketAddr) -> NodeProc {
+    start_with(d, index, addr, 0.0)
+}
+
+/// A node whose shards merge by themselves past `merge_fraction` (0: never).
+fn start_with(d: &Path, index: &Path, addr: SocketAddr, merge_fraction: f64) -> NodeProc {
     let toml = format!(
         "node_id = \"m1\"\nlisten = \"{addr}\"\nindex_dir = \"{}\"\nexecutors = 2\n\
-         [writes]\nmerge_fraction = 0.0\n",
+         [writes]\nmerge_fraction = {merge_fraction:?}\n",
         p(index)
     );
     let path = d.join("m1.toml");
@@ -306,4 +289,47 @@ fn merges_fold_writes_in_while_serving_and_survive_kill_9() {
         assert_eq!(got, Some((format!("late-{}", acked[0]), 0.0)));
     }
     node.kill();
+}
+
+/// Past `[writes] merge_fraction`, a shard merges by itself: its next
+/// version holds the writes, and its mutable part empties.
+#[test]
+fn a_shard_merges_by_itself_past_merge_fraction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let index = build(d);
+    let addr = free_addrs(1)[0];
+    // 1500 points a shard: 0.05 is 75 changes.
+    let mut node = start_with(d, &index, addr, 0.05);
+    let docs = (0..100)
+        .map(|i| doc(&format!("auto-{i}"), 60_000 + i, "en"))
+        .collect();
+    assert_eq!(upsert(addr, docs), 200);
+    let dels: Vec<String> = (0..200).map(|i| format!("doc-{i}")).collect();
+    post(addr, "/v1/documents/delete", json!({ "ids": dels }));
+    let merged = |s: usize| {
+        std::fs::read_to_string(index.join(format!("shard-{s}/CURRENT"))).unwrap()
+            != "v0000000001\n"
+    };
+    let mut waited = 0;
+    while !(merged(0) && merged(1)) && waited < 600 {
+        std::thread::sleep(Duration::from_millis(50));
+        waited += 1;
+    }
+    assert!(merged(0) && merged(1), "no automatic merge within 30 s");
+    // Wait for the switch to finish, then every write is still served.
+    for _ in 0..600 {
+        let (_, h) = call(addr, Request::get("/healthz"));
+        if (0..2).all(|s| h["writes"][s.to_string()]["merging"] == false) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in [0u64, 50, 99] {
+        let got = nearest(addr, &vector_of(60_000 + i), None);
+        assert_eq!(got, Some((format!("auto-{i}"), 0.0)));
+    }
+    assert_eq!(call(addr, Request::get("/v1/documents/doc-7")).0, 404);
+    node.kill();
+    cli_ok(&["verify", p(&index)]);
 }

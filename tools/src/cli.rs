@@ -56,6 +56,7 @@ pub enum Command {
     Upsert(UpsertArgs),
     Delete(DeleteArgs),
     Merge(MergeArgs),
+    Churn(ChurnArgs),
     #[command(subcommand)]
     Cluster(ClusterCommand),
 }
@@ -152,6 +153,69 @@ pub struct MergeArgs {
     /// Print each shard's merge report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The churn benchmark (FreshDiskANN's): cycles of deletes, inserts and merges on a serving node.
+///
+/// Start a node on an index built from a sift-like base with documents
+/// (`gen --docs`: document i is row i), with [writes] merge_fraction = 0
+/// so that merges come when this asks. Each cycle deletes --fraction of
+/// the live points at random, inserts as many new points as --fraction of
+/// the initial count (the same clusters: a stream of --data-seed that is
+/// neither the base nor the queries), merges every shard, waits
+/// --idle-seconds, then measures recall@k of the live set against ground
+/// truth recomputed by brute force, at --list, and QPS. One search every
+/// 1/--search-rate s runs throughout; its p50/p99 are reported for the
+/// writes, the merges and the idle time. --compare-build builds the final
+/// live set from scratch in process, for the merges' time against it.
+///
+///   shardann gen --n 1000000 --docs --out data/sift1m
+///   shardann build --docs data/sift1m/docs.jsonl --base data/sift1m/base.u8bin \
+///       --filter-fields label,ts --shards 1 --out data/idx
+///   shardann serve --config node.toml      # [writes] merge_fraction = 0.0
+///   shardann churn --server http://127.0.0.1:7001 --base data/sift1m/base.u8bin \
+///       --queries data/sift1m/query.u8bin --cycles 10 --compare-build --json churn.json
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ChurnArgs {
+    /// The node serving the index: http://HOST:PORT.
+    #[arg(long)]
+    pub server: String,
+    /// The base the index was built from (u8 rows; row i = document id i).
+    #[arg(long)]
+    pub base: PathBuf,
+    #[arg(long)]
+    pub queries: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    pub cycles: usize,
+    /// Share of the live points deleted, and of the initial count inserted, per cycle.
+    #[arg(long, default_value_t = 0.05)]
+    pub fraction: f64,
+    /// The seed the base was generated with (`gen --seed`): new points come from its clusters.
+    #[arg(long, default_value_t = 42)]
+    pub data_seed: u64,
+    /// Seed of the choice of deletes.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// List size L of every search (the background ones and the recall run).
+    #[arg(long, default_value_t = 40)]
+    pub list: usize,
+    #[arg(long, default_value_t = 4)]
+    pub beam: usize,
+    /// Background searches per second, throughout.
+    #[arg(long, default_value_t = 50.0)]
+    pub search_rate: f64,
+    /// Idle time after each merge, for the idle latencies.
+    #[arg(long, default_value_t = 5.0)]
+    pub idle_seconds: f64,
+    /// Build the final live set from scratch, for the merges' ratio.
+    #[arg(long)]
+    pub compare_build: bool,
+    /// Write the report here as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// A cluster's control plane in etcd: publish an index, see who serves what.
@@ -1215,6 +1279,7 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Upsert(a) => crate::writes::upsert(&a, q, out),
         Command::Delete(a) => crate::writes::delete(&a, q, out),
         Command::Merge(a) => crate::writes::merge(&a, out),
+        Command::Churn(a) => crate::churn::churn(&a, out).map(|_| ()),
         Command::Cluster(ClusterCommand::Init(a)) => crate::cluster::init(&a, out),
         Command::Cluster(ClusterCommand::Status(a)) => crate::cluster::status(&a, out),
         Command::Cluster(ClusterCommand::Place(a)) => crate::cluster::place(&a, out),

@@ -5,6 +5,7 @@
 
 mod bench;
 mod build;
+mod churn;
 mod cli;
 mod cluster;
 mod data;

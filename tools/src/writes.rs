@@ -286,8 +286,10 @@ pub fn merge(a: &MergeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         return Ok(());
     }
     for s in shards {
+        // A merge of a million points takes minutes.
         let req = Request::post(&format!("/v1/shards/{s}/merge"), b"{}".to_vec())
-            .with_bearer(token.as_deref());
+            .with_bearer(token.as_deref())
+            .with_timeout(std::time::Duration::from_secs(6 * 3600));
         let v = send(addr, req).with_context(|| format!("merging shard {s}"))?;
         if a.json {
             writeln!(out, "{v}")?;
