@@ -30,7 +30,7 @@
 //! RobustPrune of the union: at 5 % deletes nearly every list names a
 //! deleted node, and a full prune of every list cost as much as a build.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -480,13 +480,6 @@ pub fn merge<T: Element>(
     report.seal_seconds = t.elapsed().as_secs_f64();
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(Some(report))
-}
-
-/// The directory a merge of the shard in `shard_dir` writes next (for
-/// messages and tests).
-pub fn next_version_dir(shard_dir: &Path) -> Result<PathBuf> {
-    let (current, _) = shard::current(shard_dir)?;
-    Ok(shard_dir.join(version_dir_name(current + 1)))
 }
 
 #[cfg(test)]
