@@ -345,6 +345,8 @@ pub enum WriteError {
     },
     #[error("the mutable part holds {points} points, its limit; wait for a merge")]
     Full { points: usize },
+    #[error("record {got} cannot follow record {last}: records {from} to {to} are missing here (a replica catches up from its primary's log first)", from = last + 1, to = got - 1)]
+    Gap { last: u64, got: u64 },
 }
 
 /// What can be wrong with the bytes of a data file.

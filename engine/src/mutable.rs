@@ -44,6 +44,9 @@ use crate::wal::{Durability, Op, Wal, WalStats};
 /// The log's file name in a shard directory (beside `CURRENT`).
 pub const WAL_FILE: &str = "wal.log";
 
+/// A logged record: its LSN and its ops.
+pub type Record<T> = (u64, Vec<Op<T>>);
+
 /// Limits and durability of a mutable part.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MutableOptions {
@@ -257,16 +260,10 @@ impl<T: Element> MutablePart<T> {
         {
             let mut views = part.views.write();
             let mut checker = part.checker.lock();
-            for (_, ops) in recovered.records {
+            for (lsn, ops) in recovered.records {
                 replayed.records += 1;
                 replayed.ops += ops.len() as u64;
-                for op in ops {
-                    if let Op::Upsert { payload, .. } = &op {
-                        // Checked when written; this only fixes open kinds.
-                        let _ = checker.check_payload(0, payload);
-                    }
-                    apply_all(&mut views, op);
-                }
+                replay(&mut views, &mut checker, lsn, ops);
             }
         }
         Ok((part, replayed))
@@ -327,6 +324,12 @@ impl<T: Element> MutablePart<T> {
     /// LSN (pass it to [`MutablePart::sync`] before acknowledging). The
     /// whole batch is checked first; a refused batch changes nothing.
     pub fn upsert(&self, docs: Vec<NewDocument<T>>) -> Result<u64> {
+        self.upsert_record(docs).map(|r| r.0)
+    }
+
+    /// [`MutablePart::upsert`], returning the logged record too (what a
+    /// write primary sends its replicas).
+    pub fn upsert_record(&self, docs: Vec<NewDocument<T>>) -> Result<Record<T>> {
         let n = self.check_batch_ids(docs.iter().map(|d| &d.id))?;
         for (pos, d) in docs.iter().enumerate() {
             if d.vector.len() != self.dim {
@@ -389,10 +392,10 @@ impl<T: Element> MutablePart<T> {
         let lsn = self.wal.append(&ops)?;
         // One document at a time, so searches run between the inserts of
         // a large batch.
-        for op in ops {
-            apply_all(&mut self.views.write(), op);
+        for op in ops.iter().cloned() {
+            apply_all(&mut self.views.write(), lsn, op);
         }
-        Ok(lsn)
+        Ok((lsn, ops))
     }
 
     /// Deletes the documents with these ids that exist (in `segment` or
@@ -403,6 +406,17 @@ impl<T: Element> MutablePart<T> {
         segment: &DiskIndex,
         ids: Vec<UserId>,
     ) -> Result<(Option<u64>, Vec<UserId>)> {
+        let (record, missing) = self.delete_record(segment, ids)?;
+        Ok((record.map(|r| r.0), missing))
+    }
+
+    /// [`MutablePart::delete`], returning the logged record too.
+    #[allow(clippy::type_complexity)]
+    pub fn delete_record(
+        &self,
+        segment: &DiskIndex,
+        ids: Vec<UserId>,
+    ) -> Result<(Option<Record<T>>, Vec<UserId>)> {
         self.check_batch_ids(ids.iter())?;
         let _order = self.order.lock();
         let (found, missing): (Vec<UserId>, Vec<UserId>) = {
@@ -417,10 +431,67 @@ impl<T: Element> MutablePart<T> {
         let ops: Vec<Op<T>> = found.into_iter().map(|id| Op::Delete { id }).collect();
         let lsn = self.wal.append(&ops)?;
         let mut views = self.views.write();
-        for op in ops {
-            apply_all(&mut views, op);
+        for op in ops.iter().cloned() {
+            apply_all(&mut views, lsn, op);
         }
-        Ok((Some(lsn), missing))
+        Ok((Some((lsn, ops)), missing))
+    }
+
+    /// The LSN of the last record logged (the version's applied LSN when
+    /// none was logged since).
+    pub fn last_lsn(&self) -> u64 {
+        self.wal.last_lsn()
+    }
+
+    /// On a replica: logs and applies record `lsn` as its write primary
+    /// logged it (checked there, so applied as a replay applies). A record
+    /// this part has already is skipped (`false`); one that does not
+    /// follow the last one is refused ([`WriteError::Gap`]): the replica
+    /// catches up first. Durable once [`MutablePart::sync`] returns.
+    pub fn apply_replicated(&self, lsn: u64, ops: Vec<Op<T>>) -> Result<bool> {
+        let _order = self.order.lock();
+        let last = self.wal.last_lsn();
+        if lsn <= last {
+            return Ok(false);
+        }
+        if lsn != last + 1 {
+            return Err(WriteError::Gap { last, got: lsn }.into());
+        }
+        let logged = self.wal.append(&ops)?;
+        debug_assert_eq!(logged, lsn);
+        let mut checker = self.checker.lock();
+        for op in ops {
+            replay(&mut self.views.write(), &mut checker, lsn, vec![op]);
+        }
+        Ok(true)
+    }
+
+    /// The records logged after `after`, oldest first, up to about
+    /// `max_bytes` of vectors and payloads (at least one record), read from
+    /// the log file while writes go on: what a replica that missed them
+    /// asks its primary for. `None` when the log no longer holds them (cut
+    /// after a merge: the replica pulls the merged version instead).
+    pub fn records_after(&self, after: u64, max_bytes: usize) -> Result<Option<Vec<Record<T>>>> {
+        if after >= self.wal.last_lsn() {
+            return Ok(Some(Vec::new()));
+        }
+        if after < self.wal.base_lsn() {
+            return Ok(None);
+        }
+        let all = crate::wal::read_log::<T>(self.wal.path(), self.dim)?;
+        if all.first().is_some_and(|(lsn, _)| *lsn > after + 1) {
+            return Ok(None); // cut meanwhile
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (lsn, ops) in all.into_iter().filter(|(lsn, _)| *lsn > after) {
+            if !out.is_empty() && bytes >= max_bytes {
+                break;
+            }
+            bytes += ops.iter().map(op_bytes::<T>).sum::<usize>();
+            out.push((lsn, ops));
+        }
+        Ok(Some(out))
     }
 
     /// Blocks until the write with `lsn` is durable (group commit: see
@@ -444,6 +515,34 @@ impl<T: Element> MutablePart<T> {
         self.wal.sync(through)?;
         views.push(State::empty(through, self.dim, self.metric, &self.params));
         Ok(Some(through))
+    }
+
+    /// On a replica switching to a version it pulled, which holds the
+    /// writes up to `through`: adds the view that version is searched
+    /// with, holding the logged records after `through` (replayed from the
+    /// log), as [`MutablePart::begin_merge`] does for a merge here. End it
+    /// with [`MutablePart::finish_merge`] once the version is served.
+    /// Returns false when there is a view for it already.
+    pub fn begin_rebase(&self, through: u64) -> Result<bool> {
+        let _order = self.order.lock();
+        if self.views.read().iter().any(|v| v.base == through) {
+            return Ok(false);
+        }
+        let mut view = State::empty(through, self.dim, self.metric, &self.params);
+        if self.wal.last_lsn() > through {
+            let records = crate::wal::read_log::<T>(self.wal.path(), self.dim)?;
+            let mut checker = self.checker.lock();
+            let mut one = [view];
+            for (lsn, ops) in records.into_iter().filter(|(lsn, _)| *lsn > through) {
+                replay(&mut one, &mut checker, lsn, ops);
+            }
+            let [v] = one;
+            view = v;
+        }
+        let mut views = self.views.write();
+        let at = views.partition_point(|v| v.base < through);
+        views.insert(at, view);
+        Ok(true)
     }
 
     /// Ends the merge begun at `through`. Published (the merged version is
@@ -656,13 +755,45 @@ fn locate<T>(st: &State<T>, segment: &DiskIndex, id: &UserId) -> Option<Location
         .map(Location::Segment)
 }
 
-/// Applies one logged op to every view.
-fn apply_all<T: Element>(views: &mut [State<T>], op: Op<T>) {
-    if let Some((last, older)) = views.split_last_mut() {
-        for st in older {
-            apply(st, op.clone());
+/// Applies one op of record `lsn` to every view that does not hold it
+/// already (a view holds the writes after its base; a replica's view made
+/// for a version it pulled may start past records it is still catching up).
+fn apply_all<T: Element>(views: &mut [State<T>], lsn: u64, op: Op<T>) {
+    let n = views.iter().filter(|v| v.base < lsn).count();
+    let mut left = n;
+    for st in views.iter_mut().filter(|v| v.base < lsn) {
+        left -= 1;
+        if left == 0 {
+            apply(st, op);
+            return;
         }
-        apply(last, op);
+        apply(st, op.clone());
+    }
+}
+
+/// Applies a logged record's ops as a replay does: checked when they were
+/// written, so the filter kinds are only fixed, never refused.
+fn replay<T: Element>(
+    views: &mut [State<T>],
+    checker: &mut FilterIndexBuilder,
+    lsn: u64,
+    ops: Vec<Op<T>>,
+) {
+    for op in ops {
+        if let Op::Upsert { payload, .. } = &op {
+            let _ = checker.check_payload(0, payload);
+        }
+        apply_all(views, lsn, op);
+    }
+}
+
+/// About the bytes an op carries (vector and payload), for batch sizes.
+fn op_bytes<T: Element>(op: &Op<T>) -> usize {
+    match op {
+        Op::Upsert {
+            vector, payload, ..
+        } => vector.len() * std::mem::size_of::<T>() + payload.len() * 64,
+        Op::Delete { .. } => 16,
     }
 }
 

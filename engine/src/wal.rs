@@ -494,6 +494,19 @@ impl Wal {
         if applied <= self.base_lsn() {
             return Ok(0);
         }
+        let last = a.next_lsn - 1;
+        if applied > last {
+            // A replica's log behind the version it pulled: every record is
+            // in the version, and the next one logged follows `applied`.
+            let out = header_bytes(dim as u32, T::TYPE, applied);
+            crate::fs::write_atomic(&self.path, &out)?;
+            let cut = self.reopen_after_cut(&mut a, out.len() as u64)?;
+            a.next_lsn = applied + 1;
+            self.written.store(applied, Ordering::Release);
+            self.base_lsn.store(applied, Ordering::Release);
+            self.synced.fetch_max(applied, Ordering::AcqRel);
+            return Ok(cut);
+        }
         let file_bytes = std::fs::read(&self.path).map_err(io)?;
         let bytes = file_bytes
             .get(..a.len as usize)
@@ -526,6 +539,20 @@ impl Wal {
         out.extend_from_slice(&header_bytes(dim as u32, T::TYPE, applied));
         out.extend_from_slice(kept);
         crate::fs::write_atomic(&self.path, &out)?;
+        let cut = self.reopen_after_cut(&mut a, out.len() as u64)?;
+        self.base_lsn.store(applied, Ordering::Release);
+        // The new file was fsynced whole before the rename.
+        self.synced
+            .fetch_max(self.written.load(Ordering::Acquire), Ordering::AcqRel);
+        Ok(cut)
+    }
+}
+
+impl Wal {
+    /// After the log file was replaced by one of `len` bytes: appends and
+    /// syncs go to the new file. Returns the bytes cut.
+    fn reopen_after_cut(&self, a: &mut Appender, len: u64) -> Result<u64> {
+        let io = |e| Error::io(&self.path, e);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -536,12 +563,8 @@ impl Wal {
         let mut sync_file = self.sync_file.lock();
         *sync_file = sync;
         a.file = file;
-        let cut = a.len - out.len() as u64;
-        a.len = out.len() as u64;
-        self.base_lsn.store(applied, Ordering::Release);
-        // The new file was fsynced whole before the rename.
-        self.synced
-            .fetch_max(self.written.load(Ordering::Acquire), Ordering::AcqRel);
+        let cut = a.len.saturating_sub(len);
+        a.len = len;
         Ok(cut)
     }
 }
@@ -727,9 +750,20 @@ mod tests {
         let (wal, rec) = Wal::open_after::<f32>(&path, 3, Durability::Fsync, 9).unwrap();
         assert!(rec.records.is_empty());
         assert_eq!(wal.append(&[upsert(7, [7.0; 3], "t")]).unwrap(), 10);
-        // A cut beyond the log's end is refused and changes nothing.
-        assert!(wal.truncate_through::<f32>(3, 12).is_err());
-        assert_eq!(wal.last_lsn(), 10);
+        // A cut beyond the log's end (a replica that pulled a version
+        // holding records it never got) empties the log, and the next
+        // write follows the version.
+        assert!(wal.truncate_through::<f32>(3, 12).unwrap() > 0);
+        assert_eq!((wal.base_lsn(), wal.last_lsn()), (12, 12));
+        assert_eq!(wal.append(&[upsert(8, [8.0; 3], "t")]).unwrap(), 13);
+        wal.sync(13).unwrap();
+        drop(wal);
+        let lsns: Vec<u64> = read_log::<f32>(&path, 3)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(lsns, vec![13]);
     }
 
     #[test]

@@ -61,7 +61,15 @@ pub fn status(e: &ServerError) -> StatusCode {
             WriteRefusal::NotLoopback { .. } => StatusCode::FORBIDDEN,
             WriteRefusal::NotHere { .. } => StatusCode::MISDIRECTED_REQUEST,
             WriteRefusal::NoLocalShard { .. } => StatusCode::NOT_FOUND,
-            WriteRefusal::MergeRunning { .. } => StatusCode::CONFLICT,
+            WriteRefusal::MergeRunning { .. } | WriteRefusal::IsPrimary { .. } => {
+                StatusCode::CONFLICT
+            }
+            WriteRefusal::NotPrimary { .. } => StatusCode::MISDIRECTED_REQUEST,
+            WriteRefusal::NoPrimary { .. }
+            | WriteRefusal::PrimaryCatchingUp { .. }
+            | WriteRefusal::Forward { .. }
+            | WriteRefusal::ReplicaFailed { .. }
+            | WriteRefusal::OwnerUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
         },
         ServerError::Engine(shardann_engine::Error::Write(w)) => match **w {
             WriteError::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -61,6 +61,7 @@ pub mod etcd;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod primary;
 pub mod replication;
 pub mod rt;
 pub mod runtime;

@@ -117,6 +117,11 @@ pub struct Metrics {
     /// Merges of a shard's writes into a new version, and failed ones.
     pub merges: AtomicU64,
     pub merge_failures: AtomicU64,
+    /// Write records a primary did not apply on a replica it could not
+    /// reach (that replica catches up from the log when back), and
+    /// records a replica applied from its primary.
+    pub replica_push_skipped: AtomicU64,
+    pub records_replicated: AtomicU64,
     /// Per peer, in the order peers were first seen (the routing's peer
     /// index): requests sent, requests failed. Grows as peers join.
     peer_counts: std::sync::Mutex<Vec<[u64; 2]>>,
@@ -313,6 +318,16 @@ impl Metrics {
                 "shardann_merge_failures_total",
                 "Merges that failed (the shard kept its version and its log).",
                 &self.merge_failures,
+            ),
+            (
+                "shardann_replica_pushes_skipped_total",
+                "Write records this primary acknowledged without a replica it could not reach.",
+                &self.replica_push_skipped,
+            ),
+            (
+                "shardann_records_replicated_total",
+                "Write records this replica applied from its primary (pushed or caught up).",
+                &self.records_replicated,
             ),
             (
                 "shardann_shard_failures_total",

@@ -237,6 +237,19 @@ pub struct PeerEntry {
     pub shards: Vec<(u32, u64)>,
 }
 
+/// Who orders a shard's writes ([`Node::write_role`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteRole {
+    /// No coordination: this node applies the writes of its local shards
+    /// alone (static peers do not replicate writes).
+    Alone,
+    /// This node is the shard's write primary; `ready` once it has caught
+    /// up with the other replicas' logs.
+    Primary { ready: bool },
+    /// Another node is (or none is yet: `None`).
+    Replica { primary: Option<String> },
+}
+
 /// A running merge of one shard ([`Node::start_merge`]).
 pub struct MergeGuard<'a>(&'a AtomicBool);
 
@@ -280,6 +293,10 @@ pub struct Node {
     mutable: Vec<Mutex<Option<Arc<dyn Any + Send + Sync>>>>,
     /// Per shard: a merge of its writes is running (one at a time).
     merging: Vec<AtomicBool>,
+    /// Shards whose write primary this node is and has caught up as (its
+    /// log holds every record the other live replicas hold): only then
+    /// does it order writes (`crate::primary`).
+    primary_ready: Mutex<std::collections::BTreeSet<u32>>,
     started: Instant,
 }
 
@@ -367,6 +384,7 @@ impl Node {
         }
         Ok(Node {
             merging: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            primary_ready: Mutex::new(std::collections::BTreeSet::new()),
             mutable,
             encoder,
             metrics: Metrics::new(peers.len()),
@@ -541,6 +559,38 @@ impl Node {
             .open_shard(&self.config.index_dir, s as usize, opts)?;
         index.cluster_codes(&self.config.cluster_codes)?;
         Ok(index)
+    }
+
+    /// Whether local shard `s` can take writes (it has documents).
+    pub fn takes_writes(&self, s: u32) -> bool {
+        self.local_shard(s).is_some_and(|i| i.documents().is_some())
+    }
+
+    /// Who orders the writes of shard `s`, as this node sees it.
+    pub fn write_role(&self, s: u32) -> WriteRole {
+        if !self.coordination.enabled() {
+            return WriteRole::Alone;
+        }
+        match self.coordination.primary(s) {
+            Some(p) if p == self.config.node_id => WriteRole::Primary {
+                ready: self
+                    .primary_ready
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&s),
+            },
+            other => WriteRole::Replica { primary: other },
+        }
+    }
+
+    /// Marks this node caught up as the write primary of `s` (or not).
+    pub fn set_primary_ready(&self, s: u32, ready: bool) {
+        let mut set = self.primary_ready.lock().unwrap_or_else(|e| e.into_inner());
+        if ready {
+            set.insert(s);
+        } else {
+            set.remove(&s);
+        }
     }
 
     /// Marks a merge of shard `s` as running; false if one is already.

@@ -596,6 +596,9 @@ enum Handler {
     DeleteOne,
     Delete,
     Merge,
+    ShardWrite,
+    Apply,
+    Log,
     Shards,
     Health,
     Metrics,
@@ -616,7 +619,12 @@ impl Handler {
             Handler::Shards => Endpoint::Shards,
             Handler::Health => Endpoint::Health,
             Handler::Metrics => Endpoint::Metrics,
-            Handler::Cluster | Handler::Manifest | Handler::File => Endpoint::Replication,
+            Handler::Cluster
+            | Handler::Manifest
+            | Handler::File
+            | Handler::ShardWrite
+            | Handler::Apply
+            | Handler::Log => Endpoint::Replication,
         }
     }
 }
@@ -650,6 +658,13 @@ pub const ROUTES: &[Route] = &[
     route(Method::DELETE, "/v1/documents/{id}", Handler::DeleteOne),
     route(Method::POST, "/v1/documents/delete", Handler::Delete),
     route(Method::POST, "/v1/shards/{shard}/merge", Handler::Merge),
+    route(
+        Method::POST,
+        "/v1/shards/{shard}/write",
+        Handler::ShardWrite,
+    ),
+    route(Method::POST, "/v1/shards/{shard}/apply", Handler::Apply),
+    route(Method::GET, "/v1/shards/{shard}/log", Handler::Log),
     route(Method::GET, "/v1/shards", Handler::Shards),
     route(Method::GET, "/healthz", Handler::Health),
     route(Method::GET, "/metrics", Handler::Metrics),
@@ -743,6 +758,9 @@ async fn handle<T: WireElem>(
                 Handler::Cluster | Handler::Manifest | Handler::File => {
                     replicate(exec, &req, route.handler, &params).await
                 }
+                Handler::ShardWrite | Handler::Apply | Handler::Log => {
+                    peer_write(exec, req, route.handler, &params, client).await
+                }
             };
             (route.handler.endpoint(), reply)
         }
@@ -792,6 +810,42 @@ async fn replicate<T: WireElem>(
             full(replication::cluster_file(node)?),
             "application/json",
         )),
+    }
+}
+
+/// The write routes between nodes (a shard's part of a write sent to its
+/// primary, records sent to a replica, a replica catching up), after the
+/// cluster token (or, without one, a loopback sender) is checked.
+async fn peer_write<T: WireElem>(
+    exec: &Executor<T>,
+    req: Request<Incoming>,
+    handler: Handler,
+    params: &[&str],
+    client: Option<SocketAddr>,
+) -> Result<Reply> {
+    crate::primary::authorize(&exec.node, req.headers(), client)?;
+    let raw = params.first().copied().unwrap_or("");
+    let shard: u32 = raw
+        .parse()
+        .ok()
+        .filter(|&s| (s as usize) < exec.node.manifest.shards.len())
+        .ok_or_else(|| ServerError::from(ApiError::ShardPath(raw.to_string())))?;
+    match handler {
+        Handler::ShardWrite => {
+            let write: crate::primary::ShardWrite = read_json(exec, req).await?;
+            let resp = crate::primary::primary_write(exec, shard, write).await?;
+            Ok(json_reply(StatusCode::OK, &resp))
+        }
+        Handler::Apply => {
+            let request: crate::primary::ApplyRequest = read_json(exec, req).await?;
+            let resp = crate::primary::apply(exec, shard, request).await?;
+            Ok(json_reply(StatusCode::OK, &resp))
+        }
+        _ => {
+            let after = crate::primary::parse_after(req.uri().query())?;
+            let resp = crate::primary::log(exec, shard, after).await?;
+            Ok(json_reply(StatusCode::OK, &resp))
+        }
     }
 }
 

@@ -11,13 +11,14 @@
 //!                                              acknowledged: searchable, durable
 //! ```
 //!
-//! The owner of an id: the local shard that holds it now (so an upsert
-//! replaces and a delete finds it); for a new id, by the partition's rule:
-//! the nearest centroid of a k-means partition (where searches with
-//! `probe_shards` look for it), a hash of the id for a random one. This
-//! node must serve the owner: routing writes to other nodes and ordering
-//! them through an elected primary is not built yet (a 421 names the
-//! nodes that serve it).
+//! The owner of an id: the shard that holds it now (so an upsert replaces
+//! and a delete finds it); for a new id, by the partition's rule: the
+//! nearest centroid of a k-means partition (where searches with
+//! `probe_shards` look for it), a hash of the id for a random one. Without
+//! etcd this node must serve the owner (a 421 names the nodes that do);
+//! with etcd any node takes any write: the holder is looked up across the
+//! cluster, and each shard's part goes to the shard's elected write
+//! primary, which applies it on every live replica ([`crate::primary`]).
 //!
 //! A write is acknowledged once its record is durable in the shard's log
 //! (`[writes] durability`). A batch spanning shards is one record per
@@ -113,6 +114,28 @@ pub enum WriteRefusal {
     NoLocalShard { shard: u32 },
     #[error("a merge of shard {shard} is running; ask again when it is done")]
     MergeRunning { shard: u32 },
+    #[error("shard {shard} has no write primary yet (one is elected within a second of a node serving it); retry")]
+    NoPrimary { shard: u32 },
+    #[error("this node is not the write primary of shard {shard} ({primary} is); send its writes there, or to any node without naming a shard")]
+    NotPrimary { shard: u32, primary: String },
+    #[error("this node became the write primary of shard {shard} and is taking the other replicas' records first; retry")]
+    PrimaryCatchingUp { shard: u32 },
+    #[error(
+        "this node is the write primary of shard {shard}: it takes no records from another node"
+    )]
+    IsPrimary { shard: u32 },
+    #[error("shard {shard}'s write primary {primary} did not take the write: {why}; retry (an upsert or a delete may be repeated)")]
+    Forward {
+        shard: u32,
+        primary: String,
+        why: String,
+    },
+    #[error("shard {shard}: the write is durable on its primary but a replica did not apply it ({why}); retry (an upsert or a delete may be repeated)")]
+    ReplicaFailed { shard: u32, why: String },
+    #[error(
+        "cannot tell which shard holds id {id}: no node answered for shard(s) {shards:?}; retry"
+    )]
+    OwnerUnknown { id: String, shards: Vec<u32> },
 }
 
 /// `POST /v1/documents`.
@@ -183,7 +206,7 @@ pub fn authorize(
 /// A request document → an engine document, or, without a vector, the
 /// text to embed for it (`embed`: the field to take it from, on a node
 /// with a model). Errors name its position.
-fn parse_document<T: WireElem>(
+pub(crate) fn parse_document<T: WireElem>(
     pos: usize,
     mut doc: Map<String, Value>,
     dim: usize,
@@ -395,6 +418,9 @@ pub async fn upsert<T: WireElem>(
         seen.insert(&d.id, pos);
     }
     let docs = embed_missing(exec, parsed).await?;
+    if node.coordination.enabled() {
+        return upsert_through_primaries(exec, docs, start).await;
+    }
     let mut by_shard: BTreeMap<u32, Vec<NewDocument<T>>> = BTreeMap::new();
     for d in docs {
         let s = owner(exec, &d.id, Some(&d.vector));
@@ -426,6 +452,97 @@ pub async fn upsert<T: WireElem>(
     Ok(resp)
 }
 
+/// In a coordinated cluster: each document to the primary of the shard
+/// that owns it (the shard holding the id anywhere in the cluster, else
+/// the partition's rule), one request per shard.
+async fn upsert_through_primaries<T: WireElem>(
+    exec: &Executor<T>,
+    docs: Vec<NewDocument<T>>,
+    start: Instant,
+) -> Result<UpsertResponse> {
+    let node = &exec.node;
+    let ids: Vec<UserId> = docs.iter().map(|d| d.id.clone()).collect();
+    let (held, _) = holders_anywhere(exec, &ids).await?;
+    let mut by_shard: BTreeMap<u32, Vec<Map<String, Value>>> = BTreeMap::new();
+    for d in docs {
+        let s = match held.get(&d.id) {
+            Some(&s) => s,
+            None => owner(exec, &d.id, Some(&d.vector)),
+        };
+        let mut m = d.payload;
+        m.insert(
+            "id".into(),
+            serde_json::to_value(&d.id).unwrap_or(Value::Null),
+        );
+        m.insert(
+            "vector".into(),
+            Value::Array(d.vector.iter().map(|x| Value::from(x.to_f32())).collect()),
+        );
+        by_shard.entry(s).or_default().push(m);
+    }
+    let mut resp = UpsertResponse::default();
+    for (s, batch) in by_shard {
+        let r =
+            crate::primary::write_shard(exec, s, crate::primary::ShardWrite::Upsert(batch)).await?;
+        resp.upserted += r.count;
+        if let Some(lsn) = r.lsn {
+            resp.lsn.insert(s, lsn);
+        }
+    }
+    let m = &node.metrics;
+    m.add(&m.documents_upserted, resp.upserted as u64);
+    resp.took_us = start.elapsed().as_micros() as u64;
+    Ok(resp)
+}
+
+/// The shard holding each of `ids` that some shard of the cluster holds
+/// (local shards first, the others asked at a replica), and the shards
+/// no node answered for. An id not found while a shard did not answer is
+/// refused ([`WriteRefusal::OwnerUnknown`]): a write must not create a
+/// second copy of a document it could not see.
+async fn holders_anywhere<T: WireElem>(
+    exec: &Executor<T>,
+    ids: &[UserId],
+) -> Result<(BTreeMap<UserId, u32>, Vec<u32>)> {
+    let mut held = BTreeMap::new();
+    let mut rest = Vec::new();
+    for id in ids {
+        match holder(exec, id) {
+            Some(s) => {
+                held.insert(id.clone(), s);
+            }
+            None => rest.push(id.clone()),
+        }
+    }
+    let n = exec.node.manifest.shards.len() as u32;
+    let remote: Vec<u32> = (0..n)
+        .filter(|&s| exec.node.local_shard(s).is_none())
+        .collect();
+    if rest.is_empty() || remote.is_empty() {
+        return Ok((held, Vec::new()));
+    }
+    let mut unanswered = Vec::new();
+    for chunk in rest.chunks(crate::api::MAX_BATCH) {
+        let found = exec.documents(chunk, Some(&remote)).await?;
+        for d in found.documents {
+            held.insert(d.id, d.shard);
+        }
+        if !found.missing_shards.is_empty() {
+            if let Some(id) = chunk.iter().find(|id| !held.contains_key(id)) {
+                return Err(WriteRefusal::OwnerUnknown {
+                    id: id.to_string(),
+                    shards: found.missing_shards,
+                }
+                .into());
+            }
+            unanswered.extend(found.missing_shards);
+        }
+    }
+    unanswered.sort_unstable();
+    unanswered.dedup();
+    Ok((held, unanswered))
+}
+
 /// Deletes the documents with `ids` from the local shards that hold them;
 /// ids found nowhere here are listed, not an error.
 pub async fn delete_ids<T: WireElem>(
@@ -450,6 +567,34 @@ pub async fn delete_ids<T: WireElem>(
         ));
     }
     let mut resp = DeleteResponse::default();
+    if node.coordination.enabled() {
+        let mut unique = Vec::with_capacity(ids.len());
+        let mut seen = std::collections::BTreeSet::new();
+        for id in ids {
+            if seen.insert(id.clone()) {
+                unique.push(id);
+            }
+        }
+        let (held, unanswered) = holders_anywhere(exec, &unique).await?;
+        let mut by_shard: BTreeMap<u32, Vec<UserId>> = BTreeMap::new();
+        for id in unique {
+            match held.get(&id) {
+                Some(&s) => by_shard.entry(s).or_default().push(id),
+                None => resp.not_found.push(id),
+            }
+        }
+        for (s, ids) in by_shard {
+            let r = crate::primary::write_shard(exec, s, crate::primary::ShardWrite::Delete(ids))
+                .await?;
+            resp.deleted += r.count;
+            resp.not_found.extend(r.not_found);
+        }
+        resp.unsearched_shards = unanswered;
+        let m = &node.metrics;
+        m.add(&m.documents_deleted, resp.deleted as u64);
+        resp.took_us = start.elapsed().as_micros() as u64;
+        return Ok(resp);
+    }
     let mut by_shard: BTreeMap<u32, Vec<UserId>> = BTreeMap::new();
     let mut seen = std::collections::BTreeSet::new();
     for id in ids {
@@ -505,34 +650,25 @@ pub async fn delete_matching<T: WireElem>(
 ) -> Result<DeleteResponse> {
     let start = Instant::now();
     let node = &exec.node;
-    let filter = Filter::parse(filter).map_err(|e| ApiError::Filter(e.to_string()))?;
     let mut resp = DeleteResponse::default();
+    if node.coordination.enabled() {
+        Filter::parse(filter).map_err(|e| ApiError::Filter(e.to_string()))?;
+        for s in 0..node.manifest.shards.len() as u32 {
+            let write = crate::primary::ShardWrite::DeleteMatching(filter.clone());
+            let r = crate::primary::write_shard(exec, s, write).await?;
+            resp.deleted += r.count;
+        }
+        let m = &node.metrics;
+        m.add(&m.documents_deleted, resp.deleted as u64);
+        resp.took_us = start.elapsed().as_micros() as u64;
+        return Ok(resp);
+    }
     let max = node.config.writes.max_batch.max(1);
     for s in node.local_shards() {
         let Some(index) = node.local_shard(s) else {
             continue;
         };
-        if index.documents().is_none() {
-            return Err(ApiError::NoDocuments(index.dir().display().to_string()).into());
-        }
-        let part = node.mutable_part::<T>(s);
-        let mut ids: Vec<UserId> = Vec::new();
-        let matched = index.evaluate(&filter).map_err(|e| match e {
-            shardann_engine::Error::Filter(e) => ServerError::from(ApiError::Filter(e.to_string())),
-            e => e.into(),
-        })?;
-        let deletes = part.as_ref().and_then(|p| p.segment_deletes(&index));
-        if let Some(docs) = index.documents() {
-            for local in matched.docs().iter() {
-                if deletes.as_ref().is_some_and(|d| d.contains(local)) {
-                    continue;
-                }
-                ids.push(docs.keys().key(local));
-            }
-        }
-        if let Some(part) = &part {
-            ids.extend(part.matching_ids(&index, &filter));
-        }
+        let ids = matching_ids(node, s, &index, filter)?;
         if ids.is_empty() {
             continue;
         }
@@ -552,6 +688,56 @@ pub async fn delete_matching<T: WireElem>(
     m.add(&m.documents_deleted, resp.deleted as u64);
     resp.took_us = start.elapsed().as_micros() as u64;
     Ok(resp)
+}
+
+/// The ids of the live documents of local shard `s` (served as `index`)
+/// that `filter` matches, in the segment and in its mutable part.
+pub(crate) fn matching_ids(
+    node: &Node,
+    s: u32,
+    index: &DiskIndex,
+    filter: &Value,
+) -> Result<Vec<UserId>> {
+    let filter = Filter::parse(filter).map_err(|e| ApiError::Filter(e.to_string()))?;
+    let Some(docs) = index.documents() else {
+        return Err(ApiError::NoDocuments(index.dir().display().to_string()).into());
+    };
+    let matched = index.evaluate(&filter).map_err(|e| match e {
+        shardann_engine::Error::Filter(e) => ServerError::from(ApiError::Filter(e.to_string())),
+        e => e.into(),
+    })?;
+    let mut ids: Vec<UserId> = Vec::new();
+    let collect = |deletes: Option<Arc<roaring::RoaringBitmap>>, ids: &mut Vec<UserId>| {
+        for local in matched.docs().iter() {
+            if !deletes.as_ref().is_some_and(|d| d.contains(local)) {
+                ids.push(docs.keys().key(local));
+            }
+        }
+    };
+    match index.header().elem {
+        shardann_engine::ElemType::U8 => match node.mutable_part::<u8>(s) {
+            Some(p) => {
+                collect(p.segment_deletes(index), &mut ids);
+                ids.extend(p.matching_ids(index, &filter));
+            }
+            None => collect(None, &mut ids),
+        },
+        shardann_engine::ElemType::I8 => match node.mutable_part::<i8>(s) {
+            Some(p) => {
+                collect(p.segment_deletes(index), &mut ids);
+                ids.extend(p.matching_ids(index, &filter));
+            }
+            None => collect(None, &mut ids),
+        },
+        shardann_engine::ElemType::F32 => match node.mutable_part::<f32>(s) {
+            Some(p) => {
+                collect(p.segment_deletes(index), &mut ids);
+                ids.extend(p.matching_ids(index, &filter));
+            }
+            None => collect(None, &mut ids),
+        },
+    }
+    Ok(ids)
 }
 
 /// `POST /v1/shards/{shard}/merge`'s answer.
@@ -593,7 +779,7 @@ pub fn merge_if_due<T: WireElem>(node: &Arc<Node>, s: u32) {
     let (Some(index), Some(part)) = (node.local_shard(s), node.mutable_part::<T>(s)) else {
         return;
     };
-    if node.is_merging(s) {
+    if node.is_merging(s) || matches!(node.write_role(s), crate::node::WriteRole::Replica { .. }) {
         return;
     }
     let st = part.stats();
@@ -642,6 +828,15 @@ const DRAIN_WAIT: Duration = Duration::from_secs(60);
 /// (`engine::merge`), serve it, wait for the searches of the old version
 /// to end, then drop the old view of the writes and cut the log.
 fn run_merge<T: Element>(node: &Node, s: u32) -> Result<MergeResponse> {
+    if let crate::node::WriteRole::Replica { primary } = node.write_role(s) {
+        // Replicas take the primary's merged version (pulled, as every
+        // version is), so that every replica serves the same bytes.
+        return Err(WriteRefusal::NotPrimary {
+            shard: s,
+            primary: primary.unwrap_or_else(|| "none yet".into()),
+        }
+        .into());
+    }
     let Some(_running) = node.start_merge(s) else {
         return Err(WriteRefusal::MergeRunning { shard: s }.into());
     };

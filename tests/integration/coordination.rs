@@ -41,14 +41,14 @@ fn etcd_binary() -> PathBuf {
 }
 
 /// An etcd server on loopback, killed when dropped.
-struct EtcdProc {
+pub(crate) struct EtcdProc {
     child: Option<Child>,
-    url: String,
+    pub(crate) url: String,
     args: Vec<String>,
 }
 
 impl EtcdProc {
-    fn start(data: &Path) -> Self {
+    pub(crate) fn start(data: &Path) -> Self {
         let [client, peer]: [SocketAddr; 2] = free_addrs(2).try_into().unwrap();
         let url = format!("http://{client}");
         let args = vec![
@@ -118,7 +118,13 @@ impl Drop for EtcdProc {
     }
 }
 
-fn node_toml(id: &str, addr: SocketAddr, dir: &Path, shards: &[u32], etcd: &str) -> String {
+pub(crate) fn node_toml(
+    id: &str,
+    addr: SocketAddr,
+    dir: &Path,
+    shards: &[u32],
+    etcd: &str,
+) -> String {
     format!(
         "node_id = \"{id}\"\nlisten = \"{addr}\"\nindex_dir = \"{}\"\nshards = {shards:?}\n\
          executors = 1\ncluster_token = \"s3cret\"\nfollow_ms = 0\n\
@@ -127,7 +133,7 @@ fn node_toml(id: &str, addr: SocketAddr, dir: &Path, shards: &[u32], etcd: &str)
     )
 }
 
-fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+pub(crate) fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     let r = exchange(addr, Version::Http1, vec![Request::get(path)]).unwrap();
     let (_, body) = r.into_iter().next().unwrap().unwrap();
     serde_json::from_slice(&body).unwrap()
@@ -152,7 +158,7 @@ fn version_served(addr: SocketAddr, shard: usize) -> Option<u64> {
     get_json(addr, "/v1/shards")["shards"][shard]["version"].as_u64()
 }
 
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) -> Duration {
+pub(crate) fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
     while !ok() {
         assert!(

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cluster;
+mod cluster_writes;
 mod coordination;
 mod documents;
 mod documents_cluster;

@@ -20,12 +20,12 @@ use crate::{call, cli_ok, p};
 const N: usize = 3000;
 const DIM: usize = 16;
 
-fn vector_of(seed: u64) -> Vec<u8> {
+pub(crate) fn vector_of(seed: u64) -> Vec<u8> {
     let mut next = crate::xorshift(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491));
     (0..DIM).map(|_| (next() % 256) as u8).collect()
 }
 
-fn build(d: &Path) -> std::path::PathBuf {
+pub(crate) fn build(d: &Path) -> std::path::PathBuf {
     let mut jsonl = String::new();
     for i in 0..N {
         let lang = ["fr", "en", "de"][i % 3];
@@ -80,7 +80,7 @@ fn nearest(addr: SocketAddr, v: &[u8], filter: Option<Value>) -> Option<(String,
     Some((h["id"].as_str()?.to_string(), h["distance"].as_f64()?))
 }
 
-fn doc(id: &str, seed: u64, lang: &str) -> Value {
+pub(crate) fn doc(id: &str, seed: u64, lang: &str) -> Value {
     json!({"id": id, "vector": vector_of(seed), "lang": lang})
 }
 

@@ -105,6 +105,8 @@ struct ShardStatus {
     serving: std::collections::BTreeMap<String, u64>,
     placed: Vec<String>,
     under_replicated: bool,
+    /// The node ordering its writes (null: none claimed it).
+    primary: Option<String>,
 }
 
 fn shard_status(view: &ClusterView, id: u32) -> ShardStatus {
@@ -128,6 +130,7 @@ fn shard_status(view: &ClusterView, id: u32) -> ShardStatus {
         id,
         version,
         under_replicated: replicas.len() < placed.len().max(1),
+        primary: view.primaries.get(&id).cloned(),
         replicas,
         serving,
         placed,
@@ -212,10 +215,13 @@ pub fn status(a: &ClusterStatusArgs, out: &mut dyn Write) -> anyhow::Result<()> 
     for s in &shards {
         writeln!(
             out,
-            "  {:<4} version {:<6} replicas [{}]{}",
+            "  {:<4} version {:<6} replicas [{}]{}{}",
             s.id,
             s.version.map_or("-".to_string(), |v| v.to_string()),
             s.replicas.join(", "),
+            s.primary
+                .as_ref()
+                .map_or(String::new(), |p| format!("  primary {p}")),
             if s.under_replicated {
                 "  UNDER-REPLICATED"
             } else {

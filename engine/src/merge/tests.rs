@@ -236,3 +236,145 @@ fn a_merged_graph_keeps_its_recall() {
     let recall = found as f64 / (queries as f64 * 10.0);
     assert!(recall >= 0.95, "recall@10 after the merge: {recall}");
 }
+
+/// Copies directory `from` into `to` (a replica's copy of a shard).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// The hits of a part over its segment, as (id, distance bits).
+fn part_hits(part: &MutablePart<u8>, seg: &DiskIndex, q: &[u8]) -> Vec<(UserId, u32)> {
+    part.search(seg, q, 10, 32, None, &Include::Nothing)
+        .into_iter()
+        .map(|h| (h.id, h.distance.to_bits()))
+        .collect()
+}
+
+/// A replica applies its primary's records in order, refuses one past a
+/// gap, catches up from the primary's log, and after switching to the
+/// primary's merged version (which holds records it never got) goes on
+/// from the version's LSN: both then answer identically.
+#[test]
+fn a_replica_follows_its_primary_across_a_merge() {
+    let f = fixture_of(300, |i| random_vec(i as u64));
+    let replica_dir = tempfile::tempdir().unwrap();
+    let r_root = replica_dir.path().join("index");
+    copy_dir(&f.dir.path().join("index"), &r_root);
+    let r_shard = r_root.join("shard-0");
+    let r_open = || {
+        let m = crate::cluster::ClusterManifest::of_dir(&r_root).unwrap();
+        m.open_shard(&r_root, 0, crate::index::OpenOptions::buffered())
+            .unwrap()
+    };
+    let seg = f.segment();
+    let r_seg = r_open();
+    let opts = MutableOptions::default();
+    let (primary, _) = MutablePart::<u8>::open(&f.shard_dir(), &seg, opts).unwrap();
+    let (replica, _) = MutablePart::<u8>::open(&r_shard, &r_seg, opts).unwrap();
+
+    let (lsn, ops) = primary
+        .upsert_record(vec![doc("a", random_vec(700), json!({"lang": "en"}))])
+        .unwrap();
+    assert!(replica.apply_replicated(lsn, ops.clone()).unwrap());
+    assert!(!replica.apply_replicated(lsn, ops).unwrap(), "had it");
+    let (del, _) = primary
+        .delete_record(&seg, vec![s("doc-1"), s("a")])
+        .unwrap();
+    let (lsn2, _) = del.unwrap();
+    let (lsn3, ops3) = primary
+        .upsert_record(vec![doc("b", random_vec(701), json!({"year": 2031}))])
+        .unwrap();
+    let err = replica.apply_replicated(lsn3, ops3).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("records {lsn2} to {lsn2} are missing")),
+        "{err}"
+    );
+    // Caught up from the log, a byte at a time: one record per answer.
+    while let Some(batch) = primary.records_after(replica.last_lsn(), 1).unwrap() {
+        if batch.is_empty() {
+            break;
+        }
+        assert_eq!(batch.len(), 1);
+        for (lsn, ops) in batch {
+            assert!(replica.apply_replicated(lsn, ops).unwrap());
+        }
+    }
+    assert_eq!(replica.last_lsn(), lsn3);
+    for q in 0..5 {
+        let q = random_vec(800 + q);
+        assert_eq!(
+            part_hits(&primary, &seg, &q),
+            part_hits(&replica, &r_seg, &q)
+        );
+    }
+    assert_eq!(replica.locate(&r_seg, &s("doc-1")), None);
+
+    // The primary merges everything; the replica has only the first record
+    // when it pulls the merged version.
+    let (lsn4, ops4) = primary
+        .upsert_record(vec![doc("c", random_vec(702), json!({}))])
+        .unwrap();
+    let through = primary.begin_merge().unwrap().unwrap();
+    assert_eq!(through, lsn4);
+    merge::<u8>(&f.shard_dir(), &seg, through, &NoProgress)
+        .unwrap()
+        .unwrap();
+    primary.finish_merge(through, true).unwrap();
+    let merged = f.segment();
+    assert!(
+        primary.records_after(lsn2, 1 << 20).unwrap().is_none(),
+        "cut"
+    );
+    let version = crate::shard::current(&f.shard_dir()).unwrap().1;
+    copy_dir(&version, &r_shard.join(version.file_name().unwrap()));
+    std::fs::copy(
+        f.shard_dir().join(crate::layout::CURRENT_FILE),
+        r_shard.join(crate::layout::CURRENT_FILE),
+    )
+    .unwrap();
+    let r_merged = r_open();
+    assert!(replica.begin_rebase(through).unwrap());
+    // The record the version holds arrives late: logged, seen only by the
+    // old version's view.
+    assert!(replica.apply_replicated(lsn4, ops4).unwrap());
+    // Found in the version itself, not a second time in the part.
+    assert!(matches!(
+        replica.locate(&r_merged, &s("c")),
+        Some(Location::Segment(_))
+    ));
+    assert!(part_hits(&replica, &r_merged, &random_vec(702))
+        .iter()
+        .all(|(id, _)| *id != s("c")));
+    replica.finish_merge(through, true).unwrap();
+    assert_eq!(replica.last_lsn(), through);
+    let (lsn5, ops5) = primary
+        .upsert_record(vec![doc("d", random_vec(703), json!({}))])
+        .unwrap();
+    assert!(replica.apply_replicated(lsn5, ops5).unwrap());
+    for q in 0..5 {
+        let q = random_vec(900 + q);
+        assert_eq!(
+            part_hits(&primary, &merged, &q),
+            part_hits(&replica, &r_merged, &q)
+        );
+        assert_eq!(nearest(&merged, &q, 5), nearest(&r_merged, &q, 5));
+    }
+    // Reopened from its log, the replica holds the same.
+    drop(replica);
+    let (replica, replayed) = MutablePart::<u8>::open(&r_shard, &r_merged, opts).unwrap();
+    assert_eq!(replayed.records, 1);
+    assert!(matches!(
+        replica.locate(&r_merged, &s("d")),
+        Some(Location::Mutable(_))
+    ));
+}

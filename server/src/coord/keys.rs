@@ -7,7 +7,8 @@
 //! /shardann/<cluster>/nodes/<node id>      {"id", "address", "shards": [{"id", "version"}]}
 //!                                          under the node's lease: gone when it stops renewing
 //! /shardann/<cluster>/placement/<shard>/<node id>   {}               the desired placement
-//! /shardann/<cluster>/primary/<shard>      reserved: the shard's write primary
+//! /shardann/<cluster>/primary/<shard>      {"node": "<node id>"}     the shard's write primary,
+//!                                          under its lease: gone when it stops renewing
 //! ```
 //!
 //! Shard ids in keys are plain decimal (`versions/12`), so a prefix range
@@ -84,6 +85,16 @@ impl Keys {
     pub fn placement(&self, shard: u32, node: &str) -> String {
         format!("{}placement/{shard}/{node}", self.prefix)
     }
+
+    pub fn primary(&self, shard: u32) -> String {
+        format!("{}primary/{shard}", self.prefix)
+    }
+}
+
+/// A shard's write primary: the node that orders its writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Primary {
+    pub node: String,
 }
 
 /// One shard a node serves, and the version it serves (0: a plain index,
@@ -129,6 +140,8 @@ pub struct ClusterView {
     pub versions: BTreeMap<u32, (u64, i64)>,
     /// Per shard: the nodes it is placed on.
     pub placement: BTreeMap<u32, BTreeSet<String>>,
+    /// Per shard: its write primary (a key under the primary's lease).
+    pub primaries: BTreeMap<u32, String>,
     /// Values that could not be read, by key (reported by `cluster status`).
     pub unreadable: BTreeMap<String, String>,
 }
@@ -185,6 +198,12 @@ impl ClusterView {
             Some(Key::Placement(s, node)) => {
                 self.placement.entry(s).or_default().insert(node);
             }
+            Some(Key::Primary(s)) => match serde_json::from_slice::<Primary>(&kv.value) {
+                Ok(p) => {
+                    self.primaries.insert(s, p.node);
+                }
+                Err(e) => bad(e.to_string()),
+            },
             None => {} // another tool's key, or a reserved one
         }
     }
@@ -206,6 +225,9 @@ impl ClusterView {
                         self.placement.remove(&s);
                     }
                 }
+            }
+            Some(Key::Primary(s)) => {
+                self.primaries.remove(&s);
             }
             None => {}
         }
@@ -277,6 +299,7 @@ enum Key {
     Node(String),
     Version(u32),
     Placement(u32, String),
+    Primary(u32),
 }
 
 impl Key {
@@ -294,6 +317,7 @@ impl Key {
         let key = match (parts.next()?, parts.next()?, parts.next()) {
             ("nodes", id, None) if check_name("node id", id).is_ok() => Key::Node(id.to_string()),
             ("versions", s, None) => Key::Version(shard(s)?),
+            ("primary", s, None) => Key::Primary(shard(s)?),
             ("placement", s, Some(node)) if check_name("node id", node).is_ok() => {
                 Key::Placement(shard(s)?, node.to_string())
             }
@@ -388,6 +412,36 @@ mod tests {
         assert!(!view.served_elsewhere(0, "n2"), "n1 is gone");
         assert_eq!(view.versions[&0], (4, 9));
         assert!(view.placement.is_empty());
+    }
+
+    #[test]
+    fn the_view_holds_each_shards_write_primary() {
+        let keys = Keys::new("c").unwrap();
+        assert_eq!(keys.primary(3), "/shardann/c/primary/3");
+        let mut view = ClusterView::from_kvs(
+            &keys,
+            &[
+                kv("/shardann/c/primary/0", r#"{"node":"n2"}"#, 1),
+                kv("/shardann/c/primary/1", "n3", 2),
+                kv("/shardann/c/primary/01", r#"{"node":"n9"}"#, 3),
+            ],
+        );
+        assert_eq!(view.primaries.len(), 1, "{:?}", view.primaries);
+        assert_eq!(view.primaries[&0], "n2");
+        assert!(view.unreadable.contains_key("/shardann/c/primary/1"));
+        view.apply(
+            &keys,
+            &[
+                Event::Delete {
+                    key: "/shardann/c/primary/0".into(),
+                    mod_revision: 4,
+                },
+                Event::Put(kv("/shardann/c/primary/1", r#"{"node":"n1"}"#, 5)),
+            ],
+        );
+        assert_eq!(view.primaries.get(&0), None, "its lease lapsed");
+        assert_eq!(view.primaries[&1], "n1");
+        assert!(view.unreadable.is_empty());
     }
 
     #[test]

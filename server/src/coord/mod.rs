@@ -161,6 +161,8 @@ pub struct Status {
     leaving: Mutex<BTreeSet<u32>>,
     /// The shards of the registration last written to etcd, and when.
     registered: Mutex<Option<(Vec<u32>, Instant)>>,
+    /// Per shard: its write primary, as last seen.
+    primaries: Mutex<BTreeMap<u32, String>>,
 }
 
 /// How long a shard whose placement here was removed is still served
@@ -194,6 +196,30 @@ impl Status {
             .unwrap_or_else(|e| e.into_inner())
             .get(&s)
             .map(|&(v, _)| v)
+    }
+
+    /// Per shard: its write primary, as last seen.
+    pub fn primaries(&self) -> BTreeMap<u32, String> {
+        self.primaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The write primary of shard `s`, as last seen.
+    pub fn primary(&self, s: u32) -> Option<String> {
+        self.primaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&s)
+            .cloned()
+    }
+
+    fn set_primary(&self, s: u32, node: &str) {
+        self.primaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(s, node.to_string());
     }
 
     /// The shards placed on this node, once known.
@@ -254,6 +280,7 @@ impl Status {
             "mode": "etcd",
             "available": available,
             "lease": self.lease.load(Ordering::Relaxed).to_string(),
+            "primaries": self.primaries(),
             "routing_changes": changes,
             "error": if available { None } else {
                 self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -362,6 +389,11 @@ fn apply(node: &Node, view: &ClusterView) {
         .published
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = view.versions.clone();
+    *node
+        .coordination
+        .primaries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = view.primaries.clone();
     let mut changes = node
         .coordination
         .changes
@@ -475,7 +507,44 @@ impl Keeper {
                 .written(reg.shards.iter().map(|sv| sv.id).collect());
             self.written = Some(reg.clone());
         }
-        self.publish(&reg)
+        self.publish(&reg)?;
+        self.elect(&reg, lease)
+    }
+
+    /// Claims the write primary of each shard this node registered that
+    /// has none (create-if-absent under the node's lease: one node wins,
+    /// and the key goes when its lease does), and gives up the primary of
+    /// a shard it no longer serves.
+    fn elect(&self, reg: &Registration, lease: i64) -> Result<(), CoordError> {
+        if !self.node.coordination.watcher_ok.load(Ordering::Relaxed) {
+            return Ok(()); // decide only on a current view
+        }
+        let me = &self.node.config.node_id;
+        let primaries = self.node.coordination.primaries();
+        for sv in &reg.shards {
+            if primaries.contains_key(&sv.id) || !self.node.takes_writes(sv.id) {
+                continue;
+            }
+            let value = serde_json::to_vec(&keys::Primary { node: me.clone() }).unwrap_or_default();
+            if self.etcd.put_if(
+                &self.keys.primary(sv.id),
+                Compare::Absent,
+                &value,
+                Some(lease),
+            )? {
+                eprintln!("node {me}: write primary of shard {}", sv.id);
+                self.node.coordination.set_primary(sv.id, me);
+            }
+        }
+        for (s, node) in primaries {
+            if node == *me && !reg.shards.iter().any(|sv| sv.id == s) {
+                self.etcd.delete(&self.keys.primary(s))?;
+                eprintln!(
+                    "node {me}: gave up the write primary of shard {s}, no longer served here"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Publishes each local version newer than the published one, by

@@ -100,7 +100,10 @@ pub async fn follow(node: std::sync::Arc<Node>) {
                 continue;
             }
             let step = if local.contains(&s) {
-                follow_shard(&node, s).await
+                match follow_shard(&node, s).await {
+                    Ok(()) => crate::primary::catch_up(&node, s).await,
+                    e => e,
+                }
             } else {
                 join_shard(&node, s).await
             };
@@ -271,8 +274,7 @@ async fn follow_shard(node: &Node, s: u32) -> Result<()> {
     }
     let index = node.open_current(s)?;
     let now = index.segment().map(|m| m.version);
-    node.swap(s, index);
-    node.metrics.add(&node.metrics.version_switches, 1);
+    crate::primary::switch_version(node, s, index).await;
     eprintln!(
         "node {}: shard {s} now serves version {} (was {})",
         node.config.node_id,
