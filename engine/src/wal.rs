@@ -737,12 +737,7 @@ mod tests {
         wal.sync(6).unwrap();
         assert_eq!(wal.truncate_through::<f32>(3, 2).unwrap(), 0, "already cut");
         drop(wal);
-        let lsns: Vec<u64> = read_log::<f32>(&path, 3)
-            .unwrap()
-            .iter()
-            .map(|r| r.0)
-            .collect();
-        assert_eq!(lsns, vec![4, 5, 6]);
+        assert_eq!(lsns_in(&path), vec![4, 5, 6]);
         // A segment holding up to 5 replays only 6; one holding up to 9
         // (the log lost its tail) makes the next write 10.
         let (_, rec) = Wal::open_after::<f32>(&path, 3, Durability::Fsync, 5).unwrap();
@@ -758,12 +753,16 @@ mod tests {
         assert_eq!(wal.append(&[upsert(8, [8.0; 3], "t")]).unwrap(), 13);
         wal.sync(13).unwrap();
         drop(wal);
-        let lsns: Vec<u64> = read_log::<f32>(&path, 3)
+        assert_eq!(lsns_in(&path), vec![13]);
+    }
+
+    /// The LSNs of the records of a 3-wide f32 log.
+    fn lsns_in(path: &Path) -> Vec<u64> {
+        read_log::<f32>(path, 3)
             .unwrap()
             .iter()
             .map(|r| r.0)
-            .collect();
-        assert_eq!(lsns, vec![13]);
+            .collect()
     }
 
     #[test]

@@ -69,7 +69,11 @@ pub fn status(e: &ServerError) -> StatusCode {
             | WriteRefusal::PrimaryCatchingUp { .. }
             | WriteRefusal::Forward { .. }
             | WriteRefusal::ReplicaFailed { .. }
-            | WriteRefusal::OwnerUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | WriteRefusal::OwnerUnknown { .. }
+            | WriteRefusal::NoCoordination { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            WriteRefusal::AtPrimary { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         },
         ServerError::Engine(shardann_engine::Error::Write(w)) => match **w {
             WriteError::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,

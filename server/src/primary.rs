@@ -47,7 +47,7 @@ use serde_json::{Map, Value};
 use shardann_engine::docs::UserId;
 use shardann_engine::index::DiskIndex;
 use shardann_engine::metric::Element;
-use shardann_engine::mutable::{MutablePart, Record};
+use shardann_engine::mutable::{MutablePart, NewDocument, Record};
 use shardann_engine::wal::Op;
 use shardann_engine::ElemType;
 
@@ -59,8 +59,10 @@ use crate::writes::WriteRefusal;
 
 /// A call to another node about writes gives up after this.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Vectors and payloads in one answer to a replica catching up, about.
-const LOG_BATCH_BYTES: usize = 8 << 20;
+/// Vectors and payloads in one answer to a replica catching up, about, as
+/// raw bytes (as JSON, up to ~12 bytes per f32 value: within a node's
+/// default 8 MiB body limit).
+const LOG_BATCH_BYTES: usize = 512 << 10;
 /// The largest body read from a peer's write answer.
 const MAX_ANSWER: usize = 256 << 20;
 
@@ -108,6 +110,11 @@ fn to_wire<T: Element>(r: &Record<T>) -> WireRecord {
     }
 }
 
+/// A vector from the wire as the index's element type.
+fn vector_from_wire<T: WireElem>(v: &[f32]) -> std::result::Result<Vec<T>, &'static str> {
+    v.iter().map(|&x| T::from_wire(f64::from(x))).collect()
+}
+
 fn from_wire<T: WireElem>(w: WireRecord, dim: usize) -> Result<Record<T>, ApiError> {
     let mut ops = Vec::with_capacity(w.ops.len());
     for op in w.ops {
@@ -127,14 +134,10 @@ fn from_wire<T: WireElem>(w: WireRecord, dim: usize) -> Result<Record<T>, ApiErr
                         ),
                     });
                 }
-                let vector = vector
-                    .iter()
-                    .map(|&x| T::from_wire(f64::from(x)))
-                    .collect::<std::result::Result<Vec<T>, _>>()
-                    .map_err(|why| ApiError::Document {
-                        pos: ops.len(),
-                        why: format!("record {}: id {id}: a value {why}", w.lsn),
-                    })?;
+                let vector = vector_from_wire::<T>(&vector).map_err(|why| ApiError::Document {
+                    pos: ops.len(),
+                    why: format!("record {}: id {id}: a value {why}", w.lsn),
+                })?;
                 Op::Upsert {
                     id,
                     vector,
@@ -176,13 +179,45 @@ pub struct LogResponse {
     pub records: Vec<WireRecord>,
 }
 
+/// A document of a forwarded upsert, its vector as `f32`s (exact for every
+/// element type, and printed as short as the value allows).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireDocument {
+    pub id: UserId,
+    pub vector: Vec<f32>,
+    pub payload: Map<String, Value>,
+}
+
+impl WireDocument {
+    pub fn of<T: Element>(d: NewDocument<T>) -> Self {
+        WireDocument {
+            id: d.id,
+            vector: d.vector.iter().map(|x| x.to_f32()).collect(),
+            payload: d.payload,
+        }
+    }
+
+    fn into_document<T: WireElem>(self, pos: usize) -> Result<NewDocument<T>, ApiError> {
+        let vector = vector_from_wire::<T>(&self.vector).map_err(|why| ApiError::Document {
+            pos,
+            why: format!("id {}: a value of \"vector\" {why}", self.id),
+        })?;
+        Ok(NewDocument {
+            id: self.id,
+            vector,
+            payload: self.payload,
+        })
+    }
+}
+
 /// `POST /v1/shards/{shard}/write`: one shard's part of a client's write,
 /// sent to the shard's primary by the node the client asked.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ShardWrite {
-    /// Documents with their vectors (`"id"`, `"vector"`, payload fields).
-    Upsert(Vec<Map<String, Value>>),
+    /// Documents with their vectors (checked at the primary).
+    Upsert(Vec<WireDocument>),
     Delete(Vec<UserId>),
     /// Every document of the shard the filter matches.
     DeleteMatching(Value),
@@ -287,13 +322,26 @@ pub async fn write_shard<T: WireElem>(
         Some(&write),
     )
     .await
-    .map_err(|e| {
-        WriteRefusal::Forward {
+    .map_err(|e| match e {
+        // The primary refused the write itself (a bad document, a filter
+        // kind): the client's error, passed on as the primary said it.
+        PeerError::Status { status, body } if status.is_client_error() => {
+            let message = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or(body);
+            WriteRefusal::AtPrimary {
+                status: status.as_u16(),
+                message,
+            }
+            .into()
+        }
+        e => WriteRefusal::Forward {
             shard: s,
             primary,
             why: e.to_string(),
         }
-        .into()
+        .into(),
     })
 }
 
@@ -305,6 +353,11 @@ pub async fn primary_write<T: WireElem>(
     write: ShardWrite,
 ) -> Result<ShardWriteResponse> {
     let node = &exec.node;
+    if !node.coordination.available() {
+        // Its lease may lapse unseen and another node be elected: a node
+        // that cannot reach etcd orders no writes.
+        return Err(WriteRefusal::NoCoordination { shard: s }.into());
+    }
     match node.write_role(s) {
         WriteRole::Alone | WriteRole::Primary { ready: true } => {}
         WriteRole::Primary { ready: false } => {
@@ -326,11 +379,10 @@ pub async fn primary_write<T: WireElem>(
     let mut records = Vec::new();
     match write {
         ShardWrite::Upsert(docs) => {
-            let dim = node.manifest.dim;
             let docs = docs
                 .into_iter()
                 .enumerate()
-                .map(|(pos, d)| crate::writes::parse_document::<T>(pos, d, dim, None).map(|p| p.0))
+                .map(|(pos, d)| d.into_document::<T>(pos))
                 .collect::<Result<Vec<_>, _>>()?;
             resp.count = docs.len();
             let part = Arc::clone(&part);
@@ -614,16 +666,27 @@ async fn catch_up_as<T: WireElem>(node: &Arc<Node>, s: u32, index: &DiskIndex) -
             for &p in routing.replicas_of(s) {
                 let peer = &routing.peers[p];
                 match take_from(node, s, peer.addr, &part).await {
-                    Ok(n) if n > 0 => eprintln!(
+                    Ok((n, _)) if n > 0 => eprintln!(
                         "node {}: shard {s}: took {n} record(s) from {} before ordering writes",
                         node.config.node_id, peer.id
                     ),
+                    Ok((_, true)) => {
+                        // Its log starts past ours: it serves a newer
+                        // version than this node. Take that first (the
+                        // follower pulls it), then look again.
+                        return Ok(());
+                    }
                     Ok(_) => {}
                     // Not reached: not live; what it holds beyond this log
                     // was never acknowledged (acknowledged writes are on
                     // every live replica).
                     Err(ServerError::Peer { source, .. }) if !source.peer_answered() => {}
-                    Err(e) => return Err(e),
+                    // It answered, but not with records (a node still
+                    // joining the shard): ordering goes on without it.
+                    Err(e) => eprintln!(
+                        "node {}: shard {s}: {} did not give its log records: {e}",
+                        node.config.node_id, peer.id
+                    ),
                 }
             }
             node.set_primary_ready(s, true);
@@ -638,13 +701,15 @@ async fn catch_up_as<T: WireElem>(node: &Arc<Node>, s: u32, index: &DiskIndex) -
 }
 
 /// Applies the records the node at `addr` holds after this part's last
-/// one; returns how many were applied.
+/// one; returns how many were applied, and whether that node's log no
+/// longer holds the records right after this part's (it serves a version
+/// newer than this node's).
 async fn take_from<T: WireElem>(
     node: &Node,
     s: u32,
     addr: SocketAddr,
     part: &Arc<MutablePart<T>>,
-) -> Result<u64> {
+) -> Result<(u64, bool)> {
     let mut applied = 0;
     loop {
         let before = part.last_lsn();
@@ -653,7 +718,7 @@ async fn take_from<T: WireElem>(
             .await
             .map_err(|source| ServerError::Peer { addr, source })?;
         if resp.cut || resp.records.is_empty() {
-            return Ok(applied);
+            return Ok((applied, resp.cut));
         }
         let dim = node.manifest.dim;
         let records = resp
@@ -666,7 +731,7 @@ async fn take_from<T: WireElem>(
         let m = &node.metrics;
         m.add(&m.records_replicated, last.saturating_sub(before));
         if last <= before || last >= resp.last_lsn {
-            return Ok(applied);
+            return Ok((applied, false));
         }
     }
 }
@@ -675,14 +740,18 @@ async fn take_from<T: WireElem>(
 /// shard's writes after the version's LSN get a view of their own first
 /// (`MutablePart::begin_rebase`), and the older views and the log's
 /// records the version holds go once no search holds the old version.
-pub async fn switch_version(node: &Node, s: u32, new: DiskIndex) {
+pub async fn switch_version(node: &Arc<Node>, s: u32, new: DiskIndex) {
     let applied = new.segment().and_then(|m| m.applied_lsn).unwrap_or(0);
     let elem = new.header().elem;
-    let rebased = match elem {
-        ElemType::U8 => begin::<u8>(node, s, applied),
-        ElemType::I8 => begin::<i8>(node, s, applied),
-        ElemType::F32 => begin::<f32>(node, s, applied),
-    };
+    // A replay of the log's tail, and below a cut with an fsync: blocking
+    // work, off the executor.
+    let n = Arc::clone(node);
+    let rebased = crate::rt::spawn_blocking(move || match elem {
+        ElemType::U8 => begin::<u8>(&n, s, applied),
+        ElemType::I8 => begin::<i8>(&n, s, applied),
+        ElemType::F32 => begin::<f32>(&n, s, applied),
+    })
+    .await;
     let old = node.local_shard(s);
     node.swap(s, new);
     node.metrics.add(&node.metrics.version_switches, 1);
@@ -696,11 +765,13 @@ pub async fn switch_version(node: &Node, s: u32, new: DiskIndex) {
             crate::rt::sleep(Duration::from_millis(5)).await;
         }
     }
-    let done = match elem {
-        ElemType::U8 => finish::<u8>(node, s, applied),
-        ElemType::I8 => finish::<i8>(node, s, applied),
-        ElemType::F32 => finish::<f32>(node, s, applied),
-    };
+    let n = Arc::clone(node);
+    let done = crate::rt::spawn_blocking(move || match elem {
+        ElemType::U8 => finish::<u8>(&n, s, applied),
+        ElemType::I8 => finish::<i8>(&n, s, applied),
+        ElemType::F32 => finish::<f32>(&n, s, applied),
+    })
+    .await;
     if let Err(e) = done {
         eprintln!(
             "node {}: shard {s}: cutting the log through {applied}: {e}",

@@ -136,6 +136,11 @@ pub enum WriteRefusal {
         "cannot tell which shard holds id {id}: no node answered for shard(s) {shards:?}; retry"
     )]
     OwnerUnknown { id: String, shards: Vec<u32> },
+    #[error("this node cannot reach etcd, so it orders no writes for shard {shard} (another node may be its primary by now); retry")]
+    NoCoordination { shard: u32 },
+    /// The primary refused a shard's part of the write (the client's error).
+    #[error("{message}")]
+    AtPrimary { status: u16, message: String },
 }
 
 /// `POST /v1/documents`.
@@ -206,7 +211,7 @@ pub fn authorize(
 /// A request document → an engine document, or, without a vector, the
 /// text to embed for it (`embed`: the field to take it from, on a node
 /// with a model). Errors name its position.
-pub(crate) fn parse_document<T: WireElem>(
+fn parse_document<T: WireElem>(
     pos: usize,
     mut doc: Map<String, Value>,
     dim: usize,
@@ -463,22 +468,16 @@ async fn upsert_through_primaries<T: WireElem>(
     let node = &exec.node;
     let ids: Vec<UserId> = docs.iter().map(|d| d.id.clone()).collect();
     let (held, _) = holders_anywhere(exec, &ids).await?;
-    let mut by_shard: BTreeMap<u32, Vec<Map<String, Value>>> = BTreeMap::new();
+    let mut by_shard: BTreeMap<u32, Vec<crate::primary::WireDocument>> = BTreeMap::new();
     for d in docs {
         let s = match held.get(&d.id) {
             Some(&s) => s,
             None => owner(exec, &d.id, Some(&d.vector)),
         };
-        let mut m = d.payload;
-        m.insert(
-            "id".into(),
-            serde_json::to_value(&d.id).unwrap_or(Value::Null),
-        );
-        m.insert(
-            "vector".into(),
-            Value::Array(d.vector.iter().map(|x| Value::from(x.to_f32())).collect()),
-        );
-        by_shard.entry(s).or_default().push(m);
+        by_shard
+            .entry(s)
+            .or_default()
+            .push(crate::primary::WireDocument::of(d));
     }
     let mut resp = UpsertResponse::default();
     for (s, batch) in by_shard {

@@ -17,8 +17,8 @@ use shardann_server::client::{exchange, Request, Version};
 
 use crate::cluster::{free_addrs, NodeProc};
 use crate::coordination::{get_json, node_toml, wait_for, EtcdProc};
+use crate::copy_all;
 use crate::merges::{build, doc, vector_of};
-use crate::{cli_ok, copy_all, p};
 
 /// One request; `None` when the node could not be reached.
 fn try_call(addr: SocketAddr, req: Request) -> Option<(u16, Value)> {
@@ -49,17 +49,7 @@ fn hits(addr: SocketAddr, v: &[u8]) -> Vec<(String, f64)> {
     let body = json!({"vector": v, "k": 10, "list": 64});
     let (status, r) = post(addr, "/v1/search", &body).expect("node answers");
     assert_eq!(status, 200, "{r}");
-    r["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["id"].as_str().unwrap().to_string(),
-                h["distance"].as_f64().unwrap(),
-            )
-        })
-        .collect()
+    crate::hit_pairs(&r)
 }
 
 #[test]
@@ -73,16 +63,7 @@ fn writes_through_any_node_reach_every_replica() {
         copy_all(&index, dir);
     }
     let etcd = EtcdProc::start(&d.join("etcd"));
-    cli_ok(&[
-        "cluster",
-        "init",
-        "--etcd",
-        &etcd.url,
-        "--name",
-        "t",
-        "--index",
-        p(&dirs[0]),
-    ]);
+    crate::coordination::cluster_init(&etcd.url, &dirs[0]);
     let addrs = free_addrs(3);
     let tomls: Vec<_> = (0..3)
         .map(|i| {
@@ -185,6 +166,14 @@ fn writes_through_any_node_reach_every_replica() {
     let (status, r) = post(addrs[victim], "/v1/shards/0/merge", &json!({})).unwrap();
     assert_eq!(status, 421, "{r}");
     assert!(r["error"].as_str().unwrap().contains(&prim[0]), "{r}");
+    // A write the primary refuses (a filter field of the wrong kind: only
+    // the shard's part knows the kinds) is the client's error through any
+    // node, with the primary's message, not a 503 to retry.
+    let mut bad = doc("bad-kind", 1, "xx");
+    bad["lang"] = json!(7);
+    let (status, r) = post(addrs[victim], "/v1/documents", &json!({"documents": [bad]})).unwrap();
+    assert_eq!(status, 400, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("lang"), "{r}");
     // Read-your-writes on every replica: an acknowledged write is applied
     // on each before the answer.
     for (i, &addr) in addrs.iter().enumerate() {

@@ -133,6 +133,20 @@ pub(crate) fn node_toml(
     )
 }
 
+/// `shardann cluster init` of cluster "t" on the etcd at `url` from `index`.
+pub(crate) fn cluster_init(url: &str, index: &Path) -> String {
+    cli_ok(&[
+        "cluster",
+        "init",
+        "--etcd",
+        url,
+        "--name",
+        "t",
+        "--index",
+        p(index),
+    ])
+}
+
 pub(crate) fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     let r = exchange(addr, Version::Http1, vec![Request::get(path)]).unwrap();
     let (_, body) = r.into_iter().next().unwrap().unwrap();
@@ -261,16 +275,7 @@ fn nodes_coordinated_by_etcd() {
     .unwrap();
     let err = cli(&["serve", "--config", p(&early)]).unwrap_err();
     assert!(err.contains("shardann cluster init"), "{err}");
-    let out = cli_ok(&[
-        "cluster",
-        "init",
-        "--etcd",
-        &etcd.url,
-        "--name",
-        "t",
-        "--index",
-        p(&idx[0]),
-    ]);
+    let out = cluster_init(&etcd.url, &idx[0]);
     assert!(out.contains("shard 0: version 1 published"), "{out}");
     assert!(out.contains("shard 1: version 1 published"), "{out}");
 

@@ -70,6 +70,21 @@ pub fn build_small_docs(docs: &Path, filter_fields: &str, out: &Path) -> String 
     ])
 }
 
+/// A search answer's hits as (id, distance) pairs (string ids).
+pub fn hit_pairs(r: &serde_json::Value) -> Vec<(String, f64)> {
+    r["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|h| {
+            (
+                h["id"].as_str().expect("a string id").to_string(),
+                h["distance"].as_f64().expect("a distance"),
+            )
+        })
+        .collect()
+}
+
 pub fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }

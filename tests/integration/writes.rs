@@ -69,16 +69,9 @@ impl Client {
         }
         let (status, r) = call(self.addr, Request::post("/v1/search", body.to_string()));
         assert_eq!(status, 200, "{r}");
-        r["hits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                (
-                    h["id"].as_str().unwrap().to_string(),
-                    h["distance"].as_f64().unwrap() as f32,
-                )
-            })
+        crate::hit_pairs(&r)
+            .into_iter()
+            .map(|(id, d)| (id, d as f32))
             .collect()
     }
 }

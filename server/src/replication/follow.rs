@@ -66,6 +66,7 @@ pub async fn follow(node: std::sync::Arc<Node>) {
     };
     let mut backoff: std::collections::BTreeMap<u32, (Instant, std::time::Duration)> =
         std::collections::BTreeMap::new();
+    let mut quiet: std::collections::BTreeMap<u32, Instant> = std::collections::BTreeMap::new();
     loop {
         crate::rt::sleep(interval).await;
         if !node.coordination.available() {
@@ -100,13 +101,27 @@ pub async fn follow(node: std::sync::Arc<Node>) {
                 continue;
             }
             let step = if local.contains(&s) {
-                match follow_shard(&node, s).await {
-                    Ok(()) => crate::primary::catch_up(&node, s).await,
-                    e => e,
-                }
+                follow_shard(&node, s).await
             } else {
                 join_shard(&node, s).await
             };
+            if step.is_ok() && local.contains(&s) {
+                // Writes: every tick (no backoff: a new primary orders no
+                // writes until this has run); an error is said at most
+                // every 10 s per shard.
+                if let Err(e) = crate::primary::catch_up(&node, s).await {
+                    let say = quiet.get(&s).is_none_or(|t: &Instant| {
+                        t.elapsed() >= std::time::Duration::from_secs(10)
+                    });
+                    if say {
+                        eprintln!(
+                            "node {}: shard {s}: catching up its writes: {e}",
+                            node.config.node_id
+                        );
+                        quiet.insert(s, Instant::now());
+                    }
+                }
+            }
             match step {
                 Ok(()) => {
                     backoff.remove(&s);
@@ -222,7 +237,7 @@ async fn newest_at_peers(node: &Node, s: u32, on_disk: u64) -> Option<(u64, usiz
     newest
 }
 
-async fn follow_shard(node: &Node, s: u32) -> Result<()> {
+async fn follow_shard(node: &Arc<Node>, s: u32) -> Result<()> {
     let Some(dir) = node.shard_dir(s) else {
         return Ok(());
     };
