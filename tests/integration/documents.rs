@@ -337,27 +337,7 @@ fn damaged_document_files_are_refused_and_shards_carry_their_documents() {
 
     // Two shards: every document lands in exactly one, ids intact.
     let sharded = d.path().join("sharded");
-    cli_ok(&[
-        "build",
-        "--docs",
-        p(&docs),
-        "--vector-type",
-        "u8",
-        "--out",
-        p(&sharded),
-        "--shards",
-        "2",
-        "--partition",
-        "random",
-        "--max-degree",
-        "16",
-        "--build-list",
-        "32",
-        "--pq-bytes",
-        "8",
-        "--filter-fields",
-        "label",
-    ]);
+    crate::build_small_docs(&docs, "label", &sharded);
     let mut total = 0;
     for s in 0..2 {
         let shard = sharded.join(format!("shard-{s}"));

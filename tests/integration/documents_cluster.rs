@@ -165,29 +165,7 @@ fn round_trip(integers: bool) {
     let docs_path = d.join("docs.jsonl");
     std::fs::write(&docs_path, jsonl).unwrap();
     let idx = d.join("idx");
-    cli_ok(&[
-        "build",
-        "--docs",
-        p(&docs_path),
-        "--vector-type",
-        "u8",
-        "--filter-fields",
-        "lang,year,tags",
-        "--out",
-        p(&idx),
-        "--shards",
-        &SHARDS.to_string(),
-        "--partition",
-        "random",
-        "--max-degree",
-        "16",
-        "--build-list",
-        "32",
-        "--pq-bytes",
-        "8",
-        "--threads",
-        "2",
-    ]);
+    crate::build_small_docs_in(&docs_path, "lang,year,tags", &idx, SHARDS as usize);
 
     // With integer ids the nodes also keep clustered copies of the codes
     // (by lang and by year): the answers must not change, and the plans say

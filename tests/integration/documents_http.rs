@@ -54,30 +54,8 @@ fn documents_over_http() {
     let docs_path = d.join("docs.jsonl");
     std::fs::write(&docs_path, jsonl).unwrap();
     let (whole, sharded) = (d.join("whole"), d.join("sharded"));
-    for (out, shards) in [(&whole, "1"), (&sharded, "2")] {
-        cli_ok(&[
-            "build",
-            "--docs",
-            p(&docs_path),
-            "--vector-type",
-            "u8",
-            "--filter-fields",
-            "lang,year",
-            "--out",
-            p(out),
-            "--shards",
-            shards,
-            "--partition",
-            "random",
-            "--max-degree",
-            "16",
-            "--build-list",
-            "32",
-            "--pq-bytes",
-            "8",
-            "--threads",
-            "2",
-        ]);
+    for (out, shards) in [(&whole, 1), (&sharded, 2)] {
+        crate::build_small_docs_in(&docs_path, "lang,year", out, shards);
     }
     let queries: Vec<Vec<u8>> = (0..5).map(|q| docs[q * 37 + 3].1.clone()).collect();
     let qpath = d.join("q.u8bin");

@@ -45,6 +45,12 @@ pub fn cli_ok(args: &[&str]) -> String {
 /// small graph (R 16, L 32, 8 PQ bytes, 2 threads): the index the write
 /// tests start from. Returns the CLI's output.
 pub fn build_small_docs(docs: &Path, filter_fields: &str, out: &Path) -> String {
+    build_small_docs_in(docs, filter_fields, out, 2)
+}
+
+/// [`build_small_docs`] into `shards` shards.
+pub fn build_small_docs_in(docs: &Path, filter_fields: &str, out: &Path, shards: usize) -> String {
+    let shards = shards.to_string();
     cli_ok(&[
         "build",
         "--docs",
@@ -56,7 +62,7 @@ pub fn build_small_docs(docs: &Path, filter_fields: &str, out: &Path) -> String 
         "--out",
         p(out),
         "--shards",
-        "2",
+        &shards,
         "--partition",
         "random",
         "--max-degree",
