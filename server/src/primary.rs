@@ -401,7 +401,7 @@ pub async fn primary_write<T: WireElem>(
             records.append(&mut recs);
         }
         ShardWrite::DeleteMatching(filter) => {
-            let ids = crate::writes::matching_ids(node, s, &index, &filter)?;
+            let ids = crate::writes::matching_ids::<T>(node, s, &index, &filter)?;
             let max = node.config.writes.max_batch.max(1);
             for chunk in ids.chunks(max) {
                 let (n, mut recs, _) = delete_logged(&index, &part, chunk.to_vec()).await?;

@@ -667,7 +667,7 @@ pub async fn delete_matching<T: WireElem>(
         let Some(index) = node.local_shard(s) else {
             continue;
         };
-        let ids = matching_ids(node, s, &index, filter)?;
+        let ids = matching_ids::<T>(node, s, &index, filter)?;
         if ids.is_empty() {
             continue;
         }
@@ -691,7 +691,7 @@ pub async fn delete_matching<T: WireElem>(
 
 /// The ids of the live documents of local shard `s` (served as `index`)
 /// that `filter` matches, in the segment and in its mutable part.
-pub(crate) fn matching_ids(
+pub(crate) fn matching_ids<T: Element>(
     node: &Node,
     s: u32,
     index: &DiskIndex,
@@ -705,36 +705,18 @@ pub(crate) fn matching_ids(
         shardann_engine::Error::Filter(e) => ServerError::from(ApiError::Filter(e.to_string())),
         e => e.into(),
     })?;
-    let mut ids: Vec<UserId> = Vec::new();
-    let collect = |deletes: Option<Arc<roaring::RoaringBitmap>>, ids: &mut Vec<UserId>| {
-        for local in matched.docs().iter() {
-            if !deletes.as_ref().is_some_and(|d| d.contains(local)) {
-                ids.push(docs.keys().key(local));
-            }
-        }
-    };
-    match index.header().elem {
-        shardann_engine::ElemType::U8 => match node.mutable_part::<u8>(s) {
-            Some(p) => {
-                collect(p.segment_deletes(index), &mut ids);
-                ids.extend(p.matching_ids(index, &filter));
-            }
-            None => collect(None, &mut ids),
-        },
-        shardann_engine::ElemType::I8 => match node.mutable_part::<i8>(s) {
-            Some(p) => {
-                collect(p.segment_deletes(index), &mut ids);
-                ids.extend(p.matching_ids(index, &filter));
-            }
-            None => collect(None, &mut ids),
-        },
-        shardann_engine::ElemType::F32 => match node.mutable_part::<f32>(s) {
-            Some(p) => {
-                collect(p.segment_deletes(index), &mut ids);
-                ids.extend(p.matching_ids(index, &filter));
-            }
-            None => collect(None, &mut ids),
-        },
+    // Segment documents the part deleted or replaced are left out; the
+    // part's own matches are added.
+    let part = node.mutable_part::<T>(s);
+    let deletes = part.as_ref().and_then(|p| p.segment_deletes(index));
+    let mut ids: Vec<UserId> = matched
+        .docs()
+        .iter()
+        .filter(|&local| !deletes.as_ref().is_some_and(|d| d.contains(local)))
+        .map(|local| docs.keys().key(local))
+        .collect();
+    if let Some(part) = &part {
+        ids.extend(part.matching_ids(index, &filter));
     }
     Ok(ids)
 }
